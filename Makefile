@@ -1,0 +1,50 @@
+# Every target does its own set-up on a fresh machine and reuses what is already there.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: help venv proto proto-check assets system-deps lint test test-unit test-integration demo clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV_STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(VENV_STAMP)  ## virtualenv with pinned dependencies
+
+system-deps:  ## Debian packages the tests and the demo use (redis-server)
+	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+assets:  ## build (or reuse) kube-apiserver + etcd from Go modules into .cache/k8s-assets
+	scripts/k8s-assets
+
+proto: venv  ## regenerate the Python code from agent_proto's .proto files
+	$(PY) scripts/gen-proto
+
+proto-check: proto  ## fail if regenerating the protobuf code changes anything
+	git diff --exit-code --stat -- agent_proto || { echo "generated code is stale: run make proto and commit" >&2; exit 1; }
+
+lint: venv  ## ruff, mypy --strict, import-linter
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy .
+	.venv/bin/lint-imports
+
+test: venv system-deps  ## the whole suite: lint, generated-code check, unit + integration + e2e tests
+	$(MAKE) --no-print-directory proto-check lint
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(scripts/k8s-assets | tail -1)}" \
+	  PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: venv  ## unit tests only (no servers)
+	$(PY) -m pytest -q tests/unit
+
+demo: venv system-deps  ## local demo: apiserver + Redis + kas + operator + sample agent, then kubectl through the tunnel
+	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(scripts/k8s-assets | tail -1)}" \
+	  PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) scripts/demo.py
+
+clean:  ## remove the virtualenv and caches (keeps the built k8s assets)
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers and the composition root. Thin; no protocol logic lives here."""

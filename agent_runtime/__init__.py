@@ -1,0 +1,1 @@
+"""The agentk engine, kopf-free: transports, modules, worker manager, informer cache, telemetry."""

@@ -1,0 +1,161 @@
+"""What a worker should run (WorkerSpec) and what it reports (WorkerSnapshot).
+
+These two types are the whole contract between the operator and the runtime: the operator maps a
+GitLabAgent resource (+ its Secret) to a WorkerSpec, and turns snapshots into the resource's status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from agent_proto.flavor import WireFlavor
+from agent_runtime.secret import Secret
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How the worker verifies kas's certificate (grpcs:// and wss://)."""
+
+    ca_pem: bytes | None = None
+    """Extra PEM CA certificates, added to the system roots (agentk's --ca-cert-file)."""
+    server_name: str | None = None
+    """SNI and verification name override (agentk's --kas-tls-server-name)."""
+    insecure_skip_verify: bool = False
+    """Do not verify kas's certificate at all (agentk's --kas-insecure-skip-tls-verify)."""
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """An explicit HTTP CONNECT proxy for kas; None in WorkerSpec means the process environment applies."""
+
+    url: str
+    """http:// or https:// URL of the proxy."""
+    no_proxy: str = ""
+    """Comma-separated hosts/domains/CIDRs that bypass the proxy, as in NO_PROXY."""
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    """Reverse-tunnel pool size (PROTOCOL.md §8 defaults)."""
+
+    min_idle: int = 2
+    """Idle Connect streams kept open, waiting for requests."""
+    max: int = 500
+    """Cap on idle + active Connect streams."""
+
+
+@dataclass(frozen=True)
+class ServiceAccountRef:
+    """The identity a worker impersonates for every request it serves through the tunnel."""
+
+    namespace: str
+    """Namespace of the ServiceAccount."""
+    name: str
+    """Name of the ServiceAccount."""
+
+    @property
+    def username(self) -> str:
+        """The Kubernetes username of this ServiceAccount."""
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything one tunnel worker needs. Equal specs mean nothing to do."""
+
+    id: str
+    """Stable worker id; the operator uses `<namespace>/<name>` of the GitLabAgent."""
+    kas_address: str
+    """grpc://, grpcs://, ws:// or wss:// URL of kas's agent endpoint."""
+    token: Secret
+    """The agent token; sent as `authorization: Bearer` on every RPC, never logged."""
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    """TLS verification settings."""
+    kas_headers: tuple[tuple[str, str], ...] = ()
+    """Extra headers: WebSocket handshake headers for ws/wss, gRPC metadata for grpc/grpcs."""
+    proxy: ProxySettings | None = None
+    """Explicit proxy; None = HTTPS_PROXY/NO_PROXY of the process, as for agentk."""
+    identity: ServiceAccountRef | None = None
+    """ServiceAccount to impersonate for tunnelled requests; None = the process's own credentials."""
+    tunnels: TunnelSettings = field(default_factory=TunnelSettings)
+    """Reverse-tunnel pool size."""
+    flavor: WireFlavor = WireFlavor.GITLAB
+    """Proto package prefix on the wire (PROTOCOL.md §2.3)."""
+
+    def same_connection_as(self, other: WorkerSpec) -> bool:
+        """True when only the token differs: the worker can reconnect in place."""
+        return dataclasses.replace(self, token=other.token) == other
+
+
+class Phase(enum.StrEnum):
+    """Coarse state of a worker, shown as the resource's phase."""
+
+    CONNECTING = "Connecting"
+    CONNECTED = "Connected"
+    DEGRADED = "Degraded"
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+
+
+class ErrorReason(enum.StrEnum):
+    """Typed failure reasons; each maps to a status condition reason and a fix hint."""
+
+    UNAUTHENTICATED = "Unauthenticated"
+    PERMISSION_DENIED = "PermissionDenied"
+    AGENT_NOT_FOUND = "AgentNotFound"
+    KAS_UNREACHABLE = "KasUnreachable"
+    TLS_UNKNOWN_AUTHORITY = "TLSUnknownAuthority"
+    TLS_ERROR = "TLSError"
+    WEBSOCKET_HANDSHAKE = "WebSocketHandshakeFailed"
+    PROXY_REFUSED = "ProxyRefused"
+    CONFIGURATION_REJECTED = "ConfigurationRejected"
+    PROTOCOL_ERROR = "ProtocolError"
+    RATE_LIMITED = "RateLimited"
+    INTERNAL = "Internal"
+
+
+@dataclass(frozen=True)
+class WorkerError:
+    """The last error a worker saw, safe to show to users (no secrets)."""
+
+    reason: ErrorReason
+    """What kind of failure this is."""
+    message: str
+    """What happened, in one sentence."""
+    hint: str = ""
+    """What the user can do about it."""
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """The latest observable state of one worker; published on every change."""
+
+    id: str
+    """The WorkerSpec id."""
+    phase: Phase
+    """Coarse state."""
+    connected_since: datetime | None = None
+    """When the current connection to kas was established."""
+    agent_id: int | None = None
+    """The agent id kas reported in the configuration."""
+    config_commit: str | None = None
+    """Commit of the last configuration received."""
+    kas_version: str | None = None
+    """kas's version (WebSocket Server header or gRPC response metadata)."""
+    agent_version: str = ""
+    """The agentk protocol version this worker speaks (AgentMeta.version)."""
+    kubernetes_version: str | None = None
+    """The cluster's gitVersion as sent in Register."""
+    registered: bool = False
+    """The last Register call succeeded."""
+    configuration_received: bool = False
+    """At least one configuration arrived on the GetConfiguration stream."""
+    tunnels_idle: int = 0
+    """Connect streams waiting for a request."""
+    tunnels_active: int = 0
+    """Connect streams serving a request."""
+    last_error: WorkerError | None = None
+    """The most recent error, cleared when the worker is healthy again."""
