@@ -1,0 +1,1 @@
+"""Real test substrate: local kube-apiserver + etcd, redis-server, and the helpers they share."""
