@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: help venv proto proto-check assets system-deps lint test test-unit test-integration demo clean
+.PHONY: help venv proto proto-check crds crds-check assets system-deps lint test test-unit test-integration demo clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,8 +25,14 @@ assets:  ## build (or reuse) kube-apiserver + etcd from Go modules into .cache/k
 proto: venv  ## regenerate the Python code from agent_proto's .proto files
 	$(PY) scripts/gen-proto
 
-proto-check: proto  ## fail if regenerating the protobuf code changes anything
-	git diff --exit-code --stat -- agent_proto || { echo "generated code is stale: run make proto and commit" >&2; exit 1; }
+proto-check: proto  ## fail if regenerating the protobuf code changes anything (also new, uncommitted files)
+	@test -z "$$(git status --porcelain -- agent_proto)" || { git status --short -- agent_proto; echo "generated code is stale: run make proto and commit" >&2; exit 1; }
+
+crds: venv  ## regenerate crds/ (the GitLabAgent CRD) from the pydantic models in agent_operator/api
+	$(PY) scripts/gen-crd
+
+crds-check: venv  ## fail if crds/ differs from what the models generate
+	$(PY) scripts/gen-crd --check
 
 lint: venv  ## ruff, mypy --strict, import-linter
 	.venv/bin/ruff check .
@@ -35,7 +41,7 @@ lint: venv  ## ruff, mypy --strict, import-linter
 	.venv/bin/lint-imports
 
 test: venv system-deps  ## the whole suite: lint, generated-code check, unit + integration + e2e tests
-	$(MAKE) --no-print-directory proto-check lint
+	$(MAKE) --no-print-directory proto-check crds-check lint
 	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(scripts/k8s-assets | tail -1)}" \
 	  PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider
 
