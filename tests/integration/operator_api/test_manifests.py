@@ -1,0 +1,158 @@
+"""The kustomize base in manifests/ applies to a real apiserver, and its RBAC is what the operator needs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.integration.operator_api.conftest import ROOT, Kubectl
+from tests.support.k8s_cluster import LocalCluster
+
+pytestmark = pytest.mark.timeout(180)
+
+NAMESPACE = "gitlab-agent-operator"
+OPERATOR = f"system:serviceaccount:{NAMESPACE}:gitlab-agent-operator"
+BASE = str(ROOT / "manifests")
+
+
+@pytest.fixture(scope="module")
+def operator_namespace(k8s_cluster: LocalCluster, gitlabagent_crd: str) -> Iterator[str]:
+    """The base's namespace, existing beforehand: a server-side dry run creates nothing, so the
+    namespaced objects of the same apply would otherwise find no namespace to be checked in."""
+    k8s_cluster.create_namespace(NAMESPACE)
+    yield NAMESPACE
+    k8s_cluster.delete_namespace(NAMESPACE)
+
+
+def test_base_builds_the_expected_objects(kubectl: Kubectl) -> None:
+    built = kubectl("kustomize", BASE)
+    assert built.returncode == 0, built.stderr
+    objects = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(built.stdout)}
+    assert objects == {
+        ("Namespace", NAMESPACE),
+        ("CustomResourceDefinition", "gitlabagents.agentk.dev"),
+        ("CustomResourceDefinition", "clusterkopfpeerings.kopf.dev"),
+        ("ServiceAccount", "gitlab-agent-operator"),
+        ("ClusterRole", "gitlab-agent-operator"),
+        ("ClusterRoleBinding", "gitlab-agent-operator"),
+        ("Role", "gitlab-agent-operator"),
+        ("RoleBinding", "gitlab-agent-operator"),
+        ("Deployment", "gitlab-agent-operator"),
+        ("Service", "gitlab-agent-operator-metrics"),
+    }
+    crd = next(
+        o for o in yaml.safe_load_all(built.stdout) if o["metadata"]["name"] == "gitlabagents.agentk.dev"
+    )
+    committed = yaml.safe_load((ROOT / "crds" / "gitlabagents.agentk.dev.yaml").read_text())
+    assert crd["spec"] == committed["spec"], "the base ships the generated CRD unchanged"
+
+
+def test_server_side_dry_run_of_the_base_succeeds(kubectl: Kubectl, operator_namespace: str) -> None:
+    applied = kubectl("apply", "--dry-run=server", "-k", BASE)
+    assert applied.returncode == 0, applied.stderr
+    assert "deployment.apps/gitlab-agent-operator" in applied.stdout
+    # The namespace enforces the restricted Pod Security Standard; the pod template must satisfy it.
+    assert "PodSecurity" not in applied.stderr, applied.stderr
+
+
+def test_deployment_is_hardened(kubectl: Kubectl) -> None:
+    built = yaml.safe_load_all(kubectl("kustomize", BASE).stdout)
+    deployment = next(o for o in built if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert deployment["spec"]["replicas"] == 1
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/liveness"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readiness"
+    assert container["ports"][0]["containerPort"] == 8080
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["POD_NAME"] == "metadata.name"
+    assert env["POD_NAMESPACE"] == "metadata.namespace"
+    assert pod["terminationGracePeriodSeconds"] > 30
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+
+
+@pytest.fixture(scope="module")
+def installed_base(kubectl: Kubectl, operator_namespace: str) -> Iterator[None]:
+    """The base applied for real (nothing schedules the pod: there is no scheduler), to ask RBAC."""
+    applied = kubectl("apply", "--server-side", "--force-conflicts", "-k", BASE)
+    assert applied.returncode == 0, applied.stderr
+    yield
+    for kind in ("clusterrolebinding", "clusterrole"):
+        kubectl("delete", kind, "gitlab-agent-operator", "--ignore-not-found")
+
+
+ALLOWED = [
+    ("patch", "gitlabagents.agentk.dev", "team-a"),
+    ("watch", "gitlabagents.agentk.dev", "team-a"),
+    ("patch", "gitlabagents.agentk.dev/status", "team-a"),
+    ("update", "gitlabagents.agentk.dev/status", "team-a"),
+    ("list", "secrets", "team-a"),
+    ("watch", "configmaps", "team-b"),
+    ("create", "events", "team-a"),
+    ("impersonate", "serviceaccounts", "team-a"),
+    ("impersonate", "users", ""),
+    ("create", "subjectaccessreviews.authorization.k8s.io", ""),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("patch", "clusterkopfpeerings.kopf.dev", ""),
+    ("update", "leases.coordination.k8s.io", NAMESPACE),
+]
+DENIED = [
+    ("create", "gitlabagents.agentk.dev", "team-a"),
+    ("update", "gitlabagents.agentk.dev", "team-a"),
+    ("delete", "gitlabagents.agentk.dev", "team-a"),
+    ("create", "secrets", "team-a"),
+    ("update", "secrets", "team-a"),
+    ("delete", "configmaps", "team-a"),
+    ("get", "pods", "team-a"),
+    ("create", "deployments.apps", "team-a"),
+    ("update", "leases.coordination.k8s.io", "team-a"),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", ""),
+]
+
+
+def _can_i(kubectl: Kubectl, verb: str, resource: str, namespace: str) -> bool:
+    resource, _, subresource = resource.partition("/")  # `kind/x` would mean the object named x
+    args = ["auth", "can-i", verb, resource, f"--as={OPERATOR}"]
+    args += [f"--subresource={subresource}"] if subresource else []
+    args += [f"--namespace={namespace}"] if namespace else []
+    answer = kubectl(*args)
+    assert answer.stdout.strip() in {"yes", "no"}, answer.stderr
+    return answer.stdout.strip() == "yes"
+
+
+@pytest.mark.usefixtures("installed_base")
+@pytest.mark.parametrize(("verb", "resource", "namespace"), ALLOWED)
+def test_operator_may(kubectl: Kubectl, verb: str, resource: str, namespace: str) -> None:
+    assert _can_i(kubectl, verb, resource, namespace)
+
+
+@pytest.mark.usefixtures("installed_base")
+@pytest.mark.parametrize(("verb", "resource", "namespace"), DENIED)
+def test_operator_may_not(kubectl: Kubectl, verb: str, resource: str, namespace: str) -> None:
+    assert not _can_i(kubectl, verb, resource, namespace)
+
+
+@pytest.mark.usefixtures("installed_base")
+def test_the_kopf_peering_kind_is_served(kubectl: Kubectl) -> None:
+    waited = kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/clusterkopfpeerings.kopf.dev"
+    )
+    assert waited.returncode == 0, waited.stderr
+    peering = {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "ClusterKopfPeering",
+        "metadata": {"name": "operator-api-test"},
+    }
+    created = kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(peering))
+    assert created.returncode == 0, created.stderr
