@@ -1,0 +1,82 @@
+"""Agent connections accepted by the front listener, found again from inside gRPC handlers.
+
+The front listener splices every agent connection into its own loopback TCP connection to the internal
+gRPC server, so a handler's `context.peer()` (`ipv4:127.0.0.1:<port>`) names exactly one agent
+connection. Each connection carries GitLab's "age context" (PROTOCOL.md §3.6): an event set 30 % of
+`max_connection_age` (+0-5 % random) after accept, which ends idle Connect and GetConfiguration streams OK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from dataclasses import dataclass, field
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class AgentConnection:
+    """One accepted TCP (or TLS, or WebSocket) connection from an agent."""
+
+    remote: str
+    """host:port of the agent as the front listener saw it."""
+    transport: str
+    """grpc, grpcs, ws or wss."""
+    id: int = field(default_factory=lambda: next(_ids))
+    accepted_at: float = field(default_factory=time.monotonic)
+    aged: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the age context fires (or the connection is gone)."""
+    watchers: set[asyncio.Event] = field(default_factory=set)
+    """Events of long-lived handlers on this connection, set together with `aged`."""
+    _timer: asyncio.TimerHandle | None = None
+
+    def start_age_timer(self, age: float) -> None:
+        delay = age * (1.0 + random.uniform(0.0, 0.05))  # noqa: S311 - jitter, not security
+        self._timer = asyncio.get_running_loop().call_later(delay, self.fire)
+
+    def fire(self) -> None:
+        """The age context is done: wake every idle handler so it can end with OK."""
+        self.aged.set()
+        for event in list(self.watchers):
+            event.set()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.fire()
+
+
+def unspliced_connection(peer: str) -> AgentConnection:
+    """A connection that reached the internal server directly (no front listener): no age context."""
+    return AgentConnection(remote=peer, transport="grpc")
+
+
+class ConnectionTable:
+    """Internal peer address -> agent connection."""
+
+    def __init__(self, age_context: float) -> None:
+        self._age_context = age_context
+        self._by_peer: dict[str, AgentConnection] = {}
+
+    def add(self, internal_local_port: int, conn: AgentConnection) -> None:
+        conn.start_age_timer(self._age_context)
+        self._by_peer[f"ipv4:127.0.0.1:{internal_local_port}"] = conn
+
+    def remove(self, internal_local_port: int) -> None:
+        conn = self._by_peer.pop(f"ipv4:127.0.0.1:{internal_local_port}", None)
+        if conn is not None:
+            conn.close()
+
+    def for_peer(self, peer: str) -> AgentConnection | None:
+        return self._by_peer.get(peer)
+
+    def __len__(self) -> int:
+        return len(self._by_peer)
+
+    def close_all(self) -> None:
+        for conn in self._by_peer.values():
+            conn.close()
+        self._by_peer.clear()

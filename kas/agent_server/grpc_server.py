@@ -1,0 +1,80 @@
+"""The internal grpc.aio server behind the front listener, with GitLab's agent-server parameters (§3.6)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from kas.auth import AgentAuthInterceptor
+from kas.config import AgentConfig
+from kas.metrics import KasMetrics
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+def server_options(agent: AgentConfig) -> list[tuple[str, Any]]:
+    listen = agent.listen
+    return [
+        ("grpc.keepalive_time_ms", int(agent.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(agent.keepalive_min_ping_interval * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_connection_age_ms", max(1, int(listen.grpc_max_connection_age * 1000))),
+        ("grpc.max_connection_age_grace_ms", max(1, int(listen.grpc_max_connection_age_grace * 1000))),
+        ("grpc.max_receive_message_length", agent.max_message_size),
+        ("grpc.max_send_message_length", agent.max_message_size),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def counted(metrics: KasMetrics, path: str, fn: Handler) -> Handler:
+    """Count started/handled RPCs by code (grpc_server_started_total, grpc_server_handled_total)."""
+    service, _, method = path.lstrip("/").rpartition("/")
+    started = metrics.rpc_started.labels(service, method)
+
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started.inc()
+        code = "OK"
+        try:
+            return await fn(request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            found = context.code()
+            code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        finally:
+            metrics.rpc_handled.labels(service, method, code).inc()
+
+    return wrapper
+
+
+class _Routes(grpc.GenericRpcHandler):
+    def __init__(self, routes: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self._routes = routes
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return self._routes.get(handler_call_details.method)
+
+
+def build_agent_server(
+    agent: AgentConfig, interceptor: AgentAuthInterceptor, routes: dict[str, grpc.RpcMethodHandler[Any, Any]]
+) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=[interceptor],
+        options=server_options(agent),
+        maximum_concurrent_rpcs=None,
+    )
+    server.add_generic_rpc_handlers((_Routes(routes),))
+    return server

@@ -1,0 +1,41 @@
+"""kas's Prometheus metrics, in a registry of their own (several kas may run in one test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from kas.version import COMMIT, VERSION
+
+
+class KasMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = Info("gitlab_build", "kas build information", registry=r)
+        self.build_info.info({"version": VERSION, "built": COMMIT})
+        self.connected_agents = Gauge(
+            "connected_agents_count", "Agents with a live registration (Register)", registry=r
+        )
+        self.routing_duration = Histogram(
+            "k8s_api_proxy_routing_duration_seconds",
+            "Time to find a tunnel for a routed request",
+            ["status"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
+            registry=r,
+        )
+        self.routing_timeouts = Counter(
+            "k8s_api_proxy_routing_timeout", "Routed requests that found no tunnel in time", registry=r
+        )
+        self.tunnels = Gauge("reverse_tunnel_tunnels", "Agent tunnels on this kas", ["state"], registry=r)
+        self.waiting_requests = Gauge(
+            "reverse_tunnel_waiting_requests", "Requests waiting for a tunnel on this kas", registry=r
+        )
+        self.agent_connections = Gauge(
+            "agent_server_connections", "Agent connections on the agent listener", ["transport"], registry=r
+        )
+        self.rpc_started = Counter(
+            "grpc_server_started", "RPCs started", ["grpc_service", "grpc_method"], registry=r
+        )
+        self.rpc_handled = Counter(
+            "grpc_server_handled", "RPCs completed", ["grpc_service", "grpc_method", "grpc_code"], registry=r
+        )

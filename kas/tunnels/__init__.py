@@ -1,0 +1,1 @@
+"""Reverse tunnels: the registry of agents' idle Connect streams, and routing calls onto them."""

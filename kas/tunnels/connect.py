@@ -1,0 +1,162 @@
+"""ReverseTunnel.Connect on kas: register the agent's stream as a tunnel, relay one call over it (§6.3.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+
+from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2 as tunnel_rpc
+from agent_proto.ordering import OrderingValidator, StreamOrderError
+from kas.agent_server.connections import AgentConnection, ConnectionTable, unspliced_connection
+from kas.agents import AgentDirectory
+from kas.auth import require_agent
+from kas.tunnel_call import CallError, CallEvent, CallHeader, CallMessage, CallTrailer
+from kas.tunnels.registry import LocalTunnelCall, Tunnel, TunnelRegistry, TunnelState, status
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[bytes, tunnel_rpc.ConnectResponse]
+
+
+class BadFrameError(Exception):
+    """The agent sent an undecodable or out-of-order frame: INVALID_ARGUMENT on this tunnel only."""
+
+
+def _meta(values: Any) -> dict[str, list[str]]:
+    return {key: list(v.value) for key, v in values.items()}
+
+
+def to_event(member: str, msg: tunnel_rpc.ConnectRequest) -> CallEvent:
+    if member == "header":
+        return CallHeader(_meta(msg.header.meta))
+    if member == "message":
+        return CallMessage(msg.message.data)
+    if member == "trailer":
+        return CallTrailer(_meta(msg.trailer.meta))
+    return CallError(msg.error.status)
+
+
+class ReverseTunnelServer:
+    def __init__(
+        self, directory: AgentDirectory, registry: TunnelRegistry, connections: ConnectionTable
+    ) -> None:
+        self._directory = directory
+        self._registry = registry
+        self._connections = connections
+
+    async def connect(self, _requests: Any, context: Context) -> None:
+        agent = await require_agent(self._directory, context)
+        conn = self._connections.for_peer(context.peer()) or unspliced_connection(context.peer())
+        validator = OrderingValidator(tunnel_rpc.ConnectRequest, "msg")
+        try:
+            first = await _read(context)
+            if first is None:
+                return
+            member = validator.accept(first)
+        except (BadFrameError, StreamOrderError) as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if member != "descriptor":  # pragma: no cover - the ordering allows only descriptor first
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid oneof value type: {member}")
+        services = {
+            s.name: frozenset(m.name for m in s.methods) for s in first.descriptor.agent_descriptor.services
+        }
+        tunnel = Tunnel(agent.id, services, conn.id)
+        await self._serve(context, tunnel, validator, conn)
+
+    async def _serve(
+        self, context: Context, tunnel: Tunnel, validator: OrderingValidator, conn: AgentConnection
+    ) -> None:
+        registry = self._registry
+        conn.watchers.add(tunnel.changed)
+        registry.add(tunnel)
+        reader = asyncio.create_task(
+            self._read_loop(context, tunnel, validator), name=f"tunnel-{tunnel.id}-read"
+        )
+        reader.add_done_callback(lambda _: tunnel.changed.set())
+        writer: asyncio.Task[None] | None = None
+        try:
+            while tunnel.state is not TunnelState.CLAIMED:
+                tunnel.changed.clear()
+                if reader.done() or tunnel.state is TunnelState.GONE:
+                    break
+                if (conn.aged.is_set() or registry.shutting_down) and registry.retire(tunnel):
+                    return  # idle at the age context or shutdown: end with OK
+                await tunnel.changed.wait()
+            call = tunnel.call
+            if call is None:  # the agent ended (or broke) the stream while idle
+                registry.remove(tunnel)
+                await self._finish_idle(context, reader)
+                return
+            writer = asyncio.create_task(self._write_loop(context, call), name=f"tunnel-{tunnel.id}-write")
+            writer.add_done_callback(lambda _: tunnel.changed.set())
+            while not (reader.done() or call.cancelled.is_set() or (writer.done() and writer.exception())):
+                tunnel.changed.clear()
+                await tunnel.changed.wait()
+            await self._finish_call(context, call, reader, writer)
+        finally:
+            conn.watchers.discard(tunnel.changed)
+            for task in (reader, writer):
+                if task is not None and not task.done():
+                    task.cancel()
+            await asyncio.gather(*(t for t in (reader, writer) if t is not None), return_exceptions=True)
+            if tunnel.call is not None:
+                tunnel.call.agent_gone("agent disconnected")
+            registry.remove(tunnel)
+
+    async def _finish_idle(self, context: Context, reader: asyncio.Task[None]) -> None:
+        exc = reader.exception() if reader.done() and not reader.cancelled() else None
+        if isinstance(exc, BadFrameError | StreamOrderError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def _finish_call(
+        self, context: Context, call: LocalTunnelCall, reader: asyncio.Task[None], writer: asyncio.Task[None]
+    ) -> None:
+        if call.cancelled.is_set() and not reader.done():
+            return  # the caller went away: end the stream, agentk drops its local call
+        exc = reader.exception() if reader.done() and not reader.cancelled() else None
+        if isinstance(exc, BadFrameError | StreamOrderError):
+            call.inbound.close(CallError(_status(grpc.StatusCode.INVALID_ARGUMENT, f"agent: {exc}")))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if exc is not None:
+            call.agent_gone("agent disconnected")
+            return
+        call.inbound.close()
+
+    async def _read_loop(self, context: Context, tunnel: Tunnel, validator: OrderingValidator) -> None:
+        while True:
+            msg = await _read(context)
+            if msg is None:
+                if tunnel.state is TunnelState.CLAIMED:
+                    validator.end()
+                return
+            member = validator.accept(msg)
+            # Frames before request_info wait for the call (the ordering allows descriptor->header).
+            await tunnel.settled.wait()
+            if tunnel.call is None:
+                return
+            await tunnel.call.inbound.put(to_event(member, msg))
+
+    async def _write_loop(self, context: Context, call: LocalTunnelCall) -> None:
+        while (item := await call.outbound.get()) is not None:
+            await context.write(item)
+
+
+def _status(code: grpc.StatusCode, message: str) -> status_pb2.Status:
+    return status(code.value[0], message)
+
+
+async def _read(context: Context) -> tunnel_rpc.ConnectRequest | None:
+    raw: object = await context.read()
+    if not isinstance(raw, bytes):
+        return None  # grpc.aio.EOF
+    msg = tunnel_rpc.ConnectRequest()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as err:
+        raise BadFrameError(f"malformed ConnectRequest: {err}") from err
+    return msg
