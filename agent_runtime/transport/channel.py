@@ -1,0 +1,219 @@
+"""One worker's connection to kas: a grpc.aio channel set up like agentk's (PROTOCOL.md §3.5).
+
+grpc:// and grpcs:// go straight to kas; ws:// and wss:// go through the loopback `WsBridge`. grpcs with
+insecure-skip-verify also goes through the bridge, as a raw TLS pipe: grpcio has no way to turn
+certificate verification off, so the bridge does the TLS (without verification, ALPN h2) and the channel
+speaks plaintext HTTP/2 to loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import grpc
+import grpc.aio
+
+from agent_runtime.secret import Secret
+from agent_runtime.spec import TlsSettings, WorkerError, WorkerSpec
+from agent_runtime.transport.address import KasAddress, Scheme, parse_kas_address
+from agent_runtime.transport.dialer import DialPlan, DialTimeouts
+from agent_runtime.transport.errors import classify_rpc_error
+from agent_runtime.transport.headers import handshake_headers, metadata_headers
+from agent_runtime.transport.proxy import bypasses_proxy, parse_proxy_url, proxy_for
+from agent_runtime.transport.tls import client_context, grpc_root_certificates
+from agent_runtime.transport.ws_bridge import WsBridge
+
+MAX_RECEIVE_MESSAGE: Final = 10 * 1024 * 1024
+_ROUND_ROBIN: Final = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """Channel tuning; the defaults are agentk's."""
+
+    keepalive_time_ms: int = 55_000
+    """Ping kas after this much idle time (agentk: 55 s; kas refuses pings < 20 s apart)."""
+    keepalive_timeout_ms: int = 20_000
+    """Declare the connection dead when a ping is not acknowledged within this time (grpc-go's default
+    ack timeout). Set as both grpc.http2.ping_timeout_ms and grpc.keepalive_timeout_ms: measured with
+    grpcio 1.85, the ping timeout is the one enforced (without it a silent kas is noticed only after
+    60 s, idle or mid-call); the keepalive timeout is kept for grpc cores that read that one."""
+    max_receive_message_length: int = MAX_RECEIVE_MESSAGE
+    """Largest message accepted from kas."""
+    dial: DialTimeouts = field(default_factory=DialTimeouts)
+    """WebSocket dial/TLS/response-header timeouts (ws/wss only)."""
+
+
+class KasConnection:
+    """The channel plus what the transport learned; `call_metadata()` goes on every RPC."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        address: KasAddress,
+        token: Secret,
+        metadata: tuple[tuple[str, str], ...],
+        bridge: WsBridge | None,
+    ) -> None:
+        self.channel = channel
+        """The grpc.aio channel to kas."""
+        self.address = address
+        """The parsed kas address."""
+        self._token = token
+        self._metadata = metadata
+        self._bridge = bridge
+        self._rpc_error: WorkerError | None = None
+        self._kas_version: str | None = None
+
+    @property
+    def kas_version(self) -> str | None:
+        """kas's version: from the WebSocket `Server` header, or as noted from response metadata."""
+        if self._bridge is not None and self._bridge.kas_version:
+            return self._bridge.kas_version
+        return self._kas_version
+
+    def note_kas_version(self, version: str) -> None:
+        """Remember a kas version learned elsewhere (e.g. gRPC response metadata)."""
+        self._kas_version = version
+
+    def last_error(self) -> WorkerError | None:
+        """The latest transport-level failure (handshake, TLS, DNS, refused), None once healthy."""
+        if self._bridge is not None and self._bridge.last_error is not None:
+            return self._bridge.last_error
+        return self._rpc_error
+
+    def record_rpc_error(self, err: grpc.RpcError) -> WorkerError | None:
+        """Classify a failed RPC; transport-level failures become `last_error()`. Returns the reading."""
+        error = classify_rpc_error(err)
+        if error is not None:
+            self._rpc_error = error
+        return self.last_error() if error is not None else None
+
+    def record_rpc_success(self) -> None:
+        """An RPC reached kas: forget the transport error learned from RPCs."""
+        self._rpc_error = None
+
+    def set_token(self, token: Secret) -> None:
+        """Use `token` for calls started from now on (rotation without reconnecting)."""
+        self._token = token
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata for one RPC: `authorization: Bearer <token>`, plus kas headers for grpc/grpcs."""
+        return (("authorization", f"Bearer {self._token.reveal()}"), *self._metadata)
+
+    @property
+    def bridge(self) -> WsBridge | None:
+        """The loopback bridge (ws/wss, or the grpcs skip-verify pipe)."""
+        return self._bridge
+
+    async def close(self, grace: float) -> None:
+        """Let calls finish for up to `grace` seconds, then close the channel and the bridge."""
+        try:
+            await self.channel.close(grace)
+        finally:
+            if self._bridge is not None:
+                await self._bridge.close(grace)
+
+    def __repr__(self) -> str:
+        return f"KasConnection({self.address})"
+
+
+def _base_options(user_agent: str, settings: ChannelSettings) -> list[tuple[str, str | int]]:
+    return [
+        ("grpc.primary_user_agent", user_agent),
+        ("grpc.use_local_subchannel_pool", 1),  # this agent's own HTTP/2 connection, never shared
+        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
+        ("grpc.http2.ping_timeout_ms", settings.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # idle agents must keep pinging (load balancers)
+        ("grpc.max_receive_message_length", settings.max_receive_message_length),
+    ]
+
+
+async def open_kas_connection(
+    spec: WorkerSpec,
+    *,
+    user_agent: str,
+    settings: ChannelSettings | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> KasConnection:
+    """Build the channel for `spec`. Raises TransportConfigError (see `.as_worker_error()`) for bad settings.
+
+    The channel connects lazily; failures to reach kas show up in RPCs and in `last_error()`.
+    """
+    settings = settings or ChannelSettings()
+    env = os.environ if environ is None else environ
+    address = parse_kas_address(spec.kas_address)
+    options = _base_options(user_agent, settings)
+    needs_bridge = address.websocket or (address.scheme == Scheme.GRPCS and spec.tls.insecure_skip_verify)
+    if needs_bridge:
+        bridge = await _start_bridge(spec, address, user_agent, settings, env)
+        options += [
+            ("grpc.enable_http_proxy", 0),  # loopback: never through HTTPS_PROXY
+            ("grpc.default_authority", address.host_header),
+        ]
+        channel = grpc.aio.insecure_channel(
+            f"ipv4:127.0.0.1:{bridge.port}", options=options, compression=grpc.Compression.Gzip
+        )
+        metadata = () if address.websocket else metadata_headers(spec.kas_headers)
+        return KasConnection(channel, address, spec.token, metadata, bridge)
+    metadata = metadata_headers(spec.kas_headers)
+    options += [("grpc.service_config", _ROUND_ROBIN), *_grpc_proxy_options(spec, address)]
+    if address.scheme == Scheme.GRPC:
+        channel = grpc.aio.insecure_channel(
+            address.grpc_target, options=options, compression=grpc.Compression.Gzip
+        )
+    else:
+        credentials = grpc.ssl_channel_credentials(root_certificates=grpc_root_certificates(spec.tls))
+        if spec.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", spec.tls.server_name))
+        channel = grpc.aio.secure_channel(
+            address.grpc_target, credentials, options=options, compression=grpc.Compression.Gzip
+        )
+    return KasConnection(channel, address, spec.token, metadata, None)
+
+
+def _grpc_proxy_options(spec: WorkerSpec, address: KasAddress) -> list[tuple[str, str | int]]:
+    """grpc core applies HTTPS_PROXY itself; an explicit proxy is passed as a channel argument."""
+    if spec.proxy is None:
+        return []
+    parse_proxy_url(spec.proxy.url)  # validate early, with our error messages
+    if bypasses_proxy(address.host, address.port, spec.proxy.no_proxy):
+        return [("grpc.enable_http_proxy", 0)]
+    return [("grpc.http_proxy", spec.proxy.url)]
+
+
+async def _start_bridge(
+    spec: WorkerSpec,
+    address: KasAddress,
+    user_agent: str,
+    settings: ChannelSettings,
+    env: Mapping[str, str],
+) -> WsBridge:
+    proxy = proxy_for(address, spec.proxy, env)
+    alpn = ("http/1.1",) if address.websocket else ("h2",)
+    plan = DialPlan(
+        address=address,
+        websocket=address.websocket,
+        tls=client_context(spec.tls, alpn=alpn) if address.tls else None,
+        server_hostname=spec.tls.server_name,
+        proxy=proxy,
+        proxy_tls=_proxy_context(spec) if proxy is not None and proxy.tls else None,
+        user_agent=user_agent,
+        headers=handshake_headers(spec.kas_headers) if address.websocket else (),
+        timeouts=settings.dial,
+    )
+    bridge = WsBridge(plan, name=spec.id)
+    await bridge.start()
+    return bridge
+
+
+def _proxy_context(spec: WorkerSpec) -> ssl.SSLContext:
+    """TLS towards an https:// proxy: always verified; the extra CA may have signed the proxy too."""
+    return client_context(TlsSettings(ca_pem=spec.tls.ca_pem), alpn=("http/1.1",))

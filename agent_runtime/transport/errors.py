@@ -1,0 +1,114 @@
+"""Typed transport failures with fix hints: what gRPC alone reports as "socket closed" or "unavailable"."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Final
+from urllib.parse import urlsplit
+
+import grpc
+
+from agent_runtime.spec import ErrorReason, WorkerError
+from agent_runtime.transport.address import KasAddress
+
+TRAILING_SLASH_HINT: Final = (
+    "check the path of kasAddress; self-managed GitLab serves the agent endpoint at "
+    "wss://<gitlab host>/-/kubernetes-agent/ and the trailing slash is required"
+)
+CA_HINT: Final = "set caCert to the CA that signed kas's certificate"
+# OpenSSL verify codes that mean "I do not trust whoever signed this".
+_UNKNOWN_AUTHORITY_CODES: Final = frozenset({2, 18, 19, 20, 21})
+_HOSTNAME_MISMATCH: Final = 62
+_EXPIRED: Final = 10
+
+
+class TransportError(Exception):
+    """A connection attempt to kas failed; `error` is what the worker reports."""
+
+    def __init__(self, error: WorkerError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def connect_error(exc: BaseException, target: str, *, proxy: bool = False) -> WorkerError:
+    """Classify a failure to open the TCP connection to `target` (kas, or the proxy if `proxy`)."""
+    what = f"proxy {target}" if proxy else f"kas at {target}"
+    hint = "check the proxy settings" if proxy else "check kasAddress and that kas is reachable from the pod"
+    if isinstance(exc, socket.gaierror):
+        return WorkerError(ErrorReason.KAS_UNREACHABLE, f"cannot resolve the host of {what}", hint)
+    if isinstance(exc, ConnectionRefusedError):
+        return WorkerError(ErrorReason.KAS_UNREACHABLE, f"connection to {what} refused", hint)
+    if isinstance(exc, TimeoutError):
+        return WorkerError(ErrorReason.KAS_UNREACHABLE, f"connecting to {what} timed out", hint)
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    return WorkerError(ErrorReason.KAS_UNREACHABLE, f"cannot connect to {what}: {detail}", hint)
+
+
+def tls_error(exc: BaseException, target: str) -> WorkerError:
+    """Classify a failed TLS handshake with `target`."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        message = f"TLS certificate of {target} not accepted: {exc.verify_message}"
+        if code in _UNKNOWN_AUTHORITY_CODES:
+            return WorkerError(ErrorReason.TLS_UNKNOWN_AUTHORITY, message, CA_HINT)
+        if code == _HOSTNAME_MISMATCH:
+            hint = "use the host name the certificate was issued for, or set tlsServerName"
+            return WorkerError(ErrorReason.TLS_ERROR, message, hint)
+        if code == _EXPIRED:
+            return WorkerError(ErrorReason.TLS_ERROR, message, "kas's certificate must be renewed")
+        return WorkerError(ErrorReason.TLS_ERROR, message)
+    if isinstance(exc, TimeoutError):
+        return WorkerError(ErrorReason.TLS_ERROR, f"TLS handshake with {target} timed out")
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or type(exc).__name__
+        hint = "check that the address points to a TLS endpoint (grpc:// and ws:// are plaintext)"
+        return WorkerError(ErrorReason.TLS_ERROR, f"TLS handshake with {target} failed: {reason}", hint)
+    return WorkerError(ErrorReason.TLS_ERROR, f"TLS handshake with {target} failed: {type(exc).__name__}")
+
+
+def handshake_status_error(
+    status: int, reason: str, location: str | None, address: KasAddress
+) -> WorkerError:
+    """A WebSocket upgrade answered with something other than 101."""
+    message = f"expected handshake response status code 101 but got {status} {reason}".rstrip()
+    if 300 <= status < 400:
+        if location:
+            message += f" (redirect to {location[:200]})"
+        hint = "redirects are not followed; put the final address in kasAddress"
+        path = address.target.split("?", 1)[0]
+        if location and urlsplit(location).path == path + "/":
+            hint = f"add the trailing slash to the path: {address.scheme}://{address.host_header}{path}/"
+        return WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, message, hint)
+    if status == 404:
+        return WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, message, TRAILING_SLASH_HINT)
+    if status in (401, 403):
+        # kas itself never authenticates the upgrade (the token travels inside gRPC), so this is a
+        # proxy or ingress in front of it, not a revoked agent token.
+        hint = "a proxy or ingress in front of kas rejected the upgrade; check kasHeaders"
+        return WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, message, hint)
+    if status in (502, 503, 504):
+        return WorkerError(ErrorReason.KAS_UNREACHABLE, message, "kas behind the proxy is not available")
+    return WorkerError(
+        ErrorReason.WEBSOCKET_HANDSHAKE, message, "check that kasAddress points to kas's agent endpoint"
+    )
+
+
+def classify_rpc_error(err: grpc.RpcError) -> WorkerError | None:
+    """A transport-level reading of a failed RPC (grpc/grpcs), or None when it is not transport-level."""
+    code = err.code() if isinstance(err, grpc.aio.AioRpcError | grpc.Call) else None
+    details = (err.details() if isinstance(err, grpc.aio.AioRpcError | grpc.Call) else None) or ""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    lowered = details.lower()
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        if "hostname" in lowered or "name mismatch" in lowered:
+            return WorkerError(ErrorReason.TLS_ERROR, "TLS certificate of kas does not match its name")
+        return WorkerError(ErrorReason.TLS_UNKNOWN_AUTHORITY, "TLS certificate of kas not trusted", CA_HINT)
+    if "ssl" in lowered or "handshake" in lowered or "tls" in lowered:
+        return WorkerError(ErrorReason.TLS_ERROR, f"TLS failure talking to kas: {details[:200]}")
+    if "dns" in lowered or "resolution" in lowered or "name or service not known" in lowered:
+        return WorkerError(ErrorReason.KAS_UNREACHABLE, "cannot resolve kas's host", "check kasAddress")
+    if "connection refused" in lowered:
+        return WorkerError(ErrorReason.KAS_UNREACHABLE, "connection to kas refused", "check kasAddress")
+    return WorkerError(ErrorReason.KAS_UNREACHABLE, f"kas unavailable: {details[:200]}")

@@ -1,0 +1,309 @@
+"""The loopback bridge between a grpc.aio channel and kas's WebSocket endpoint (ws/wss).
+
+grpcio takes no custom dialer, so the worker's channel dials a listener on 127.0.0.1 owned by the
+bridge; for each accepted connection the bridge dials kas (`dialer.dial`) and pipes bytes both ways,
+gRPC's bytes leaving as masked binary WebSocket messages. Both sides are asyncio.Protocols with
+backpressure: when one side's write buffer passes the high-water mark the other side stops reading.
+Bytes that still arrive after pause_reading() (uvloop may deliver some) are kept in the paused-for
+transport's write buffer, never dropped.
+
+The same bridge, with `websocket=False`, is a raw TLS pipe: the grpcs + insecure-skip-verify workaround.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from typing import Final
+
+from agent_proto import wstunnel
+from agent_runtime.spec import ErrorReason, WorkerError
+from agent_runtime.transport.dialer import Dialed, DialPlan, KasStream, dial
+from agent_runtime.transport.errors import TransportError
+
+_log = logging.getLogger(__name__)
+
+HIGH_WATER: Final = 1 << 20
+"""Write-buffer size (bytes) above which the opposite side stops reading."""
+_LOW_WATER: Final = HIGH_WATER // 4
+_MAX_FRAME: Final = 1 << 20
+"""Largest binary message we send (kas accepts up to 10 MiB)."""
+
+
+class _LocalSide(asyncio.Protocol):
+    """The connection accepted from the worker's own grpc channel."""
+
+    def __init__(self, bridge: WsBridge) -> None:
+        self._bridge = bridge
+        self.transport: asyncio.Transport | None = None
+        self.pending = bytearray()
+        self.pipe: _Pipe | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=_LOW_WATER)
+        self._bridge.accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.from_local(data)
+            return
+        # Before kas answered: hold gRPC's preface; stop reading if it ever grows (it never should).
+        self.pending += data
+        if len(self.pending) > HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.pipe is not None:
+            self.pipe.local_lost()
+        else:
+            self._bridge.local_gone(self)
+
+    def pause_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.local_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.pipe is not None:
+            self.pipe.local_resume_writing()
+
+
+class _Pipe:
+    """Copies bytes between one local connection and its kas connection."""
+
+    def __init__(self, bridge: WsBridge, local: _LocalSide, dialed: Dialed, websocket: bool) -> None:
+        assert local.transport is not None
+        self._bridge = bridge
+        self._local = local
+        self._local_transport: asyncio.Transport = local.transport
+        self._kas: asyncio.Transport = dialed.transport
+        self._stream: KasStream = dialed.stream
+        self._websocket = websocket
+        self._decoder = wstunnel.FrameDecoder(expect_masked=False)
+        self._close_sent = False
+        self._finished = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def start(self) -> None:
+        self._kas.set_write_buffer_limits(high=HIGH_WATER, low=_LOW_WATER)
+        leftover = self._stream.attach(self)
+        self._local.pipe = self
+        pending = bytes(self._local.pending)
+        self._local.pending.clear()
+        if pending:
+            self.from_local(pending)
+        self._local_transport.resume_reading()
+        if leftover:
+            self.kas_data(leftover)
+        if self._stream.lost:
+            self.kas_lost()
+
+    # local → kas
+    def from_local(self, data: bytes) -> None:
+        if self._close_sent or self._kas.is_closing():
+            return
+        if self._websocket:
+            self._kas.write(wstunnel.encode_binary(data, mask=True, max_frame=_MAX_FRAME))
+        else:
+            self._kas.write(data)
+
+    def local_lost(self) -> None:
+        self.shutdown(wstunnel.CloseCode.NORMAL, "")
+
+    def local_pause_writing(self) -> None:
+        self._kas.pause_reading()
+
+    def local_resume_writing(self) -> None:
+        self._kas.resume_reading()
+
+    # kas → local
+    def kas_data(self, data: bytes) -> None:
+        if not self._websocket:
+            self._local_transport.write(data)
+            return
+        if self._decoder.closed:
+            return  # after kas's close frame, or after we failed the connection: nothing more counts
+        try:
+            events = self._decoder.feed(data)
+        except wstunnel.WebSocketProtocolError as e:
+            self._bridge.record(
+                WorkerError(ErrorReason.PROTOCOL_ERROR, f"kas broke the WebSocket protocol: {e}")
+            )
+            self.shutdown(e.code, str(e))
+            return
+        for event in events:
+            if isinstance(event, wstunnel.Data):
+                self._local_transport.write(event.payload)
+            elif isinstance(event, wstunnel.Ping):
+                self._kas.write(wstunnel.encode_frame(wstunnel.Opcode.PONG, event.payload, mask=True))
+            elif isinstance(event, wstunnel.Close):
+                self.shutdown(event.code, "")
+
+    def kas_lost(self) -> None:
+        self._close_sent = True
+        self._local_transport.close()  # flushes what kas sent, then gRPC sees the connection end
+        self._finish()
+
+    def kas_pause_writing(self) -> None:
+        self._local_transport.pause_reading()
+
+    def kas_resume_writing(self) -> None:
+        self._local_transport.resume_reading()
+
+    def shutdown(self, code: int | None, reason: str) -> None:
+        """Close both sides, telling kas why (a close frame) when we still can."""
+        if not self._close_sent:
+            self._close_sent = True
+            if self._websocket and not self._kas.is_closing():
+                self._kas.write(wstunnel.encode_close(code, reason, mask=True))
+        self._kas.close()
+        self._local_transport.close()
+        if self._stream.lost:
+            self._finish()
+
+    def abort(self) -> None:
+        """Drop both connections now."""
+        self._kas.abort()
+        self._local_transport.abort()
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self.done.set_result(None)
+            self._bridge.pipe_done(self)
+
+
+class WsBridge:
+    """Loopback listener whose every connection becomes one connection to kas.
+
+    Records the last connection failure (`last_error`, cleared by the next successful handshake) and
+    the kas version from the `Server: gitlab-kas/<version>/<commit>` response header.
+    """
+
+    def __init__(self, plan: DialPlan, *, name: str) -> None:
+        self._plan = plan
+        self._name = name
+        self._server: asyncio.Server | None = None
+        self._port = 0
+        self._dials: dict[_LocalSide, asyncio.Task[None]] = {}
+        self._pipes: set[_Pipe] = set()
+        self._counter = itertools.count(1)
+        self._last_error: WorkerError | None = None
+        self._kas_version: str | None = None
+        self._handshakes = 0
+        self._closing = False
+
+    async def start(self) -> None:
+        """Listen on 127.0.0.1 (ephemeral port)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _LocalSide(self), "127.0.0.1", 0)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def port(self) -> int:
+        """The loopback port the grpc channel dials."""
+        return self._port
+
+    @property
+    def last_error(self) -> WorkerError | None:
+        """The latest failure to reach kas, or None since the last successful handshake."""
+        return self._last_error
+
+    @property
+    def kas_version(self) -> str | None:
+        """kas's version from its last handshake response, if it announced one."""
+        return self._kas_version
+
+    @property
+    def handshakes(self) -> int:
+        """Successful connections to kas so far."""
+        return self._handshakes
+
+    @property
+    def open_connections(self) -> int:
+        """Bridged connections currently open."""
+        return len(self._pipes)
+
+    def record(self, error: WorkerError) -> None:
+        """Remember `error` as the latest failure (logged once per distinct error)."""
+        if error != self._last_error:
+            _log.warning("kas connection %s: %s", self._name, error.message)
+        self._last_error = error
+
+    # Called by _LocalSide / _Pipe
+
+    def accepted(self, local: _LocalSide) -> None:
+        if self._closing:
+            assert local.transport is not None
+            local.transport.abort()
+            return
+        task_name = f"ws-bridge:{self._name}:dial-{next(self._counter)}"
+        self._dials[local] = asyncio.get_running_loop().create_task(self._connect(local), name=task_name)
+
+    def local_gone(self, local: _LocalSide) -> None:
+        task = self._dials.get(local)
+        if task is not None:
+            task.cancel()
+
+    def pipe_done(self, pipe: _Pipe) -> None:
+        self._pipes.discard(pipe)
+
+    async def _connect(self, local: _LocalSide) -> None:
+        assert local.transport is not None
+        try:
+            dialed = await dial(self._plan)
+        except TransportError as e:
+            self.record(e.error)
+            local.transport.abort()
+            return
+        except asyncio.CancelledError:
+            local.transport.abort()
+            raise
+        except Exception as e:  # noqa: BLE001 - any other failure must still end this connection visibly
+            _log.exception("kas connection %s: unexpected dial failure", self._name)
+            self.record(
+                WorkerError(ErrorReason.INTERNAL, f"unexpected failure dialing kas: {type(e).__name__}")
+            )
+            local.transport.abort()
+            return
+        finally:
+            self._dials.pop(local, None)
+        if local.lost or self._closing:
+            dialed.transport.abort()
+            return
+        self._handshakes += 1
+        self._last_error = None
+        self._kas_version = dialed.kas_version or self._kas_version
+        pipe = _Pipe(self, local, dialed, self._plan.websocket)
+        self._pipes.add(pipe)
+        pipe.start()
+
+    async def close(self, grace: float) -> None:
+        """Stop listening, let open connections end by themselves for `grace` seconds, then drop them."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._dials.values()):
+            task.cancel()
+        dials = list(self._dials.values())
+        if dials:
+            await asyncio.wait(dials, timeout=grace)
+        pipes = [p.done for p in self._pipes]
+        if pipes:
+            await asyncio.wait(pipes, timeout=max(grace, 0.001))
+        for pipe in list(self._pipes):
+            pipe.shutdown(wstunnel.CloseCode.GOING_AWAY, "shutting down")
+            pipe.abort()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(grace, 1.0)):
+                    await self._server.wait_closed()
