@@ -1,0 +1,202 @@
+"""Access to the cluster's Kubernetes API from asyncio, with the credentials the `kubernetes` client finds.
+
+The `kubernetes` package's config loader does the discovery (in-cluster service account, or a kubeconfig
+with its contexts, client certificates, exec plugins and token files); this module turns the result into
+what an aiohttp client needs: a base URL, an `ssl.SSLContext`, an optional TLS server name, and an
+`Authorization` header that is refreshed when the loader's token expires (rotated projected service
+account tokens, exec-plugin tokens). The loader's refresh hook may read files or run a command, so it
+runs in a worker thread, never on the event loop: `run_token_refresher()` (a task of the owner) keeps the
+header current, and `auth_headers()` just reads it.
+
+One `KubeAccess` per process; its `session` is the shared aiohttp session the informer and the
+kubernetes_api module use, closed by the owner with `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+from collections.abc import Callable
+from typing import Any, Final
+
+import aiohttp
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+_TOKEN_REFRESH_SECONDS: Final = 10.0
+"""How often the loader's hook is asked for a fresh token (it re-reads only what has expired)."""
+
+_CONNECT_TIMEOUT_SECONDS: Final = 10.0
+"""TCP+TLS connect timeout; requests themselves (watches, streams) have no total timeout."""
+
+
+# The kubernetes package's loaders carry no annotations; give them the signatures we rely on.
+_load_incluster_config: Callable[[Any], None] = k8s_config.load_incluster_config
+_load_kube_config: Callable[..., None] = k8s_config.load_kube_config
+
+
+class KubeConfigError(RuntimeError):
+    """No usable Kubernetes credentials were found (message says where we looked; never a credential)."""
+
+
+class _AuthHeader:
+    """The Authorization header value; the loader's hook refreshes it in a thread, off the event loop."""
+
+    def __init__(self, configuration: Any) -> None:
+        self._configuration = configuration
+        self.has_hook: bool = configuration.refresh_api_key_hook is not None
+        self.value: str | None = _read_auth(configuration)
+        self._lock = asyncio.Lock()
+        self.stale = asyncio.Event()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            self.stale.clear()
+            self.value = await asyncio.to_thread(_read_auth, self._configuration)
+
+
+def _read_auth(configuration: Any) -> str | None:
+    # auth_settings() calls the loader's refresh hook, which re-reads an expired token.
+    settings: dict[str, Any] = configuration.auth_settings()
+    bearer = settings.get("BearerToken")
+    if bearer and bearer.get("value"):
+        value: str = bearer["value"]
+        # The loaders store "bearer <token>" / "Bearer <token>"; normalise the scheme's spelling.
+        scheme, _, token = value.partition(" ")
+        return f"Bearer {token}" if scheme.lower() == "bearer" and token else value
+    if configuration.username and configuration.password:
+        basic: str = configuration.get_basic_auth_token()
+        return basic
+    return None
+
+
+def _ssl_context(configuration: Any) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    return context
+
+
+class KubeAccess:
+    """Where the API server is and how to authenticate to it; built once per process."""
+
+    def __init__(self, configuration: Any) -> None:
+        host: str = configuration.host or ""
+        if not host.startswith(("https://", "http://")):
+            raise KubeConfigError(f"Kubernetes API host {host!r} is not an http(s) URL")
+        self.base_url: str = host.rstrip("/")
+        """Scheme, host, port and optional path prefix of the API server, without a trailing slash."""
+        self.ssl_context: ssl.SSLContext = _ssl_context(configuration)
+        """TLS settings for the API server (CA, client certificate, verification); unused for http://."""
+        self.server_hostname: str | None = getattr(configuration, "tls_server_name", None) or None
+        """TLS server name override (kubeconfig `tls-server-name`); pass as `server_hostname=`."""
+        self.proxy: str | None = getattr(configuration, "proxy", None) or None
+        """Proxy URL from the kubeconfig (`proxy-url`), if any."""
+        self._auth = _AuthHeader(configuration)
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_configuration(cls, configuration: Any) -> KubeAccess:
+        """Build from a `kubernetes.client.Configuration` that a loader has filled."""
+        return cls(configuration)
+
+    def url(self, path: str) -> str:
+        """Absolute URL of an API path such as `/api/v1/namespaces` (keeps a host path prefix)."""
+        if not path.startswith("/"):
+            path = "/" + path
+        return self.base_url + path
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that authenticate this process (possibly empty: client certificates only).
+
+        Cheap and non-blocking: returns the value `run_token_refresher()` keeps current.
+        """
+        value = self._auth.value
+        return {"Authorization": value} if value else {}
+
+    def invalidate_credentials(self) -> None:
+        """Call after a 401: the refresher re-reads the token from its source now."""
+        self._auth.stale.set()
+
+    async def refresh_credentials(self) -> None:
+        """Re-read the token through the loader's hook (a file read or an exec plugin, in a thread)."""
+        if self._auth.has_hook:
+            await self._auth.refresh()
+
+    async def run_token_refresher(self, interval: float = _TOKEN_REFRESH_SECONDS) -> None:
+        """Keep `auth_headers()` current until cancelled; returns at once when the token never changes.
+
+        The owner (the Runtime) runs this as one named task of its TaskGroup.
+        """
+        if not self._auth.has_hook:
+            return
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._auth.stale.wait(), timeout=interval)
+            await self._auth.refresh()
+
+    def request_options(self) -> dict[str, Any]:
+        """Per-request aiohttp keyword arguments that a session cannot carry (TLS name, proxy)."""
+        options: dict[str, Any] = {}
+        if self.server_hostname:
+            options["server_hostname"] = self.server_hostname
+        if self.proxy:
+            options["proxy"] = self.proxy
+        return options
+
+    def new_session(self, *, limit: int = 0) -> aiohttp.ClientSession:
+        """A new session for this API server; the caller closes it. `limit=0` = no connection cap."""
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=limit, limit_per_host=0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_SECONDS)
+        # The API server's responses are streamed by callers; never let aiohttp follow redirects
+        # or read proxy settings from the environment (kubeconfig decides the proxy).
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The process-wide shared session (created on first use, inside the event loop)."""
+        if self._session is None or self._session.closed:
+            self._session = self.new_session()
+        return self._session
+
+    async def close(self) -> None:
+        """Close the shared session, if one was created."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+def load_kube_access(kubeconfig: str | None = None, *, context: str | None = None) -> KubeAccess:
+    """Find credentials: an explicit kubeconfig; else in-cluster; else $KUBECONFIG / ~/.kube/config.
+
+    Blocking (reads files, may run an exec plugin): call it with `asyncio.to_thread` from async code.
+    """
+    configuration = k8s_client.Configuration()
+    loaders: list[tuple[str, Callable[[], None]]] = []
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        loaders.append(("in-cluster service account", lambda: _load_incluster_config(configuration)))
+    loaders.append(
+        (
+            f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}",
+            lambda: _load_kube_config(
+                config_file=kubeconfig,
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
+            ),
+        )
+    )
+    problems: list[str] = []
+    for where, load in loaders:
+        try:
+            load()
+        except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+            problems.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        return KubeAccess(configuration)
+    raise KubeConfigError("no Kubernetes credentials found (" + "; ".join(problems) + ")")

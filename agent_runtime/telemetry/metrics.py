@@ -1,0 +1,155 @@
+"""Per-agent Prometheus metrics on an injected CollectorRegistry.
+
+The only per-agent label is `agent` (the worker id), plus small closed sets (`code_class`, `rpc`,
+`code`, `direction`), so the number of series is bounded by the number of workers; a removed worker's
+series are deleted by `forget()`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+
+from agent_runtime.spec import Phase, WorkerSnapshot
+
+_PREFIX: Final = "agentk"
+
+_GRPC_CODES: Final = frozenset(
+    {
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+)
+_RPCS: Final = frozenset({"GetConfiguration", "Register", "Connect"})
+
+
+def code_class(code: str) -> str:
+    """Bounded label for a result: `2xx`..`5xx` for HTTP status codes, the gRPC code name otherwise."""
+    code = code.strip()
+    if len(code) == 3 and code.isdigit() and code[0] in "12345":
+        return f"{code[0]}xx"
+    name = code.upper().removeprefix("STATUSCODE.")
+    return name if name in _GRPC_CODES else "other"
+
+
+class RuntimeMetrics:
+    """The runtime's metric families; implements agent_runtime.environment.WorkerMetrics."""
+
+    def __init__(self, registry: CollectorRegistry, *, version: str = "", commit: str = "") -> None:
+        self.registry = registry
+        """Where the families are registered (the one /metrics serves)."""
+        p = _PREFIX
+        self._connected = Gauge(
+            f"{p}_connected", "1 while the worker is connected to kas", ["agent"], registry=registry
+        )
+        self._tunnels_idle = Gauge(
+            f"{p}_tunnels_idle", "Reverse tunnel streams waiting for a request", ["agent"], registry=registry
+        )
+        self._tunnels_active = Gauge(
+            f"{p}_tunnels_active", "Reverse tunnel streams serving a request", ["agent"], registry=registry
+        )
+        self._requests = Counter(
+            f"{p}_tunnel_requests",
+            "Requests served through the reverse tunnel, by result class",
+            ["agent", "code_class"],
+            registry=registry,
+        )
+        self._request_seconds = Counter(
+            f"{p}_tunnel_request_seconds",
+            "Total time spent serving tunnelled requests",
+            ["agent"],
+            registry=registry,
+        )
+        self._reconnects = Counter(
+            f"{p}_reconnects",
+            "Connections to kas re-established after the first",
+            ["agent"],
+            registry=registry,
+        )
+        self._attempts = Counter(
+            f"{p}_kas_rpc_attempts",
+            "Ended GetConfiguration/Register/Connect attempts, by gRPC code",
+            ["agent", "rpc", "code"],
+            registry=registry,
+        )
+        self._bytes = Counter(
+            f"{p}_tunnel_bytes",
+            "Body bytes moved through the tunnel; direction=in is from kas, out is towards kas",
+            ["agent", "direction"],
+            registry=registry,
+        )
+        self._build = Info(f"{p}_build", "Version of this engine", registry=registry)
+        self._build.info({"version": version, "commit": commit})
+        self._connected_since: dict[str, datetime] = {}
+
+    # --- agent_runtime.environment.WorkerMetrics ------------------------------------------------
+    def tunnel_request_done(self, worker_id: str, method: str, code: str, seconds: float) -> None:
+        """One tunnelled request finished with `code` (gRPC name or HTTP status) after `seconds`."""
+        del method  # not a label: free-form, would make the series unbounded
+        self._requests.labels(worker_id, code_class(code)).inc()
+        self._request_seconds.labels(worker_id).inc(max(seconds, 0.0))
+
+    def connection_attempt(self, worker_id: str, rpc: str, code: str) -> None:
+        """One GetConfiguration/Register/Connect attempt ended with gRPC status `code`."""
+        rpc_label = rpc if rpc in _RPCS else "other"
+        self._attempts.labels(worker_id, rpc_label, code_class(code)).inc()
+
+    def bytes_received(self, worker_id: str, count: int) -> None:
+        """`count` body bytes arrived from kas through a tunnel (requests towards the API server)."""
+        self._bytes.labels(worker_id, "in").inc(count)
+
+    def bytes_sent(self, worker_id: str, count: int) -> None:
+        """`count` body bytes went to kas through a tunnel (API server responses)."""
+        self._bytes.labels(worker_id, "out").inc(count)
+
+    # --- driven by the manager's snapshots -----------------------------------------------------
+    def observe_snapshot(self, snapshot: WorkerSnapshot) -> None:
+        """Update the gauges (and the reconnect counter) from a worker's latest snapshot."""
+        agent = snapshot.id
+        connected = snapshot.phase in (Phase.CONNECTED, Phase.DEGRADED)
+        self._connected.labels(agent).set(1 if connected else 0)
+        self._tunnels_idle.labels(agent).set(snapshot.tunnels_idle)
+        self._tunnels_active.labels(agent).set(snapshot.tunnels_active)
+        since = snapshot.connected_since
+        if since is not None:
+            previous = self._connected_since.get(agent)
+            if previous is not None and previous != since:
+                self._reconnects.labels(agent).inc()
+            self._connected_since[agent] = since
+        else:
+            self._reconnects.labels(agent)  # the series exists (at 0) from the first snapshot on
+
+    def forget(self, worker_id: str) -> None:
+        """Delete every series of a removed worker, so label cardinality follows the live workers."""
+        self._connected_since.pop(worker_id, None)
+        for family in (
+            self._connected,
+            self._tunnels_idle,
+            self._tunnels_active,
+            self._request_seconds,
+            self._reconnects,
+        ):
+            family.remove(worker_id)  # no-op when the series does not exist
+        for code in (*_GRPC_CODES, "1xx", "2xx", "3xx", "4xx", "5xx", "other"):
+            self._requests.remove(worker_id, code)
+            for rpc in (*_RPCS, "other"):
+                self._attempts.remove(worker_id, rpc, code)
+        for direction in ("in", "out"):
+            self._bytes.remove(worker_id, direction)

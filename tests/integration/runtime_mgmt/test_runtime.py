@@ -1,0 +1,94 @@
+"""The Runtime with real workers: reference kas over loopback gRPC, the real kube-apiserver, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent_runtime.kube import KubeAccess
+from agent_runtime.runtime import Runtime, RuntimeSettings
+from agent_runtime.secret import Secret
+from agent_runtime.spec import ErrorReason, Phase, WorkerSpec
+from kas.server import KasServer
+from kas.testing import TestAgent, running_kas
+from tests.integration.runtime_mgmt.conftest import eventually
+from tests.support.ports import free_port
+
+AGENT = TestAgent(id=4242, name="rt-agent", project_path="group/rt", token="rt-agent-token-" + "r" * 40)
+
+
+@pytest.fixture
+async def kas(tmp_path: Path) -> AsyncIterator[KasServer]:
+    async with running_kas(tmp_path / "kas", [AGENT]) as server:
+        yield server
+
+
+@pytest.fixture
+async def runtime(kube: KubeAccess) -> AsyncIterator[Runtime]:
+    rt = Runtime(kube, RuntimeSettings(observability_address="127.0.0.1:0", stop_grace=1.0))
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        async with asyncio.timeout(30):
+            await rt.stop(1.0)
+
+
+async def _status(runtime: Runtime, path: str) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{runtime.observability_port}{path}"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_workers_connect_and_a_broken_one_stays_isolated(runtime: Runtime, kas: KasServer) -> None:
+    good = WorkerSpec(id="ns/good", kas_address=f"grpc://{kas.agent_address}", token=Secret(AGENT.token))
+    broken = WorkerSpec(id="ns/broken", kas_address=f"grpc://127.0.0.1:{free_port()}", token=Secret("x" * 50))
+    runtime.apply(broken)
+    runtime.apply(good)
+    await eventually(lambda: (s := runtime.snapshot("ns/good")) is not None and s.phase is Phase.CONNECTED)
+    await eventually(
+        lambda: (
+            (s := runtime.snapshot("ns/broken")) is not None
+            and s.last_error is not None
+            and s.last_error.reason is ErrorReason.KAS_UNREACHABLE
+        )
+    )
+    assert (await _status(runtime, "/readiness"))[0] == 503  # not every agent is connected
+    _, metrics = await _status(runtime, "/metrics")
+    assert 'agentk_connected{agent="ns/good"} 1.0' in metrics
+    assert 'agentk_connected{agent="ns/broken"} 0.0' in metrics
+
+    await runtime.remove("ns/broken")
+    assert runtime.snapshot("ns/broken") is None
+    assert (await _status(runtime, "/readiness"))[0] == 200
+    _, metrics = await _status(runtime, "/metrics")
+    assert 'agent="ns/broken"' not in metrics
+    assert AGENT.token not in metrics
+
+
+async def test_token_rotation_reconnects_in_place(runtime: Runtime, kas: KasServer) -> None:
+    spec = WorkerSpec(id="ns/rotating", kas_address=f"grpc://{kas.agent_address}", token=Secret(AGENT.token))
+    runtime.apply(spec)
+    await eventually(lambda: (s := runtime.snapshot(spec.id)) is not None and s.phase is Phase.CONNECTED)
+    runtime.apply(dataclasses.replace(spec, token=Secret("revoked-" + "z" * 50)))
+    await eventually(
+        lambda: (
+            (s := runtime.snapshot(spec.id)) is not None
+            and s.last_error is not None
+            and s.last_error.reason is ErrorReason.UNAUTHENTICATED
+        ),
+        within=30,
+    )
+    runtime.apply(spec)
+    await eventually(
+        lambda: (s := runtime.snapshot(spec.id)) is not None and s.phase is Phase.CONNECTED, within=30
+    )
+    updates = runtime.updates()
+    latest = await anext(updates)
+    await updates.aclose()
+    assert latest.id == spec.id
