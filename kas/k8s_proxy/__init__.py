@@ -10,7 +10,7 @@ Wiring (the composition root builds these):
     await proxy.run()   # until cancelled
 """
 
-from kas.k8s_proxy.access import AccessConfigError, ProxyAccessConfig, parse_access_config
+from kas.k8s_proxy.access import AccessConfigError, ProxyAccessConfig, load_access_config, parse_access_config
 from kas.k8s_proxy.certs import ServingCertificate, self_signed_serving_certificate, server_ssl_context
 from kas.k8s_proxy.server import KubernetesApiProxy
 from kas.k8s_proxy.settings import (
@@ -31,6 +31,7 @@ __all__ = [
     "ProxyDependencies",
     "ProxySettings",
     "ServingCertificate",
+    "load_access_config",
     "parse_access_config",
     "self_signed_serving_certificate",
     "server_ssl_context",

@@ -28,8 +28,10 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kas.secret import Secret, token_digest
@@ -157,6 +159,17 @@ def _find(entries: list[_T], token: Secret) -> _T | None:
 
 class AccessConfigError(ValueError):
     """The ci_jobs/users sections are invalid; the message names locations, never token text."""
+
+
+def load_access_config(path: Path) -> ProxyAccessConfig:
+    """Read the agents file's ci_jobs/users; YAML errors are reported by type only (lines may hold tokens)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise AccessConfigError(f"{path}: not valid YAML ({type(err).__name__})") from None
+    if raw is not None and not isinstance(raw, Mapping):
+        raise AccessConfigError(f"{path}: top level must be a mapping")
+    return parse_access_config(raw)
 
 
 def parse_access_config(raw: Mapping[str, Any] | None) -> ProxyAccessConfig:

@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
+from pydantic import ValidationError
 
 from kas.agents import AgentInfo
 from kas.k8s_proxy.authorize import AccessGrant, authorize_ci_job, authorize_user
@@ -64,4 +65,9 @@ class Gate:
     async def _rules(self, agent: AgentInfo) -> AccessRules:
         found = self._deps.agent_configuration(agent)
         configuration = await found if inspect.isawaitable(found) else found
-        return access_rules(configuration)
+        try:
+            return access_rules(configuration)
+        except ValidationError as err:
+            raise ProxyError(
+                500, f"Internal error: the configuration of agent {agent.id} is invalid"
+            ) from err
