@@ -6,6 +6,8 @@ from typing import Final
 
 VERSION: Final = "v16.5.0"
 COMMIT: Final = "pykas"
+VERSION_METADATA_KEY: Final = "gitlab-kas-version"
+"""gRPC response metadata carrying server_header() on every agent RPC (the WebSocket Server header's twin)."""
 
 
 def server_header(version: str = VERSION, commit: str = COMMIT) -> str:

@@ -11,6 +11,7 @@ import grpc
 from kas.auth import AgentAuthInterceptor
 from kas.config import AgentConfig
 from kas.metrics import KasMetrics
+from kas.version import VERSION_METADATA_KEY, server_header
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
@@ -41,6 +42,8 @@ def counted(metrics: KasMetrics, path: str, fn: Handler) -> Handler:
         started.inc()
         code = "OK"
         try:
+            # grpc/grpcs agents have no handshake header to learn our version from; send it up front.
+            await context.send_initial_metadata(((VERSION_METADATA_KEY, server_header()),))
             return await fn(request, context)
         except asyncio.CancelledError:
             code = "CANCELLED"
