@@ -1,0 +1,38 @@
+"""Process-wide things every worker shares: Kubernetes API access, metrics, logger.
+
+The WorkerManager builds one WorkerEnvironment per process and hands it to every Worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent_runtime.kube import KubeAccess
+
+
+class WorkerMetrics(Protocol):
+    """Per-agent counters the worker reports; implemented by the telemetry package."""
+
+    def tunnel_request_done(self, worker_id: str, method: str, code: str, seconds: float) -> None:
+        """One tunnelled request finished with gRPC status `code` (e.g. "OK") after `seconds`."""
+        ...
+
+    def connection_attempt(self, worker_id: str, rpc: str, code: str) -> None:
+        """One GetConfiguration/Register/Connect attempt ended with gRPC status `code`."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerEnvironment:
+    """What every worker of the process shares."""
+
+    kube: KubeAccess
+    """Kubernetes API access (base URL, SSL context, credentials, aiohttp session)."""
+    metrics: WorkerMetrics | None = None
+    """Metrics sink, or None when telemetry is off (tests, the single-agent CLI)."""
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("agent_runtime"))
+    """Parent logger; each worker logs through a child adapter carrying its id."""
+    user_agent: str = ""
+    """HTTP/gRPC user agent; empty = the runtime's default (agentk-compatible version + commit)."""

@@ -1,0 +1,44 @@
+"""Small helpers shared by the modules for calling kas (PROTOCOL.md §3.5)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+
+GZIP = grpc.Compression.Gzip
+"""agentk compresses every call with gzip (§3.5)."""
+
+
+class EstablishedProbe:
+    """Calls `on_established` if a stream is still alive `after` seconds after start() (and not ended).
+
+    A long poll (idle tunnel, quiet GetConfiguration) gives no other sign that kas accepted it: kas
+    authenticates first and fails at once, so surviving a moment is the evidence.
+    """
+
+    def __init__(self, after: float, on_established: Callable[[], None]) -> None:
+        self._after = after
+        self._callback = on_established
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Arm the timer."""
+        self._handle = asyncio.get_running_loop().call_later(self._after, self._callback)
+
+    def stop(self) -> None:
+        """The stream ended (or proved itself otherwise): never call back."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+async def wait_either(work: asyncio.Task[object], event: asyncio.Event) -> bool:
+    """Wait for `work` or `event`; returns True when `event` fired first (work is then still running)."""
+    waiter = asyncio.create_task(event.wait(), name="wait-either-event")
+    try:
+        done, _ = await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return work not in done

@@ -1,0 +1,117 @@
+"""Register heartbeat (§6.2): refresh the cluster version, call Register, wait 5 min; back off on errors.
+
+Register does not use wait-for-ready (§3.5): while kas is unreachable it fails fast and backs off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import grpc
+
+from agent_proto.gitlab.agent.agent_registrar.rpc import rpc_pb2
+from agent_proto.gitlab.agent.entity import entity_pb2
+from agent_runtime.backoff import REGISTER_BACKOFF, Backoff
+from agent_runtime.constants import REGISTER_INTERVAL_S
+from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error
+from agent_runtime.grpc_calls import GZIP
+from agent_runtime.module_context import ModuleContext
+from agent_runtime.worker_state import Component
+
+_RPC = "Register"
+_REGISTER_TIMEOUT_S = 60.0
+"""Our bound on one Register call, so a silent network cannot stall the heartbeat."""
+_VERSION_TIMEOUT_S = 10.0
+"""Our bound on GET /version."""
+
+
+class RegistrarModule:
+    """Runs the heartbeat until cancelled."""
+
+    def __init__(self, ctx: ModuleContext) -> None:
+        self._ctx = ctx
+        self._backoff = Backoff(REGISTER_BACKOFF, clock=ctx.clock)
+        self._kubernetes_version = entity_pb2.KubernetesVersion()
+
+    async def run(self) -> None:
+        """Register forever."""
+        while True:
+            await self._ctx.auth_gate.wait_open()
+            wake = self._ctx.reconnect.event()
+            await self._refresh_kubernetes_version()
+            if await self._register_once():
+                try:
+                    async with asyncio.timeout(REGISTER_INTERVAL_S):
+                        await wake.wait()  # a new token registers again at once
+                except TimeoutError:
+                    pass
+            else:
+                await self._backoff.sleep(wake=wake)
+
+    async def _register_once(self) -> bool:
+        ctx = self._ctx
+        request = rpc_pb2.RegisterRequest(
+            agent_meta=ctx.agent.meta(self._kubernetes_version), pod_id=ctx.agent.pod_id
+        )
+        try:
+            method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ctx.kas.channel.unary_unary(
+                ctx.kas.wire.register_path
+            )
+            await method(
+                request.SerializeToString(),
+                metadata=ctx.kas.call_metadata(),
+                compression=GZIP,
+                timeout=_REGISTER_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as e:
+            self._report_error(e.code(), e.details())
+            return False
+        ctx.auth_gate.report_accepted()
+        ctx.state.registered(True, self._kubernetes_version.git_version or None)
+        ctx.state.ok(Component.REGISTRAR)
+        return True
+
+    def _report_error(self, code: grpc.StatusCode, details: str | None) -> None:
+        ctx = self._ctx
+        ctx.state.registered(False, None)
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            # kas < 16.5 has no Register and registers us from GetConfiguration instead (§6.2).
+            ctx.state.not_applicable(Component.REGISTRAR)
+            return
+        error = classify_rpc_error(_RPC, code, details)
+        if error.reason in CREDENTIAL_REASONS:
+            ctx.auth_gate.report_rejected()
+        ctx.logger.warning(
+            "Failed to register agent pod. Please make sure the agent version matches the server version: %s",
+            error.message,
+        )
+        ctx.state.failed(Component.REGISTRAR, error)
+
+    async def _refresh_kubernetes_version(self) -> None:
+        kube = self._ctx.kube
+        try:
+            async with kube.session.get(
+                kube.url("/version"),
+                headers=kube.auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=_VERSION_TIMEOUT_S),
+                **kube.request_options(),
+            ) as response:
+                response.raise_for_status()
+                body: Any = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            self._ctx.logger.warning("Failed to get the Kubernetes version: %s", e)
+            return
+        if isinstance(body, dict):
+            self._kubernetes_version = entity_pb2.KubernetesVersion(
+                major=str(body.get("major", "")),
+                minor=str(body.get("minor", "")),
+                git_version=str(body.get("gitVersion", "")),
+                platform=str(body.get("platform", "")),
+            )
+
+
+def build(ctx: ModuleContext) -> RegistrarModule:
+    """Factory used by the composition root."""
+    return RegistrarModule(ctx)

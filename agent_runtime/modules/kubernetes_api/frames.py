@@ -1,0 +1,71 @@
+"""grpctool.HttpRequest frames in (order-checked, §4.3) and grpctool.HttpResponse frames out (§7.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from agent_proto.gitlab.agent.grpctool import grpctool_pb2
+from agent_proto.gitlab.agent.prototool import prototool_pb2
+from agent_proto.ordering import OrderingValidator, StreamOrderError
+from agent_runtime.local_rpc import LocalCall, RpcStatusError
+
+HttpRequest = grpctool_pb2.HttpRequest
+HttpResponse = grpctool_pb2.HttpResponse
+
+
+class RequestFrames:
+    """Reads HttpRequest frames from a tunnelled call; bad frames raise RpcStatusError(INVALID_ARGUMENT)."""
+
+    def __init__(self, call: LocalCall) -> None:
+        self._call = call
+        self._validator = OrderingValidator(HttpRequest, "message")
+        self.ended = False
+
+    async def next(self) -> HttpRequest | None:
+        """The next frame, or None at the end of the request stream."""
+        if self.ended:
+            return None
+        raw = await self._call.recv()
+        try:
+            if raw is None:
+                self.ended = True
+                self._validator.end()
+                return None
+            frame = HttpRequest.FromString(raw)
+            self._validator.accept(frame)
+        except (StreamOrderError, DecodeError) as e:
+            raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid HttpRequest stream: {e}") from e
+        return frame
+
+
+def _values(header: Mapping[str, Sequence[str]]) -> dict[str, prototool_pb2.Values]:
+    return {k: prototool_pb2.Values(value=list(v)) for k, v in header.items()}
+
+
+def response_header(status_code: int, status: str, header: Mapping[str, Sequence[str]]) -> bytes:
+    """HttpResponse.header."""
+    response = prototool_pb2.HttpResponse(status_code=status_code, status=status, header=_values(header))
+    return HttpResponse(header=HttpResponse.Header(response=response)).SerializeToString()
+
+
+def response_data(data: bytes) -> bytes:
+    """HttpResponse.data (callers keep chunks ≤ 32 KiB)."""
+    return HttpResponse(data=HttpResponse.Data(data=data)).SerializeToString()
+
+
+def response_trailer() -> bytes:
+    """HttpResponse.trailer: end of the body."""
+    return HttpResponse(trailer=HttpResponse.Trailer()).SerializeToString()
+
+
+def response_upgrade_data(data: bytes) -> bytes:
+    """HttpResponse.upgradeData: bytes of the upgraded connection, server → client."""
+    return HttpResponse(upgradeData=HttpResponse.UpgradeData(data=data)).SerializeToString()
+
+
+def header_lists(header: Mapping[str, prototool_pb2.Values]) -> dict[str, list[str]]:
+    """A proto header map as plain lists."""
+    return {k: list(v.value) for k, v in header.items()}

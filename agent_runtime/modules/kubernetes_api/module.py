@@ -1,0 +1,139 @@
+"""MakeRequest handler: kas's HttpRequest stream → an HTTP request to the API server → HttpResponse frames.
+
+The module offers one local service (advertised by reverse_tunnel through the HandlerTable) and has no
+background work of its own; `run()` just waits so that the module lifecycle is uniform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import yarl
+
+from agent_proto.flavor import HeaderExtraError, ImpersonationConfig
+from agent_runtime.constants import GRPC_TO_HTTP_ERROR_PREFIX, NESTED_IMPERSONATION_ERROR, SAR_CACHE_TTL_S
+from agent_runtime.local_rpc import LocalCall, LocalService, RpcStatusError
+from agent_runtime.module_context import ModuleContext
+from agent_runtime.modules.kubernetes_api import frames, http_exchange, upgrade
+from agent_runtime.modules.kubernetes_api.access_review import AccessReviewer, AccessReviewError
+from agent_runtime.modules.kubernetes_api.identity import (
+    checks_for,
+    has_impersonation_headers,
+    impersonation_headers,
+    service_account_groups,
+)
+from agent_runtime.modules.kubernetes_api.outgoing import build_request, response_via
+
+
+class ImpersonationForbiddenError(Exception):
+    """The agent's ServiceAccount may not impersonate what kas asked for: the client gets a 403."""
+
+
+class KubernetesApiModule:
+    """Serves MakeRequest."""
+
+    def __init__(self, ctx: ModuleContext) -> None:
+        self._ctx = ctx
+        self._reviewer = AccessReviewer(ctx.kube, ctx.clock, SAR_CACHE_TTL_S)
+        self.service = LocalService(
+            name=ctx.kas.wire.kubernetes_api_service, methods={"MakeRequest": self.make_request}
+        )
+        """What this module serves through the tunnel."""
+
+    async def run(self) -> None:
+        """Nothing runs in the background; wait until cancelled."""
+        await asyncio.Event().wait()
+
+    async def make_request(self, call: LocalCall) -> None:
+        """One tunnelled HTTP exchange (§7.3)."""
+        request_frames = frames.RequestFrames(call)
+        first = await request_frames.next()
+        if first is None:
+            raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, "empty HttpRequest stream")
+        header = first.header
+        imp = self._impersonation(header)
+        client_header = frames.header_lists(header.request.header)
+        try:
+            identity = await self._identity_headers(imp, has_impersonation_headers(client_header))
+        except ImpersonationForbiddenError as e:
+            await self._send_forbidden(call, str(e))
+            return
+        kube = self._ctx.kube
+        req = build_request(
+            header.request,
+            base_path=yarl.URL(kube.base_url).path,
+            content_length=header.content_length if header.HasField("content_length") else None,
+            identity_headers=identity,
+            auth_headers=kube.auth_headers(),
+        )
+        if req.upgrade:
+            await upgrade.exchange(call, request_frames, kube, req)
+        else:
+            await http_exchange.exchange(call, request_frames, kube, req)
+
+    def _impersonation(self, header: frames.HttpRequest.Header) -> ImpersonationConfig | None:
+        if not header.HasField("extra"):
+            return None
+        try:
+            imp = self._ctx.kas.wire.unpack_header_extra(header.extra)
+        except HeaderExtraError as e:
+            raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, f"HeaderExtra: {e}") from e
+        return None if imp.is_empty() else imp
+
+    async def _identity_headers(
+        self, imp: ImpersonationConfig | None, client_impersonates: bool
+    ) -> list[tuple[str, str]]:
+        """Impersonate-* headers to send (§7.5 plus the per-agent ServiceAccount)."""
+        sa = self._ctx.identity
+        nested = RpcStatusError(
+            grpc.StatusCode.UNAVAILABLE, GRPC_TO_HTTP_ERROR_PREFIX + NESTED_IMPERSONATION_ERROR
+        )
+        if sa is None:
+            if imp is not None and client_impersonates:
+                raise nested
+            return impersonation_headers(imp) if imp is not None else []
+        if client_impersonates:
+            raise nested
+        if imp is None:
+            own = ImpersonationConfig(username=sa.username, groups=service_account_groups(sa))
+            return impersonation_headers(own)
+        for check in checks_for(imp):
+            try:
+                verdict = await self._reviewer.check(sa, check)
+            except AccessReviewError as e:
+                raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, f"{GRPC_TO_HTTP_ERROR_PREFIX}{e}") from e
+            if not verdict.allowed:
+                why = f": {verdict.reason}" if verdict.reason else ""
+                who = f'agent ServiceAccount "{sa.namespace}/{sa.name}"'
+                raise ImpersonationForbiddenError(f"{who} may not impersonate {check.describe()}{why}")
+        return impersonation_headers(imp)
+
+    @staticmethod
+    async def _send_forbidden(call: LocalCall, message: str) -> None:
+        body = json.dumps(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": "ImpersonationForbiddenError",
+                "details": {},
+                "code": 403,
+            }
+        ).encode()
+        header = {
+            "Content-Type": ["application/json"],
+            "Content-Length": [str(len(body))],
+            "Via": [response_via(1, 1)],
+        }
+        await call.send(frames.response_header(403, "403 ImpersonationForbiddenError", header))
+        await call.send(frames.response_data(body))
+        await call.send(frames.response_trailer())
+
+
+def build(ctx: ModuleContext) -> KubernetesApiModule:
+    """Factory used by the composition root."""
+    return KubernetesApiModule(ctx)

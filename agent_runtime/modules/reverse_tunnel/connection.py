@@ -1,0 +1,245 @@
+"""One reverse-tunnel attempt: open Connect, park idle, serve at most one call (§6.3.3).
+
+Sending order: descriptor, then header → message* → trailer → (error) → half-close; or just error when
+the call fails before it has headers. Receiving order is enforced by ResponseReader: a malformed or
+out-of-order frame ends this stream with INVALID_ARGUMENT and never touches other tunnels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+
+import grpc
+
+from agent_proto.gitlab.agent.reverse_tunnel.rpc.rpc_pb2 import ConnectResponse
+from agent_proto.ordering import StreamOrderError
+from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
+from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error, is_cancel
+from agent_runtime.grpc_calls import GZIP, EstablishedProbe
+from agent_runtime.local_rpc import LocalHandler, RpcStatusError
+from agent_runtime.module_context import ModuleContext
+from agent_runtime.modules.reverse_tunnel import frames
+from agent_runtime.modules.reverse_tunnel.pool import Outcome, Slot
+from agent_runtime.worker_state import Component
+
+_QUEUE_DEPTH = 8
+"""Request messages buffered ahead of the handler; keeps gRPC flow control meaningful."""
+
+Status = tuple[grpc.StatusCode, str]
+_Call = grpc.aio.StreamStreamCall[bytes, bytes]
+
+
+class _Stream:
+    """The LocalCall a handler sees, backed by one Connect stream."""
+
+    def __init__(self, call: _Call, method: str, metadata: dict[str, list[str]]) -> None:
+        self._call = call
+        self._method = method
+        self._metadata = metadata
+        self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_DEPTH)
+        self._write_lock = asyncio.Lock()
+        self.header_sent = False
+        self.half_closed = False
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @property
+    def metadata(self) -> Mapping[str, Sequence[str]]:
+        return self._metadata
+
+    async def recv(self) -> bytes | None:
+        item = await self._inbox.get()
+        if item is None:
+            self._inbox.put_nowait(None)  # keep answering None after the end
+        return item
+
+    async def deliver(self, item: bytes | None) -> None:
+        if not self.half_closed:  # after our half-close nobody reads: drop instead of blocking
+            await self._inbox.put(item)
+
+    def discard_inbox(self) -> None:
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+
+    async def send_header(self, meta: Mapping[str, Sequence[str]]) -> None:
+        if self.header_sent:
+            raise RuntimeError("response header already sent")
+        self.header_sent = True
+        await self.write(frames.header(meta))
+
+    async def send(self, message: bytes) -> None:
+        if not self.header_sent:
+            await self.send_header({})
+        await self.write(frames.message(message))
+
+    async def write(self, frame: bytes) -> None:
+        async with self._write_lock:
+            await self._call.write(frame)
+
+    def call_done(self) -> bool:
+        return self._call.done()
+
+    async def finish(self, status: Status) -> None:
+        """Send the final frames for `status` and half-close."""
+        code, text = status
+        if self.header_sent or code is grpc.StatusCode.OK:
+            if not self.header_sent:
+                await self.send_header({})
+            await self.write(frames.trailer({}))
+        if code is not grpc.StatusCode.OK:
+            await self.write(frames.error(code, text))
+        await self._call.done_writing()
+        self.half_closed = True
+
+
+class TunnelAttempt:
+    """Runs one Connect call for one pool slot."""
+
+    def __init__(self, ctx: ModuleContext, slot: Slot) -> None:
+        self._ctx = ctx
+        self._slot = slot
+        self._reader = frames.ResponseReader()
+
+    async def run(self) -> Outcome:
+        """The attempt; never raises except CancelledError."""
+        ctx = self._ctx
+        connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = ctx.kas.channel.stream_stream(
+            ctx.kas.wire.connect_path
+        )
+        call = connect(metadata=ctx.kas.call_metadata(), wait_for_ready=True, compression=GZIP)
+        probe = EstablishedProbe(TUNNEL_ESTABLISHED_AFTER_S, self._established)
+        try:
+            await call.write(frames.descriptor(ctx.kas.wire))
+            probe.start()
+            first = await self._read(call)
+            probe.stop()
+            self._slot.set_established(False)
+            if first is None:
+                return Outcome.DONE  # idle stream rotated by kas (max connection age, shutdown)
+            self._slot.activate()
+            ctx.state.ok(Component.TUNNELS)
+            info = first.request_info
+            return await self._serve(call, info.method_name, frames.request_metadata(info.meta))
+        except grpc.aio.AioRpcError as e:
+            return self._rpc_failed(e.code(), e.details())
+        except StreamOrderError as e:
+            await self._fail_stream(call, None, str(e))
+            return Outcome.ERROR
+        finally:
+            probe.stop()
+            self._slot.set_established(False)
+            if not call.done():
+                call.cancel()
+
+    def _established(self) -> None:
+        self._slot.set_established(True)
+        self._ctx.auth_gate.report_accepted()
+        self._ctx.state.ok(Component.TUNNELS)
+
+    async def _read(self, call: _Call) -> ConnectResponse | None:
+        raw = await call.read()
+        if raw is grpc.aio.EOF:
+            self._reader.end()
+            return None
+        assert isinstance(raw, bytes)
+        return self._reader.decode(raw)
+
+    def _rpc_failed(self, code: grpc.StatusCode, details: str | None) -> Outcome:
+        if is_cancel(code):
+            return Outcome.CANCELLED
+        error = classify_rpc_error("Connect", code, details)
+        if error.reason in CREDENTIAL_REASONS:
+            self._ctx.auth_gate.report_rejected()
+        self._ctx.logger.warning("Error handling a connection: %s", error.message)
+        self._ctx.state.failed(Component.TUNNELS, error)
+        return Outcome.ERROR
+
+    async def _serve(self, call: _Call, method: str, meta: dict[str, list[str]]) -> Outcome:
+        stream = _Stream(call, method, meta)
+        handler = self._ctx.handlers.lookup(method)
+        if handler is None:
+            await self._finish(stream, (grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}"))
+            return await self._drain(call, stream)
+        work = asyncio.create_task(self._invoke(handler, stream), name=f"tunnel-call {method}")
+        pump = asyncio.create_task(self._pump(call, stream, work), name="tunnel-reader")
+        try:
+            try:
+                status = await work
+            except asyncio.CancelledError:
+                fault = pump.result() if pump.done() and not pump.cancelled() else None
+                if fault is None or _current_task_cancelling():
+                    raise
+                status = fault
+            await self._finish(stream, status)
+            stream.discard_inbox()
+            faulted = await pump is not None
+        finally:
+            for task in (work, pump):
+                task.cancel()
+            await asyncio.gather(work, pump, return_exceptions=True)
+        return Outcome.ERROR if faulted else Outcome.DONE
+
+    async def _invoke(self, handler: LocalHandler, stream: _Stream) -> Status:
+        try:
+            await handler(stream)
+        except RpcStatusError as e:
+            return e.code, e.message
+        except Exception as e:
+            self._ctx.logger.exception("tunnelled call %s failed", stream.method)
+            return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
+        return grpc.StatusCode.OK, ""
+
+    async def _pump(self, call: _Call, stream: _Stream, work: asyncio.Task[Status]) -> Status | None:
+        """Feed request messages to the handler until the call ends; returns a fault status, if any."""
+        try:
+            while True:
+                frame = await self._read(call)
+                if frame is None:
+                    if not stream.half_closed:
+                        work.cancel()  # kas ended the call: the caller went away
+                    await stream.deliver(None)
+                    return None
+                which = frame.WhichOneof("msg")
+                if which == "message":
+                    await stream.deliver(frame.message.data)
+                elif which == "close_send":
+                    await stream.deliver(None)
+        except StreamOrderError as e:
+            work.cancel()
+            return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+        except grpc.aio.AioRpcError:
+            work.cancel()
+            stream.discard_inbox()
+            await stream.deliver(None)
+            return None
+
+    async def _finish(self, stream: _Stream, status: Status) -> None:
+        if stream.half_closed or stream.call_done():
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            await stream.finish(status)
+
+    async def _drain(self, call: _Call, stream: _Stream) -> Outcome:
+        """Read until kas ends the call (after our half-close)."""
+        try:
+            while await self._read(call) is not None:
+                pass
+        except StreamOrderError:
+            return Outcome.ERROR
+        except grpc.aio.AioRpcError as e:
+            return self._rpc_failed(e.code(), e.details())
+        return Outcome.DONE
+
+    async def _fail_stream(self, call: _Call, stream: _Stream | None, text: str) -> None:
+        self._ctx.logger.warning("invalid frame from kas: %s", text)
+        target = stream or _Stream(call, "", {})
+        await self._finish(target, (grpc.StatusCode.INVALID_ARGUMENT, text))
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,69 @@
+"""The reverse-tunnel module: a TunnelPool whose attempts are Connect calls (§8).
+
+It ignores configuration and starts at once; a new token recycles idle streams; draining lets active
+requests finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent_runtime import constants as c
+from agent_runtime.backoff import TUNNEL_BACKOFF
+from agent_runtime.module_context import ModuleContext
+from agent_runtime.modules.reverse_tunnel.connection import TunnelAttempt
+from agent_runtime.modules.reverse_tunnel.pool import Outcome, PoolSettings, Slot, TunnelPool
+
+
+class ReverseTunnelModule:
+    """Runs the pool until cancelled, or until the worker drains and every request finished."""
+
+    def __init__(self, ctx: ModuleContext, settings: PoolSettings) -> None:
+        self._ctx = ctx
+        self.pool = TunnelPool(
+            self._attempt,
+            settings,
+            clock=ctx.clock,
+            report=ctx.state.tunnel_counts,
+            before_attempt=ctx.auth_gate.wait_open,
+            name=f"{ctx.worker_id}/tunnel",
+        )
+
+    async def _attempt(self, slot: Slot) -> Outcome:
+        return await TunnelAttempt(self._ctx, slot).run()
+
+    async def run(self) -> None:
+        """Run the pool; token changes recycle idle streams, draining stops it gracefully."""
+        async with asyncio.TaskGroup() as tg:
+            pool = tg.create_task(self.pool.run(), name=f"{self._ctx.worker_id}/tunnel-pool")
+            tg.create_task(self._follow_signals(pool), name=f"{self._ctx.worker_id}/tunnel-signals")
+
+    async def _follow_signals(self, pool: asyncio.Task[None]) -> None:
+        draining = asyncio.create_task(self._ctx.draining.wait(), name=f"{self._ctx.worker_id}/tunnel-drain")
+        try:
+            while not pool.done():
+                reconnect = asyncio.create_task(
+                    self._ctx.reconnect.event().wait(), name=f"{self._ctx.worker_id}/tunnel-reconnect"
+                )
+                try:
+                    await asyncio.wait({pool, draining, reconnect}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    reconnect.cancel()
+                if draining.done():
+                    self.pool.drain()
+                    return
+                self.pool.recycle_idle()
+        finally:
+            draining.cancel()
+
+
+def build(ctx: ModuleContext) -> ReverseTunnelModule:
+    """Factory used by the composition root; pool shape from the spec, timings from §8."""
+    settings = PoolSettings(
+        min_idle=ctx.tunnels.min_idle,
+        max=ctx.tunnels.max,
+        scale_up_step=c.TUNNEL_SCALE_UP_STEP,
+        max_idle_s=c.TUNNEL_MAX_IDLE_S,
+        backoff=TUNNEL_BACKOFF,
+    )
+    return ReverseTunnelModule(ctx, settings)

@@ -1,0 +1,218 @@
+"""One tunnel worker: one kas connection plus the agent modules, with a published snapshot.
+
+This is the composition root of the agent modules: it builds the ModuleContext, the modules from their
+factories, and runs them side by side in one TaskGroup. Modules start independently: tunnels and Register
+never wait for the first configuration (PROTOCOL.md §12.2).
+
+Public API (the WorkerManager is built on it; keep it stable):
+    Worker(spec, env)
+    await worker.run()          runs until cancelled or stop()
+    worker.snapshot             latest WorkerSnapshot
+    worker.subscribe(callback)  callback(snapshot) on every change, called on the event loop
+    worker.update_token(token)  new RPCs use the new token; streams reopen
+    await worker.stop(grace)    lets in-flight tunnel requests finish for up to `grace` seconds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import grpc
+
+from agent_proto.flavor import WireNames, wire_names
+from agent_runtime.auth_gate import AuthGate
+from agent_runtime.clock import SYSTEM_CLOCK
+from agent_runtime.environment import WorkerEnvironment
+from agent_runtime.latest import LatestValue, Signal
+from agent_runtime.local_rpc import HandlerTable
+from agent_runtime.module_context import AgentInfo, ModuleContext
+from agent_runtime.modules import agent_configuration, agent_registrar, kubernetes_api, reverse_tunnel
+from agent_runtime.secret import Secret
+from agent_runtime.spec import ErrorReason, Phase, WorkerError, WorkerSnapshot, WorkerSpec
+from agent_runtime.transport.channel import KasConnection, open_kas_connection
+from agent_runtime.transport.config_error import TransportConfigError
+from agent_runtime.version import AGENT_COMMIT, AGENT_PRODUCT, AGENT_VERSION
+from agent_runtime.worker_state import Component, WorkerState
+
+SnapshotCallback = Callable[[WorkerSnapshot], None]
+
+_KAS_VERSION_POLL_S = 1.0
+"""How often the transport's view of kas's version is copied into the snapshot."""
+_CLOSE_GRACE_S = 1.0
+"""Grace for closing the channel once every module has stopped."""
+
+
+class _KasLink:
+    """The ModuleContext's view of the KasConnection."""
+
+    def __init__(self, connection: KasConnection, wire: WireNames) -> None:
+        self._connection = connection
+        self._wire = wire
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._connection.channel
+
+    @property
+    def wire(self) -> WireNames:
+        return self._wire
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._connection.call_metadata()
+
+
+class Worker:
+    """Runs one GitLab agent: configuration stream, Register heartbeat, reverse-tunnel pool."""
+
+    def __init__(self, spec: WorkerSpec, env: WorkerEnvironment) -> None:
+        self._spec = spec
+        self._env = env
+        self._log = logging.LoggerAdapter(env.logger.getChild("worker"), {"worker": spec.id})
+        self._subscribers: list[SnapshotCallback] = []
+        self._connection: KasConnection | None = None
+        self._state = WorkerState(
+            WorkerSnapshot(id=spec.id, phase=Phase.CONNECTING, agent_version=AGENT_VERSION),
+            self._publish,
+            refine=self._refine,
+        )
+        self._auth_gate = AuthGate()
+        self._reconnect = Signal()
+        self._draining = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._grace = 0.0
+        self._running = False
+        self.configuration: LatestValue[Any] = LatestValue(None)
+        """The latest agent configuration (agentcfg.AgentConfiguration) accepted from kas."""
+        self.agent = AgentInfo.for_this_process(AGENT_VERSION, AGENT_COMMIT)
+        """AgentMeta contents; pod_id is random per worker."""
+
+    @property
+    def spec(self) -> WorkerSpec:
+        """The spec this worker runs (the token is the latest one set)."""
+        return self._spec
+
+    @property
+    def snapshot(self) -> WorkerSnapshot:
+        """The latest snapshot."""
+        return self._state.snapshot
+
+    def subscribe(self, callback: SnapshotCallback) -> Callable[[], None]:
+        """Call `callback` with every new snapshot; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def update_token(self, token: Secret) -> None:
+        """Use `token` from now on: new RPCs carry it, long-lived idle streams reopen with it."""
+        self._spec = dataclasses.replace(self._spec, token=token)
+        if self._connection is not None:
+            self._connection.set_token(token)
+        self._state.clear_errors()
+        self._auth_gate.reopen()
+        self._reconnect.fire()
+
+    async def run(self) -> None:
+        """Run until cancelled or stop() is called."""
+        if self._running:
+            raise RuntimeError(f"worker {self._spec.id} is already running")
+        self._running = True
+        try:
+            try:
+                connection = await open_kas_connection(
+                    self._spec, user_agent=self._env.user_agent or AGENT_PRODUCT
+                )
+            except TransportConfigError as e:
+                self._state.failed(Component.TUNNELS, e.as_worker_error())
+                self._state.set_phase_override(Phase.FAILED)
+                await self._stop_requested.wait()
+                return
+            self._connection = connection
+            try:
+                await self._run_modules(connection)
+            finally:
+                self._connection = None
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(connection.close(_CLOSE_GRACE_S))
+        finally:
+            self._stopped.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop: no new tunnel requests; in-flight ones get up to `grace` seconds; then cancel."""
+        self._grace = grace
+        self._stop_requested.set()
+        if self._running:
+            await self._stopped.wait()
+
+    # --- composition ----------------------------------------------------------------------------------
+    def _context(self, connection: KasConnection) -> ModuleContext:
+        return ModuleContext(
+            worker_id=self._spec.id,
+            kas=_KasLink(connection, wire_names(self._spec.flavor)),
+            agent=self.agent,
+            kube=self._env.kube,
+            identity=self._spec.identity,
+            tunnels=self._spec.tunnels,
+            state=self._state,
+            auth_gate=self._auth_gate,
+            reconnect=self._reconnect,
+            draining=self._draining,
+            configuration=self.configuration,
+            handlers=HandlerTable(),
+            clock=SYSTEM_CLOCK,
+            logger=self._log,
+        )
+
+    async def _run_modules(self, connection: KasConnection) -> None:
+        ctx = self._context(connection)
+        k8s = kubernetes_api.build(ctx)
+        tunnel_ctx = dataclasses.replace(ctx, handlers=HandlerTable((k8s.service,)))
+        name = self._spec.id
+        async with asyncio.TaskGroup() as tg:
+
+            def start(module: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+                return tg.create_task(coro, name=f"{name}/{module}")
+
+            others = [
+                start("kubernetes_api", k8s.run()),
+                start("agent_registrar", agent_registrar.build(ctx).run()),
+                start("agent_configuration", agent_configuration.build(ctx).run()),
+                start("kas-version", self._follow_kas_version(connection)),
+            ]
+            tunnels = start("reverse_tunnel", reverse_tunnel.build(tunnel_ctx).run())
+            start("stopper", self._stopper(others, tunnels))
+
+    async def _stopper(self, others: list[asyncio.Task[None]], tunnels: asyncio.Task[None]) -> None:
+        await self._stop_requested.wait()
+        self._state.set_phase_override(Phase.SUSPENDED)
+        for task in others:
+            task.cancel()
+        self._draining.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(tunnels), timeout=self._grace)
+        tunnels.cancel()
+
+    async def _follow_kas_version(self, connection: KasConnection) -> None:
+        while True:
+            self._state.set_kas_version(connection.kas_version)
+            await asyncio.sleep(_KAS_VERSION_POLL_S)
+
+    # --- state ----------------------------------------------------------------------------------------
+    def _refine(self, error: WorkerError) -> WorkerError:
+        """A generic "unreachable" gets the transport's specific diagnosis (TLS, handshake, proxy, ...)."""
+        connection = self._connection
+        specific = connection.last_error() if connection is not None else None
+        if specific is not None and specific.reason is not ErrorReason.KAS_UNREACHABLE:
+            return specific
+        return error
+
+    def _publish(self, snapshot: WorkerSnapshot) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(snapshot)
+            except Exception:  # noqa: BLE001 - a faulty subscriber must not break the worker
+                self._log.exception("snapshot subscriber failed")

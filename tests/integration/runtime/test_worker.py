@@ -1,0 +1,245 @@
+"""The Worker end to end: fake kas on loopback ⇄ Worker ⇄ real kube-apiserver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent_proto.flavor import ImpersonationConfig
+from agent_proto.gitlab.agent.grpctool import grpctool_pb2
+from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2 as tunnel_rpc
+from agent_runtime.constants import AGENTK_PROTOCOL_VERSION
+from agent_runtime.spec import ErrorReason, Phase, ServiceAccountRef
+from tests.integration.runtime.conftest import WorkerFactory, eventually
+from tests.integration.runtime.fake_kas import (
+    AGENT_ID,
+    FakeKas,
+    http,
+    http_request_frames,
+    read_response,
+    start_request,
+)
+from tests.support.k8s_cluster import LocalCluster
+
+
+async def test_connects_registers_and_reports(kas: FakeKas, start_worker: WorkerFactory) -> None:
+    worker = start_worker()
+    await eventually(lambda: worker.snapshot.agent_id == AGENT_ID and worker.snapshot.registered)
+    snap = worker.snapshot
+    assert snap.phase is Phase.CONNECTED
+    assert snap.config_commit == "c0ffee"
+    assert snap.kubernetes_version
+    assert snap.kubernetes_version.startswith("v1.")
+    assert snap.agent_version == AGENTK_PROTOCOL_VERSION
+    reg = kas.registers[-1]
+    assert reg.agent_meta.version == AGENTK_PROTOCOL_VERSION
+    assert reg.agent_meta.commit_id.startswith("gao-")
+    assert reg.agent_meta.kubernetes_version.git_version == snap.kubernetes_version
+    assert 0 <= reg.pod_id < 2**63
+    cfg = kas.config_requests[0]
+    assert cfg.skip_register
+    assert cfg.commit_id == ""
+    assert cfg.agent_meta.HasField("kubernetes_version")
+    assert not cfg.agent_meta.kubernetes_version.git_version
+    await eventually(lambda: worker.snapshot.tunnels_idle == 2)
+
+
+async def test_make_request_reaches_apiserver(
+    kas: FakeKas, start_worker: WorkerFactory, k8s_cluster: LocalCluster, namespace: str
+) -> None:
+    start_worker()
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cm1"},
+        "data": {"k": "v" * 100_000},
+    }
+    created = await http(
+        kas,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/configmaps",
+        header={"Content-Type": ["application/json"], "Accept": ["application/json"]},
+        body=json.dumps(body).encode(),
+    )
+    assert created.status == 201, created.body[:300]
+    got = await http(
+        kas, "GET", f"/api/v1/namespaces/{namespace}/configmaps/cm1", header={"Accept": ["application/json"]}
+    )
+    assert got.status == 200
+    assert got.error is None
+    assert json.loads(got.body)["data"]["k"] == "v" * 100_000
+    assert any("gitlab-agent/" in v for v in got.header["Via"])
+
+
+async def test_watch_stays_open_and_streams(
+    kas: FakeKas, start_worker: WorkerFactory, k8s_cluster: LocalCluster, namespace: str
+) -> None:
+    start_worker()
+    tunnel = await start_request(
+        kas, http_request_frames("GET", f"/api/v1/namespaces/{namespace}/configmaps", query={"watch": ["1"]})
+    )
+    header = await tunnel.recv()
+    assert header is not None
+    assert header.WhichOneof("msg") == "header"
+    seen = b""
+    for i in range(3):
+        status, _ = await asyncio.to_thread(
+            k8s_cluster.request,
+            "POST",
+            f"/api/v1/namespaces/{namespace}/configmaps",
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"w{i}"}},
+        )
+        assert status == 201
+        while f'"w{i}"'.encode() not in seen:
+            frame = await asyncio.wait_for(tunnel.recv(), 10)
+            assert frame is not None
+            assert frame.WhichOneof("msg") == "message"
+            r = grpctool_pb2.HttpResponse.FromString(frame.message.data)
+            seen += r.data.data if r.WhichOneof("message") == "data" else b""
+    tunnel.finish()  # the client goes away: kas ends the call
+
+
+async def test_hundred_concurrent_requests(kas: FakeKas, start_worker: WorkerFactory) -> None:
+    worker = start_worker()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(http(kas, "GET", "/version") for _ in range(100))), timeout=120
+    )
+    assert all(r.status == 200 for r in results)
+    await eventually(lambda: worker.snapshot.tunnels_active == 0)
+
+
+async def test_unknown_method_is_unimplemented(kas: FakeKas, start_worker: WorkerFactory) -> None:
+    start_worker()
+    tunnel = await start_request(kas, [], method="/gitlab.agent.nope.rpc.Nope/Do")
+    result = await read_response(tunnel)
+    assert result.error is not None
+    assert result.error[0] == grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+async def test_service_account_rbac(
+    kas: FakeKas, start_worker: WorkerFactory, k8s_cluster: LocalCluster, namespace: str
+) -> None:
+    def admin(method: str, path: str, body: object) -> None:
+        status, answer = k8s_cluster.request(method, path, body)
+        assert status in (200, 201), answer
+
+    await asyncio.to_thread(
+        admin,
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "agent"}},
+    )
+    start_worker(identity=ServiceAccountRef(namespace, "agent"))
+    denied = await http(kas, "GET", f"/api/v1/namespaces/{namespace}/secrets")
+    assert denied.status == 403
+    assert f"system:serviceaccount:{namespace}:agent" in json.loads(denied.body)["message"]
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    await asyncio.to_thread(
+        admin,
+        "POST",
+        f"{rbac}/roles",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "read-secrets"},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+        },
+    )
+    await asyncio.to_thread(
+        admin,
+        "POST",
+        f"{rbac}/rolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "agent-reads"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-secrets"},
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}],
+        },
+    )
+    allowed = await http(kas, "GET", f"/api/v1/namespaces/{namespace}/secrets")
+    assert allowed.status == 200, allowed.body[:300]
+    # kas asks for CI impersonation the ServiceAccount may not do: our own 403 says why
+    ci = ImpersonationConfig(username="gitlab:ci_job:1", groups=["gitlab:ci_job"])
+    refused = await http(kas, "GET", f"/api/v1/namespaces/{namespace}/secrets", imp=ci)
+    assert refused.status == 403
+    assert "may not impersonate user" in json.loads(refused.body)["message"]
+
+
+async def test_wrong_token_fails_without_retry_storm(kas: FakeKas, start_worker: WorkerFactory) -> None:
+    worker = start_worker(token="bad-token")
+    await eventually(lambda: worker.snapshot.phase is Phase.FAILED)
+    err = worker.snapshot.last_error
+    assert err is not None
+    assert err.reason is ErrorReason.UNAUTHENTICATED
+    assert "invalid or revoked" in err.hint
+    assert "bad-token" not in repr(worker.snapshot)
+    before = kas.rejected
+    await asyncio.sleep(3)
+    assert kas.rejected - before <= 4  # gated: no storm while the backoff runs
+    from agent_runtime.secret import Secret
+
+    worker.update_token(Secret("good-token"))
+    await eventually(lambda: worker.snapshot.phase is Phase.CONNECTED and worker.snapshot.registered)
+    result = await http(kas, "GET", "/version")
+    assert result.status == 200
+
+
+async def test_graceful_stop_lets_inflight_finish(
+    kas: FakeKas, start_worker: WorkerFactory, namespace: str
+) -> None:
+    worker = start_worker()
+    tunnel = await start_request(kas, http_request_frames("GET", "/version"))
+    stop = asyncio.create_task(worker.stop(5.0), name="stop")
+    result = await read_response(tunnel)
+    assert result.status == 200
+    await asyncio.wait_for(stop, 10)
+
+
+FRAME = st.one_of(st.binary(max_size=30), st.sampled_from(["info", "msg", "close"]))
+
+
+def _generated_frame_lists() -> list[list[bytes | str]]:
+    """Hypothesis-generated frame sequences (collected up front: the worker is one long-lived object)."""
+    collected: list[list[bytes | str]] = []
+
+    @settings(max_examples=12, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.lists(FRAME, min_size=1, max_size=5))
+    def collect(frames: list[bytes | str]) -> None:
+        collected.append(frames)
+
+    collect()
+    return collected
+
+
+async def test_malformed_frames_never_crash_the_worker(kas: FakeKas, start_worker: WorkerFactory) -> None:
+    worker = start_worker()
+    named = {
+        "info": tunnel_rpc.ConnectResponse(request_info=tunnel_rpc.RequestInfo(method_name="/x.Y/Z")),
+        "msg": tunnel_rpc.ConnectResponse(message=tunnel_rpc.Message(data=b"\xff")),
+        "close": tunnel_rpc.ConnectResponse(close_send=tunnel_rpc.CloseSend()),
+    }
+    allowed_codes = {grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.UNIMPLEMENTED.value[0]}
+    out_of_order: list[bytes | str] = [b"\x1a\x00\x12\x00"]  # close_send, then message
+    for frames in [out_of_order, *_generated_frame_lists()]:
+        tunnel = await asyncio.wait_for(kas.tunnels.get(), 60)
+        back: list[tunnel_rpc.ConnectRequest] = []
+        try:
+            for f in frames:
+                await tunnel.send(named[f] if isinstance(f, str) else f)
+            while (r := await asyncio.wait_for(tunnel.recv(), 0.5)) is not None:
+                back.append(r)
+        except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the agent may wait for more, or may have ended the stream already
+        tunnel.finish()
+        errors = [r.error.status.code for r in back if r.WhichOneof("msg") == "error"]
+        assert all(code in allowed_codes for code in errors), errors
+        if frames is out_of_order:
+            assert errors == [grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+    result = await http(kas, "GET", "/version")
+    assert result.status == 200
+    assert worker.snapshot.phase in (Phase.CONNECTED, Phase.DEGRADED)
