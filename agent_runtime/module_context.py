@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +44,10 @@ class KasLink(Protocol):
 
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
         """Metadata for a new RPC: `authorization: Bearer <current token>` plus kas headers."""
+        ...
+
+    def note_response_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        """Learn what kas tells about itself in response metadata (its version)."""
         ...
 
 

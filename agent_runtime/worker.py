@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -64,6 +64,9 @@ class _KasLink:
 
     def call_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._connection.call_metadata()
+
+    def note_response_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        self._connection.note_response_metadata(metadata)
 
 
 class Worker:

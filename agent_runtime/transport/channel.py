@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -24,6 +24,7 @@ from agent_runtime.transport.address import KasAddress, Scheme, parse_kas_addres
 from agent_runtime.transport.dialer import DialPlan, DialTimeouts
 from agent_runtime.transport.errors import classify_rpc_error
 from agent_runtime.transport.headers import handshake_headers, metadata_headers
+from agent_runtime.transport.kas_version import from_metadata
 from agent_runtime.transport.proxy import bypasses_proxy, parse_proxy_url, proxy_for
 from agent_runtime.transport.tls import client_context, grpc_root_certificates
 from agent_runtime.transport.ws_bridge import WsBridge
@@ -80,6 +81,12 @@ class KasConnection:
     def note_kas_version(self, version: str) -> None:
         """Remember a kas version learned elsewhere (e.g. gRPC response metadata)."""
         self._kas_version = version
+
+    def note_response_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        """Learn kas's version from a call's response metadata, when kas sends it."""
+        version = from_metadata(metadata)
+        if version:
+            self._kas_version = version
 
     def last_error(self) -> WorkerError | None:
         """The latest transport-level failure (handshake, TLS, DNS, refused), None once healthy."""

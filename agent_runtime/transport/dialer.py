@@ -17,9 +17,9 @@ from agent_proto import wstunnel
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.address import KasAddress
 from agent_runtime.transport.errors import TransportError, connect_error, handshake_status_error, tls_error
+from agent_runtime.transport.kas_version import from_server_header
 from agent_runtime.transport.proxy import Proxy
 
-_KAS_SERVER_PREFIX: Final = "gitlab-kas/"
 _TCP_KEEPALIVE_S: Final = 30
 
 
@@ -268,7 +268,7 @@ async def _upgrade(transport: asyncio.Transport, stream: KasStream, plan: DialPl
     )
     transport.write(request)
     head = await _response_head(stream, plan, "WebSocket upgrade request")
-    version = _kas_version(head.get("Server"))
+    version = from_server_header(head.get("Server"))
     if head.status != 101:
         reason = head.start_line[2]
         raise TransportError(handshake_status_error(head.status, reason, head.get("Location"), plan.address))
@@ -278,11 +278,3 @@ async def _upgrade(transport: asyncio.Transport, stream: KasStream, plan: DialPl
         hint = "check that kasAddress points to kas's agent endpoint"
         raise TransportError(WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, str(e), hint)) from None
     return version
-
-
-def _kas_version(server: str | None) -> str | None:
-    """`<version>` of `Server: gitlab-kas/<version>/<commit>`."""
-    if not server or not server.startswith(_KAS_SERVER_PREFIX):
-        return None
-    version = server[len(_KAS_SERVER_PREFIX) :].split("/", 1)[0].strip()
-    return version[:64] or None

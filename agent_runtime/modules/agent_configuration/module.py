@@ -85,6 +85,7 @@ class ConfigurationModule:
         probe = EstablishedProbe(TUNNEL_ESTABLISHED_AFTER_S, lambda: ctx.state.ok(Component.CONFIGURATION))
         probe.start()
         try:
+            ctx.kas.note_response_metadata(await call.initial_metadata())
             while True:
                 raw = await call.read()
                 if raw is grpc.aio.EOF:

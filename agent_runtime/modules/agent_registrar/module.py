@@ -59,12 +59,14 @@ class RegistrarModule:
             method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ctx.kas.channel.unary_unary(
                 ctx.kas.wire.register_path
             )
-            await method(
+            call = method(
                 request.SerializeToString(),
                 metadata=ctx.kas.call_metadata(),
                 compression=GZIP,
                 timeout=_REGISTER_TIMEOUT_S,
             )
+            await call
+            ctx.kas.note_response_metadata(await call.initial_metadata())
         except grpc.aio.AioRpcError as e:
             self._report_error(e.code(), e.details())
             return False
