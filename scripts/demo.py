@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""The local demo (`make demo`): the whole product on one machine, every part real.
+
+1. etcd + kube-apiserver (built by scripts/k8s-assets), redis-server, all on loopback;
+2. the reference kas as a process (`python -m kas --config kas.yaml`): agent listener (gRPC + ws-tunnel)
+   and the Kubernetes API proxy that GitLab CI jobs talk to;
+3. the GitLabAgent CRD, a namespace with the agent's token Secret, its ServiceAccount (allowed to list
+   namespaces, nothing else) and a GitLabAgent resource;
+4. the operator as a process (`python -m agent_operator`), which turns the resource into a tunnel worker;
+5. `kubectl get gla` once the agent is Connected, then `kubectl get namespaces` the way a GitLab CI job
+   runs it: with a CI kubeconfig pointed at kas, through the agent's reverse tunnel, into the cluster.
+
+`--keep` leaves everything running until Ctrl-C and prints how to reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# The demo runs on the same substrate as the test suite.
+from kas.k8s_proxy.certs import self_signed_serving_certificate  # noqa: E402
+from kas.kubeconfig import print_kubeconfig  # noqa: E402
+from tests.support.k8s_cluster import LocalCluster, find_assets  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.redis_server import RedisServer, find_redis_server  # noqa: E402
+
+NAMESPACE = "demo"
+AGENT_NAME = "payments"
+AGENT_ID = 1042
+PROJECT_PATH = "acme/platform"
+READY_TIMEOUT = 90.0
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+@contextmanager
+def process(name: str, argv: Sequence[str], log_file: Path, env: dict[str, str]) -> Iterator[None]:
+    """Run a child process for the demo's lifetime; stop it with SIGTERM (then SIGKILL) at the end."""
+    with log_file.open("wb") as log:
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    say(f"{name} started (pid {child.pid}, log {log_file})")
+    try:
+        yield
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def wait_until(what: str, check: Callable[[], bool], log_file: Path, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-30:])
+    raise SystemExit(f"timed out waiting for {what}; last lines of {log_file}:\n{tail}")
+
+
+def write_kas_config(work: Path, redis_url: str, certs: tuple[Path, Path, Path]) -> tuple[Path, int, int]:
+    """kas.yaml, the agents file (agent token + one CI job), and the agent's config.yaml 'repository'."""
+    agent_token = secrets.token_urlsafe(40)
+    job_token = secrets.token_urlsafe(24)
+    (work / "agent-token").write_text(agent_token)
+    (work / "job-token").write_text(job_token)
+    agents = {
+        "agents": [
+            {
+                "id": AGENT_ID,
+                "name": AGENT_NAME,
+                "project_path": PROJECT_PATH,
+                "project_id": 7,
+                "tokens": [agent_token],
+            }
+        ],
+        "ci_jobs": [
+            {
+                "token": job_token,
+                "job_id": 1074,
+                "pipeline_id": 512,
+                "project": {"id": 7, "path": PROJECT_PATH},
+                "user": {"id": 1, "username": "ci-user"},
+            }
+        ],
+    }
+    (work / "agents.yaml").write_text(yaml.safe_dump(agents))
+    agent_config = work / "repos" / PROJECT_PATH / ".gitlab" / "agents" / AGENT_NAME / "config.yaml"
+    agent_config.parent.mkdir(parents=True)
+    agent_config.write_text(f"ci_access:\n  projects:\n    - id: {PROJECT_PATH}\n")
+    agent_port, proxy_port = free_port(), free_port()
+    _, cert, key = certs
+    kas_yaml = {
+        "agent": {
+            "listen": {"address": f"127.0.0.1:{agent_port}", "websocket": True},
+            "kubernetes_api": {
+                "listen": {
+                    "address": f"127.0.0.1:{proxy_port}",
+                    "certificate_file": str(cert),
+                    "key_file": str(key),
+                }
+            },
+        },
+        "agents": {"file": str(work / "agents.yaml")},
+        "agent_configuration": {"directory": str(work / "repos")},
+        "redis": {"url": redis_url, "key_prefix": "demo-kas"},
+        "observability": {"listen": {"address": f"127.0.0.1:{free_port()}"}},
+    }
+    path = work / "kas.yaml"
+    path.write_text(yaml.safe_dump(kas_yaml))
+    return path, agent_port, proxy_port
+
+
+def cluster_objects(kas_address: str, agent_token: str) -> str:
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{AGENT_NAME}-token", "namespace": NAMESPACE},
+            "stringData": {"token": agent_token},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": AGENT_NAME, "namespace": NAMESPACE},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "demo-agent-namespace-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "demo-agent-namespace-reader"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "demo-agent-namespace-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": NAMESPACE}],
+        },
+        {
+            "apiVersion": "agentk.dev/v1alpha1",
+            "kind": "GitLabAgent",
+            "metadata": {"name": AGENT_NAME, "namespace": NAMESPACE},
+            "spec": {
+                "kasAddress": kas_address,
+                "tokenSecretRef": {"name": f"{AGENT_NAME}-token", "key": "token"},
+                "serviceAccountName": AGENT_NAME,
+            },
+        },
+    ]
+    return yaml.safe_dump_all(docs)
+
+
+def agent_phase(kubeconfig: Path) -> str:
+    out = kubectl(kubeconfig, "-n", NAMESPACE, "get", "gitlabagent", AGENT_NAME, "-o", "json", check=False)
+    if not out:
+        return ""
+    return str(json.loads(out).get("status", {}).get("phase", ""))
+
+
+def run(keep: bool) -> None:
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gao-demo-")))
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+        cluster = stack.enter_context(LocalCluster(find_assets()))
+        admin = cluster.admin_kubeconfig
+        say(f"kube-apiserver {cluster.version} ready in {cluster.startup_seconds:.1f}s (kubeconfig {admin})")
+        redis = stack.enter_context(RedisServer(find_redis_server()))
+        say(f"redis-server at {redis.url}")
+
+        certs = self_signed_serving_certificate().write(work / "certs")
+        kas_yaml, agent_port, proxy_port = write_kas_config(work, redis.url, certs)
+        kas_log = work / "kas.log"
+        stack.enter_context(
+            process("kas", [sys.executable, "-m", "kas", "--config", str(kas_yaml)], kas_log, env)
+        )
+        kas_address = f"ws://127.0.0.1:{agent_port}/"
+        say(
+            f"kas: agents dial {kas_address} (gRPC on the same port); CI proxy https://127.0.0.1:{proxy_port}/"
+        )
+
+        kubectl(admin, "apply", "-f", str(ROOT / "crds" / "gitlabagents.agentk.dev.yaml"))
+        kubectl(admin, "wait", "--for=condition=Established", "crd/gitlabagents.agentk.dev", "--timeout=30s")
+        operator_log = work / "operator.log"
+        operator_env = {
+            **env,
+            "KUBECONFIG": str(admin),
+            "POD_NAMESPACE": NAMESPACE,
+            "POD_NAME": "operator-demo",
+        }
+        operator_argv = [
+            sys.executable, "-m", "agent_operator", "--all-namespaces",
+            "--observability-address", f"127.0.0.1:{free_port()}",
+        ]  # fmt: skip
+        stack.enter_context(process("operator", operator_argv, operator_log, operator_env))
+        kubectl(
+            admin, "apply", "-f", "-", stdin=cluster_objects(kas_address, (work / "agent-token").read_text())
+        )
+        say(f"applied GitLabAgent {NAMESPACE}/{AGENT_NAME} with its token Secret and ServiceAccount")
+
+        started = time.monotonic()
+        wait_until("the agent to be Connected", lambda: agent_phase(admin) == "Connected", operator_log)
+        say(f"Connected {time.monotonic() - started:.1f}s after apply\n")
+        print(f"$ kubectl get gla -n {NAMESPACE}")
+        print(kubectl(admin, "get", "gla", "-n", NAMESPACE))
+
+        ci_kubeconfig = work / "ci-kubeconfig.yaml"
+        with ci_kubeconfig.open("w") as out:
+            print_kubeconfig(
+                agent_id=AGENT_ID,
+                agent_name=AGENT_NAME,
+                config_project_path=PROJECT_PATH,
+                server=f"https://127.0.0.1:{proxy_port}/",
+                token_file=work / "job-token",
+                ca_file=certs[0],
+                out=out,
+            )
+        print(
+            f"$ kubectl --context {PROJECT_PATH}:{AGENT_NAME} get namespaces   # as a GitLab CI job, via kas"
+        )
+        print(kubectl(ci_kubeconfig, "--context", f"{PROJECT_PATH}:{AGENT_NAME}", "get", "namespaces"))
+        denied = subprocess.run(
+            ["kubectl", "--kubeconfig", str(ci_kubeconfig), "get", "secrets", "-A"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        print("$ kubectl get secrets -A   # the agent's ServiceAccount may only read namespaces")
+        print(denied.stderr.strip() or denied.stdout.strip(), end="\n\n")
+
+        if keep:
+            say(f"everything keeps running; admin kubeconfig: {admin}; CI kubeconfig: {ci_kubeconfig}")
+            say(f"logs: {kas_log}, {operator_log}. Ctrl-C stops it all.")
+            with suppress(KeyboardInterrupt):
+                signal.pause()
+        say("stopping")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    run(parser.parse_args().keep)
+
+
+if __name__ == "__main__":
+    main()
