@@ -6,8 +6,8 @@ An `Informer` lists a resource (paginated), then watches it from the list's reso
 lists again and reports the difference as changes. `SharedInformers` hands out one informer per
 `ResourceKind` and owns their tasks.
 
-The first consumer is token rotation: the operator watches only Secrets labelled `agentk.dev/token-for`
-(`TOKEN_SECRETS`), so the cache never holds the cluster's other Secrets.
+The first consumer is token rotation: the operator labels the Secrets and ConfigMaps its agents refer to
+and watches only those (a label selector), so the cache never holds the cluster's other Secrets.
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 
 KubeObject = Mapping[str, Any]
 """A Kubernetes object as decoded JSON (treat as read-only: it is shared by every reader)."""
-
-TOKEN_SECRET_LABEL: Final = "agentk.dev/token-for"  # noqa: S105 - a label name, not a secret
-"""Label on the Secrets that hold agent tokens; the operator watches only these."""
 
 WATCH_TIMEOUT_RANGE_S: Final = (300, 600)
 """The server ends each watch after a random 5-10 min, as client-go's reflector asks (timeoutSeconds)."""
@@ -63,7 +60,7 @@ class ResourceKind:
     namespace: str | None = None
     """Only this namespace; None = all namespaces."""
     label_selector: str | None = None
-    """Server-side label selector, e.g. `agentk.dev/token-for`."""
+    """Server-side label selector, e.g. `agentk.dev/watched=true`."""
     field_selector: str | None = None
     """Server-side field selector."""
 
@@ -83,10 +80,6 @@ class ResourceKind:
         return params
 
 
-TOKEN_SECRETS: Final = ResourceKind("v1", "secrets", label_selector=TOKEN_SECRET_LABEL)
-"""The Secrets the operator watches for token rotation."""
-
-
 class EventType(enum.StrEnum):
     """What happened to a cached object."""
 
@@ -98,7 +91,7 @@ class EventType(enum.StrEnum):
 ChangeCallback = Callable[[EventType, KubeObject | None, KubeObject | None], None]
 """callback(event, old, new): old is None for ADDED, new is None for DELETED."""
 IndexFunc = Callable[[KubeObject], Iterable[str]]
-"""Index values of an object (e.g. the label value `agentk.dev/token-for`)."""
+"""Index values of an object (e.g. a label value)."""
 
 
 class GoneError(Exception):

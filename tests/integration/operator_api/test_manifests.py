@@ -97,6 +97,8 @@ ALLOWED = [
     ("patch", "gitlabagents.agentk.dev/status", "team-a"),
     ("update", "gitlabagents.agentk.dev/status", "team-a"),
     ("list", "secrets", "team-a"),
+    ("patch", "secrets", "team-a"),
+    ("patch", "configmaps", "team-b"),
     ("watch", "configmaps", "team-b"),
     ("create", "events", "team-a"),
     ("impersonate", "serviceaccounts", "team-a"),
@@ -104,6 +106,7 @@ ALLOWED = [
     ("create", "subjectaccessreviews.authorization.k8s.io", ""),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", ""),
     ("patch", "clusterkopfpeerings.kopf.dev", ""),
+    ("create", "clusterkopfpeerings.kopf.dev", ""),
     ("update", "leases.coordination.k8s.io", NAMESPACE),
 ]
 DENIED = [

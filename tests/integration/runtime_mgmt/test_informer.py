@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from agent_runtime.informer import (
-    TOKEN_SECRET_LABEL,
     EventType,
     Informer,
     KubeObject,
@@ -22,6 +21,8 @@ from tests.integration.runtime_mgmt.conftest import eventually
 from tests.support.k8s_cluster import LocalCluster
 
 Change = tuple[EventType, str, str | None]
+TOKEN_SECRET_LABEL = "test.agentk.dev/token-for"
+"""The label these tests select on; its value names the agent a Secret belongs to."""
 
 
 def _secret(name: str, agent: str | None, value: str = "dG9rZW4=") -> dict[str, Any]:

@@ -1,0 +1,145 @@
+"""The composition root: everything the operator process runs, built once and wired here.
+
+    kopf (handlers.py) ─► AgentController ─► Runtime (workers, informers, /metrics /liveness /readiness)
+                               │                 │ snapshots
+                               ▼                 ▼
+                          Sources ◄─ informers  StatusWriter ─► status subresource, Events
+
+`start()` runs in kopf's startup handler, `stop()` in its cleanup handler: the status writer and the
+background re-mappings stop first (so draining workers are not reported as Suspended), then the runtime
+drains every worker within `drain_grace`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import kopf
+from prometheus_client import CollectorRegistry
+
+from agent_operator.controller import AgentController
+from agent_operator.events import EventRecorder
+from agent_operator.kube_api import KubeApi
+from agent_operator.metrics import OperatorMetrics
+from agent_operator.settings import OperatorSettings
+from agent_operator.sources import Sources
+from agent_operator.status_writer import StatusWriter
+from agent_runtime.kube import KubeAccess
+from agent_runtime.manager import STOP_MARGIN_S
+from agent_runtime.runtime import Runtime, RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX: Final = "agentk.dev"
+"""kopf's bookkeeping (progress, last handled spec) lives in annotations under this prefix."""
+FINALIZER: Final = "agentk.dev/worker-cleanup"
+"""Held while a GitLabAgent has a worker to drain."""
+EXIT_MARGIN_S: Final = 20.0
+"""kopf's last-resort SIGKILL comes this long after the drain time (kopf's own shutdown steps)."""
+
+
+class Composition:
+    """Owns the Runtime and the operator's own tasks."""
+
+    def __init__(self, settings: OperatorSettings, kube: KubeAccess, cluster_version: str | None) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.registry = CollectorRegistry()
+        """Served on /metrics: the runtime's per-agent families and the operator's own."""
+        self.metrics = OperatorMetrics(self.registry)
+        self.api = KubeApi(kube)
+        self.events = EventRecorder(self.api, settings.instance)
+        self.runtime = Runtime(
+            kube,
+            RuntimeSettings(
+                observability_address=settings.observability_address, stop_grace=settings.drain_grace
+            ),
+            registry=self.registry,
+            readiness=self._ready,
+        )
+        self.writer = StatusWriter(self.api, self.events, self.runtime.snapshot, self.metrics)
+        self.sources = Sources(self.api, settings.namespaces)
+        self.controller = AgentController(
+            self.runtime,
+            self.sources,
+            self.writer,
+            self.events,
+            self.metrics,
+            kubernetes_support=settings.kubernetes_support,
+            cluster_version=cluster_version,
+            drain_grace=settings.drain_grace,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def _ready(self) -> bool:
+        return self._task is not None and not self._task.done() and self.controller.ready()
+
+    async def start(self) -> None:
+        """Start the runtime, the secret watches and the operator's tasks."""
+        await self.runtime.start()
+        self.runtime.subscribe(self.writer.on_snapshot)
+        self.sources.start(self.runtime.informer, self.controller.source_changed)
+        self._task = asyncio.create_task(self._supervise(), name="operator-supervisor")
+        log.info("operator started", extra={"instance": self.settings.instance})
+
+    async def _supervise(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.writer.run(), name="status-writer")
+            tg.create_task(self.controller.run(), name="agent-remapper")
+
+    async def stop(self) -> None:
+        """Stop writing, drain every worker, close the API session."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        log.info("draining agents", extra={"grace_seconds": self.settings.drain_grace})
+        await self.runtime.stop(self.settings.drain_grace)
+        await self.kube.close()
+        log.info("operator stopped")
+
+
+def configure_kopf(settings: kopf.OperatorSettings, operator: OperatorSettings) -> None:
+    """kopf's settings: bookkeeping in annotations only (status is ours), quiet events, exit timing."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    # kopf turns log lines of handlers into Events; the operator records its own, meaningful ones.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "gitlab-agent-operator"
+    settings.posting.reporting_instance = operator.instance
+    settings.peering.priority = operator.peering_priority
+    settings.peering.stealth = True
+    # Cleanup drains every worker (drain_grace + the manager's stop margin); SIGKILL only after that.
+    settings.process.ultimate_exiting_timeout = operator.drain_grace + STOP_MARGIN_S + EXIT_MARGIN_S
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    settings.watching.connect_timeout = 10
+    settings.networking.connect_timeout = 10
+
+
+def daemon_cancellation_timeout(operator: OperatorSettings) -> float:
+    """How long kopf lets a peering daemon drain its worker before cancelling it."""
+    return operator.drain_grace + STOP_MARGIN_S + 5.0
+
+
+def kopf_kwargs(operator: OperatorSettings) -> dict[str, Any]:
+    """Arguments of kopf.operator(): namespaces or cluster-wide, peering or standalone, no liveness."""
+    kwargs: dict[str, Any] = {"liveness_endpoint": None}
+    if operator.namespaces is None:
+        kwargs["clusterwide"] = True
+    else:
+        kwargs["namespaces"] = list(operator.namespaces)
+    if operator.peering is None:
+        kwargs["standalone"] = True
+    else:
+        kwargs["peering_name"] = operator.peering
+        kwargs["priority"] = operator.peering_priority
+        kwargs["identity"] = operator.instance
+    return kwargs

@@ -1,0 +1,284 @@
+"""AgentController: desired state of every GitLabAgent this process handles → Runtime + StatusWriter.
+
+Handlers hand it the latest resource body; it validates the spec, reads the token (and CA) through
+`Sources`, maps everything to a WorkerSpec and applies it, or records why it cannot (status Failed with a
+reason and hint; never an exception for bad input). A change of a watched Secret/ConfigMap re-maps exactly
+the agents that use it (background tasks owned by `run()`). One lock per resource serialises the
+handler's and the background's reconciliations, and each always uses the latest body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import aiohttp
+from pydantic import ValidationError
+
+from agent_operator.api import GitLabAgentSpec, Phase
+from agent_operator.events import EventRecorder, ObjectRef
+from agent_operator.keyed import KeyedTasks
+from agent_operator.logs import resource_extra
+from agent_operator.mapping import (
+    AgentKey,
+    Missing,
+    SourceRef,
+    ca_from_object,
+    ca_source,
+    sources_of,
+    token_from_secret,
+    token_source,
+    worker_spec,
+)
+from agent_operator.metrics import OperatorMetrics
+from agent_operator.sources import SourceError, SourceIndex, Sources
+from agent_operator.status_mapping import AgentFacts, EventSpec, Problem, ProblemKind, phase_of
+from agent_operator.status_writer import StatusWriter, parse_status
+from agent_runtime.spec import WorkerSnapshot, WorkerSpec
+from agent_runtime.versions import KubernetesSupport
+
+log = logging.getLogger(__name__)
+
+_READY_PHASES = frozenset({Phase.CONNECTED, Phase.DEGRADED, Phase.FAILED})
+_SOURCE_PROBLEMS = frozenset({ProblemKind.TOKEN, ProblemKind.CA_CERT, ProblemKind.FORBIDDEN})
+_RECHECK_CAP_S = 60.0
+"""Our choice: a missing Secret/ConfigMap is looked for again after 2, 4, 8, ... up to this many seconds
+(it is not labelled yet, so the label-filtered watch cannot see it appear)."""
+
+
+class TransientError(Exception):
+    """The API server could not be asked right now; the handler should be retried later."""
+
+
+class WorkerRuntime(Protocol):
+    """What the controller needs from agent_runtime.Runtime."""
+
+    def apply(self, spec: WorkerSpec) -> None: ...
+
+    async def remove(self, worker_id: str, grace: float | None = None) -> None: ...
+
+    def snapshot(self, worker_id: str) -> WorkerSnapshot | None: ...
+
+
+@dataclass
+class _Record:
+    body: Mapping[str, Any]
+    facts: AgentFacts = field(default_factory=AgentFacts)
+    applied: WorkerSpec | None = None
+    rechecks: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """`spec.<field>: <problem>` lines, without the offending values (a header value may be secret)."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in ("spec", *item["loc"]))
+        lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines) or "the spec is invalid"
+
+
+class AgentController:
+    """Reconciles GitLabAgents into workers; `run()` owns the background re-mappings."""
+
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        sources: Sources,
+        writer: StatusWriter,
+        events: EventRecorder,
+        metrics: OperatorMetrics,
+        *,
+        kubernetes_support: KubernetesSupport,
+        cluster_version: str | None,
+        drain_grace: float,
+    ) -> None:
+        self._runtime = runtime
+        self._sources = sources
+        self._writer = writer
+        self._events = events
+        self._metrics = metrics
+        self._base_facts = AgentFacts(kubernetes_support=kubernetes_support, cluster_version=cluster_version)
+        self._drain_grace = drain_grace
+        self._records: dict[AgentKey, _Record] = {}
+        self._index = SourceIndex()
+        self._background: KeyedTasks[AgentKey] = KeyedTasks("remap", self._remap)
+        self._recheck: KeyedTasks[AgentKey] = KeyedTasks("recheck", self._recheck_later)
+
+    async def run(self) -> None:
+        """Own the re-mapping and re-check tasks until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._background.run(), name="agent-remaps")
+            tg.create_task(self._recheck.run(), name="agent-rechecks")
+
+    # --- called by the kopf handlers ---------------------------------------------------------------
+    async def reconcile(self, key: AgentKey, body: Mapping[str, Any]) -> None:
+        """The resource was created, changed or found at start-up: make its worker match."""
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = _Record(body)
+            self._metrics.agents.set(len(self._records))
+        else:
+            record.body = body
+        async with record.lock:
+            if self._records.get(key) is record:
+                await self._sync(key, record)
+
+    async def delete(self, key: AgentKey) -> None:
+        """The resource is being deleted: drain its worker, forget it."""
+        record = self._records.pop(key, None)
+        self._index.remove(key)
+        self._writer.forget(key)
+        self._metrics.agents.set(len(self._records))
+        if record is not None:
+            async with record.lock:
+                record.applied = None
+        await self._runtime.remove(key.worker_id, self._drain_grace)
+        self._metrics.reconciles.labels(outcome="removed").inc()
+        log.info("agent removed", extra=resource_extra(key.namespace, key.name))
+
+    async def release(self, key: AgentKey) -> None:
+        """Another operator replica takes over (peering pause): stop the worker, keep the resource as is."""
+        record = self._records.pop(key, None)
+        self._index.remove(key)
+        self._writer.forget(key)
+        self._metrics.agents.set(len(self._records))
+        if record is not None:
+            async with record.lock:
+                record.applied = None
+        await self._runtime.remove(key.worker_id, self._drain_grace)
+        log.info("agent released to another operator", extra=resource_extra(key.namespace, key.name))
+
+    # --- secrets and config maps -------------------------------------------------------------------
+    def source_changed(self, source: SourceRef) -> None:
+        """A watched Secret/ConfigMap changed: re-map the agents that use it (in the background)."""
+        for key in self._index.agents(source):
+            self._background.kick(key)
+
+    async def _remap(self, key: AgentKey) -> None:
+        record = self._records.get(key)
+        if record is None:
+            return
+        async with record.lock:
+            if self._records.get(key) is record:
+                try:
+                    await self._sync(key, record)
+                except TransientError as exc:
+                    log.warning("re-mapping failed: %s", exc, extra=resource_extra(key.namespace, key.name))
+
+    async def _recheck_later(self, key: AgentKey) -> None:
+        record = self._records.get(key)
+        if record is None:
+            return
+        await asyncio.sleep(min(_RECHECK_CAP_S, 2.0 ** min(record.rechecks, 6)))
+        if record.facts.problem is not None and record.facts.problem.kind in _SOURCE_PROBLEMS:
+            await self._remap(key)
+
+    # --- readiness ---------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Every agent that should be connected is, or has failed (the operator has given up on it)."""
+        for key, record in self._records.items():
+            if record.facts.suspended and record.facts.problem is None:
+                continue
+            if phase_of(record.facts, self._runtime.snapshot(key.worker_id)) not in _READY_PHASES:
+                return False
+        return True
+
+    # --- the reconciliation ------------------------------------------------------------------------
+    async def _sync(self, key: AgentKey, record: _Record) -> None:
+        body = record.body
+        meta = body.get("metadata") or {}
+        ref = ObjectRef(key.namespace, key.name, str(meta.get("uid", "")))
+        stored = parse_status(body.get("status"))
+        generation = meta.get("generation")
+        facts = replace(self._base_facts, generation=int(generation) if generation is not None else None)
+        try:
+            spec = GitLabAgentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            self._index.remove(key)
+            problem = Problem(
+                ProblemKind.SPEC_INVALID, "SpecInvalid", format_validation_error(exc), "fix the spec"
+            )
+            await self._not_running(key, record, ref, replace(facts, problem=problem), stored)
+            return
+        facts = replace(
+            facts,
+            kas_address=spec.kas_address,
+            suspended=spec.suspend,
+            insecure_skip_tls_verify=spec.insecure_skip_tls_verify,
+        )
+        self._index.set(key, sources_of(key.namespace, spec))
+        if spec.suspend:
+            await self._not_running(key, record, ref, facts, stored)
+            return
+        desired = await self._desired(key, spec)
+        if isinstance(desired, Problem):
+            await self._not_running(key, record, ref, replace(facts, problem=desired), stored)
+            return
+        previous, record.applied, record.facts, record.rechecks = record.applied, desired, facts, 0
+        self._runtime.apply(desired)
+        self._writer.track(key, ref, facts, stored)
+        self._metrics.reconciles.labels(outcome="applied").inc()
+        if previous is not None and previous.token != desired.token and previous.same_connection_as(desired):
+            self._metrics.token_rotations.inc()
+            log.info("token rotated: reconnecting in place", extra=resource_extra(key.namespace, key.name))
+            await self._events.emit(
+                ref, EventSpec("Normal", "TokenRotated", "the agent token changed; reconnecting")
+            )
+
+    async def _desired(self, key: AgentKey, spec: GitLabAgentSpec) -> WorkerSpec | Problem:
+        try:
+            return await self._read_and_map(key, spec)
+        except _ForbiddenError as exc:
+            hint = (
+                "grant the operator's ServiceAccount get and patch on secrets and configmaps "
+                "(manifests/rbac-cluster.yaml)"
+            )
+            return Problem(ProblemKind.FORBIDDEN, "OperatorForbidden", str(exc), hint)
+
+    async def _read_and_map(self, key: AgentKey, spec: GitLabAgentSpec) -> WorkerSpec | Problem:
+        token_ref = token_source(key.namespace, spec)
+        token = token_from_secret(await self._read(token_ref), key.namespace, spec)
+        if isinstance(token, Missing):
+            return Problem(ProblemKind.TOKEN, token.reason, token.message, token.hint)
+        ca_pem: bytes | None = None
+        if spec.ca_cert is not None:
+            source, data_key = ca_source(key.namespace, spec.ca_cert)
+            ca = ca_from_object(await self._read(source), source, data_key)
+            if isinstance(ca, Missing):
+                return Problem(ProblemKind.CA_CERT, ca.reason, ca.message, ca.hint)
+            ca_pem = ca
+        return worker_spec(key, spec, token, ca_pem)
+
+    async def _read(self, source: SourceRef) -> Any:
+        try:
+            return await self._sources.read(source)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(
+                f"reading {source.kind.value} {source.store_key}: {type(exc).__name__}"
+            ) from None
+        except SourceError as exc:
+            if exc.status == 403:
+                raise _ForbiddenError(str(exc)) from None
+            raise TransientError(str(exc)) from None
+
+    async def _not_running(
+        self, key: AgentKey, record: _Record, ref: ObjectRef, facts: AgentFacts, stored: Any
+    ) -> None:
+        record.facts = facts
+        self._writer.track(key, ref, facts, stored)
+        if facts.problem is not None and facts.problem.kind in _SOURCE_PROBLEMS:
+            record.rechecks += 1
+            self._recheck.kick(key)
+        outcome = "failed" if facts.problem is not None else "suspended"
+        self._metrics.reconciles.labels(outcome=outcome).inc()
+        if record.applied is not None:
+            record.applied = None
+            await self._runtime.remove(key.worker_id, self._drain_grace)
+
+
+class _ForbiddenError(TransientError):
+    """The operator lacks RBAC to read/label a referenced object."""

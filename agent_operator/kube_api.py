@@ -1,0 +1,95 @@
+"""The few JSON requests the operator makes itself (status patches, labels, events, checks).
+
+Built on the runtime's KubeAccess (one aiohttp session and the credentials it keeps fresh), so the
+operator's own requests and the workers' share connections and authentication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+
+from agent_runtime.kube import KubeAccess
+
+MERGE_PATCH: Final = "application/merge-patch+json"
+_TIMEOUT: Final = aiohttp.ClientTimeout(total=30, sock_connect=10)
+"""One operator request (never a watch) finishes within this."""
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    """Status code and decoded JSON body (None when empty or not JSON)."""
+
+    status: int
+    """HTTP status code."""
+    body: Any
+    """Decoded JSON body."""
+
+    @property
+    def ok(self) -> bool:
+        """2xx."""
+        return 200 <= self.status < 300
+
+    def reason(self) -> str:
+        """The apiserver's message for an error answer (never includes request data we sent)."""
+        if isinstance(self.body, dict) and self.body.get("message"):
+            return str(self.body["message"])[:500]
+        return f"HTTP {self.status}"
+
+
+class KubeApi:
+    """JSON requests against the API server; transport errors propagate as aiohttp/Timeout errors."""
+
+    def __init__(self, kube: KubeAccess) -> None:
+        self.kube = kube
+        """Where the API server is and how to authenticate."""
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+    ) -> ApiResponse:
+        """One request; 4xx/5xx are returned, not raised."""
+        headers = {"Accept": "application/json", **self.kube.auth_headers()}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        async with self.kube.session.request(
+            method,
+            self.kube.url(path),
+            json=body,
+            headers=headers,
+            timeout=_TIMEOUT,
+            **self.kube.request_options(),
+        ) as response:
+            decoded: Any = None
+            with contextlib.suppress(aiohttp.ContentTypeError, ValueError):
+                decoded = await response.json(content_type=None)
+            if response.status == 401:
+                self.kube.invalidate_credentials()
+            return ApiResponse(response.status, decoded)
+
+    async def get(self, path: str) -> ApiResponse:
+        """GET."""
+        return await self.request("GET", path)
+
+    async def merge_patch(self, path: str, body: Any) -> ApiResponse:
+        """PATCH with a JSON merge patch."""
+        return await self.request("PATCH", path, body, content_type=MERGE_PATCH)
+
+    async def post(self, path: str, body: Any) -> ApiResponse:
+        """POST."""
+        return await self.request("POST", path, body)
+
+
+def core_path(namespace: str, plural: str, name: str | None = None) -> str:
+    """`/api/v1/namespaces/<ns>/<plural>[/<name>]`."""
+    base = f"/api/v1/namespaces/{quote(namespace, safe='')}/{plural}"
+    return f"{base}/{quote(name, safe='')}" if name is not None else base
+
+
+def group_path(api_version: str, namespace: str, plural: str, name: str | None = None) -> str:
+    """`/apis/<group>/<version>/namespaces/<ns>/<plural>[/<name>]`."""
+    base = f"/apis/{api_version}/namespaces/{quote(namespace, safe='')}/{plural}"
+    return f"{base}/{quote(name, safe='')}" if name is not None else base

@@ -1,0 +1,119 @@
+"""Secrets and ConfigMaps that GitLabAgents refer to: labelled, watched by label, indexed to agents.
+
+The operator never caches every Secret of the cluster. Each Secret (or ConfigMap, for spec.caCert) that
+a GitLabAgent names gets the label `agentk.dev/watched: "true"` (a merge patch, whose answer is also the
+first read), and one informer per kind watches only labelled objects. `SourceIndex` maps each object to
+the agents that use it, so a change re-maps exactly those agents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from agent_operator.kube_api import KubeApi, core_path
+from agent_operator.mapping import AgentKey, KubeObject, SourceKind, SourceRef
+from agent_runtime.informer import EventType, Informer, ResourceKind
+
+WATCHED_LABEL: Final = "agentk.dev/watched"
+"""Label the operator puts on every Secret/ConfigMap a GitLabAgent refers to."""
+WATCHED_SELECTOR: Final = f"{WATCHED_LABEL}=true"
+
+InformerFactory = Callable[[ResourceKind], Informer]
+SourceChanged = Callable[[SourceRef], None]
+
+
+class SourceError(Exception):
+    """A referenced object could not be read for a reason other than its absence."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        """HTTP status (0 = no answer)."""
+
+
+def watched_kinds(namespaces: Iterable[str] | None) -> list[ResourceKind]:
+    """The informers' kinds: per watched namespace, or cluster-wide when `namespaces` is None."""
+    scopes: list[str | None] = [None] if namespaces is None else [*sorted(set(namespaces))]
+    return [
+        ResourceKind("v1", kind.value, namespace=ns, label_selector=WATCHED_SELECTOR)
+        for kind in SourceKind
+        for ns in scopes
+    ]
+
+
+class SourceIndex:
+    """Which agents use which Secret/ConfigMap."""
+
+    def __init__(self) -> None:
+        self._by_source: dict[SourceRef, set[AgentKey]] = {}
+        self._by_agent: dict[AgentKey, frozenset[SourceRef]] = {}
+
+    def set(self, agent: AgentKey, sources: frozenset[SourceRef]) -> None:
+        """Record the objects `agent` refers to now (replacing the previous set)."""
+        self.remove(agent)
+        self._by_agent[agent] = sources
+        for source in sources:
+            self._by_source.setdefault(source, set()).add(agent)
+
+    def remove(self, agent: AgentKey) -> None:
+        """Forget `agent`."""
+        for source in self._by_agent.pop(agent, frozenset()):
+            users = self._by_source.get(source)
+            if users is not None:
+                users.discard(agent)
+                if not users:
+                    del self._by_source[source]
+
+    def agents(self, source: SourceRef) -> list[AgentKey]:
+        """The agents using `source`, sorted."""
+        return sorted(self._by_source.get(source, ()))
+
+
+class Sources:
+    """Reads referenced objects from the label-filtered caches, labelling them on first use."""
+
+    def __init__(self, api: KubeApi, namespaces: Iterable[str] | None) -> None:
+        self._api = api
+        self._kinds = watched_kinds(namespaces)
+        self._informers: dict[tuple[SourceKind, str | None], Informer] = {}
+        self._cluster_wide = namespaces is None
+
+    def start(self, informer: InformerFactory, changed: SourceChanged) -> None:
+        """Create the informers (through the runtime) and report every change of a watched object."""
+        for kind in self._kinds:
+            source_kind = SourceKind(kind.plural)
+            watcher = informer(kind)
+            self._informers[(source_kind, kind.namespace)] = watcher
+
+            def on_change(
+                event: EventType, old: KubeObject | None, new: KubeObject | None, k: SourceKind = source_kind
+            ) -> None:
+                del event
+                obj = new if new is not None else old
+                meta = (obj or {}).get("metadata") or {}
+                if meta.get("namespace") and meta.get("name"):
+                    changed(SourceRef(k, str(meta["namespace"]), str(meta["name"])))
+
+            watcher.add_handler(on_change, replay=False)
+
+    def _cached(self, source: SourceRef) -> KubeObject | None:
+        scope = None if self._cluster_wide else source.namespace
+        informer = self._informers.get((source.kind, scope))
+        return informer.store.get(source.store_key) if informer is not None else None
+
+    async def read(self, source: SourceRef) -> KubeObject | None:
+        """The object (None when it does not exist); labels it for the watch when it is not cached yet."""
+        cached = self._cached(source)
+        if cached is not None:
+            return cached
+        path = core_path(source.namespace, source.kind.value, source.name)
+        answer = await self._api.merge_patch(path, {"metadata": {"labels": {WATCHED_LABEL: "true"}}})
+        if answer.status == 404:
+            return None
+        if not answer.ok or not isinstance(answer.body, dict):
+            verb = f"patch {source.kind.value}"
+            raise SourceError(
+                answer.status, f"cannot {verb} {source.namespace}/{source.name}: {answer.reason()}"
+            )
+        return answer.body

@@ -1,0 +1,393 @@
+"""What the operator knows about a GitLabAgent + its worker's snapshot → the resource's status. Pure.
+
+`compute_status` is deterministic given `now`: a condition keeps its lastTransitionTime while its status
+does not change, and facts learnt from kas (agent id, kas version, ...) stay on the status while the
+worker reconnects, so columns of `kubectl get gla` do not flicker. `transition_events` lists the
+Kubernetes Events a status change deserves.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, TypeVar
+
+from agent_operator.api import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    GitLabAgentStatus,
+    LastError,
+    Phase,
+    TunnelCounts,
+    tunnels_summary,
+)
+from agent_runtime.spec import ErrorReason, WorkerError, WorkerSnapshot
+from agent_runtime.spec import Phase as WorkerPhase
+from agent_runtime.version import AGENT_VERSION
+from agent_runtime.versions import KubernetesSupport, check_kas_version
+
+_MAX_MESSAGE: Final = 4096
+"""Condition and error messages are cut here (the schema allows 32 KiB; nobody reads that much)."""
+
+INSECURE_WARNING: Final = (
+    "WARNING: spec.insecureSkipTLSVerify is on: kas's TLS certificate is not verified, so anyone on the "
+    "network path can impersonate kas; set spec.caCert instead"
+)
+_T = TypeVar("_T")
+
+
+class ProblemKind(enum.Enum):
+    """Why the operator runs no worker for a resource that is not suspended."""
+
+    SPEC_INVALID = "spec"
+    TOKEN = "token"  # noqa: S105 (a problem kind, not a password)
+    CA_CERT = "caCert"
+    FORBIDDEN = "forbidden"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An operator-side reason the agent cannot run; the user must fix the resource or its Secret."""
+
+    kind: ProblemKind
+    """What is wrong."""
+    reason: str
+    """CamelCase reason, e.g. SecretNotFound."""
+    message: str
+    """What happened (never a secret value)."""
+    hint: str = ""
+    """What to do about it."""
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    """What the operator knows about one GitLabAgent, apart from its worker's snapshot."""
+
+    generation: int | None = None
+    """metadata.generation of the resource this status describes."""
+    kas_address: str = ""
+    """spec.kasAddress (for hints), "" when the spec is invalid."""
+    suspended: bool = False
+    """spec.suspend."""
+    insecure_skip_tls_verify: bool = False
+    """spec.insecureSkipTLSVerify."""
+    problem: Problem | None = None
+    """Why no worker runs, if the operator refused to start one."""
+    cluster_version: str | None = None
+    """The cluster's gitVersion as the operator read it (used until Register reports one)."""
+    kubernetes_support: KubernetesSupport = field(default_factory=KubernetesSupport)
+    """The supported Kubernetes range."""
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A Kubernetes Event to record on the resource."""
+
+    type: str
+    """Normal or Warning."""
+    reason: str
+    """CamelCase reason."""
+    message: str
+    """Human-readable text."""
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _with_hint(message: str, hint: str) -> str:
+    return _cut(f"{message}; {hint}" if hint else message)
+
+
+def refine_error(error: WorkerError, kas_address: str) -> WorkerError:
+    """Add hints the operator can give because it knows the spec (e.g. the missing trailing slash)."""
+    path = kas_address.split("://", 1)[-1].partition("/")[2]
+    if (
+        error.reason in (ErrorReason.WEBSOCKET_HANDSHAKE, ErrorReason.AGENT_NOT_FOUND)
+        and kas_address.startswith(("ws://", "wss://"))
+        and path
+        and not path.endswith("/")
+    ):
+        hint = (
+            f"a self-managed GitLab serves kas under a path ending with a slash: try "
+            f"spec.kasAddress {kas_address}/"
+        )
+        return WorkerError(error.reason, error.message, f"{hint}; {error.hint}" if error.hint else hint)
+    return error
+
+
+def phase_of(facts: AgentFacts, snapshot: WorkerSnapshot | None) -> Phase:
+    """The resource's phase (without the version checks that can turn Connected into Degraded)."""
+    if facts.problem is not None:
+        return Phase.FAILED
+    if facts.suspended:
+        return Phase.SUSPENDED
+    if snapshot is None or snapshot.phase is WorkerPhase.SUSPENDED:
+        return Phase.CONNECTING  # the previous worker is draining; the new one has not reported yet
+    return Phase(snapshot.phase.value)
+
+
+class _Conditions:
+    """Builds conditions, keeping lastTransitionTime while a condition's status stays the same."""
+
+    def __init__(self, previous: GitLabAgentStatus | None, generation: int | None, now: datetime) -> None:
+        self._previous = previous
+        self._generation = generation
+        self._now = now
+        self.items: list[Condition] = []
+
+    def add(self, type_: ConditionType, status: ConditionStatus, reason: str, message: str) -> Condition:
+        old = self._previous.condition(type_) if self._previous is not None else None
+        since = old.last_transition_time if old is not None and old.status == status else self._now
+        condition = Condition(
+            type=type_.value,
+            status=status,
+            reason=reason,
+            message=_cut(message),
+            last_transition_time=since,
+            observed_generation=self._generation,
+        )
+        self.items.append(condition)
+        return condition
+
+
+@dataclass(frozen=True)
+class _Learnt:
+    """Facts learnt from kas; kept from the previous status while the snapshot does not know them."""
+
+    agent_id: int | None
+    config_commit: str | None
+    kas_version: str | None
+    kubernetes_version: str | None
+
+
+def _pick(new: _T | None, old: _T | None) -> _T | None:
+    return new if new not in (None, "") else old
+
+
+def _learnt(snapshot: WorkerSnapshot | None, previous: GitLabAgentStatus | None) -> _Learnt:
+    prev = previous or GitLabAgentStatus()
+    if snapshot is None:
+        return _Learnt(prev.agent_id, prev.config_commit, prev.kas_version, prev.kubernetes_version)
+    return _Learnt(
+        agent_id=_pick(snapshot.agent_id, prev.agent_id),
+        config_commit=_pick(snapshot.config_commit, prev.config_commit),
+        kas_version=_pick(snapshot.kas_version, prev.kas_version),
+        kubernetes_version=_pick(snapshot.kubernetes_version, prev.kubernetes_version),
+    )
+
+
+def compute_status(
+    facts: AgentFacts,
+    snapshot: WorkerSnapshot | None,
+    previous: GitLabAgentStatus | None,
+    now: datetime,
+) -> GitLabAgentStatus:
+    """The status the resource should have now."""
+    running = facts.problem is None and not facts.suspended
+    snap = snapshot if running else None
+    learnt = _learnt(snap, previous)
+    error = refine_error(snap.last_error, facts.kas_address) if snap and snap.last_error else None
+    phase = phase_of(facts, snap)
+    agent_version = (snap.agent_version if snap else "") or AGENT_VERSION
+    kas_verdict = check_kas_version(learnt.kas_version, agent_version)
+    k8s_verdict = facts.kubernetes_support.check(learnt.kubernetes_version or facts.cluster_version)
+    connected = phase in (Phase.CONNECTED, Phase.DEGRADED)
+    if phase is Phase.CONNECTED and (kas_verdict.compatible is False or k8s_verdict.compatible is False):
+        phase = Phase.DEGRADED
+
+    conditions = _Conditions(previous, facts.generation, now)
+    not_running = _not_running(facts)
+    _ready(conditions, facts, phase, error, kas_verdict.compatible, not_running)
+    _connected(conditions, facts, connected, error, learnt, not_running)
+    _configuration(conditions, snap, error, learnt, not_running)
+    _registered(conditions, snap, not_running)
+    conditions.add(
+        ConditionType.VERSION_COMPATIBLE,
+        _verdict_status(kas_verdict.compatible),
+        kas_verdict.reason,
+        kas_verdict.message,
+    )
+    conditions.add(
+        ConditionType.KUBERNETES_VERSION_SUPPORTED,
+        _verdict_status(k8s_verdict.compatible),
+        k8s_verdict.reason,
+        k8s_verdict.message,
+    )
+    _token(conditions, facts)
+
+    last_error: LastError | None = None
+    if facts.problem is not None:
+        last_error = LastError(
+            reason=facts.problem.reason, message=_cut(facts.problem.message), hint=_cut(facts.problem.hint)
+        )
+    elif error is not None:
+        last_error = LastError(reason=error.reason.value, message=_cut(error.message), hint=_cut(error.hint))
+
+    idle = snap.tunnels_idle if snap else 0
+    active = snap.tunnels_active if snap else 0
+    return GitLabAgentStatus(
+        observed_generation=facts.generation,
+        phase=phase,
+        conditions=conditions.items,
+        agent_id=learnt.agent_id,
+        config_commit=learnt.config_commit,
+        kas_version=learnt.kas_version,
+        agent_version=agent_version,
+        kubernetes_version=learnt.kubernetes_version or facts.cluster_version,
+        connected_since=snap.connected_since if snap and connected else None,
+        tunnels=TunnelCounts(idle=idle, active=active),
+        tunnels_summary=tunnels_summary(idle, active),
+        last_error=last_error,
+    )
+
+
+def _verdict_status(compatible: bool | None) -> ConditionStatus:
+    if compatible is None:
+        return ConditionStatus.UNKNOWN
+    return ConditionStatus.TRUE if compatible else ConditionStatus.FALSE
+
+
+def _not_running(facts: AgentFacts) -> tuple[str, str] | None:
+    """(reason, message) when the operator runs no worker on purpose, else None."""
+    if facts.problem is not None:
+        return facts.problem.reason, _with_hint(facts.problem.message, facts.problem.hint)
+    if facts.suspended:
+        return "Suspended", "spec.suspend is true: the agent is disconnected from kas"
+    return None
+
+
+def _ready(
+    c: _Conditions,
+    facts: AgentFacts,
+    phase: Phase,
+    error: WorkerError | None,
+    kas_compatible: bool | None,
+    not_running: tuple[str, str] | None,
+) -> None:
+    warning = f" {INSECURE_WARNING}" if facts.insecure_skip_tls_verify else ""
+    if not_running is not None:
+        c.add(ConditionType.READY, ConditionStatus.FALSE, *not_running)
+    elif phase is Phase.CONNECTED:
+        c.add(
+            ConditionType.READY, ConditionStatus.TRUE, "Connected", f"the agent is connected to kas.{warning}"
+        )
+    elif error is not None:
+        c.add(
+            ConditionType.READY,
+            ConditionStatus.FALSE,
+            error.reason.value,
+            _with_hint(error.message, error.hint),
+        )
+    elif phase is Phase.DEGRADED:
+        reason = "VersionIncompatible" if kas_compatible is False else "KubernetesVersionUnsupported"
+        c.add(ConditionType.READY, ConditionStatus.FALSE, reason, "connected, but see the version conditions")
+    else:
+        c.add(ConditionType.READY, ConditionStatus.FALSE, "Connecting", "connecting to kas")
+
+
+def _connected(
+    c: _Conditions,
+    facts: AgentFacts,
+    connected: bool,
+    error: WorkerError | None,
+    learnt: _Learnt,
+    not_running: tuple[str, str] | None,
+) -> None:
+    warning = f" {INSECURE_WARNING}" if facts.insecure_skip_tls_verify else ""
+    if not_running is not None:
+        c.add(ConditionType.CONNECTED, ConditionStatus.FALSE, *not_running)
+    elif connected:
+        kas = f" {learnt.kas_version}" if learnt.kas_version else ""
+        c.add(ConditionType.CONNECTED, ConditionStatus.TRUE, "Connected", f"connected to kas{kas}.{warning}")
+    elif error is not None:
+        c.add(
+            ConditionType.CONNECTED,
+            ConditionStatus.FALSE,
+            error.reason.value,
+            _with_hint(error.message, error.hint),
+        )
+    else:
+        c.add(ConditionType.CONNECTED, ConditionStatus.UNKNOWN, "Connecting", "connecting to kas")
+
+
+def _configuration(
+    c: _Conditions,
+    snap: WorkerSnapshot | None,
+    error: WorkerError | None,
+    learnt: _Learnt,
+    not_running: tuple[str, str] | None,
+) -> None:
+    t = ConditionType.CONFIGURATION_RECEIVED
+    if not_running is not None:
+        c.add(t, ConditionStatus.UNKNOWN, "NotRunning", "the agent is not running")
+    elif error is not None and error.reason is ErrorReason.CONFIGURATION_REJECTED:
+        c.add(t, ConditionStatus.FALSE, error.reason.value, _with_hint(error.message, error.hint))
+    elif snap is not None and snap.configuration_received:
+        commit = f" (commit {learnt.config_commit})" if learnt.config_commit else ""
+        c.add(t, ConditionStatus.TRUE, "ConfigurationReceived", f"kas sent the agent configuration{commit}")
+    else:
+        c.add(
+            t,
+            ConditionStatus.UNKNOWN,
+            "NotReceivedYet",
+            "kas has not sent the agent configuration yet; tunnels and Register work without it",
+        )
+
+
+def _registered(c: _Conditions, snap: WorkerSnapshot | None, not_running: tuple[str, str] | None) -> None:
+    t = ConditionType.REGISTERED
+    if not_running is not None:
+        c.add(t, ConditionStatus.UNKNOWN, "NotRunning", "the agent is not running")
+    elif snap is not None and snap.registered:
+        c.add(t, ConditionStatus.TRUE, "Registered", "the last Register call to kas succeeded")
+    else:
+        c.add(t, ConditionStatus.UNKNOWN, "NotRegisteredYet", "no Register call has succeeded yet")
+
+
+def _token(c: _Conditions, facts: AgentFacts) -> None:
+    t = ConditionType.TOKEN_AVAILABLE
+    problem = facts.problem
+    if problem is not None and problem.kind is ProblemKind.TOKEN:
+        c.add(t, ConditionStatus.FALSE, problem.reason, _with_hint(problem.message, problem.hint))
+    elif problem is not None and problem.kind in (ProblemKind.SPEC_INVALID, ProblemKind.FORBIDDEN):
+        c.add(t, ConditionStatus.UNKNOWN, problem.reason, "the token Secret was not read")
+    else:
+        c.add(t, ConditionStatus.TRUE, "TokenFound", "the token Secret holds a token")
+
+
+def _is_true(status: GitLabAgentStatus | None, type_: ConditionType) -> bool:
+    condition = status.condition(type_) if status is not None else None
+    return condition is not None and condition.status is ConditionStatus.TRUE
+
+
+def _is_false(status: GitLabAgentStatus | None, type_: ConditionType) -> bool:
+    condition = status.condition(type_) if status is not None else None
+    return condition is not None and condition.status is ConditionStatus.FALSE
+
+
+def transition_events(
+    old: GitLabAgentStatus | None, new: GitLabAgentStatus, facts: AgentFacts
+) -> list[EventSpec]:
+    """Events for the transitions from `old` to `new` (Connected, Disconnected, VersionIncompatible)."""
+    events: list[EventSpec] = []
+    was, now_connected = _is_true(old, ConditionType.CONNECTED), _is_true(new, ConditionType.CONNECTED)
+    if now_connected and not was:
+        who = f"agent {new.agent_id}" if new.agent_id is not None else "the agent"
+        kas = f" {new.kas_version}" if new.kas_version else ""
+        events.append(EventSpec("Normal", "Connected", f"{who} connected to kas{kas}"))
+        if facts.insecure_skip_tls_verify:
+            events.append(EventSpec("Warning", "InsecureSkipTLSVerify", INSECURE_WARNING))
+    elif was and not now_connected:
+        condition = new.condition(ConditionType.CONNECTED)
+        why = f": {condition.reason}: {condition.message}" if condition is not None else ""
+        events.append(EventSpec("Warning", "Disconnected", _cut(f"disconnected from kas{why}")))
+    if _is_false(new, ConditionType.VERSION_COMPATIBLE) and not _is_false(
+        old, ConditionType.VERSION_COMPATIBLE
+    ):
+        condition = new.condition(ConditionType.VERSION_COMPATIBLE)
+        message = condition.message if condition is not None else "kas version is incompatible"
+        events.append(EventSpec("Warning", "VersionIncompatible", message))
+    return events

@@ -1,0 +1,152 @@
+"""Writes GitLabAgent status: latest facts + latest snapshot per resource → a debounced merge patch.
+
+One KeyedTasks supervisor, one named task per resource while it has something to write. A write happens
+only when the computed status differs from the last one written (or read from the resource), so an idle
+agent causes no API traffic. Failures retry with backoff a bounded number of times (409/429/5xx, transport
+errors); 404 means the resource is gone and the resource is dropped. Transitions become Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import aiohttp
+from pydantic import ValidationError
+
+from agent_operator.api import API_VERSION, PLURAL, GitLabAgentStatus
+from agent_operator.events import EventRecorder, ObjectRef
+from agent_operator.keyed import KeyedTasks
+from agent_operator.kube_api import KubeApi, group_path
+from agent_operator.logs import resource_extra
+from agent_operator.mapping import AgentKey
+from agent_operator.metrics import OperatorMetrics
+from agent_operator.status_mapping import AgentFacts, compute_status, transition_events
+from agent_runtime.spec import WorkerSnapshot
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_S: Final = 0.2
+"""Snapshots arriving within this window make one patch (Apply → Connected stays well under 1 s)."""
+RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+"""Our choice: waits between failed patch attempts; after the last one the writer waits for a change."""
+_RETRYABLE: Final = frozenset({409, 429, 500, 502, 503, 504})
+
+SnapshotSource = Callable[[str], WorkerSnapshot | None]
+Clock = Callable[[], datetime]
+
+
+def parse_status(raw: object) -> GitLabAgentStatus | None:
+    """The status stored on a resource, or None when absent or not ours (e.g. written by hand)."""
+    if not isinstance(raw, dict) or not raw:
+        return None
+    try:
+        return GitLabAgentStatus.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+@dataclass
+class _Entry:
+    ref: ObjectRef
+    facts: AgentFacts
+    written: GitLabAgentStatus | None
+    failures: int = 0
+
+
+class StatusWriter:
+    """Per-resource status writer; `run()` is its supervisor."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        events: EventRecorder,
+        snapshots: SnapshotSource,
+        metrics: OperatorMetrics,
+        *,
+        debounce: float = DEBOUNCE_S,
+        clock: Clock = lambda: datetime.now(UTC),
+    ) -> None:
+        self._api = api
+        self._events = events
+        self._snapshots = snapshots
+        self._metrics = metrics
+        self._clock = clock
+        self._entries: dict[AgentKey, _Entry] = {}
+        self._tasks: KeyedTasks[AgentKey] = KeyedTasks("status", self._write, debounce=debounce)
+
+    async def run(self) -> None:
+        """Write statuses until cancelled."""
+        await self._tasks.run()
+
+    def track(
+        self, key: AgentKey, ref: ObjectRef, facts: AgentFacts, stored: GitLabAgentStatus | None
+    ) -> None:
+        """New facts for a resource; `stored` is its status as last read (used on first sight only)."""
+        entry = self._entries.get(key)
+        if entry is None or entry.ref.uid != ref.uid:
+            self._entries[key] = _Entry(ref, facts, stored)
+        else:
+            entry.facts = facts
+        self._tasks.kick(key)
+
+    def forget(self, key: AgentKey) -> None:
+        """Stop writing the status of a resource (deleted, or handed over to another operator)."""
+        self._entries.pop(key, None)
+
+    def on_snapshot(self, snapshot: WorkerSnapshot) -> None:
+        """Runtime subscription: a worker changed."""
+        try:
+            key = AgentKey.parse(snapshot.id)
+        except ValueError:
+            return
+        if key in self._entries:
+            self._tasks.kick(key)
+
+    def status(self, key: AgentKey) -> GitLabAgentStatus | None:
+        """The status last written for a resource."""
+        entry = self._entries.get(key)
+        return entry.written if entry is not None else None
+
+    async def _write(self, key: AgentKey) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        status = compute_status(entry.facts, self._snapshots(key.worker_id), entry.written, self._clock())
+        if status == entry.written:
+            return
+        extra = resource_extra(key.namespace, key.name)
+        path = group_path(API_VERSION, key.namespace, PLURAL, key.name) + "/status"
+        try:
+            answer = await self._api.merge_patch(path, {"status": status.to_merge_patch()})
+            code = answer.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            answer, code = None, 0
+            log.warning("status patch failed: %s", type(exc).__name__, extra=extra)
+        self._metrics.status_patches.labels(result=str(code // 100) + "xx" if code else "error").inc()
+        if answer is not None and answer.ok:
+            events = transition_events(entry.written, status, entry.facts)
+            entry.written, entry.failures = status, 0
+            for event in events:
+                await self._events.emit(entry.ref, event)
+            return
+        if code == 404:
+            log.info("resource is gone; no more status for it", extra=extra)
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+            return
+        if answer is not None and code not in _RETRYABLE:
+            log.error("status patch rejected: %s", answer.reason(), extra=extra)
+            return
+        if entry.failures >= len(RETRY_DELAYS_S):
+            log.error("status patch keeps failing; waiting for the next change", extra=extra)
+            entry.failures = 0
+            return
+        delay = RETRY_DELAYS_S[entry.failures]
+        entry.failures += 1
+        await asyncio.sleep(delay)
+        self._tasks.kick(key)

@@ -1,0 +1,231 @@
+"""A GitLabAgent's life with the operator as a process: apply, rotate, suspend, delete, restart."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import kubectl_ok
+from tests.e2e.harness import (
+    KasProcess,
+    Kube,
+    OperatorProcess,
+    condition,
+    gitlab_agent,
+    metric_value,
+    phase,
+    secret,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _connected(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    body = kube.gla(namespace, name)
+    status = (body or {}).get("status") or {}
+    return body if phase(body) == "Connected" and status.get("agentId") and status.get("kasVersion") else None
+
+
+def _in_phase(kube: Kube, namespace: str, name: str, wanted: str) -> dict[str, Any] | None:
+    body = kube.gla(namespace, name)
+    return body if phase(body) == wanted else None
+
+
+def _reconnected(kube: Kube, namespace: str, name: str, before: dict[str, Any]) -> dict[str, Any] | None:
+    body = _connected(kube, namespace, name)
+    if body is None or body["status"]["connectedSince"] == before["status"]["connectedSince"]:
+        return None
+    return body
+
+
+def test_apply_connects_and_kubectl_shows_it(kube: Kube, kas: KasProcess, operator: OperatorProcess) -> None:
+    ns, agent = operator.namespace, kas.agents[0]
+    kube.apply(secret(ns, "token", agent.token), gitlab_agent(ns, "team-a", kas.agent_url, "token"))
+
+    body = wait_for("Connected", lambda: _connected(kube, ns, "team-a"), timeout=20)
+
+    status = body["status"]
+    assert isinstance(status, dict)
+    assert status["agentId"] == agent.id
+    assert status["kasVersion"]
+    assert status["observedGeneration"] == 1
+    assert status["tunnelsSummary"].endswith("idle/0 active")
+    for type_ in ("Ready", "Connected", "TokenAvailable", "VersionCompatible"):
+        assert (condition(body, type_) or {}).get("status") == "True", (type_, status)
+    assert "lastError" not in status
+    table = kubectl_ok(kube.kubectl("get", "gla", "-n", ns))
+    row = next(line for line in table.splitlines() if line.startswith("team-a"))
+    assert "Connected" in row
+    assert str(agent.id) in row
+    assert str(status["kasVersion"]) in row
+    labels = kube.request("GET", f"/api/v1/namespaces/{ns}/secrets/token")[1]["metadata"]["labels"]
+    assert labels["agentk.dev/watched"] == "true"
+    assert agent.token not in str(body)  # never in status
+    events = {e["reason"] for e in kube.events(ns, "team-a")}
+    assert "Connected" in events
+    # The tunnel serves a request from a CI job, end to end.
+    code, version = kas.proxy_get(agent.id, "/version")
+    assert code == 200, version
+    assert version["gitVersion"] == kube.cluster.version
+    wait_for("readiness", lambda: operator.http_status("/readiness") == 200, timeout=10)
+    assert agent.token not in operator.log()
+
+
+def test_token_rotation_reconnects_only_that_agent(
+    kube: Kube, kas: KasProcess, operator: OperatorProcess
+) -> None:
+    ns = operator.namespace
+    first, second = kas.agents[1], kas.agents[2]
+    new_token = "rotated-token-" + "r" * 40
+    kas.write_agents({first.id: [first.token, new_token]})
+    kube.apply(
+        secret(ns, "first-token", first.token),
+        secret(ns, "second-token", second.token),
+        gitlab_agent(ns, "first", kas.agent_url, "first-token"),
+        gitlab_agent(ns, "second", kas.ws_url, "second-token"),
+    )
+    wait_for("first Connected", lambda: _connected(kube, ns, "first"), timeout=20)
+    second_body = wait_for("second Connected", lambda: _connected(kube, ns, "second"), timeout=20)
+    second_since = second_body["status"]["connectedSince"]
+
+    # A token kas does not know: the worker must use it, and fail with a typed reason and hint.
+    kube.apply(secret(ns, "first-token", "revoked-token-" + "z" * 40))
+    failed = wait_for(
+        "Unauthenticated",
+        lambda: (
+            (b := kube.gla(ns, "first"))
+            and (b["status"].get("lastError") or {}).get("reason") == "Unauthenticated"
+            and b
+        ),
+        timeout=20,
+    )
+    assert phase(failed) == "Failed"
+    assert "token" in failed["status"]["lastError"]["hint"]
+    # The valid new token: connected again, in place.
+    kube.apply(secret(ns, "first-token", new_token))
+    wait_for("first Connected again", lambda: _connected(kube, ns, "first"), timeout=20)
+    code, _ = kas.proxy_get(first.id, "/version")
+    assert code == 200
+
+    assert "TokenRotated" in {e["reason"] for e in kube.events(ns, "first")}
+    after = kube.gla(ns, "second")
+    assert phase(after) == "Connected"
+    assert after is not None
+    assert after["status"]["connectedSince"] == second_since
+    assert "TokenRotated" not in {e["reason"] for e in kube.events(ns, "second")}
+    assert new_token not in operator.log()
+
+
+def test_suspend_stops_and_resumes(kube: Kube, kas: KasProcess, operator: OperatorProcess) -> None:
+    ns, agent = operator.namespace, kas.agents[3]
+    kube.apply(secret(ns, "token", agent.token), gitlab_agent(ns, "pausable", kas.agent_url, "token"))
+    wait_for("Connected", lambda: _connected(kube, ns, "pausable"), timeout=20)
+    worker = {"agent": f"{ns}/pausable"}
+
+    kube.patch_gla(ns, "pausable", {"spec": {"suspend": True}})
+
+    body = wait_for("Suspended", lambda: _in_phase(kube, ns, "pausable", "Suspended"))
+    assert (condition(body, "Connected") or {}).get("reason") == "Suspended"
+    assert "connectedSince" not in body["status"]
+    wait_for("worker gone", lambda: metric_value(operator.metrics(), "agentk_connected", worker) is None)
+    assert operator.http_status("/readiness") == 200  # suspended agents do not count
+
+    kube.patch_gla(ns, "pausable", {"spec": {"suspend": False}})
+
+    wait_for("Connected again", lambda: _connected(kube, ns, "pausable"), timeout=20)
+    assert metric_value(operator.metrics(), "agentk_connected", worker) == 1.0
+
+
+def test_delete_drains_the_worker(kube: Kube, kas: KasProcess, operator: OperatorProcess) -> None:
+    ns, agent = operator.namespace, kas.agents[4]
+    kube.apply(secret(ns, "token", agent.token), gitlab_agent(ns, "doomed", kas.agent_url, "token"))
+    wait_for("Connected", lambda: _connected(kube, ns, "doomed"), timeout=20)
+    assert kas.proxy_get(agent.id, "/version")[0] == 200
+
+    kubectl_ok(kube.kubectl("delete", "gla", "doomed", "-n", ns, "--timeout=30s"))
+
+    assert kube.gla(ns, "doomed") is None  # the finalizer was released after the drain
+    worker = {"agent": f"{ns}/doomed"}
+    wait_for(
+        "metrics forgotten", lambda: metric_value(operator.metrics(), "agentk_connected", worker) is None
+    )
+    code, _ = kas.proxy_get(agent.id, "/version")
+    assert code != 200  # no tunnel left for the agent
+
+
+def test_restart_resumes_every_agent(kube: Kube, kas: KasProcess, operator: OperatorProcess) -> None:
+    ns = operator.namespace
+    names = ["one", "two", "three"]
+    for i, name in enumerate(names):
+        agent = kas.agents[5 + i]
+        kube.apply(
+            secret(ns, f"{name}-token", agent.token), gitlab_agent(ns, name, kas.agent_url, f"{name}-token")
+        )
+    before: dict[str, dict[str, Any]] = {}
+    for name in names:
+        before[name] = wait_for(name, partial(_connected, kube, ns, name), timeout=20)
+
+    assert operator.stop() == 0  # SIGTERM: drained and exited cleanly
+    operator.start()
+
+    for name in names:
+        after = wait_for(
+            f"{name} reconnected",
+            partial(_reconnected, kube, ns, name, before[name]),
+            timeout=30,
+        )
+        assert after["status"]["agentId"] == kas.agents[5 + names.index(name)].id
+    wait_for("readiness", lambda: operator.http_status("/readiness") == 200, timeout=10)
+
+
+def test_missing_secret_then_created(kube: Kube, kas: KasProcess, operator: OperatorProcess) -> None:
+    ns, agent = operator.namespace, kas.agents[8]
+    kube.apply(gitlab_agent(ns, "early", kas.agent_url, "not-yet"))
+
+    body = wait_for(
+        "TokenAvailable False",
+        lambda: (
+            (b := kube.gla(ns, "early"))
+            and (condition(b, "TokenAvailable") or {}).get("status") == "False"
+            and b
+        ),
+    )
+    token_condition = condition(body, "TokenAvailable") or {}
+    assert token_condition["reason"] == "SecretNotFound"
+    assert "not-yet" in token_condition["message"]
+    assert phase(body) == "Failed"
+    assert body["status"]["lastError"]["hint"]
+    wait_for("readiness with a given-up agent", lambda: operator.http_status("/readiness") == 200, timeout=10)
+
+    kube.apply(secret(ns, "not-yet", agent.token))
+
+    wait_for("Connected once the Secret exists", lambda: _connected(kube, ns, "early"), timeout=30)
+    assert (condition(kube.gla(ns, "early"), "TokenAvailable") or {}).get("status") == "True"
+
+
+def test_invalid_resource_never_crashes_the_operator(
+    kube: Kube, kas: KasProcess, operator: OperatorProcess
+) -> None:
+    ns, agent = operator.namespace, kas.agents[9]
+    # Valid for the apiserver, but the key is missing from the Secret.
+    kube.apply(
+        secret(ns, "token", agent.token, key="other"),
+        gitlab_agent(ns, "wrong-key", kas.agent_url, "token"),
+    )
+    body = wait_for(
+        "KeyNotFound",
+        lambda: (
+            (b := kube.gla(ns, "wrong-key"))
+            and (condition(b, "TokenAvailable") or {}).get("reason") == "KeyNotFound"
+            and b
+        ),
+    )
+    assert phase(body) == "Failed"
+    # Fixing the Secret (already watched: it carries the label) recovers at once.
+    kube.apply(secret(ns, "token", agent.token))
+    wait_for("Connected", lambda: _connected(kube, ns, "wrong-key"), timeout=20)
+    assert operator.proc is not None
+    assert operator.proc.poll() is None

@@ -1,0 +1,115 @@
+"""Two operator replicas with kopf peering: the highest priority runs the agents, the other takes over."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import (
+    KasProcess,
+    Kube,
+    OperatorProcess,
+    gitlab_agent,
+    metric_value,
+    phase,
+    secret,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+KOPF_PEERING_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "kopfpeerings.kopf.dev"},
+    "spec": {
+        "group": "kopf.dev",
+        "scope": "Namespaced",
+        "names": {"kind": "KopfPeering", "plural": "kopfpeerings", "singular": "kopfpeering"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def _runs(operator: OperatorProcess, worker: str) -> bool:
+    return metric_value(operator.metrics(), "agentk_connected", {"agent": worker}) == 1.0
+
+
+def _connected(kube: Kube, namespace: str, name: str) -> bool:
+    return phase(kube.gla(namespace, name)) == "Connected"
+
+
+def _runs_none(operator: OperatorProcess, workers: list[str]) -> bool:
+    text = operator.metrics()
+    return all(metric_value(text, "agentk_connected", {"agent": w}) is None for w in workers)
+
+
+def test_only_one_replica_runs_the_agents(
+    kube: Kube, kas: KasProcess, agent_namespace: str, tmp_path: Path
+) -> None:
+    ns = agent_namespace
+    kube.apply(KOPF_PEERING_CRD)
+    assert (
+        kube.kubectl(
+            "wait", "--for=condition=Established", "--timeout=30s", "crd/kopfpeerings.kopf.dev"
+        ).returncode
+        == 0
+    )
+    high = OperatorProcess(tmp_path / "high", kube.kubeconfig, ns, "--peering=e2e", "--peering-priority=200")
+    low = OperatorProcess(tmp_path / "low", kube.kubeconfig, ns, "--peering=e2e", "--peering-priority=100")
+    for proc in (high, low):
+        proc.work_dir.mkdir()
+    names = ["p-one", "p-two"]
+    workers = [f"{ns}/{n}" for n in names]
+    try:
+        high.start()
+        low.start()
+        for i, name in enumerate(names):
+            agent = kas.agents[55 + i]
+            kube.apply(
+                secret(ns, f"{name}-token", agent.token),
+                gitlab_agent(ns, name, kas.agent_url, f"{name}-token"),
+            )
+        for worker in workers:
+            wait_for(
+                f"{worker} on the high-priority replica", functools.partial(_runs, high, worker), timeout=30
+            )
+        assert _runs_none(low, workers)
+
+        high.stop()  # the low-priority replica takes over
+
+        for worker in workers:
+            wait_for(f"{worker} taken over", functools.partial(_runs, low, worker), timeout=60)
+        for name in names:
+            wait_for(f"{name} Connected", functools.partial(_connected, kube, ns, name), timeout=30)
+
+        high.start()  # back: the low one pauses and drains its workers
+
+        wait_for("low-priority replica drained", lambda: _runs_none(low, workers), timeout=60)
+        for worker in workers:
+            wait_for(
+                f"{worker} back on the high-priority replica",
+                functools.partial(_runs, high, worker),
+                timeout=60,
+            )
+        assert _runs_none(low, workers)
+    finally:
+        codes = {"high": high.stop(), "low": low.stop()}
+    assert codes == {"high": 0, "low": 0}, (high.log()[-3000:], low.log()[-3000:])

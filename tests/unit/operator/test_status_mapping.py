@@ -1,0 +1,297 @@
+"""Facts + worker snapshot → GitLabAgent status, conditions and transition Events."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent_operator.api import ConditionStatus, ConditionType, GitLabAgentStatus, Phase
+from agent_operator.status_mapping import (
+    INSECURE_WARNING,
+    AgentFacts,
+    Problem,
+    ProblemKind,
+    compute_status,
+    phase_of,
+    transition_events,
+)
+from agent_runtime.spec import ErrorReason, WorkerError, WorkerSnapshot
+from agent_runtime.spec import Phase as WorkerPhase
+from agent_runtime.version import AGENT_VERSION
+from agent_runtime.versions import KubernetesSupport, MinorVersion, parse_minor
+
+T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+T1 = T0 + timedelta(minutes=5)
+TOKEN = "glagent-secret-" + "q" * 40
+_MINOR = parse_minor(AGENT_VERSION) or MinorVersion(0, 0)
+KAS = f"v{_MINOR.major}.{_MINOR.minor}.7"
+"""A kas of the same minor as the protocol level we speak."""
+FACTS = AgentFacts(generation=3, kas_address="wss://kas.example.com", cluster_version="v1.36.2")
+CONNECTED = WorkerSnapshot(
+    id="ns/a",
+    phase=WorkerPhase.CONNECTED,
+    connected_since=T0,
+    agent_id=42,
+    config_commit="abc123",
+    kas_version=KAS,
+    agent_version=AGENT_VERSION,
+    kubernetes_version="v1.36.2",
+    registered=True,
+    configuration_received=True,
+    tunnels_idle=2,
+    tunnels_active=1,
+)
+
+
+def cond(status: GitLabAgentStatus, type_: ConditionType) -> tuple[ConditionStatus, str]:
+    c = status.condition(type_)
+    assert c is not None, type_
+    return c.status, c.reason
+
+
+def test_connected_worker() -> None:
+    status = compute_status(FACTS, CONNECTED, None, T0)
+
+    assert status.phase is Phase.CONNECTED
+    assert status.observed_generation == 3
+    assert (status.agent_id, status.config_commit, status.kas_version) == (42, "abc123", KAS)
+    assert status.agent_version == AGENT_VERSION
+    assert status.kubernetes_version == "v1.36.2"
+    assert status.connected_since == T0
+    assert status.tunnels is not None
+    assert (status.tunnels.idle, status.tunnels.active) == (2, 1)
+    assert status.tunnels_summary == "2 idle/1 active"
+    assert status.last_error is None
+    for type_ in ConditionType:
+        assert cond(status, type_)[0] is ConditionStatus.TRUE, type_
+    assert {c.type for c in status.conditions} == {t.value for t in ConditionType}
+    assert all(c.observed_generation == 3 for c in status.conditions)
+
+
+def test_transition_time_is_kept_while_the_status_does_not_change() -> None:
+    first = compute_status(FACTS, CONNECTED, None, T0)
+    again = compute_status(FACTS, replace(CONNECTED, tunnels_idle=1), first, T1)
+
+    assert all(c.last_transition_time == T0 for c in again.conditions)
+    broken = replace(
+        CONNECTED,
+        phase=WorkerPhase.CONNECTING,
+        last_error=WorkerError(ErrorReason.KAS_UNREACHABLE, "dial failed", "check kasAddress"),
+    )
+    later = compute_status(FACTS, broken, again, T1)
+    connected = later.condition(ConditionType.CONNECTED)
+    registered = later.condition(ConditionType.REGISTERED)
+    assert connected is not None
+    assert connected.last_transition_time == T1
+    assert registered is not None
+    assert registered.last_transition_time == T0
+
+
+def test_same_inputs_same_status_so_no_write() -> None:
+    first = compute_status(FACTS, CONNECTED, None, T0)
+    assert compute_status(FACTS, CONNECTED, first, T1) == first
+
+
+def test_no_snapshot_yet_is_connecting() -> None:
+    status = compute_status(FACTS, None, None, T0)
+
+    assert status.phase is Phase.CONNECTING
+    assert cond(status, ConditionType.READY) == (ConditionStatus.FALSE, "Connecting")
+    assert cond(status, ConditionType.CONNECTED) == (ConditionStatus.UNKNOWN, "Connecting")
+    assert cond(status, ConditionType.VERSION_COMPATIBLE)[0] is ConditionStatus.UNKNOWN
+    assert cond(status, ConditionType.KUBERNETES_VERSION_SUPPORTED)[0] is ConditionStatus.TRUE
+    assert status.connected_since is None
+
+
+@pytest.mark.parametrize(
+    ("reason", "phase"),
+    [
+        (ErrorReason.UNAUTHENTICATED, WorkerPhase.FAILED),
+        (ErrorReason.TLS_UNKNOWN_AUTHORITY, WorkerPhase.FAILED),
+        (ErrorReason.PROXY_REFUSED, WorkerPhase.FAILED),
+        (ErrorReason.KAS_UNREACHABLE, WorkerPhase.CONNECTING),
+        (ErrorReason.RATE_LIMITED, WorkerPhase.CONNECTING),
+    ],
+)
+def test_worker_errors_become_typed_reasons_with_hints(reason: ErrorReason, phase: WorkerPhase) -> None:
+    snapshot = WorkerSnapshot(id="ns/a", phase=phase, last_error=WorkerError(reason, "it failed", "do this"))
+
+    status = compute_status(FACTS, snapshot, None, T0)
+
+    assert status.phase.value == phase.value if status.phase else False
+    assert status.last_error is not None
+    assert (status.last_error.reason, status.last_error.hint) == (reason.value, "do this")
+    ready = status.condition(ConditionType.READY)
+    assert ready is not None
+    assert ready.reason == reason.value
+    assert "do this" in ready.message
+    assert cond(status, ConditionType.CONNECTED) == (ConditionStatus.FALSE, reason.value)
+
+
+def test_degraded_keeps_connected_true() -> None:
+    snapshot = replace(
+        CONNECTED,
+        phase=WorkerPhase.DEGRADED,
+        last_error=WorkerError(ErrorReason.CONFIGURATION_REJECTED, "bad config.yaml", "fix it"),
+    )
+    status = compute_status(FACTS, snapshot, None, T0)
+
+    assert status.phase is Phase.DEGRADED
+    assert cond(status, ConditionType.CONNECTED)[0] is ConditionStatus.TRUE
+    assert cond(status, ConditionType.CONFIGURATION_RECEIVED) == (
+        ConditionStatus.FALSE,
+        "ConfigurationRejected",
+    )
+    assert cond(status, ConditionType.READY) == (ConditionStatus.FALSE, "ConfigurationRejected")
+
+
+def test_incompatible_kas_version_degrades_and_is_an_event() -> None:
+    old = compute_status(FACTS, CONNECTED, None, T0)
+    new = compute_status(
+        FACTS, replace(CONNECTED, kas_version=f"v{_MINOR.major}.{_MINOR.minor - 3}.0"), old, T1
+    )
+
+    assert new.phase is Phase.DEGRADED
+    assert cond(new, ConditionType.VERSION_COMPATIBLE) == (ConditionStatus.FALSE, "KasTooOld")
+    assert cond(new, ConditionType.READY) == (ConditionStatus.FALSE, "VersionIncompatible")
+    reasons = [e.reason for e in transition_events(old, new, FACTS)]
+    assert reasons == ["VersionIncompatible"]
+
+
+def test_cluster_outside_the_supported_range() -> None:
+    facts = replace(FACTS, kubernetes_support=KubernetesSupport(MinorVersion(1, 30), MinorVersion(1, 32)))
+    status = compute_status(facts, CONNECTED, None, T0)
+    assert cond(status, ConditionType.KUBERNETES_VERSION_SUPPORTED) == (ConditionStatus.FALSE, "Unsupported")
+    assert status.phase is Phase.DEGRADED
+
+
+@pytest.mark.parametrize(
+    ("kind", "token_status"),
+    [
+        (ProblemKind.TOKEN, ConditionStatus.FALSE),
+        (ProblemKind.SPEC_INVALID, ConditionStatus.UNKNOWN),
+        (ProblemKind.CA_CERT, ConditionStatus.TRUE),
+        (ProblemKind.FORBIDDEN, ConditionStatus.UNKNOWN),
+    ],
+)
+def test_operator_problems_fail_with_their_reason(kind: ProblemKind, token_status: ConditionStatus) -> None:
+    facts = replace(FACTS, problem=Problem(kind, "SomethingMissing", "what is wrong", "how to fix"))
+
+    status = compute_status(facts, CONNECTED, None, T0)  # a stale snapshot is ignored
+
+    assert status.phase is Phase.FAILED
+    assert status.last_error is not None
+    assert status.last_error.reason == "SomethingMissing"
+    assert cond(status, ConditionType.READY) == (ConditionStatus.FALSE, "SomethingMissing")
+    assert cond(status, ConditionType.TOKEN_AVAILABLE)[0] is token_status
+    assert status.connected_since is None
+    assert status.tunnels_summary == "0 idle/0 active"
+    assert status.agent_id is None
+
+
+def test_suspended_ignores_the_draining_worker_and_keeps_learnt_facts() -> None:
+    connected = compute_status(FACTS, CONNECTED, None, T0)
+    facts = replace(FACTS, suspended=True)
+
+    status = compute_status(facts, replace(CONNECTED, phase=WorkerPhase.SUSPENDED), connected, T1)
+
+    assert status.phase is Phase.SUSPENDED
+    assert cond(status, ConditionType.CONNECTED) == (ConditionStatus.FALSE, "Suspended")
+    assert cond(status, ConditionType.REGISTERED) == (ConditionStatus.UNKNOWN, "NotRunning")
+    assert status.last_error is None
+    assert status.connected_since is None
+    assert (status.agent_id, status.kas_version) == (42, KAS)  # still useful in `kubectl get gla`
+    assert [e.reason for e in transition_events(connected, status, facts)] == ["Disconnected"]
+
+
+def test_a_draining_worker_without_suspend_is_connecting() -> None:
+    assert phase_of(FACTS, replace(CONNECTED, phase=WorkerPhase.SUSPENDED)) is Phase.CONNECTING
+
+
+def test_learnt_facts_survive_a_reconnect() -> None:
+    connected = compute_status(FACTS, CONNECTED, None, T0)
+    fresh = WorkerSnapshot(id="ns/a", phase=WorkerPhase.CONNECTING)
+    status = compute_status(FACTS, fresh, connected, T1)
+    assert (status.agent_id, status.config_commit, status.kas_version) == (42, "abc123", KAS)
+    assert status.phase is Phase.CONNECTING
+
+
+def test_insecure_skip_tls_verify_is_loud() -> None:
+    facts = replace(FACTS, insecure_skip_tls_verify=True)
+    status = compute_status(facts, CONNECTED, None, T0)
+
+    for type_ in (ConditionType.READY, ConditionType.CONNECTED):
+        c = status.condition(type_)
+        assert c is not None
+        assert INSECURE_WARNING in c.message
+    events = transition_events(None, status, facts)
+    assert [(e.type, e.reason) for e in events] == [
+        ("Normal", "Connected"),
+        ("Warning", "InsecureSkipTLSVerify"),
+    ]
+
+
+def test_connect_and_disconnect_events() -> None:
+    connecting = compute_status(FACTS, None, None, T0)
+    connected = compute_status(FACTS, CONNECTED, connecting, T0)
+    lost = compute_status(
+        FACTS,
+        WorkerSnapshot(
+            id="ns/a",
+            phase=WorkerPhase.FAILED,
+            last_error=WorkerError(ErrorReason.UNAUTHENTICATED, "Register: UNAUTHENTICATED", "new token"),
+        ),
+        connected,
+        T1,
+    )
+
+    up = transition_events(connecting, connected, FACTS)
+    assert [(e.type, e.reason) for e in up] == [("Normal", "Connected")]
+    assert "42" in up[0].message
+    assert KAS in up[0].message
+    down = transition_events(connected, lost, FACTS)
+    assert [(e.type, e.reason) for e in down] == [("Warning", "Disconnected")]
+    assert "Unauthenticated" in down[0].message
+    assert transition_events(connected, connected, FACTS) == []
+
+
+def test_missing_trailing_slash_hint_for_self_managed_wss() -> None:
+    facts = replace(FACTS, kas_address="wss://gitlab.example.com/-/kubernetes-agent")
+    snapshot = WorkerSnapshot(
+        id="ns/a",
+        phase=WorkerPhase.FAILED,
+        last_error=WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, "handshake: 404", "check the address"),
+    )
+    status = compute_status(facts, snapshot, None, T0)
+    assert status.last_error is not None
+    assert "wss://gitlab.example.com/-/kubernetes-agent/" in status.last_error.hint
+    assert "check the address" in status.last_error.hint
+
+
+def test_status_round_trips_through_the_resource() -> None:
+    status = compute_status(FACTS, CONNECTED, None, T0)
+    stored = GitLabAgentStatus.model_validate(status.to_dict())
+    assert stored == status
+    assert compute_status(FACTS, CONNECTED, stored, T1) == stored
+
+
+def test_long_messages_are_cut() -> None:
+    snapshot = WorkerSnapshot(
+        id="ns/a", phase=WorkerPhase.CONNECTING, last_error=WorkerError(ErrorReason.INTERNAL, "x" * 50_000)
+    )
+    status = compute_status(FACTS, snapshot, None, T0)
+    assert status.last_error is not None
+    assert len(status.last_error.message) <= 4096
+    assert all(len(c.message) <= 4096 for c in status.conditions)
+
+
+def test_the_token_never_reaches_the_status() -> None:
+    facts = replace(
+        FACTS,
+        problem=Problem(ProblemKind.TOKEN, "TokenInvalid", "Secret ns/tok key 'token' is invalid", "fix it"),
+    )
+    rendered = str(compute_status(facts, None, None, T0).to_dict())
+    rendered += str(compute_status(FACTS, CONNECTED, None, T0).to_merge_patch())
+    assert TOKEN not in rendered
