@@ -23,6 +23,30 @@ class WorkerMetrics(Protocol):
         """One GetConfiguration/Register/Connect attempt ended with gRPC status `code`."""
         ...
 
+    def bytes_received(self, worker_id: str, count: int) -> None:
+        """`count` request body bytes (incl. upgraded-connection bytes) arrived from kas through a tunnel."""
+        ...
+
+    def bytes_sent(self, worker_id: str, count: int) -> None:
+        """`count` response body bytes (incl. upgraded-connection bytes) went to kas through a tunnel."""
+        ...
+
+
+class NoMetrics:
+    """A WorkerMetrics that records nothing (telemetry off): modules can always call their sink."""
+
+    def tunnel_request_done(self, worker_id: str, method: str, code: str, seconds: float) -> None:
+        """Ignored."""
+
+    def connection_attempt(self, worker_id: str, rpc: str, code: str) -> None:
+        """Ignored."""
+
+    def bytes_received(self, worker_id: str, count: int) -> None:
+        """Ignored."""
+
+    def bytes_sent(self, worker_id: str, count: int) -> None:
+        """Ignored."""
+
 
 @dataclass(frozen=True)
 class WorkerEnvironment:

@@ -27,7 +27,7 @@ import grpc
 from agent_proto.flavor import WireNames, wire_names
 from agent_runtime.auth_gate import AuthGate
 from agent_runtime.clock import SYSTEM_CLOCK
-from agent_runtime.environment import WorkerEnvironment
+from agent_runtime.environment import NoMetrics, WorkerEnvironment
 from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
 from agent_runtime.module_context import AgentInfo, ModuleContext
@@ -41,8 +41,6 @@ from agent_runtime.worker_state import Component, WorkerState
 
 SnapshotCallback = Callable[[WorkerSnapshot], None]
 
-_KAS_VERSION_POLL_S = 1.0
-"""How often the transport's view of kas's version is copied into the snapshot."""
 _CLOSE_GRACE_S = 1.0
 """Grace for closing the channel once every module has stopped."""
 
@@ -172,7 +170,10 @@ class Worker:
 
     async def _run_modules(self, connection: KasConnection) -> None:
         ctx = self._context(connection)
-        k8s = kubernetes_api.build(ctx)
+        self._state.set_kas_version(connection.kas_version)
+        connection.on_kas_version(self._state.set_kas_version)
+        metrics = self._env.metrics if self._env.metrics is not None else NoMetrics()
+        k8s = kubernetes_api.build(ctx, metrics)
         tunnel_ctx = dataclasses.replace(ctx, handlers=HandlerTable((k8s.service,)))
         name = self._spec.id
         async with asyncio.TaskGroup() as tg:
@@ -182,11 +183,10 @@ class Worker:
 
             others = [
                 start("kubernetes_api", k8s.run()),
-                start("agent_registrar", agent_registrar.build(ctx).run()),
-                start("agent_configuration", agent_configuration.build(ctx).run()),
-                start("kas-version", self._follow_kas_version(connection)),
+                start("agent_registrar", agent_registrar.build(ctx, metrics).run()),
+                start("agent_configuration", agent_configuration.build(ctx, metrics).run()),
             ]
-            tunnels = start("reverse_tunnel", reverse_tunnel.build(tunnel_ctx).run())
+            tunnels = start("reverse_tunnel", reverse_tunnel.build(tunnel_ctx, metrics).run())
             start("stopper", self._stopper(others, tunnels))
 
     async def _stopper(self, others: list[asyncio.Task[None]], tunnels: asyncio.Task[None]) -> None:
@@ -198,11 +198,6 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(tunnels), timeout=self._grace)
         tunnels.cancel()
-
-    async def _follow_kas_version(self, connection: KasConnection) -> None:
-        while True:
-            self._state.set_kas_version(connection.kas_version)
-            await asyncio.sleep(_KAS_VERSION_POLL_S)
 
     # --- state ----------------------------------------------------------------------------------------
     def _refine(self, error: WorkerError) -> WorkerError:

@@ -190,11 +190,12 @@ def cluster_objects(kas_address: str, agent_token: str) -> str:
     return yaml.safe_dump_all(docs)
 
 
-def agent_phase(kubeconfig: Path) -> str:
+def agent_serving(kubeconfig: Path) -> bool:
+    """Connected, with kas's version learned and idle tunnels waiting for CI requests."""
     out = kubectl(kubeconfig, "-n", NAMESPACE, "get", "gitlabagent", AGENT_NAME, "-o", "json", check=False)
-    if not out:
-        return ""
-    return str(json.loads(out).get("status", {}).get("phase", ""))
+    status = json.loads(out).get("status", {}) if out else {}
+    idle = (status.get("tunnels") or {}).get("idle", 0)
+    return status.get("phase") == "Connected" and bool(status.get("kasVersion")) and idle > 0
 
 
 def run(keep: bool) -> None:
@@ -239,8 +240,8 @@ def run(keep: bool) -> None:
         say(f"applied GitLabAgent {NAMESPACE}/{AGENT_NAME} with its token Secret and ServiceAccount")
 
         started = time.monotonic()
-        wait_until("the agent to be Connected", lambda: agent_phase(admin) == "Connected", operator_log)
-        say(f"Connected {time.monotonic() - started:.1f}s after apply\n")
+        wait_until("the agent to be Connected", lambda: agent_serving(admin), operator_log)
+        say(f"Connected, tunnels open, {time.monotonic() - started:.1f}s after apply\n")
         print(f"$ kubectl get gla -n {NAMESPACE}")
         print(kubectl(admin, "get", "gla", "-n", NAMESPACE))
 

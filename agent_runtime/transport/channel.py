@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -70,6 +70,9 @@ class KasConnection:
         self._bridge = bridge
         self._rpc_error: WorkerError | None = None
         self._kas_version: str | None = None
+        self._version_listeners: list[Callable[[str], None]] = []
+        if bridge is not None:
+            bridge.on_kas_version = self._kas_version_learned
 
     @property
     def kas_version(self) -> str | None:
@@ -80,13 +83,23 @@ class KasConnection:
 
     def note_kas_version(self, version: str) -> None:
         """Remember a kas version learned elsewhere (e.g. gRPC response metadata)."""
-        self._kas_version = version
+        if version != self._kas_version:
+            self._kas_version = version
+            self._kas_version_learned(version)
 
     def note_response_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
         """Learn kas's version from a call's response metadata, when kas sends it."""
         version = from_metadata(metadata)
         if version:
-            self._kas_version = version
+            self.note_kas_version(version)
+
+    def on_kas_version(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(version)` whenever kas announces a (new) version."""
+        self._version_listeners.append(listener)
+
+    def _kas_version_learned(self, version: str) -> None:
+        for listener in self._version_listeners:
+            listener(version)
 
     def last_error(self) -> WorkerError | None:
         """The latest transport-level failure (handshake, TLS, DNS, refused), None once healthy."""

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from agent_proto import wstunnel
@@ -199,6 +200,8 @@ class WsBridge:
         self._counter = itertools.count(1)
         self._last_error: WorkerError | None = None
         self._kas_version: str | None = None
+        self.on_kas_version: Callable[[str], None] | None = None
+        """Called when a handshake announces a kas version different from the last one."""
         self._handshakes = 0
         self._closing = False
 
@@ -282,7 +285,10 @@ class WsBridge:
             return
         self._handshakes += 1
         self._last_error = None
-        self._kas_version = dialed.kas_version or self._kas_version
+        if dialed.kas_version and dialed.kas_version != self._kas_version:
+            self._kas_version = dialed.kas_version
+            if self.on_kas_version is not None:
+                self.on_kas_version(dialed.kas_version)
         pipe = _Pipe(self, local, dialed, self._plan.websocket)
         self._pipes.add(pipe)
         pipe.start()

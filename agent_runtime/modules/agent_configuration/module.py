@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from agent_proto.gitlab.agent.agent_configuration.rpc import rpc_pb2
 from agent_runtime.backoff import CONFIG_BACKOFF, Backoff
 from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
+from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error
 from agent_runtime.grpc_calls import GZIP, EstablishedProbe, wait_either
 from agent_runtime.module_context import ModuleContext
@@ -46,8 +47,9 @@ class _Progress:
 class ConfigurationModule:
     """Runs the configuration watch until cancelled."""
 
-    def __init__(self, ctx: ModuleContext) -> None:
+    def __init__(self, ctx: ModuleContext, metrics: WorkerMetrics) -> None:
         self._ctx = ctx
+        self._metrics = metrics
         self._progress = _Progress()
         self._backoff = Backoff(CONFIG_BACKOFF, clock=ctx.clock)
 
@@ -69,6 +71,15 @@ class ConfigurationModule:
 
     async def _one_stream(self) -> bool:
         """One GetConfiguration call; returns True when it failed (back off), False on a clean end."""
+        code = "CANCELLED"  # unless the call ends by itself: a new token or the worker stopping
+        try:
+            failed, code = await self._call()
+            return failed
+        finally:
+            self._metrics.connection_attempt(self._ctx.worker_id, _RPC, code)
+
+    async def _call(self) -> tuple[bool, str]:
+        """The call; returns (failed, gRPC code of its outcome)."""
         ctx = self._ctx
         request = rpc_pb2.ConfigurationRequest(
             commit_id=self._progress.commit, agent_meta=ctx.agent.meta(), skip_register=True
@@ -89,12 +100,12 @@ class ConfigurationModule:
             while True:
                 raw = await call.read()
                 if raw is grpc.aio.EOF:
-                    return False
+                    return False, "OK"
                 assert isinstance(raw, bytes)
                 self._handle(self._parse(raw))
         except grpc.aio.AioRpcError as e:
             self._report_rpc_error(e.code(), e.details())
-            return True
+            return True, e.code().name
         except InvalidResponseError as e:
             call.cancel()
             ctx.state.failed(
@@ -103,7 +114,7 @@ class ConfigurationModule:
                     ErrorReason.PROTOCOL_ERROR, f"{_RPC}: INVALID_ARGUMENT: invalid server response: {e}"
                 ),
             )
-            return True
+            return True, grpc.StatusCode.INVALID_ARGUMENT.name
         finally:
             probe.stop()
 
@@ -163,6 +174,6 @@ class ConfigurationModule:
         return agent_id
 
 
-def build(ctx: ModuleContext) -> ConfigurationModule:
-    """Factory used by the composition root."""
-    return ConfigurationModule(ctx)
+def build(ctx: ModuleContext, metrics: WorkerMetrics | None = None) -> ConfigurationModule:
+    """Factory used by the composition root; `metrics` counts attempts by outcome."""
+    return ConfigurationModule(ctx, metrics if metrics is not None else NoMetrics())

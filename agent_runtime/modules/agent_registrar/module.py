@@ -15,6 +15,7 @@ from agent_proto.gitlab.agent.agent_registrar.rpc import rpc_pb2
 from agent_proto.gitlab.agent.entity import entity_pb2
 from agent_runtime.backoff import REGISTER_BACKOFF, Backoff
 from agent_runtime.constants import REGISTER_INTERVAL_S
+from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error
 from agent_runtime.grpc_calls import GZIP
 from agent_runtime.module_context import ModuleContext
@@ -30,8 +31,9 @@ _VERSION_TIMEOUT_S = 10.0
 class RegistrarModule:
     """Runs the heartbeat until cancelled."""
 
-    def __init__(self, ctx: ModuleContext) -> None:
+    def __init__(self, ctx: ModuleContext, metrics: WorkerMetrics) -> None:
         self._ctx = ctx
+        self._metrics = metrics
         self._backoff = Backoff(REGISTER_BACKOFF, clock=ctx.clock)
         self._kubernetes_version = entity_pb2.KubernetesVersion()
 
@@ -51,6 +53,15 @@ class RegistrarModule:
                 await self._backoff.sleep(wake=wake)
 
     async def _register_once(self) -> bool:
+        code = "CANCELLED"  # unless the call ends by itself: the worker is stopping
+        try:
+            code = await self._call()
+            return code == "OK"
+        finally:
+            self._metrics.connection_attempt(self._ctx.worker_id, _RPC, code)
+
+    async def _call(self) -> str:
+        """One Register call; returns the gRPC code of its outcome."""
         ctx = self._ctx
         request = rpc_pb2.RegisterRequest(
             agent_meta=ctx.agent.meta(self._kubernetes_version), pod_id=ctx.agent.pod_id
@@ -69,11 +80,11 @@ class RegistrarModule:
             ctx.kas.note_response_metadata(await call.initial_metadata())
         except grpc.aio.AioRpcError as e:
             self._report_error(e.code(), e.details())
-            return False
+            return e.code().name
         ctx.auth_gate.report_accepted()
         ctx.state.registered(True, self._kubernetes_version.git_version or None)
         ctx.state.ok(Component.REGISTRAR)
-        return True
+        return "OK"
 
     def _report_error(self, code: grpc.StatusCode, details: str | None) -> None:
         ctx = self._ctx
@@ -114,6 +125,6 @@ class RegistrarModule:
             )
 
 
-def build(ctx: ModuleContext) -> RegistrarModule:
-    """Factory used by the composition root."""
-    return RegistrarModule(ctx)
+def build(ctx: ModuleContext, metrics: WorkerMetrics | None = None) -> RegistrarModule:
+    """Factory used by the composition root; `metrics` counts Register calls by outcome."""
+    return RegistrarModule(ctx, metrics if metrics is not None else NoMetrics())

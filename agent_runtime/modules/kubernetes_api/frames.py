@@ -23,6 +23,8 @@ class RequestFrames:
         self._call = call
         self._validator = OrderingValidator(HttpRequest, "message")
         self.ended = False
+        self.body_bytes = 0
+        """Request body bytes received so far (`data` and `upgradeData`), for metrics."""
 
     async def next(self) -> HttpRequest | None:
         """The next frame, or None at the end of the request stream."""
@@ -35,9 +37,13 @@ class RequestFrames:
                 self._validator.end()
                 return None
             frame = HttpRequest.FromString(raw)
-            self._validator.accept(frame)
+            which = self._validator.accept(frame)
         except (StreamOrderError, DecodeError) as e:
             raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid HttpRequest stream: {e}") from e
+        if which == "data":
+            self.body_bytes += len(frame.data.data)
+        elif which == "upgradeData":
+            self.body_bytes += len(frame.upgradeData.data)
         return frame
 
 
@@ -69,3 +75,33 @@ def response_upgrade_data(data: bytes) -> bytes:
 def header_lists(header: Mapping[str, prototool_pb2.Values]) -> dict[str, list[str]]:
     """A proto header map as plain lists."""
     return {k: list(v.value) for k, v in header.items()}
+
+
+class ResponseWriter:
+    """Sends HttpResponse frames on a tunnelled call; remembers the status and counts body bytes."""
+
+    def __init__(self, call: LocalCall) -> None:
+        self._call = call
+        self.status_code: int | None = None
+        """The HTTP status sent in the header; None until then."""
+        self.body_bytes = 0
+        """Response body bytes sent so far (`data` and `upgradeData`), for metrics."""
+
+    async def header(self, status_code: int, status: str, header: Mapping[str, Sequence[str]]) -> None:
+        """HttpResponse.header."""
+        await self._call.send(response_header(status_code, status, header))
+        self.status_code = status_code
+
+    async def data(self, data: bytes) -> None:
+        """HttpResponse.data (callers keep chunks ≤ 32 KiB)."""
+        await self._call.send(response_data(data))
+        self.body_bytes += len(data)
+
+    async def trailer(self) -> None:
+        """HttpResponse.trailer."""
+        await self._call.send(response_trailer())
+
+    async def upgrade_data(self, data: bytes) -> None:
+        """HttpResponse.upgradeData."""
+        await self._call.send(response_upgrade_data(data))
+        self.body_bytes += len(data)

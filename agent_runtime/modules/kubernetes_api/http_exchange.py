@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from agent_proto.http_headers import canonical_header_key
 from agent_runtime.constants import CHUNK_SIZE, GRPC_TO_HTTP_ERROR_PREFIX
 from agent_runtime.kube import KubeAccess
-from agent_runtime.local_rpc import LocalCall, RpcStatusError
+from agent_runtime.local_rpc import RpcStatusError
 from agent_runtime.modules.kubernetes_api import frames
 from agent_runtime.modules.kubernetes_api.outgoing import OutgoingRequest, response_via
 
@@ -68,7 +68,7 @@ class _Body:
 
 
 async def exchange(
-    call: LocalCall, request_frames: frames.RequestFrames, kube: KubeAccess, req: OutgoingRequest
+    call: frames.ResponseWriter, request_frames: frames.RequestFrames, kube: KubeAccess, req: OutgoingRequest
 ) -> None:
     """Serve one non-upgrade request."""
     no_body = req.content_length == 0
@@ -90,7 +90,7 @@ async def exchange(
 
 
 async def _relay(
-    call: LocalCall,
+    call: frames.ResponseWriter,
     kube: KubeAccess,
     req: OutgoingRequest,
     headers: CIMultiDict[str],
@@ -120,17 +120,17 @@ async def _relay(
         version = response.version or aiohttp.HttpVersion11
         header.setdefault("Via", []).append(response_via(version.major, version.minor))
         status = f"{response.status} {response.reason or ''}".rstrip()
-        await call.send(frames.response_header(response.status, status, header))
+        await call.header(response.status, status, header)
         try:
             while chunk := await response.content.read(CHUNK_SIZE):
-                await call.send(frames.response_data(chunk))
+                await call.data(chunk)
         except (aiohttp.ClientError, OSError) as e:
             raise RpcStatusError(
                 grpc.StatusCode.UNAVAILABLE, f"reading the response body: {_describe(e)}"
             ) from e
         if drain is not None:
             await drain  # request stream fully checked before we declare success
-        await call.send(frames.response_trailer())
+        await call.trailer()
     finally:
         await response_cm.__aexit__(None, None, None)
 

@@ -14,6 +14,7 @@ import yarl
 
 from agent_proto.flavor import HeaderExtraError, ImpersonationConfig
 from agent_runtime.constants import GRPC_TO_HTTP_ERROR_PREFIX, NESTED_IMPERSONATION_ERROR, SAR_CACHE_TTL_S
+from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.local_rpc import LocalCall, LocalService, RpcStatusError
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.kubernetes_api import frames, http_exchange, upgrade
@@ -34,8 +35,9 @@ class ImpersonationForbiddenError(Exception):
 class KubernetesApiModule:
     """Serves MakeRequest."""
 
-    def __init__(self, ctx: ModuleContext) -> None:
+    def __init__(self, ctx: ModuleContext, metrics: WorkerMetrics) -> None:
         self._ctx = ctx
+        self._metrics = metrics
         self._reviewer = AccessReviewer(ctx.kube, ctx.clock, SAR_CACHE_TTL_S)
         self.service = LocalService(
             name=ctx.kas.wire.kubernetes_api_service, methods={"MakeRequest": self.make_request}
@@ -47,8 +49,41 @@ class KubernetesApiModule:
         await asyncio.Event().wait()
 
     async def make_request(self, call: LocalCall) -> None:
-        """One tunnelled HTTP exchange (§7.3)."""
+        """One tunnelled HTTP exchange (§7.3), counted in the metrics when it ends."""
+        started = self._ctx.clock.now()
         request_frames = frames.RequestFrames(call)
+        response = frames.ResponseWriter(call)
+        code = grpc.StatusCode.CANCELLED  # unless it ends by itself (kas cancelled, worker stopping)
+        try:
+            await self._exchange(request_frames, response)
+            code = grpc.StatusCode.OK
+        except RpcStatusError as e:
+            code = e.code
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL  # what the tunnel makes of an unexpected error
+            raise
+        finally:
+            self._count(code, response, request_frames, self._ctx.clock.now() - started)
+
+    def _count(
+        self,
+        code: grpc.StatusCode,
+        response: frames.ResponseWriter,
+        request_frames: frames.RequestFrames,
+        seconds: float,
+    ) -> None:
+        """A completed exchange counts by its HTTP status; a failed one by its gRPC code."""
+        worker = self._ctx.worker_id
+        ok = code is grpc.StatusCode.OK and response.status_code is not None
+        result = str(response.status_code) if ok else code.name
+        self._metrics.tunnel_request_done(worker, "MakeRequest", result, seconds)
+        if request_frames.body_bytes:
+            self._metrics.bytes_received(worker, request_frames.body_bytes)
+        if response.body_bytes:
+            self._metrics.bytes_sent(worker, response.body_bytes)
+
+    async def _exchange(self, request_frames: frames.RequestFrames, call: frames.ResponseWriter) -> None:
         first = await request_frames.next()
         if first is None:
             raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, "empty HttpRequest stream")
@@ -111,7 +146,7 @@ class KubernetesApiModule:
         return impersonation_headers(imp)
 
     @staticmethod
-    async def _send_forbidden(call: LocalCall, message: str) -> None:
+    async def _send_forbidden(call: frames.ResponseWriter, message: str) -> None:
         body = json.dumps(
             {
                 "kind": "Status",
@@ -129,11 +164,11 @@ class KubernetesApiModule:
             "Content-Length": [str(len(body))],
             "Via": [response_via(1, 1)],
         }
-        await call.send(frames.response_header(403, "403 ImpersonationForbiddenError", header))
-        await call.send(frames.response_data(body))
-        await call.send(frames.response_trailer())
+        await call.header(403, "403 ImpersonationForbiddenError", header)
+        await call.data(body)
+        await call.trailer()
 
 
-def build(ctx: ModuleContext) -> KubernetesApiModule:
-    """Factory used by the composition root."""
-    return KubernetesApiModule(ctx)
+def build(ctx: ModuleContext, metrics: WorkerMetrics | None = None) -> KubernetesApiModule:
+    """Factory used by the composition root; `metrics` counts requests and body bytes."""
+    return KubernetesApiModule(ctx, metrics if metrics is not None else NoMetrics())

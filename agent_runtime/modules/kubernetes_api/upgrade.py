@@ -16,7 +16,7 @@ import yarl
 from agent_proto.http_headers import canonical_header_key
 from agent_runtime.constants import CHUNK_SIZE, GRPC_TO_HTTP_ERROR_PREFIX
 from agent_runtime.kube import KubeAccess
-from agent_runtime.local_rpc import LocalCall, RpcStatusError
+from agent_runtime.local_rpc import RpcStatusError
 from agent_runtime.modules.kubernetes_api import frames
 from agent_runtime.modules.kubernetes_api.outgoing import OutgoingRequest, response_via
 
@@ -30,7 +30,7 @@ def _unavailable(e: BaseException) -> RpcStatusError:
 
 
 async def exchange(
-    call: LocalCall, request_frames: frames.RequestFrames, kube: KubeAccess, req: OutgoingRequest
+    call: frames.ResponseWriter, request_frames: frames.RequestFrames, kube: KubeAccess, req: OutgoingRequest
 ) -> None:
     """Serve one upgrade request."""
     base = yarl.URL(kube.base_url)
@@ -53,12 +53,12 @@ async def exchange(
         await _write_body(writer, request_frames, req.content_length)
         status_code, reason, version, header = await _read_head(reader)
         header.setdefault("Via", []).append(response_via(*version))
-        await call.send(frames.response_header(status_code, f"{status_code} {reason}".rstrip(), header))
+        await call.header(status_code, f"{status_code} {reason}".rstrip(), header)
         if status_code != 101:
             await _relay_body(call, reader, header)
-            await call.send(frames.response_trailer())
+            await call.trailer()
             return
-        await call.send(frames.response_trailer())
+        await call.trailer()
         await _pump(call, request_frames, reader, writer)
     finally:
         writer.close()
@@ -126,7 +126,9 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, tuple[int,
     return code, parts[2] if len(parts) > 2 else "", (major, minor), header
 
 
-async def _relay_body(call: LocalCall, reader: asyncio.StreamReader, header: dict[str, list[str]]) -> None:
+async def _relay_body(
+    call: frames.ResponseWriter, reader: asyncio.StreamReader, header: dict[str, list[str]]
+) -> None:
     if "chunked" in ",".join(header.get("Transfer-Encoding", [])).lower():
         while True:
             size_line = await reader.readline()
@@ -138,7 +140,7 @@ async def _relay_body(call: LocalCall, reader: asyncio.StreamReader, header: dic
             while remaining:
                 chunk = await reader.readexactly(min(remaining, CHUNK_SIZE))
                 remaining -= len(chunk)
-                await call.send(frames.response_data(chunk))
+                await call.data(chunk)
             await reader.readline()
     lengths = header.get("Content-Length")
     remaining = int(lengths[0]) if lengths else -1
@@ -147,11 +149,11 @@ async def _relay_body(call: LocalCall, reader: asyncio.StreamReader, header: dic
         if not chunk:
             return
         remaining -= len(chunk) if remaining > 0 else 0
-        await call.send(frames.response_data(chunk))
+        await call.data(chunk)
 
 
 async def _pump(
-    call: LocalCall,
+    call: frames.ResponseWriter,
     request_frames: frames.RequestFrames,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -169,7 +171,7 @@ async def _pump(
     upward = asyncio.create_task(up(), name="upgrade-client-to-server")
     try:
         while chunk := await reader.read(CHUNK_SIZE):
-            await call.send(frames.response_upgrade_data(chunk))
+            await call.upgrade_data(chunk)
             if upward.done() and upward.exception() is not None:
                 break
     except OSError as e:

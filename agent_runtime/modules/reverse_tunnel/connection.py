@@ -16,6 +16,7 @@ import grpc
 from agent_proto.gitlab.agent.reverse_tunnel.rpc.rpc_pb2 import ConnectResponse
 from agent_proto.ordering import StreamOrderError
 from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
+from agent_runtime.environment import WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error, is_cancel
 from agent_runtime.grpc_calls import GZIP, EstablishedProbe
 from agent_runtime.local_rpc import LocalHandler, RpcStatusError
@@ -99,13 +100,34 @@ class _Stream:
 class TunnelAttempt:
     """Runs one Connect call for one pool slot."""
 
-    def __init__(self, ctx: ModuleContext, slot: Slot) -> None:
+    def __init__(self, ctx: ModuleContext, slot: Slot, metrics: WorkerMetrics) -> None:
         self._ctx = ctx
         self._slot = slot
+        self._metrics = metrics
         self._reader = frames.ResponseReader()
+        self._ended_with: grpc.StatusCode | None = None
+        """The gRPC code the call failed with (None: it ended OK or was cancelled by us)."""
 
     async def run(self) -> Outcome:
-        """The attempt; never raises except CancelledError."""
+        """The attempt; never raises except CancelledError. Its outcome is counted by gRPC code."""
+        code = grpc.StatusCode.CANCELLED  # unless it ends by itself: drain, new token, worker stopping
+        try:
+            outcome = await self._attempt()
+            code = self._outcome_code(outcome)
+            return outcome
+        finally:
+            self._metrics.connection_attempt(self._ctx.worker_id, "Connect", code.name)
+
+    def _outcome_code(self, outcome: Outcome) -> grpc.StatusCode:
+        if self._ended_with is not None:
+            return self._ended_with
+        if outcome is Outcome.DONE:
+            return grpc.StatusCode.OK
+        if outcome is Outcome.CANCELLED:
+            return grpc.StatusCode.CANCELLED
+        return grpc.StatusCode.UNKNOWN
+
+    async def _attempt(self) -> Outcome:
         ctx = self._ctx
         connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = ctx.kas.channel.stream_stream(
             ctx.kas.wire.connect_path
@@ -128,6 +150,7 @@ class TunnelAttempt:
             return self._rpc_failed(e.code(), e.details())
         except StreamOrderError as e:
             await self._fail_stream(call, None, str(e))
+            self._ended_with = grpc.StatusCode.INVALID_ARGUMENT
             return Outcome.ERROR
         finally:
             probe.stop()
@@ -149,6 +172,7 @@ class TunnelAttempt:
         return self._reader.decode(raw)
 
     def _rpc_failed(self, code: grpc.StatusCode, details: str | None) -> Outcome:
+        self._ended_with = code
         if is_cancel(code):
             return Outcome.CANCELLED
         error = classify_rpc_error("Connect", code, details)
@@ -162,6 +186,8 @@ class TunnelAttempt:
         stream = _Stream(call, method, meta)
         handler = self._ctx.handlers.lookup(method)
         if handler is None:
+            # Handlers count their own requests (with a finer result); nobody else sees this one.
+            self._metrics.tunnel_request_done(self._ctx.worker_id, method, "UNIMPLEMENTED", 0.0)
             await self._finish(stream, (grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}"))
             return await self._drain(call, stream)
         work = asyncio.create_task(self._invoke(handler, stream), name=f"tunnel-call {method}")
@@ -181,7 +207,10 @@ class TunnelAttempt:
             for task in (work, pump):
                 task.cancel()
             await asyncio.gather(work, pump, return_exceptions=True)
-        return Outcome.ERROR if faulted else Outcome.DONE
+        if faulted:
+            self._ended_with = grpc.StatusCode.INVALID_ARGUMENT
+            return Outcome.ERROR
+        return Outcome.DONE
 
     async def _invoke(self, handler: LocalHandler, stream: _Stream) -> Status:
         try:
@@ -229,6 +258,7 @@ class TunnelAttempt:
             while await self._read(call) is not None:
                 pass
         except StreamOrderError:
+            self._ended_with = grpc.StatusCode.INVALID_ARGUMENT
             return Outcome.ERROR
         except grpc.aio.AioRpcError as e:
             return self._rpc_failed(e.code(), e.details())

@@ -10,6 +10,7 @@ import asyncio
 
 from agent_runtime import constants as c
 from agent_runtime.backoff import TUNNEL_BACKOFF
+from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.reverse_tunnel.connection import TunnelAttempt
 from agent_runtime.modules.reverse_tunnel.pool import Outcome, PoolSettings, Slot, TunnelPool
@@ -18,8 +19,9 @@ from agent_runtime.modules.reverse_tunnel.pool import Outcome, PoolSettings, Slo
 class ReverseTunnelModule:
     """Runs the pool until cancelled, or until the worker drains and every request finished."""
 
-    def __init__(self, ctx: ModuleContext, settings: PoolSettings) -> None:
+    def __init__(self, ctx: ModuleContext, settings: PoolSettings, metrics: WorkerMetrics) -> None:
         self._ctx = ctx
+        self._metrics = metrics
         self.pool = TunnelPool(
             self._attempt,
             settings,
@@ -30,7 +32,7 @@ class ReverseTunnelModule:
         )
 
     async def _attempt(self, slot: Slot) -> Outcome:
-        return await TunnelAttempt(self._ctx, slot).run()
+        return await TunnelAttempt(self._ctx, slot, self._metrics).run()
 
     async def run(self) -> None:
         """Run the pool; token changes recycle idle streams, draining stops it gracefully."""
@@ -57,8 +59,10 @@ class ReverseTunnelModule:
             draining.cancel()
 
 
-def build(ctx: ModuleContext) -> ReverseTunnelModule:
-    """Factory used by the composition root; pool shape from the spec, timings from §8."""
+def build(ctx: ModuleContext, metrics: WorkerMetrics | None = None) -> ReverseTunnelModule:
+    """Factory used by the composition root; pool shape from the spec, timings from §8.
+
+    `metrics` counts Connect attempts by outcome (and calls to methods nobody serves)."""
     settings = PoolSettings(
         min_idle=ctx.tunnels.min_idle,
         max=ctx.tunnels.max,
@@ -66,4 +70,4 @@ def build(ctx: ModuleContext) -> ReverseTunnelModule:
         max_idle_s=c.TUNNEL_MAX_IDLE_S,
         backoff=TUNNEL_BACKOFF,
     )
-    return ReverseTunnelModule(ctx, settings)
+    return ReverseTunnelModule(ctx, settings, metrics if metrics is not None else NoMetrics())
