@@ -17,7 +17,7 @@ import aiohttp
 import kopf
 
 from agent_operator.composition import Composition, configure_kopf, daemon_cancellation_timeout, kopf_kwargs
-from agent_operator.credentials import kopf_connection, load_configuration
+from agent_operator.credentials import kopf_connection
 from agent_operator.handlers import register
 from agent_operator.kube_api import KubeApi
 from agent_operator.logs import configure_logging
@@ -30,7 +30,7 @@ from agent_operator.preflight import (
     ensure_peering,
 )
 from agent_operator.settings import OperatorSettings, UsageError, parse_settings
-from agent_runtime.kube import KubeAccess, KubeConfigError
+from agent_runtime.kube import KubeAccess, KubeConfigError, load_configuration
 
 log = logging.getLogger("agent_operator")
 
@@ -54,7 +54,9 @@ async def _preflight(api: KubeApi, settings: OperatorSettings) -> str:
 async def run(settings: OperatorSettings) -> int:
     """The whole process after flag parsing; returns the exit code."""
     try:
-        configuration = await asyncio.to_thread(load_configuration, settings.kubeconfig, settings.context)
+        configuration = await asyncio.to_thread(
+            load_configuration, settings.kubeconfig, context=settings.context
+        )
         kube = KubeAccess.from_configuration(configuration)
     except KubeConfigError as exc:
         log.error("%s", exc)  # noqa: TRY400 - the message is the whole story; no traceback

@@ -129,19 +129,16 @@ class AgentController:
 
     async def delete(self, key: AgentKey) -> None:
         """The resource is being deleted: drain its worker, forget it."""
-        record = self._records.pop(key, None)
-        self._index.remove(key)
-        self._writer.forget(key)
-        self._metrics.agents.set(len(self._records))
-        if record is not None:
-            async with record.lock:
-                record.applied = None
-        await self._runtime.remove(key.worker_id, self._drain_grace)
+        await self._drain_and_forget(key)
         self._metrics.reconciles.labels(outcome="removed").inc()
         log.info("agent removed", extra=resource_extra(key.namespace, key.name))
 
     async def release(self, key: AgentKey) -> None:
         """Another operator replica takes over (peering pause): stop the worker, keep the resource as is."""
+        await self._drain_and_forget(key)
+        log.info("agent released to another operator", extra=resource_extra(key.namespace, key.name))
+
+    async def _drain_and_forget(self, key: AgentKey) -> None:
         record = self._records.pop(key, None)
         self._index.remove(key)
         self._writer.forget(key)
@@ -150,7 +147,6 @@ class AgentController:
             async with record.lock:
                 record.applied = None
         await self._runtime.remove(key.worker_id, self._drain_grace)
-        log.info("agent released to another operator", extra=resource_extra(key.namespace, key.name))
 
     # --- secrets and config maps -------------------------------------------------------------------
     def source_changed(self, source: SourceRef) -> None:

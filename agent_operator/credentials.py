@@ -1,52 +1,13 @@
-"""Kubernetes credentials, loaded once, shared by the runtime (aiohttp) and kopf (its login handler).
-
-The `kubernetes` package's loaders find them: an explicit --kubeconfig, else in-cluster, else $KUBECONFIG /
-~/.kube/config. Blocking (files, exec plugins): call `load_configuration` from a thread.
-"""
+"""Kubernetes credentials, loaded once (agent_runtime.kube.load_configuration), shared by the runtime
+(aiohttp) and kopf (its login handler)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from typing import Any
 
 import kopf
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
-from agent_runtime.kube import KubeAccess, KubeConfigError
-
-_load_incluster_config: Callable[[Any], None] = k8s_config.load_incluster_config
-_load_kube_config: Callable[..., None] = k8s_config.load_kube_config
-
-
-def load_configuration(kubeconfig: str | None, context: str | None) -> Any:
-    """A filled `kubernetes.client.Configuration`; KubeConfigError says where it looked (no secrets)."""
-    configuration = k8s_client.Configuration()
-    loaders: list[tuple[str, Callable[[], None]]] = []
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        loaders.append(("in-cluster service account", lambda: _load_incluster_config(configuration)))
-    where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-    loaders.append(
-        (
-            f"kubeconfig {where}",
-            lambda: _load_kube_config(
-                config_file=kubeconfig,
-                context=context,
-                client_configuration=configuration,
-                persist_config=False,
-            ),
-        )
-    )
-    problems: list[str] = []
-    for name, load in loaders:
-        try:
-            load()
-        except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
-            problems.append(f"{name}: {type(exc).__name__}: {exc}")
-            continue
-        return configuration
-    raise KubeConfigError("no Kubernetes credentials found (" + "; ".join(problems) + ")")
+from agent_runtime.kube import KubeAccess
 
 
 def kopf_connection(configuration: Any, kube: KubeAccess) -> kopf.ConnectionInfo:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from typing import Any, TextIO
 
-from agent_runtime.telemetry.logs import JsonFormatter
+from agent_runtime.telemetry.logs import JsonFormatter, configure_json_logging
 
 RESOURCE_NAME_FIELD = "resource_name"
 """`extra` key for a resource's name (`name` itself is a reserved LogRecord attribute); printed as `name`."""
@@ -52,13 +51,8 @@ class OperatorJsonFormatter(JsonFormatter):
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """One JSON handler on the root logger; kopf's own loggers propagate to it."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(OperatorJsonFormatter())
+    configure_json_logging(level, stream, OperatorJsonFormatter())
     root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level)
     # The Kubernetes client logs every request at DEBUG and aiohttp's access log is noise here.
     logging.getLogger("kubernetes").setLevel(max(logging.INFO, root.level))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -171,8 +171,9 @@ class KubeAccess:
         self._session = None
 
 
-def load_kube_access(kubeconfig: str | None = None, *, context: str | None = None) -> KubeAccess:
-    """Find credentials: an explicit kubeconfig; else in-cluster; else $KUBECONFIG / ~/.kube/config.
+def load_configuration(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
+    """A filled `kubernetes.client.Configuration`: an explicit kubeconfig; else in-cluster; else
+    $KUBECONFIG / ~/.kube/config. KubeConfigError says where it looked (never a credential).
 
     Blocking (reads files, may run an exec plugin): call it with `asyncio.to_thread` from async code.
     """
@@ -198,5 +199,10 @@ def load_kube_access(kubeconfig: str | None = None, *, context: str | None = Non
         except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
             problems.append(f"{where}: {type(exc).__name__}: {exc}")
             continue
-        return KubeAccess(configuration)
+        return configuration
     raise KubeConfigError("no Kubernetes credentials found (" + "; ".join(problems) + ")")
+
+
+def load_kube_access(kubeconfig: str | None = None, *, context: str | None = None) -> KubeAccess:
+    """KubeAccess from the credentials `load_configuration` finds. Blocking, like it."""
+    return KubeAccess(load_configuration(kubeconfig, context=context))

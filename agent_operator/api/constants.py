@@ -9,6 +9,11 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+# The resource shows exactly the runtime's phases and the wire flavours agent_proto knows: one definition
+# of each, re-exported here so the API package reads as one vocabulary.
+from agent_proto.flavor import WireFlavor as WireFlavor
+from agent_runtime.spec import Phase as Phase
+
 GROUP: Final = "agentk.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
@@ -47,19 +52,3 @@ class ConditionStatus(enum.StrEnum):
     FALSE = "False"
     UNKNOWN = "Unknown"
 
-
-class Phase(enum.StrEnum):
-    """Coarse state of an agent, shown in the PHASE column."""
-
-    CONNECTING = "Connecting"
-    CONNECTED = "Connected"
-    DEGRADED = "Degraded"
-    SUSPENDED = "Suspended"
-    FAILED = "Failed"
-
-
-class WireFlavor(enum.StrEnum):
-    """Which kas the agent talks to; selects the protobuf package prefix used on the wire."""
-
-    GITLAB = "gitlab"
-    PLURAL = "plural"

@@ -69,10 +69,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_json_logging(level: int | str = logging.INFO, stream: TextIO | None = None) -> logging.Handler:
-    """Send the root logger's records as JSON lines to `stream` (stderr by default); returns the handler."""
+def configure_json_logging(
+    level: int | str = logging.INFO,
+    stream: TextIO | None = None,
+    formatter: logging.Formatter | None = None,
+) -> logging.Handler:
+    """Send the root logger's records as JSON lines to `stream` (stderr by default); returns the handler.
+
+    `formatter` replaces JsonFormatter (the operator adds resource fields with a subclass).
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(formatter or JsonFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

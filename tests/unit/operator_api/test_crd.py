@@ -193,15 +193,10 @@ def test_generation_refuses_what_has_no_structural_form(model: type[BaseModel], 
         to_structural(model.model_json_schema())
 
 
-def test_constants_match_the_runtime_vocabulary() -> None:
-    """The API's enums mirror the runtime's: the operator copies values across by string."""
-    from agent_proto.flavor import WireFlavor as RuntimeFlavor
-    from agent_runtime.spec import ErrorReason
-    from agent_runtime.spec import Phase as RuntimePhase
-
-    assert [p.value for p in c.Phase] == [p.value for p in RuntimePhase]
-    assert [f.value for f in c.WireFlavor] == [f.value for f in RuntimeFlavor]
+def test_every_runtime_error_reason_fits_the_status_schema() -> None:
+    """The operator copies the runtime's typed reasons into status.lastError.reason."""
     from agent_operator.api import LastError
+    from agent_runtime.spec import ErrorReason
 
     for reason in ErrorReason:
-        LastError(reason=reason.value, message="m")  # every runtime reason fits the schema's pattern
+        LastError(reason=reason.value, message="m")
