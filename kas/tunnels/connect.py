@@ -27,6 +27,10 @@ class BadFrameError(Exception):
     """The agent sent an undecodable or out-of-order frame: INVALID_ARGUMENT on this tunnel only."""
 
 
+class AgentGoneError(Exception):
+    """The agent's side of a claimed tunnel ended before it sent any part of the answer."""
+
+
 def _meta(values: Any) -> dict[str, list[str]]:
     return {key: list(v.value) for key, v in values.items()}
 
@@ -128,13 +132,19 @@ class ReverseTunnelServer:
         call.inbound.close()
 
     async def _read_loop(self, context: Context, tunnel: Tunnel, validator: OrderingValidator) -> None:
+        responded = False
         while True:
             msg = await _read(context)
             if msg is None:
+                if tunnel.state is TunnelState.CLAIMED and not responded:
+                    # A cancelled stream can surface as a clean EOF: an agent that goes away before any
+                    # answer is a disconnect (UNAVAILABLE to the caller), not a protocol violation.
+                    raise AgentGoneError("the agent ended the tunnel before answering")
                 if tunnel.state is TunnelState.CLAIMED:
                     validator.end()
                 return
             member = validator.accept(msg)
+            responded = responded or member != "descriptor"
             # Frames before request_info wait for the call (the ordering allows descriptor->header).
             await tunnel.settled.wait()
             if tunnel.call is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -15,16 +15,24 @@ from agent_runtime.local_rpc import LocalCall, RpcStatusError
 HttpRequest = grpctool_pb2.HttpRequest
 HttpResponse = grpctool_pb2.HttpResponse
 
+BodyCounter = Callable[[int], None]
+"""Told the size of every body chunk as it passes (metrics count bytes while a watch is still open)."""
+
+
+def _ignore(count: int) -> None:
+    del count
+
 
 class RequestFrames:
     """Reads HttpRequest frames from a tunnelled call; bad frames raise RpcStatusError(INVALID_ARGUMENT)."""
 
-    def __init__(self, call: LocalCall) -> None:
+    def __init__(self, call: LocalCall, on_body: BodyCounter = _ignore) -> None:
         self._call = call
+        self._on_body = on_body
         self._validator = OrderingValidator(HttpRequest, "message")
         self.ended = False
         self.body_bytes = 0
-        """Request body bytes received so far (`data` and `upgradeData`), for metrics."""
+        """Request body bytes received so far (`data` and `upgradeData`)."""
 
     async def next(self) -> HttpRequest | None:
         """The next frame, or None at the end of the request stream."""
@@ -41,10 +49,15 @@ class RequestFrames:
         except (StreamOrderError, DecodeError) as e:
             raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid HttpRequest stream: {e}") from e
         if which == "data":
-            self.body_bytes += len(frame.data.data)
+            self._count(len(frame.data.data))
         elif which == "upgradeData":
-            self.body_bytes += len(frame.upgradeData.data)
+            self._count(len(frame.upgradeData.data))
         return frame
+
+    def _count(self, size: int) -> None:
+        if size:
+            self.body_bytes += size
+            self._on_body(size)
 
 
 def _values(header: Mapping[str, Sequence[str]]) -> dict[str, prototool_pb2.Values]:
@@ -80,12 +93,13 @@ def header_lists(header: Mapping[str, prototool_pb2.Values]) -> dict[str, list[s
 class ResponseWriter:
     """Sends HttpResponse frames on a tunnelled call; remembers the status and counts body bytes."""
 
-    def __init__(self, call: LocalCall) -> None:
+    def __init__(self, call: LocalCall, on_body: BodyCounter = _ignore) -> None:
         self._call = call
+        self._on_body = on_body
         self.status_code: int | None = None
         """The HTTP status sent in the header; None until then."""
         self.body_bytes = 0
-        """Response body bytes sent so far (`data` and `upgradeData`), for metrics."""
+        """Response body bytes sent so far (`data` and `upgradeData`)."""
 
     async def header(self, status_code: int, status: str, header: Mapping[str, Sequence[str]]) -> None:
         """HttpResponse.header."""
@@ -95,7 +109,7 @@ class ResponseWriter:
     async def data(self, data: bytes) -> None:
         """HttpResponse.data (callers keep chunks ≤ 32 KiB)."""
         await self._call.send(response_data(data))
-        self.body_bytes += len(data)
+        self._count(len(data))
 
     async def trailer(self) -> None:
         """HttpResponse.trailer."""
@@ -104,4 +118,9 @@ class ResponseWriter:
     async def upgrade_data(self, data: bytes) -> None:
         """HttpResponse.upgradeData."""
         await self._call.send(response_upgrade_data(data))
-        self.body_bytes += len(data)
+        self._count(len(data))
+
+    def _count(self, size: int) -> None:
+        if size:
+            self.body_bytes += size
+            self._on_body(size)

@@ -49,10 +49,11 @@ class KubernetesApiModule:
         await asyncio.Event().wait()
 
     async def make_request(self, call: LocalCall) -> None:
-        """One tunnelled HTTP exchange (§7.3), counted in the metrics when it ends."""
+        """One tunnelled HTTP exchange (§7.3); metrics count body bytes as they pass, requests at the end."""
         started = self._ctx.clock.now()
-        request_frames = frames.RequestFrames(call)
-        response = frames.ResponseWriter(call)
+        worker, metrics = self._ctx.worker_id, self._metrics
+        request_frames = frames.RequestFrames(call, lambda n: metrics.bytes_received(worker, n))
+        response = frames.ResponseWriter(call, lambda n: metrics.bytes_sent(worker, n))
         code = grpc.StatusCode.CANCELLED  # unless it ends by itself (kas cancelled, worker stopping)
         try:
             await self._exchange(request_frames, response)
@@ -64,24 +65,10 @@ class KubernetesApiModule:
             code = grpc.StatusCode.INTERNAL  # what the tunnel makes of an unexpected error
             raise
         finally:
-            self._count(code, response, request_frames, self._ctx.clock.now() - started)
-
-    def _count(
-        self,
-        code: grpc.StatusCode,
-        response: frames.ResponseWriter,
-        request_frames: frames.RequestFrames,
-        seconds: float,
-    ) -> None:
-        """A completed exchange counts by its HTTP status; a failed one by its gRPC code."""
-        worker = self._ctx.worker_id
-        ok = code is grpc.StatusCode.OK and response.status_code is not None
-        result = str(response.status_code) if ok else code.name
-        self._metrics.tunnel_request_done(worker, "MakeRequest", result, seconds)
-        if request_frames.body_bytes:
-            self._metrics.bytes_received(worker, request_frames.body_bytes)
-        if response.body_bytes:
-            self._metrics.bytes_sent(worker, response.body_bytes)
+            # A completed exchange counts by its HTTP status; a failed one by its gRPC code.
+            ok = code is grpc.StatusCode.OK and response.status_code is not None
+            result = str(response.status_code) if ok else code.name
+            metrics.tunnel_request_done(worker, "MakeRequest", result, self._ctx.clock.now() - started)
 
     async def _exchange(self, request_frames: frames.RequestFrames, call: frames.ResponseWriter) -> None:
         first = await request_frames.next()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -155,3 +156,42 @@ async def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[s
         timeout=30,
         check=False,
     )
+
+
+@asynccontextmanager
+async def started_kas_with(
+    work: Path,
+    certs: Certs,
+    *,
+    agent_tls: bool = False,
+    overrides: dict[str, Any] | None = None,
+    agent_config: str = AGENT_CONFIG,
+) -> AsyncIterator[KasServer]:
+    """Like `started_kas`, with extra kas.yaml `overrides` (merged) and the agent's config.yaml text."""
+    proxy_listen = {"address": "127.0.0.1:0", "certificate_file": str(certs.cert), "key_file": str(certs.key)}
+    merged: dict[str, Any] = {"agent": {"kubernetes_api": {"listen": proxy_listen}}}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    config = kas_config(work, [AGENT], tls=(certs.cert, certs.key) if agent_tls else None, overrides=merged)
+    write_agents_file(work / "agents.yaml", [AGENT], extra={"ci_jobs": [CI_JOB]})
+    assert config.agent_configuration.directory is not None
+    write_agent_config(config.agent_configuration.directory, AGENT, agent_config)
+    server = KasServer(config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=1.0)
+
+
+def ci_headers() -> dict[str, str]:
+    """The Authorization header of our CI job towards kas's proxy."""
+    return {"Authorization": f"Bearer ci:{AGENT.id}:{JOB_TOKEN}"}
+
+
+def proxy_ssl(certs: Certs) -> ssl.SSLContext:
+    """Client TLS for kas's proxy listener (self-signed CA)."""
+    return ssl.create_default_context(cafile=str(certs.ca))
