@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from google.rpc import code_pb2
 
@@ -26,23 +28,32 @@ class RemoteTunnelCall:
         self._validator = validator  # has seen tunnel_ready
         self._started = False
         self._ended = False
+        # send()/close_send() and receive() run in different tasks; gRPC allows one write in flight
+        # per call (a second one fails the call with INTERNAL "Internal error from Core").
+        self._write_lock = asyncio.Lock()
 
     async def _start(self) -> None:
+        async with self._write_lock:
+            await self._start_locked()
+
+    async def _start_locked(self) -> None:
         if not self._started:
             self._started = True
             await self._call.write(_START)
 
     async def send(self, message: bytes) -> None:
         try:
-            await self._start()
-            await self._call.write(message)
+            async with self._write_lock:
+                await self._start_locked()
+                await self._call.write(message)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
             pass  # the call is over; receive() reports how it ended
 
     async def close_send(self) -> None:
         try:
-            await self._start()
-            await self._call.done_writing()
+            async with self._write_lock:
+                await self._start_locked()
+                await self._call.done_writing()
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
             pass
 
