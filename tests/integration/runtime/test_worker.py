@@ -194,6 +194,11 @@ async def test_graceful_stop_lets_inflight_finish(
 ) -> None:
     worker = start_worker()
     tunnel = await start_request(kas, http_request_frames("GET", "/version"))
+    # Stop only once the worker has taken the request: a request kas pushes onto an idle tunnel in the
+    # very instant the worker drains is lost (as with GitLab's agentk), which is not what this tests.
+    async with asyncio.timeout(10):
+        while worker.snapshot.tunnels_active < 1:  # noqa: ASYNC110 - observing from outside, no event
+            await asyncio.sleep(0.01)
     stop = asyncio.create_task(worker.stop(5.0), name="stop")
     result = await read_response(tunnel)
     assert result.status == 200
