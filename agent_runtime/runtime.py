@@ -23,6 +23,7 @@ from agent_runtime.manager import SnapshotCallback, WorkerFactory, WorkerManager
 from agent_runtime.spec import Phase, WorkerSnapshot, WorkerSpec
 from agent_runtime.telemetry.endpoints import ObservabilityServer, ReadinessProbe
 from agent_runtime.telemetry.metrics import RuntimeMetrics
+from agent_runtime.transport.limits import raise_nofile_limit
 from agent_runtime.version import AGENT_COMMIT, AGENT_VERSION
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class Runtime:
     # --- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run until `stop()` (drains workers) or cancellation (hard stop)."""
+        # Every ws/wss agent holds four descriptors; hundreds of agents exceed the usual soft limit of 1024.
+        log.info("open-files limit: %d", raise_nofile_limit())
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.manager.run(), name="worker-manager")
