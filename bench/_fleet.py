@@ -1,0 +1,213 @@
+"""The operator as a process, GitLabAgent resources, and a watch that timestamps their phase changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _bootstrap
+import aiohttp
+from _stack import Endpoint
+
+from kas.testing import TestAgent
+from tests.support import process
+from tests.support.ports import free_port
+
+GLA_PATH = "/apis/agentk.dev/v1alpha1/namespaces/{ns}/gitlabagents"
+CREATE_CONCURRENCY = 24
+
+
+async def install_crd(kubeconfig: Path) -> None:
+    """`kubectl apply -k crds/` (server-side) and wait until the CRD is Established."""
+    kubectl = str(Path(sys.executable).parent / "kubectl")
+    for args in (
+        ["apply", "--server-side", "--force-conflicts", "-k", str(_bootstrap.REPO_ROOT / "crds")],
+        ["wait", "--for=condition=Established", "--timeout=30s", "crd/gitlabagents.agentk.dev"],
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            kubectl,
+            f"--kubeconfig={kubeconfig}",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubectl {args[0]}: {err.decode(errors='replace')}")
+
+
+class OperatorProcess:
+    """`python -m agent_operator` watching one namespace, with admin credentials."""
+
+    def __init__(self, work_dir: Path, kubeconfig: Path, namespace: str) -> None:
+        self.work_dir = work_dir
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.port = free_port()
+        self.log_path = work_dir / "operator.log"
+        self._proc: Any = None
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid)
+
+    async def start(self, time_limit: float = 60.0) -> None:
+        os.environ.setdefault("POD_NAME", "bench-operator")  # inherited: the operator's identity
+        self._proc = process.start(
+            [
+                sys.executable,
+                "-m",
+                "agent_operator",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--namespace={self.namespace}",
+                f"--observability-address=127.0.0.1:{self.port}",
+                "--drain-grace=1",
+                "--log-level=WARNING",
+            ],
+            self.log_path,
+            cwd=_bootstrap.REPO_ROOT,
+        )
+        async with asyncio.timeout(time_limit), aiohttp.ClientSession() as session:
+            while True:
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"operator exited: {process.log_tail(self.log_path)}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{self.port}/liveness") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        process.stop(self._proc, grace=30.0)
+        self._proc = None
+
+
+def secret(namespace: str, name: str, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }
+
+
+def gitlab_agent(namespace: str, name: str, kas_address: str, secret_name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentk.dev/v1alpha1",
+        "kind": "GitLabAgent",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"kasAddress": kas_address, "tokenSecretRef": {"name": secret_name}},
+    }
+
+
+async def create_all(
+    session: aiohttp.ClientSession,
+    direct: Endpoint,
+    items: Sequence[tuple[str, dict[str, Any]]],
+    answered: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """POST every (collection path, object), CREATE_CONCURRENCY at a time; name -> monotonic POST start.
+
+    `answered`, if given, receives name -> monotonic time the POST was answered.
+    """
+    started: dict[str, float] = {}
+    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+
+    async def creator() -> None:
+        while not queue.empty():
+            path, body = queue.get_nowait()
+            started[body["metadata"]["name"]] = time.monotonic()
+            async with session.post(
+                direct.base_url + path, json=body, ssl=direct.ssl, headers=direct.headers
+            ) as r:
+                if r.status != 201:
+                    what = f"{body['kind']} {body['metadata']['name']}"
+                    raise RuntimeError(f"creating {what}: {r.status} {await r.text()}")
+            if answered is not None:
+                answered[body["metadata"]["name"]] = time.monotonic()
+
+    async with asyncio.TaskGroup() as group:
+        for n in range(min(CREATE_CONCURRENCY, len(items))):
+            group.create_task(creator(), name=f"create-{n}")
+    return started
+
+
+@dataclass
+class PhaseWatch:
+    """Watches GitLabAgents in a namespace; per name, when each phase was first seen, and the event count."""
+
+    direct: Endpoint
+    namespace: str
+    first_seen: dict[str, dict[str, float]] = field(default_factory=dict)
+    modified: dict[str, int] = field(default_factory=dict)
+    phases: dict[str, str] = field(default_factory=dict)
+    added: dict[str, float] = field(default_factory=dict)
+    """When the watch delivered each resource's ADDED event."""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        url = self.direct.base_url + GLA_PATH.format(ns=self.namespace) + "?watch=1&allowWatchBookmarks=false"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, ssl=self.direct.ssl, headers=self.direct.headers) as response,
+        ):
+            if response.status != 200:
+                raise RuntimeError(f"watch answered {response.status}")
+            self.ready.set()
+            async for line in response.content:
+                now = time.monotonic()
+                event = json.loads(line)
+                obj = event["object"]
+                name = obj["metadata"]["name"]
+                if event["type"] == "ADDED":
+                    self.added.setdefault(name, now)
+                if event["type"] == "MODIFIED":
+                    self.modified[name] = self.modified.get(name, 0) + 1
+                phase = (obj.get("status") or {}).get("phase")
+                if phase:
+                    self.phases[name] = phase
+                    self.first_seen.setdefault(name, {}).setdefault(phase, now)
+                self.changed.set()
+
+    async def wait_all(self, names: Sequence[str], phase: str, time_limit: float) -> bool:
+        """True once every name has been seen in `phase` (and is in it now); False after the limit."""
+        try:
+            async with asyncio.timeout(time_limit):
+                while not all(self.phases.get(n) == phase for n in names):
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+def fleet_objects(
+    namespace: str, agents: Sequence[TestAgent], kas_address: str
+) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+    """(secrets, gitlabagents) as (collection path, body) pairs, one of each per agent."""
+    secrets = [
+        (f"/api/v1/namespaces/{namespace}/secrets", secret(namespace, f"token-{a.id}", a.token))
+        for a in agents
+    ]
+    glas = [
+        (
+            GLA_PATH.format(ns=namespace),
+            gitlab_agent(namespace, f"agent-{a.id}", kas_address, f"token-{a.id}"),
+        )
+        for a in agents
+    ]
+    return secrets, glas

@@ -1,0 +1,187 @@
+"""Apply -> Connected: 50 GitLabAgent resources applied at once, the operator running as a process.
+
+    .venv/bin/python bench/apply_to_connected.py [--quick] [--agents N] [--profile DIR]
+
+The real kube-apiserver (with the CRD), the reference kas and `python -m agent_operator` run as processes.
+One GitLabAgent is created in another namespace first (the apiserver's first create of a CRD with CEL
+rules is slow, a one-off a long-running cluster has already paid), then the token Secrets, then all N
+GitLabAgents are POSTed at once (24 in flight) while a watch timestamps every event. Prints p50/p99/max of
+the time from each resource's POST to `status.phase: Connected`, split into the apiserver's part (POST to
+the watch's ADDED event) and the operator's part (ADDED to Connected), the status writes per resource,
+and, as the baseline measured in the same run, the same agents applied directly to a Runtime process.
+Bounded: every wait has a limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from _fleet import OperatorProcess, PhaseWatch, create_all, fleet_objects, gitlab_agent, install_crd
+from _procs import KasProcess, RuntimeChild, bench_agents
+from _profile import PySpy, summarise
+from _stack import Endpoint, direct_endpoint, local_cluster, machine_description, work_directory
+from _stats import percentile, ratio, table
+
+from tests.support.k8s_cluster import LocalCluster
+
+NAMESPACE = "bench-apply"
+WARMUP_NAMESPACE = "bench-apply-warmup"
+CONNECT_LIMIT_S = 120.0
+
+
+@dataclass
+class Timings:
+    """Seconds per resource, each from its POST."""
+
+    answered: list[float] = field(default_factory=list)
+    added: list[float] = field(default_factory=list)
+    first_status: list[float] = field(default_factory=list)
+    connected: list[float] = field(default_factory=list)
+    operator_part: list[float] = field(default_factory=list)
+    """ADDED seen by a watch -> Connected: what the operator (and kas) take."""
+    writes: list[int] = field(default_factory=list)
+    seen_phases: dict[str, int] = field(default_factory=dict)
+
+
+async def _through_operator(direct: Endpoint, kas: KasProcess, count: int) -> Timings:
+    agents = kas.agents[:count]
+    secrets, glas = fleet_objects(NAMESPACE, agents, kas.agent_url)
+    watch = PhaseWatch(direct, NAMESPACE)
+    answered: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+        watcher = group.create_task(watch.run(), name="gitlabagent-watch")
+        await create_all(session, direct, secrets)
+        await asyncio.wait_for(watch.ready.wait(), 10)
+        started = await create_all(session, direct, glas, answered)
+        names = [body["metadata"]["name"] for _, body in glas]
+        ok = await watch.wait_all(names, "Connected", CONNECT_LIMIT_S)
+        await asyncio.sleep(3.0)  # count the status writes that follow Connected too
+        watcher.cancel()
+    if not ok:
+        phases: dict[str, int] = {}
+        for name in names:
+            phase = watch.phases.get(name, "none")
+            phases[phase] = phases.get(phase, 0) + 1
+        raise RuntimeError(f"not all Connected within {CONNECT_LIMIT_S:.0f}s: {phases}")
+    t = Timings()
+    for n in names:
+        seen = watch.first_seen[n]
+        t.answered.append(answered[n] - started[n])
+        t.added.append(watch.added[n] - started[n])
+        t.first_status.append(min(seen.values()) - started[n])
+        t.connected.append(seen["Connected"] - started[n])
+        t.operator_part.append(seen["Connected"] - watch.added[n])
+        t.writes.append(watch.modified.get(n, 0))
+        for phase in seen:
+            t.seen_phases[phase] = t.seen_phases.get(phase, 0) + 1
+    return t
+
+
+async def _through_runtime(kubeconfig: Path, kas: KasProcess, count: int, work_dir: Path) -> list[float]:
+    runtime = RuntimeChild(kubeconfig, work_dir / "runtime.log")
+    try:
+        await runtime.start()
+        tokens = [[a.id, a.token] for a in kas.agents[:count]]
+        applied = await runtime.command(cmd="apply", kas=kas.agent_url, agents=tokens)
+        waited = await runtime.command(cmd="wait", timeout=CONNECT_LIMIT_S, time_limit=CONNECT_LIMIT_S + 30)
+        if not waited["ok"]:
+            raise RuntimeError(f"runtime baseline: not all Connected: {waited['phases']}")
+        return [t - applied["t"] for t in waited["back"]]
+    finally:
+        await runtime.stop()
+
+
+async def _prepare(cluster: LocalCluster, direct: Endpoint) -> None:
+    await install_crd(cluster.admin_kubeconfig)
+    for namespace in (NAMESPACE, WARMUP_NAMESPACE):
+        await asyncio.to_thread(cluster.create_namespace, namespace)
+    status, body = await asyncio.to_thread(
+        cluster.request,
+        "POST",
+        f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts",
+        {"metadata": {"name": "default"}},
+    )
+    if status != 201:
+        raise RuntimeError(f"creating the default ServiceAccount: {status} {body}")
+    warmup = gitlab_agent(WARMUP_NAMESPACE, "warmup", "grpc://127.0.0.1:1", "none")
+    async with aiohttp.ClientSession() as session:
+        await create_all(
+            session,
+            direct,
+            [(f"/apis/agentk.dev/v1alpha1/namespaces/{WARMUP_NAMESPACE}/gitlabagents", warmup)],
+        )
+
+
+def _row(name: str, samples: list[float]) -> tuple[object, ...]:
+    return (name, percentile(samples, 50) * 1e3, percentile(samples, 99) * 1e3, max(samples) * 1e3)
+
+
+async def _run(args: argparse.Namespace) -> None:
+    print(f"machine: {machine_description()}")
+    spy: PySpy | None = None
+    async with (
+        asyncio.timeout(600),
+        work_directory("bench-apply-") as work_dir,
+        local_cluster() as cluster,
+    ):
+        direct = direct_endpoint(cluster)
+        await _prepare(cluster, direct)
+        kas = KasProcess(work_dir / "kas", bench_agents(args.agents))
+        await kas.start()
+        operator = OperatorProcess(work_dir, cluster.admin_kubeconfig, NAMESPACE)
+        try:
+            await operator.start()
+            if args.profile:
+                await asyncio.to_thread(args.profile.mkdir, parents=True, exist_ok=True)
+                spy = PySpy(operator.pid, args.profile / "apply-operator.txt", seconds=15)
+                await spy.start()
+            timings = await _through_operator(direct, kas, args.agents)
+            if spy is not None:
+                await spy.wait()
+            operator.stop()
+            await asyncio.sleep(3.0)  # kas notices the operator's agents went away
+            baseline = await _through_runtime(cluster.admin_kubeconfig, kas, args.agents, work_dir)
+        finally:
+            operator.stop()
+            kas.stop()
+    print(f"{args.agents} GitLabAgents applied at once; times from each resource's POST")
+    rows = [
+        _row("POST answered (apiserver)", timings.answered),
+        _row("ADDED event seen by a watch (apiserver)", timings.added),
+        _row("first status written (operator)", timings.first_status),
+        _row("status.phase Connected", timings.connected),
+        _row("  of which ADDED -> Connected (operator + kas)", timings.operator_part),
+        _row("baseline: Runtime.apply -> snapshot Connected", baseline),
+    ]
+    print(table(["step", "p50 ms", "p99 ms", "max ms"], rows))
+    print(
+        f"Connected/baseline: p50 {ratio(percentile(timings.connected, 50), percentile(baseline, 50)):.1f}x, "
+        f"p99 {ratio(percentile(timings.connected, 99), percentile(baseline, 99)):.1f}x"
+    )
+    print(
+        "status writes (MODIFIED events, incl. kopf's finalizer/annotations) per resource until 3 s after "
+        f"all Connected: mean {statistics.mean(timings.writes):.1f}, max {max(timings.writes)}; "
+        f"phases seen (resources): {timings.seen_phases}"
+    )
+    if spy is not None:
+        print(summarise(spy.out))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="same as the full run (50 resources)")
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the operator while it works")
+    args = parser.parse_args()
+    asyncio.run(_run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Density: N agents in ONE process running the Runtime (the operator's engine), against a kas process.
+
+    .venv/bin/python bench/density.py [--quick] [--agents 100,500,1000] [--profile DIR]
+
+For each N (default 100, 500, 1000; --quick: 100), in a fresh Runtime process: the RSS with the runtime
+started and 0 agents (the empty baseline), then N workers applied at once, the time from apply to every
+worker Connected, the RSS per agent beyond the baseline (5 s after all Connected, and again at 25 s, when
+idle keep-alive connections to the apiserver have closed), and the CPU used over 10 s of idling (percent
+of one core). The reference kas runs in its own process (its CPU and memory are
+not counted); the real kube-apiserver serves the agents' Register calls. Bounded: every wait has a limit.
+Also says whether `python -m agent_operator` is runnable (the operator-level variant needs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _bootstrap
+import aiohttp
+from _fleet import OperatorProcess, PhaseWatch, create_all, fleet_objects, install_crd
+from _procs import KasProcess, RuntimeChild, bench_agents, process_cpu, process_rss
+from _profile import PySpy, summarise
+from _stack import direct_endpoint, local_cluster, machine_description, work_directory
+from _stats import table
+
+from kas.testing import TestAgent
+from tests.support.k8s_cluster import LocalCluster
+
+CONNECT_LIMIT_S = 180.0
+SETTLE_S = 5.0
+IDLE_S = 10.0
+LATE_S = 25.0
+"""Second RSS sample, this long after all Connected: past aiohttp's 15 s keep-alive, so the apiserver
+connections every worker's first GET /version opened (each with a 256 KiB asyncio SSL buffer) are gone."""
+
+
+def operator_available() -> str:
+    """Whether `python -m agent_operator --help` works in this checkout (the operator may be unfinished)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent_operator", "--help"],
+            capture_output=True,
+            timeout=60,
+            cwd=_bootstrap.REPO_ROOT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "no (--help did not return within 60 s)"
+    if done.returncode == 0:
+        return "yes"
+    last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+    return f"no (exit {done.returncode}: {last})"
+
+
+async def _one_size(
+    cluster: LocalCluster, kas: KasProcess, agents: list[TestAgent], work_dir: Path, profile: Path | None
+) -> dict[str, Any]:
+    runtime = RuntimeChild(cluster.admin_kubeconfig, work_dir / f"runtime-{len(agents)}.log")
+    try:
+        empty = await runtime.start()
+        await asyncio.sleep(1.0)
+        empty = await runtime.command(cmd="stats")
+        spy = None
+        if profile is not None:
+            await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
+            spy = PySpy(runtime.pid, profile / f"density-{len(agents)}-connect.txt", seconds=60)
+            await spy.start()
+        applied = await runtime.command(
+            cmd="apply", kas=kas.agent_url, agents=[[a.id, a.token] for a in agents]
+        )
+        waited = await runtime.command(cmd="wait", timeout=CONNECT_LIMIT_S, time_limit=CONNECT_LIMIT_S + 30)
+        if spy is not None:
+            await spy.wait()
+        await asyncio.sleep(SETTLE_S)
+        loaded = await runtime.command(cmd="stats")
+        idle = await runtime.command(cmd="idle", seconds=IDLE_S, time_limit=IDLE_S + 30)
+        await asyncio.sleep(LATE_S - SETTLE_S - IDLE_S)
+        late = await runtime.command(cmd="stats")
+        connected_times = sorted(waited["back"])
+        half = connected_times[len(connected_times) // 2] if connected_times else float("nan")
+        return {
+            "n": len(agents),
+            "ok": waited["ok"],
+            "phases": waited["phases"],
+            "all_connected_s": (max(connected_times) - applied["t"]) if waited["ok"] else float("nan"),
+            "half_connected_s": half - applied["t"],
+            "rss_empty": empty["rss"],
+            "rss_loaded": loaded["rss"],
+            "per_agent_kib": (loaded["rss"] - empty["rss"]) / len(agents) / 1024,
+            "idle_cpu_pct": 100 * idle["cpu"] / idle["elapsed"],
+            "threads": loaded["threads"],
+            "fds": loaded["fds"],
+            "rss_late": late["rss"],
+            "per_agent_kib_late": (late["rss"] - empty["rss"]) / len(agents) / 1024,
+            "fds_late": late["fds"],
+            "profile": summarise(spy.out) if spy is not None else "",
+        }
+    finally:
+        await runtime.stop()
+
+
+def _counts(pid: int) -> tuple[int, int]:
+    """(threads, open file descriptors) of process `pid`."""
+    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _one_size_operator(
+    cluster: LocalCluster, kas: KasProcess, agents: list[TestAgent], work_dir: Path
+) -> dict[str, Any]:
+    """The same measurement through the operator: GitLabAgent resources, status watched on the apiserver."""
+    namespace = f"bench-density-{len(agents)}"
+    await asyncio.to_thread(cluster.create_namespace, namespace)
+    sa_path = f"/api/v1/namespaces/{namespace}/serviceaccounts"
+    await asyncio.to_thread(cluster.request, "POST", sa_path, {"metadata": {"name": "default"}})
+    direct = direct_endpoint(cluster)
+    operator = OperatorProcess(work_dir / f"operator-{len(agents)}", cluster.admin_kubeconfig, namespace)
+    (work_dir / f"operator-{len(agents)}").mkdir()
+    secrets, glas = fleet_objects(namespace, agents, kas.agent_url)
+    names = [body["metadata"]["name"] for _, body in glas]
+    watch = PhaseWatch(direct, namespace)
+    try:
+        await operator.start()
+        await asyncio.sleep(3.0)
+        rss_empty = process_rss(operator.pid)
+        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+            watcher = group.create_task(watch.run(), name="gitlabagent-watch")
+            await create_all(session, direct, secrets)
+            await asyncio.wait_for(watch.ready.wait(), 10)
+            started = await create_all(session, direct, glas)
+            ok = await watch.wait_all(names, "Connected", CONNECT_LIMIT_S)
+            watcher.cancel()
+        first_post = min(started.values())
+        connected = sorted(
+            watch.first_seen[n]["Connected"] for n in names if "Connected" in watch.first_seen.get(n, {})
+        )
+        await asyncio.sleep(SETTLE_S)
+        rss_loaded = process_rss(operator.pid)
+        threads, fds = _counts(operator.pid)
+        cpu_before, began = process_cpu(operator.pid), time.monotonic()
+        await asyncio.sleep(IDLE_S)
+        idle_cpu = (process_cpu(operator.pid) - cpu_before) / (time.monotonic() - began)
+        await asyncio.sleep(LATE_S - SETTLE_S - IDLE_S)
+        rss_late = process_rss(operator.pid)
+        fds_late = _counts(operator.pid)[1]
+    finally:
+        operator.stop()
+    phases: dict[str, int] = {}
+    for name in names:
+        phase = watch.phases.get(name, "none")
+        phases[phase] = phases.get(phase, 0) + 1
+    nan = float("nan")
+    return {
+        "n": len(agents),
+        "ok": ok,
+        "phases": phases,
+        "all_connected_s": connected[-1] - first_post if ok else nan,
+        "half_connected_s": connected[len(connected) // 2] - first_post if connected else nan,
+        "rss_empty": rss_empty,
+        "rss_loaded": rss_loaded,
+        "per_agent_kib": (rss_loaded - rss_empty) / len(agents) / 1024,
+        "idle_cpu_pct": 100 * idle_cpu,
+        "threads": threads,
+        "fds": fds,
+        "rss_late": rss_late,
+        "per_agent_kib_late": (rss_late - rss_empty) / len(agents) / 1024,
+        "fds_late": fds_late,
+        "profile": "",
+    }
+
+
+async def _run(args: argparse.Namespace) -> None:
+    print(f"machine: {machine_description()}")
+    print(f"operator process runnable (python -m agent_operator --help): {operator_available()}")
+    sizes = [int(n) for n in args.agents.split(",")]
+    results = []
+    async with (
+        asyncio.timeout(60 + 2 * len(sizes) * (CONNECT_LIMIT_S + 120)),
+        work_directory("bench-density-") as work_dir,
+        local_cluster() as cluster,
+    ):
+        all_agents = bench_agents(max(sizes))
+        kas = KasProcess(work_dir / "kas", all_agents)
+        await kas.start()
+        if args.mode in ("operator", "both"):
+            await install_crd(cluster.admin_kubeconfig)
+        try:
+            for n in sizes:
+                if args.mode in ("runtime", "both"):
+                    result = await _one_size(cluster, kas, all_agents[:n], work_dir, args.profile)
+                    results.append({"engine": "runtime", **result})
+                    print(f"runtime N={n}: {result['phases']}", flush=True)
+                    await asyncio.sleep(3.0)  # let kas notice the previous agents went away
+                if args.mode in ("operator", "both"):
+                    result = await _one_size_operator(cluster, kas, all_agents[:n], work_dir)
+                    results.append({"engine": "operator", **result})
+                    print(f"operator N={n}: {result['phases']}", flush=True)
+                    await asyncio.sleep(3.0)
+        finally:
+            kas.stop()
+    rows = [
+        (
+            r["engine"],
+            r["n"],
+            "yes" if r["ok"] else f"no {r['phases']}",
+            r["half_connected_s"],
+            r["all_connected_s"],
+            r["rss_empty"] / 2**20,
+            r["rss_loaded"] / 2**20,
+            r["per_agent_kib"],
+            r["idle_cpu_pct"],
+            r["threads"],
+            r["fds"],
+            r["rss_late"] / 2**20,
+            r["per_agent_kib_late"],
+            r["fds_late"],
+        )
+        for r in results
+    ]
+    header = [
+        "process",
+        "agents",
+        "all Connected",
+        "50% Connected s",
+        "100% Connected s",
+        "empty RSS MiB",
+        "RSS MiB",
+        "KiB/agent",
+        "idle CPU % of a core",
+        "threads",
+        "fds",
+        f"RSS MiB at {LATE_S:.0f} s",
+        f"KiB/agent at {LATE_S:.0f} s",
+        f"fds at {LATE_S:.0f} s",
+    ]
+    print(table(header, rows))
+    for r in results:
+        if r["profile"]:
+            print(r["profile"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="only N=100")
+    parser.add_argument("--agents", default=None, help="comma-separated sizes (default 100,500,1000)")
+    parser.add_argument(
+        "--mode",
+        choices=("runtime", "operator", "both"),
+        default="both",
+        help="a Runtime process driven directly, the operator process with GitLabAgent resources, or both",
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the runtime while agents connect")
+    args = parser.parse_args()
+    args.agents = args.agents or ("100" if args.quick else "100,500,1000")
+    asyncio.run(_run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
