@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import os
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -30,6 +33,15 @@ _TOKEN_REFRESH_SECONDS: Final = 10.0
 
 _CONNECT_TIMEOUT_SECONDS: Final = 10.0
 """TCP+TLS connect timeout; requests themselves (watches, streams) have no total timeout."""
+
+_VERSION_TTL_SECONDS: Final = 60.0
+"""How long one read of `/version` serves every worker (Register heartbeats come every 5 min)."""
+_VERSION_TIMEOUT_SECONDS: Final = 10.0
+"""Bound on one `/version` read."""
+_VERSION_KEYS: Final = ("major", "minor", "gitVersion", "platform")
+"""The `/version` fields AgentMeta.kubernetes_version carries (PROTOCOL.md §5)."""
+
+log = logging.getLogger(__name__)
 
 
 # The kubernetes package's loaders carry no annotations; give them the signatures we rely on.
@@ -99,6 +111,9 @@ class KubeAccess:
         """Proxy URL from the kubeconfig (`proxy-url`), if any."""
         self._auth = _AuthHeader(configuration)
         self._session: aiohttp.ClientSession | None = None
+        self._version: dict[str, str] | None = None
+        self._version_read_at = -math.inf
+        self._version_lock = asyncio.Lock()
 
     @classmethod
     def from_configuration(cls, configuration: Any) -> KubeAccess:
@@ -148,6 +163,32 @@ class KubeAccess:
         if self.proxy:
             options["proxy"] = self.proxy
         return options
+
+    async def server_version(self) -> dict[str, str] | None:
+        """The API server's `/version` (major, minor, gitVersion, platform), None when unreadable.
+
+        Read at most once per `_VERSION_TTL_SECONDS` for the whole process: every worker sends it in its
+        Register heartbeat, and a thousand workers must not open a thousand connections to ask.
+        """
+        async with self._version_lock:
+            if time.monotonic() - self._version_read_at < _VERSION_TTL_SECONDS:
+                return self._version
+            try:
+                async with self.session.get(
+                    self.url("/version"),
+                    headers=self.auth_headers(),
+                    timeout=aiohttp.ClientTimeout(total=_VERSION_TIMEOUT_SECONDS),
+                    **self.request_options(),
+                ) as response:
+                    response.raise_for_status()
+                    body: Any = await response.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                log.warning("cannot read the Kubernetes version: %s", e)
+                return self._version  # the last known one, if any; retried on the next call
+            if isinstance(body, dict):
+                self._version = {key: str(body.get(key, "")) for key in _VERSION_KEYS}
+                self._version_read_at = time.monotonic()
+            return self._version
 
     def new_session(self, *, limit: int = 0) -> aiohttp.ClientSession:
         """A new session for this API server; the caller closes it. `limit=0` = no connection cap."""

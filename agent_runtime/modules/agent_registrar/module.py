@@ -6,9 +6,7 @@ Register does not use wait-for-ready (§3.5): while kas is unreachable it fails 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import aiohttp
 import grpc
 
 from agent_proto.gitlab.agent.agent_registrar.rpc import rpc_pb2
@@ -24,8 +22,6 @@ from agent_runtime.worker_state import Component
 _RPC = "Register"
 _REGISTER_TIMEOUT_S = 60.0
 """Our bound on one Register call, so a silent network cannot stall the heartbeat."""
-_VERSION_TIMEOUT_S = 10.0
-"""Our bound on GET /version."""
 
 
 class RegistrarModule:
@@ -103,25 +99,15 @@ class RegistrarModule:
         ctx.state.failed(Component.REGISTRAR, error)
 
     async def _refresh_kubernetes_version(self) -> None:
-        kube = self._ctx.kube
-        try:
-            async with kube.session.get(
-                kube.url("/version"),
-                headers=kube.auth_headers(),
-                timeout=aiohttp.ClientTimeout(total=_VERSION_TIMEOUT_S),
-                **kube.request_options(),
-            ) as response:
-                response.raise_for_status()
-                body: Any = await response.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            self._ctx.logger.warning("Failed to get the Kubernetes version: %s", e)
-            return
-        if isinstance(body, dict):
+        # One read of /version serves every worker of the process (KubeAccess caches it); on failure
+        # the last known version is sent, as agentk does.
+        version = await self._ctx.kube.server_version()
+        if version is not None:
             self._kubernetes_version = entity_pb2.KubernetesVersion(
-                major=str(body.get("major", "")),
-                minor=str(body.get("minor", "")),
-                git_version=str(body.get("gitVersion", "")),
-                platform=str(body.get("platform", "")),
+                major=version["major"],
+                minor=version["minor"],
+                git_version=version["gitVersion"],
+                platform=version["platform"],
             )
 
 
