@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kas import logs
+from kas.agents_secret import AgentsSecretError
 from kas.config import load_config
 from kas.server import KasServer
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         asyncio.run(_run(args.config))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, AgentsSecretError) as err:
         print(f"kas: {err}", file=sys.stderr)
         return 1
     return 0

@@ -11,7 +11,8 @@ The agents file (YAML):
         token_sha256: [<hex>]       # or their sha256 hex digests
 
 Tokens are kept only as sha256 digests. The file is re-read when its mtime or size changes; a broken
-file keeps the previous agents (and logs why, without token text).
+file keeps the previous agents (and logs why, without token text). The same document can come from a
+Kubernetes Secret instead (kas.yaml `agents.secret`, see kas.agents_secret), loaded with `load_text`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ class AgentsFileError(ValueError):
     """The agents file cannot be used; the message never contains token text."""
 
 
+def describe_load_error(err: Exception) -> str:
+    """What is wrong with an agents document, without quoting it (a quoted line may hold a token)."""
+    if isinstance(err, AgentsFileError):
+        return str(err)
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"not valid YAML ({type(err).__name__} at line {mark.line + 1}, column {mark.column + 1})"
+    return type(err).__name__
+
+
 def parse_agents(raw: Any) -> dict[str, AgentInfo]:
     """Agents file content (already YAML-decoded) -> {token sha256: agent}."""
     try:
@@ -77,7 +88,7 @@ def parse_agents(raw: Any) -> dict[str, AgentInfo]:
     except ValidationError as err:
         # include only locations and messages: pydantic's default text would echo the bad input.
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise AgentsFileError(f"invalid agents file: {details}") from None
+        raise AgentsFileError(f"invalid agents document: {details}") from None
     by_digest: dict[str, AgentInfo] = {}
     seen_ids: set[int] = set()
     for entry in parsed.agents:
@@ -134,6 +145,19 @@ class AgentDirectory:
         self._by_digest = {token_digest(token): agent for agent, tokens in pairs for token in tokens}
         self._by_id = {agent.id: agent for agent, _ in pairs}
 
+    def load_text(self, text: str | bytes) -> None:
+        """Replace all agents with an agents document (YAML text, e.g. a Secret's value).
+
+        Raises yaml.YAMLError or AgentsFileError (see `describe_load_error`) and keeps the previous
+        agents when the document is not usable.
+        """
+        document = yaml.safe_load(text) or {}
+        self._replace(document, parse_agents(document))
+
+    def _replace(self, document: Any, by_digest: dict[str, AgentInfo]) -> None:
+        self._by_digest, self._document = by_digest, document
+        self._by_id = {agent.id: agent for agent in by_digest.values()}
+
     def reload(self) -> bool:
         """Re-read the file if it changed. Returns True if the agents were replaced."""
         if self._path is None:
@@ -148,8 +172,8 @@ class AgentDirectory:
         except BaseException:
             self._failed_stamp = stamp  # report a broken file once, not on every poll
             raise
-        self._by_digest, self._file_stamp, self._document = by_digest, stamp, document
-        self._by_id = {agent.id: agent for agent in by_digest.values()}
+        self._replace(document, by_digest)
+        self._file_stamp = stamp
         log.info("loaded agents file", extra={"path": str(self._path), "agents": len(self.agents())})
         return True
 
@@ -160,6 +184,6 @@ class AgentDirectory:
             try:
                 self.reload()
             except (OSError, yaml.YAMLError, AgentsFileError) as err:
-                # yaml errors quote the offending line, which may be a token: log the type only.
-                detail = str(err) if isinstance(err, AgentsFileError) else type(err).__name__
-                log.warning("agents file not reloaded, keeping the previous agents: %s", detail)
+                log.warning(
+                    "agents file not reloaded, keeping the previous agents: %s", describe_load_error(err)
+                )

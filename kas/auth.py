@@ -1,7 +1,9 @@
-"""Agent token authentication on every agent RPC (PROTOCOL.md §3.4).
+"""Agent token authentication and the per-token rate limit on every agent RPC (PROTOCOL.md §3.4, §3.6).
 
 `authorization: Bearer <token>` with a case-insensitive scheme; anything else is UNAUTHENTICATED before a
-handler runs. Tokens are compared as sha256 digests and never logged.
+handler runs. Tokens are compared as sha256 digests and never logged. A known token over its limit of
+new RPCs per minute gets RESOURCE_EXHAUSTED (kas.rate_limit); unknown tokens are not counted, so they
+cannot fill the limiter's store.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, NoReturn
 import grpc
 
 from kas.agents import AgentDirectory, AgentInfo
+from kas.rate_limit import RATE_LIMITED_MESSAGE, TokenRateLimiter
 
 MISSING_TOKEN = "Request unauthenticated with bearer"  # noqa: S105 - a message, not a password
 UNKNOWN_TOKEN = "unauthenticated"  # noqa: S105 - a message, not a password
@@ -50,9 +53,13 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], why: str) -> NoRet
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-def _rejecting_handler(handler: grpc.RpcMethodHandler[Any, Any], why: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _rejecting_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    why: str,
+    code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED,
+) -> grpc.RpcMethodHandler[Any, Any]:
     async def reject(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+        await context.abort(code, why)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(reject)
@@ -64,10 +71,18 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler[Any, Any], why: str) -> gr
 
 
 class AgentAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects calls without a known agent token before the method's handler runs."""
+    """Rejects calls without a known agent token, or over the token's rate limit, before the method's
+    handler runs. `on_limited` is called for every call refused by the limit (a metric)."""
 
-    def __init__(self, directory: AgentDirectory) -> None:
+    def __init__(
+        self,
+        directory: AgentDirectory,
+        limiter: TokenRateLimiter | None = None,
+        on_limited: Callable[[], None] | None = None,
+    ) -> None:
         self._directory = directory
+        self._limiter = limiter
+        self._on_limited = on_limited
 
     async def intercept_service(
         self,
@@ -77,5 +92,14 @@ class AgentAuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        agent, why = authenticate(self._directory, handler_call_details.invocation_metadata)
-        return handler if agent is not None else _rejecting_handler(handler, why)
+        metadata = handler_call_details.invocation_metadata
+        token = bearer_token(metadata)
+        if token is None:
+            return _rejecting_handler(handler, MISSING_TOKEN)
+        if self._directory.authenticate(token) is None:
+            return _rejecting_handler(handler, UNKNOWN_TOKEN)
+        if self._limiter is not None and not await self._limiter.allow(token):
+            if self._on_limited is not None:
+                self._on_limited()
+            return _rejecting_handler(handler, RATE_LIMITED_MESSAGE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        return handler

@@ -67,6 +67,9 @@ class AgentListenConfig(ListenConfig):
     """GitLab's `max_connection_age`; the values below derive from it (PROTOCOL.md §3.6)."""
     listen_grace_period: Seconds = 5.0
     """On shutdown, how long in-flight requests may continue."""
+    connections_per_token_per_minute: int = Field(default=40000, gt=0)
+    """RPCs (unary or stream) one agent token may start per wall-clock minute; more are refused with
+    RESOURCE_EXHAUSTED. Counted in Redis when configured (shared by replicas), else in memory."""
 
     @property
     def grpc_max_connection_age(self) -> float:
@@ -106,13 +109,38 @@ class AgentConfig(_Model):
     """Clients pinging more often than this are told to go away (too_many_pings)."""
 
 
+class AgentsSecretConfig(_Model):
+    """A Kubernetes Secret whose `key` holds the agents document (the same YAML as the agents file)."""
+
+    namespace: str = Field(min_length=1)
+    """Namespace of the Secret."""
+    name: str = Field(min_length=1)
+    """Name of the Secret; kas lists and watches only this one object."""
+    key: str = Field(default="agents.yaml", min_length=1)
+    """Key in the Secret's data holding the YAML document."""
+    kubeconfig: Path | None = None
+    """Credentials for the API server; None = in-cluster service account, else $KUBECONFIG/~/.kube/config."""
+
+
 class AgentsSourceConfig(_Model):
-    """Where agents and their tokens come from."""
+    """Where agents and their tokens come from: a file or a Kubernetes Secret (exactly one of them)."""
 
     file: Path | None = None
     """YAML file listing agents and tokens (see kas.agents); re-read when it changes."""
+    secret: AgentsSecretConfig | None = None
+    """A Secret holding that YAML document; watched, reloaded when it changes."""
     reload_period: Seconds = 1.0
     """How often the file's mtime/size are checked."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AgentsSourceConfig:
+        if self.file is not None and self.secret is not None:
+            raise ValueError("agents: set either file or secret, not both")
+        # An `agents:` section that says anything must name its source; leaving the section out
+        # means no agents (an embedding sets them with AgentDirectory.set_agents).
+        if self.file is None and self.secret is None and self.model_fields_set:
+            raise ValueError("agents: set exactly one of file or secret")
+        return self
 
 
 class AgentConfigurationConfig(_Model):
@@ -186,7 +214,14 @@ def load_config(path: Path) -> KasConfig:
     return KasConfig.model_validate(_resolve_paths(raw, path.parent))
 
 
-_PATH_KEYS = {"certificate_file", "key_file", "file", "directory", "authentication_secret_file"}
+_PATH_KEYS = {
+    "certificate_file",
+    "key_file",
+    "file",
+    "directory",
+    "authentication_secret_file",
+    "kubeconfig",
+}
 
 
 def _resolve_paths(node: Any, base: Path) -> Any:

@@ -36,6 +36,11 @@ class KasMetrics:
         self.rpc_started = Counter(
             "grpc_server_started", "RPCs started", ["grpc_service", "grpc_method"], registry=r
         )
+        self.rate_limited = Counter(
+            "agent_server_rate_limited",
+            "Agent RPCs refused by the per-token limit (connections_per_token_per_minute)",
+            registry=r,
+        )
         self.rpc_handled = Counter(
             "grpc_server_handled", "RPCs completed", ["grpc_service", "grpc_method", "grpc_code"], registry=r
         )

@@ -23,10 +23,12 @@ from kas.agent_server.front import FrontListener, agent_ssl_context
 from kas.agent_server.grpc_server import build_agent_server, counted, server_options
 from kas.agent_tracker import AgentRegistrarServer, AgentTracker, RedisAgentTracker
 from kas.agents import AgentDirectory, AgentInfo
+from kas.agents_secret import AgentsSecretWatcher
 from kas.auth import AgentAuthInterceptor
 from kas.config import KasConfig, ListenConfig
 from kas.metrics import KasMetrics
 from kas.observability import ObservabilityServer
+from kas.rate_limit import MemoryTokenLimiter, RedisTokenLimiter, TokenRateLimiter
 from kas.tasks import TaskSupervisor
 from kas.tunnels.connect import ReverseTunnelServer
 from kas.tunnels.private_api import PrivateApiGateway
@@ -80,6 +82,7 @@ class KasServer:
         self._observability: ObservabilityServer | None = None
         self._config_server: AgentConfigurationServer | None = None
         self._proxy: Any = None
+        self._agents_secret: AgentsSecretWatcher | None = None
         self.agent_host, self.agent_port = "", 0
         self.private_api_url: str | None = None
         self.proxy_url: str | None = None
@@ -134,6 +137,9 @@ class KasServer:
 
     async def _start(self) -> None:
         config = self.config
+        if config.agents.secret is not None:  # agents first: nothing is served without them
+            self._agents_secret = AgentsSecretWatcher(config.agents.secret, self.directory)
+            await self._agents_secret.start()
         if config.redis is not None:
             self._redis = aioredis.from_url(config.redis.url)
             self.tracker = RedisAgentTracker(
@@ -148,6 +154,8 @@ class KasServer:
         await self._start_proxy()
         if config.agents.file is not None:
             self._tasks.spawn("agents-reload", self.directory.watch())
+        if self._agents_secret is not None:
+            self._tasks.spawn("agents-secret-watch", self._agents_secret.run())
         self._tasks.spawn("config-poll", self.config_store.run())
         self._tasks.spawn("agent-tracker", self.tracker.run())
         if self._index is not None:
@@ -207,7 +215,8 @@ class KasServer:
                 response_serializer=registrar_rpc.RegisterResponse.SerializeToString,
             ),
         }
-        server = build_agent_server(config.agent, AgentAuthInterceptor(self.directory), routes)
+        interceptor = AgentAuthInterceptor(self.directory, self._rate_limiter(), m.rate_limited.inc)
+        server = build_agent_server(config.agent, interceptor, routes)
         internal_port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         self._agent_server = server
@@ -222,6 +231,12 @@ class KasServer:
             ssl_context=context,
         )
         self.agent_host, self.agent_port = await self._front.start(*split_address(listen.address))
+
+    def _rate_limiter(self) -> TokenRateLimiter:
+        limit = self.config.agent.listen.connections_per_token_per_minute
+        if self._redis is not None and self.config.redis is not None:
+            return RedisTokenLimiter(self._redis, self.config.redis.key_prefix, limit)
+        return MemoryTokenLimiter(limit)
 
     async def _start_observability(self) -> None:
         self._observability = ObservabilityServer(
@@ -303,6 +318,9 @@ class KasServer:
             self._front = None
         self.connections.close_all()
         await self._tasks.close(grace=2.0)
+        if self._agents_secret is not None:
+            await self._agents_secret.close()
+            self._agents_secret = None
         if self._index is not None:
             try:
                 await self._index.remove_all()
