@@ -1,7 +1,9 @@
 """At most one task per key, started on demand and owned by one supervisor (`run()`).
 
 `kick(key)` asks for `work(key)` to run (again); kicks that arrive while it runs coalesce into one more
-run, after an optional debounce. The tasks are named `<name>:<key>` and live in the TaskGroup of `run()`,
+run, after an optional debounce. The debounce is leading-edge: the first kick of an idle key runs at once
+(a new resource's first status is not delayed), only the follow-ups wait. The tasks are named
+`<name>:<key>` and live in the TaskGroup of `run()`,
 so cancelling `run()` stops them all. `work` failures are logged, never propagated: one key's bug must not
 stop the others.
 """
@@ -56,10 +58,12 @@ class KeyedTasks(Generic[K]):
         self._tasks[key] = self._tg.create_task(self._loop(key), name=f"{self._name}:{key}")
 
     async def _loop(self, key: K) -> None:
+        first = True
         try:
             while key in self._pending:
-                if self._debounce:
+                if self._debounce and not first:
                     await asyncio.sleep(self._debounce)
+                first = False
                 self._pending.discard(key)
                 try:
                     await self._work(key)

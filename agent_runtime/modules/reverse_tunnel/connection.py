@@ -18,7 +18,7 @@ from agent_proto.ordering import StreamOrderError
 from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
 from agent_runtime.environment import WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error, is_cancel
-from agent_runtime.grpc_calls import GZIP, EstablishedProbe
+from agent_runtime.grpc_calls import TUNNEL_COMPRESSION, EstablishedProbe
 from agent_runtime.local_rpc import LocalHandler, RpcStatusError
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.reverse_tunnel import frames
@@ -132,7 +132,7 @@ class TunnelAttempt:
         connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = ctx.kas.channel.stream_stream(
             ctx.kas.wire.connect_path
         )
-        call = connect(metadata=ctx.kas.call_metadata(), wait_for_ready=True, compression=GZIP)
+        call = connect(metadata=ctx.kas.call_metadata(), wait_for_ready=True, compression=TUNNEL_COMPRESSION)
         probe = EstablishedProbe(TUNNEL_ESTABLISHED_AFTER_S, self._established)
         try:
             await call.write(frames.descriptor(ctx.kas.wire))
