@@ -61,12 +61,15 @@ async def run(settings: OperatorSettings) -> int:
     except KubeConfigError as exc:
         log.error("%s", exc)  # noqa: TRY400 - the message is the whole story; no traceback
         return EXIT_NO_API
+    preflight_api = KubeApi(kube)
     try:
-        cluster_version = await _preflight(KubeApi(kube), settings)
+        cluster_version = await _preflight(preflight_api, settings)
     except PreflightError as exc:
         log.error("%s", exc)  # noqa: TRY400 - the message is the whole story; no traceback
         await kube.close()
         return exc.exit_code
+    finally:
+        await preflight_api.close()
     log.info(
         "starting",
         extra={

@@ -99,6 +99,7 @@ class Composition:
                 await task
         log.info("draining agents", extra={"grace_seconds": self.settings.drain_grace})
         await self.runtime.stop(self.settings.drain_grace)
+        await self.api.close()
         await self.kube.close()
         log.info("operator stopped")
 

@@ -1,7 +1,9 @@
 """The few JSON requests the operator makes itself (status patches, labels, events, checks).
 
-Built on the runtime's KubeAccess (one aiohttp session and the credentials it keeps fresh), so the
-operator's own requests and the workers' share connections and authentication.
+Built on the runtime's KubeAccess (the credentials it keeps fresh), with a session of its own capped at
+`CONNECTION_LIMIT` connections: a burst of status writes for a thousand resources must not open a thousand
+TLS connections (each holds a 256 KiB read buffer that the allocator keeps afterwards), while the
+workers' tunnelled requests keep the runtime's uncapped session.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import aiohttp
 from agent_runtime.kube import KubeAccess
 
 MERGE_PATCH: Final = "application/merge-patch+json"
+CONNECTION_LIMIT: Final = 32
+"""Connections the operator's own requests may hold open to the API server (our choice)."""
 _TIMEOUT: Final = aiohttp.ClientTimeout(total=30, sock_connect=10)
 """One operator request (never a watch) finishes within this."""
 
@@ -47,6 +51,20 @@ class KubeApi:
     def __init__(self, kube: KubeAccess) -> None:
         self.kube = kube
         """Where the API server is and how to authenticate."""
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """This API's own session (created on first use, inside the event loop)."""
+        if self._session is None or self._session.closed:
+            self._session = self.kube.new_session(limit=CONNECTION_LIMIT)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session, if one was created."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
 
     async def request(
         self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
@@ -55,7 +73,7 @@ class KubeApi:
         headers = {"Accept": "application/json", **self.kube.auth_headers()}
         if body is not None:
             headers["Content-Type"] = content_type
-        async with self.kube.session.request(
+        async with self.session.request(
             method,
             self.kube.url(path),
             json=body,

@@ -172,30 +172,26 @@ async def open_kas_connection(
     address = parse_kas_address(spec.kas_address)
     options = _base_options(user_agent, settings)
     needs_bridge = address.websocket or (address.scheme == Scheme.GRPCS and spec.tls.insecure_skip_verify)
+    # No channel-wide compression: grpc.aio lets no call override a channel default, and the tunnel must
+    # stay uncompressed (agent_runtime.grpc_calls.TUNNEL_COMPRESSION); each call asks for gzip itself.
     if needs_bridge:
         bridge = await _start_bridge(spec, address, user_agent, settings, env)
         options += [
             ("grpc.enable_http_proxy", 0),  # loopback: never through HTTPS_PROXY
             ("grpc.default_authority", address.host_header),
         ]
-        channel = grpc.aio.insecure_channel(
-            f"ipv4:127.0.0.1:{bridge.port}", options=options, compression=grpc.Compression.Gzip
-        )
+        channel = grpc.aio.insecure_channel(f"ipv4:127.0.0.1:{bridge.port}", options=options)
         metadata = () if address.websocket else metadata_headers(spec.kas_headers)
         return KasConnection(channel, address, spec.token, metadata, bridge)
     metadata = metadata_headers(spec.kas_headers)
     options += [("grpc.service_config", _ROUND_ROBIN), *_grpc_proxy_options(spec, address)]
     if address.scheme == Scheme.GRPC:
-        channel = grpc.aio.insecure_channel(
-            address.grpc_target, options=options, compression=grpc.Compression.Gzip
-        )
+        channel = grpc.aio.insecure_channel(address.grpc_target, options=options)
     else:
         credentials = grpc.ssl_channel_credentials(root_certificates=grpc_root_certificates(spec.tls))
         if spec.tls.server_name:
             options.append(("grpc.ssl_target_name_override", spec.tls.server_name))
-        channel = grpc.aio.secure_channel(
-            address.grpc_target, credentials, options=options, compression=grpc.Compression.Gzip
-        )
+        channel = grpc.aio.secure_channel(address.grpc_target, credentials, options=options)
     return KasConnection(channel, address, spec.token, metadata, None)
 
 
