@@ -158,30 +158,59 @@ class PhaseWatch:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
+    restarts: int = 0
+    """Times the watch ended (the apiserver closes watchers that fall behind) and was resumed."""
+    relists: int = 0
+    """Times the resource version was too old and a LIST resynchronised the state."""
+
     async def run(self) -> None:
-        url = self.direct.base_url + GLA_PATH.format(ns=self.namespace) + "?watch=1&allowWatchBookmarks=false"
+        """Watch until cancelled; resume from the last resource version, re-LIST when it is gone."""
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, ssl=self.direct.ssl, headers=self.direct.headers) as response,
-        ):
+        base = self.direct.base_url + GLA_PATH.format(ns=self.namespace)
+        version: str | None = None
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for _ in range(1000):  # bounded: each round is one watch request
+                if version is None:
+                    version = await self._list(session, base)
+                url = f"{base}?watch=1&allowWatchBookmarks=true&resourceVersion={version}"
+                async with session.get(url, ssl=self.direct.ssl, headers=self.direct.headers) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"watch answered {response.status}")
+                    self.ready.set()
+                    async for line in response.content:
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":  # e.g. 410 Gone: the version is too old
+                            version = None
+                            break
+                        version = event["object"]["metadata"]["resourceVersion"]
+                        if event["type"] != "BOOKMARK":
+                            self._observe(event["type"], event["object"], time.monotonic())
+                self.restarts += 1
+        raise RuntimeError("the watch was restarted 1000 times")
+
+    async def _list(self, session: aiohttp.ClientSession, base: str) -> str:
+        """LIST the resources (state as of now) and return the list's resource version."""
+        async with session.get(base, ssl=self.direct.ssl, headers=self.direct.headers) as response:
             if response.status != 200:
-                raise RuntimeError(f"watch answered {response.status}")
-            self.ready.set()
-            async for line in response.content:
-                now = time.monotonic()
-                event = json.loads(line)
-                obj = event["object"]
-                name = obj["metadata"]["name"]
-                if event["type"] == "ADDED":
-                    self.added.setdefault(name, now)
-                if event["type"] == "MODIFIED":
-                    self.modified[name] = self.modified.get(name, 0) + 1
-                phase = (obj.get("status") or {}).get("phase")
-                if phase:
-                    self.phases[name] = phase
-                    self.first_seen.setdefault(name, {}).setdefault(phase, now)
-                self.changed.set()
+                raise RuntimeError(f"LIST answered {response.status}")
+            body = await response.json()
+        now = time.monotonic()
+        for obj in body["items"]:
+            self._observe("LISTED", obj, now)
+        self.relists += 1
+        return str(body["metadata"]["resourceVersion"])
+
+    def _observe(self, kind: str, obj: dict[str, Any], now: float) -> None:
+        name = obj["metadata"]["name"]
+        if kind in ("ADDED", "LISTED"):
+            self.added.setdefault(name, now)
+        if kind == "MODIFIED":
+            self.modified[name] = self.modified.get(name, 0) + 1
+        phase = (obj.get("status") or {}).get("phase")
+        if phase:
+            self.phases[name] = phase
+            self.first_seen.setdefault(name, {}).setdefault(phase, now)
+        self.changed.set()
 
     async def wait_all(self, names: Sequence[str], phase: str, time_limit: float) -> bool:
         """True once every name has been seen in `phase` (and is in it now); False after the limit."""

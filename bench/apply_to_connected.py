@@ -47,6 +47,7 @@ class Timings:
     """ADDED seen by a watch -> Connected: what the operator (and kas) take."""
     writes: list[int] = field(default_factory=list)
     seen_phases: dict[str, int] = field(default_factory=dict)
+    watch_restarts: int = 0
 
 
 async def _through_operator(direct: Endpoint, kas: KasProcess, count: int) -> Timings:
@@ -69,7 +70,7 @@ async def _through_operator(direct: Endpoint, kas: KasProcess, count: int) -> Ti
             phase = watch.phases.get(name, "none")
             phases[phase] = phases.get(phase, 0) + 1
         raise RuntimeError(f"not all Connected within {CONNECT_LIMIT_S:.0f}s: {phases}")
-    t = Timings()
+    t = Timings(watch_restarts=watch.restarts)
     for n in names:
         seen = watch.first_seen[n]
         t.answered.append(answered[n] - started[n])
@@ -167,7 +168,7 @@ async def _run(args: argparse.Namespace) -> None:
     print(
         "status writes (MODIFIED events, incl. kopf's finalizer/annotations) per resource until 3 s after "
         f"all Connected: mean {statistics.mean(timings.writes):.1f}, max {max(timings.writes)}; "
-        f"phases seen (resources): {timings.seen_phases}"
+        f"phases seen (resources): {timings.seen_phases}; status watch resumed {timings.watch_restarts}x"
     )
     if spy is not None:
         print(summarise(spy.out))

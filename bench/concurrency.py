@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
+from _procs import process_cpu
 from _profile import PySpy, summarise
 from _stack import Endpoint, machine_description, tunnel_stack, work_directory
 from _stats import percentile, ratio, table
 
 CONFIGMAP_PATH = "/api/v1/namespaces/default/configmaps/bench-concurrency"
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 async def _one(session: aiohttp.ClientSession, endpoint: Endpoint, start: asyncio.Event) -> float | None:

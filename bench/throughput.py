@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+from _procs import process_cpu
 from _profile import PySpy, summarise
 from _stack import Endpoint, Stack, machine_description, tunnel_stack, work_directory
 from _stats import ratio, table
@@ -104,12 +105,6 @@ CPU_USED: dict[str, tuple[float, float]] = {}
 """Per measurement function: (kas, runtime) CPU seconds used during its tunnel runs."""
 
 Measure = Callable[[aiohttp.ClientSession, Endpoint], Awaitable[int]]
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _rounds(stack: Stack, measure: Measure, rounds: int) -> dict[str, tuple[int, float]]:
