@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
 import aiohttp
 from pydantic import ValidationError
 
-from agent_operator.api import API_VERSION, PLURAL, GitLabAgentStatus
+from agent_operator.api import API_VERSION, PLURAL, GitLabAgentStatus, Phase
 from agent_operator.events import EventRecorder, ObjectRef
 from agent_operator.keyed import KeyedTasks
 from agent_operator.kube_api import KubeApi, group_path
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 DEBOUNCE_S: Final = 0.2
 """Snapshots arriving within this window make one patch (Apply → Connected stays well under 1 s)."""
+FIRST_CONNECTING_HOLD_S: Final = 0.5
+"""A new resource's first status is held this long while it would only say Connecting: the worker usually
+connects sooner, and one write saying Connected beats two writes (our choice; Apply → Connected p99)."""
 RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Our choice: waits between failed patch attempts; after the last one the writer waits for a change."""
 _RETRYABLE: Final = frozenset({409, 429, 500, 502, 503, 504})
@@ -56,6 +60,8 @@ class _Entry:
     facts: AgentFacts
     written: GitLabAgentStatus | None
     failures: int = 0
+    tracked_at: float = field(default_factory=time.monotonic)
+    hold: asyncio.TimerHandle | None = None
 
 
 class StatusWriter:
@@ -96,7 +102,9 @@ class StatusWriter:
 
     def forget(self, key: AgentKey) -> None:
         """Stop writing the status of a resource (deleted, or handed over to another operator)."""
-        self._entries.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.hold is not None:
+            entry.hold.cancel()
 
     def on_snapshot(self, snapshot: WorkerSnapshot) -> None:
         """Runtime subscription: a worker changed."""
@@ -112,12 +120,23 @@ class StatusWriter:
         entry = self._entries.get(key)
         return entry.written if entry is not None else None
 
+    def _held(self, key: AgentKey, entry: _Entry, status: GitLabAgentStatus) -> bool:
+        """Hold a brand-new resource's first status while it only says Connecting (see the constant)."""
+        if entry.written is not None or status.phase is not Phase.CONNECTING:
+            return False
+        remaining = FIRST_CONNECTING_HOLD_S - (time.monotonic() - entry.tracked_at)
+        if remaining <= 0:
+            return False
+        if entry.hold is None:
+            entry.hold = asyncio.get_running_loop().call_later(remaining, self._tasks.kick, key)
+        return True
+
     async def _write(self, key: AgentKey) -> None:
         entry = self._entries.get(key)
         if entry is None:
             return
         status = compute_status(entry.facts, self._snapshots(key.worker_id), entry.written, self._clock())
-        if status == entry.written:
+        if status == entry.written or self._held(key, entry, status):
             return
         extra = resource_extra(key.namespace, key.name)
         path = group_path(API_VERSION, key.namespace, PLURAL, key.name) + "/status"
