@@ -128,6 +128,11 @@ class KasProcess:
         return f"grpc://127.0.0.1:{self.agent_port}"
 
     @property
+    def ws_url(self) -> str:
+        """The same listener reached as gRPC-in-WebSocket (kas sniffs each connection)."""
+        return f"ws://127.0.0.1:{self.agent_port}/"
+
+    @property
     def proxy_url(self) -> str:
         return f"https://127.0.0.1:{self.proxy_port}"
 

@@ -1,6 +1,7 @@
 """Density: N agents in ONE process running the Runtime (the operator's engine), against a kas process.
 
-    .venv/bin/python bench/density.py [--quick] [--agents 100,500,1000] [--profile DIR]
+    .venv/bin/python bench/density.py [--quick] [--agents 100,500,1000] [--mode runtime|operator|both]
+        [--scheme grpc|ws|both] [--profile DIR]
 
 For each N (default 100, 500, 1000; --quick: 100), in a fresh Runtime process: the RSS with the runtime
 started and 0 agents (the empty baseline), then N workers applied at once, the time from apply to every
@@ -10,6 +11,9 @@ from 5 s after all Connected (still settling: tunnels become established, first 
 10 s from 25 s (idle). The reference kas runs in its own process (its CPU and memory are
 not counted); the real kube-apiserver serves the agents' Register calls. Bounded: every wait has a limit.
 Also says whether `python -m agent_operator` is runnable (the operator-level variant needs it).
+`--scheme ws` makes the agents dial kas as ws:// (through the per-agent WebSocket bridge) instead of
+grpc://; `--scheme both` measures each N with both schemes, one after the other, each in a fresh process,
+to give the bridge's cost per agent.
 """
 
 from __future__ import annotations
@@ -61,9 +65,14 @@ def operator_available() -> str:
 
 
 async def _one_size(
-    cluster: LocalCluster, kas: KasProcess, agents: list[TestAgent], work_dir: Path, profile: Path | None
+    cluster: LocalCluster,
+    kas_url: str,
+    agents: list[TestAgent],
+    work_dir: Path,
+    profile: Path | None,
+    label: str = "",
 ) -> dict[str, Any]:
-    runtime = RuntimeChild(cluster.admin_kubeconfig, work_dir / f"runtime-{len(agents)}.log")
+    runtime = RuntimeChild(cluster.admin_kubeconfig, work_dir / f"runtime-{len(agents)}{label}.log")
     try:
         empty = await runtime.start()
         await asyncio.sleep(1.0)
@@ -71,11 +80,9 @@ async def _one_size(
         spy = None
         if profile is not None:
             await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
-            spy = PySpy(runtime.pid, profile / f"density-{len(agents)}-connect.txt", seconds=60)
+            spy = PySpy(runtime.pid, profile / f"density-{len(agents)}{label}-connect.txt", seconds=60)
             await spy.start()
-        applied = await runtime.command(
-            cmd="apply", kas=kas.agent_url, agents=[[a.id, a.token] for a in agents]
-        )
+        applied = await runtime.command(cmd="apply", kas=kas_url, agents=[[a.id, a.token] for a in agents])
         waited = await runtime.command(cmd="wait", timeout=CONNECT_LIMIT_S, time_limit=CONNECT_LIMIT_S + 30)
         if spy is not None:
             await spy.wait()
@@ -122,17 +129,18 @@ def _counts(pid: int) -> tuple[int, int]:
 
 
 async def _one_size_operator(
-    cluster: LocalCluster, kas: KasProcess, agents: list[TestAgent], work_dir: Path
+    cluster: LocalCluster, kas_url: str, agents: list[TestAgent], work_dir: Path, label: str = ""
 ) -> dict[str, Any]:
     """The same measurement through the operator: GitLabAgent resources, status watched on the apiserver."""
-    namespace = f"bench-density-{len(agents)}"
+    namespace = f"bench-density-{len(agents)}{label}"
     await asyncio.to_thread(cluster.create_namespace, namespace)
     sa_path = f"/api/v1/namespaces/{namespace}/serviceaccounts"
     await asyncio.to_thread(cluster.request, "POST", sa_path, {"metadata": {"name": "default"}})
     direct = direct_endpoint(cluster)
-    operator = OperatorProcess(work_dir / f"operator-{len(agents)}", cluster.admin_kubeconfig, namespace)
-    (work_dir / f"operator-{len(agents)}").mkdir()
-    secrets, glas = fleet_objects(namespace, agents, kas.agent_url)
+    operator_dir = work_dir / f"operator-{len(agents)}{label}"
+    operator = OperatorProcess(operator_dir, cluster.admin_kubeconfig, namespace)
+    operator_dir.mkdir()
+    secrets, glas = fleet_objects(namespace, agents, kas_url)
     names = [body["metadata"]["name"] for _, body in glas]
     watch = PhaseWatch(direct, namespace)
     try:
@@ -190,9 +198,10 @@ async def _run(args: argparse.Namespace) -> None:
     print(f"machine: {machine_description()}")
     print(f"operator process runnable (python -m agent_operator --help): {operator_available()}")
     sizes = [int(n) for n in args.agents.split(",")]
+    schemes = ["grpc", "ws"] if args.scheme == "both" else [args.scheme]
     results = []
     async with (
-        asyncio.timeout(60 + 2 * len(sizes) * (CONNECT_LIMIT_S + 120)),
+        asyncio.timeout(60 + 2 * len(sizes) * len(schemes) * (CONNECT_LIMIT_S + 120)),
         work_directory("bench-density-") as work_dir,
         local_cluster() as cluster,
     ):
@@ -203,18 +212,21 @@ async def _run(args: argparse.Namespace) -> None:
             await install_crd(cluster.admin_kubeconfig)
         try:
             for n in sizes:
-                if args.mode in ("runtime", "both"):
-                    result = await _one_size(cluster, kas, all_agents[:n], work_dir, args.profile)
-                    results.append({"engine": "runtime", **result})
-                    print(f"runtime N={n}: {result['phases']}", flush=True)
-                    await asyncio.sleep(3.0)  # let kas notice the previous agents went away
-                if args.mode in ("operator", "both"):
-                    result = await _one_size_operator(cluster, kas, all_agents[:n], work_dir)
-                    results.append({"engine": "operator", **result})
-                    restarts = result["watch_restarts"]
-                    note = f"(status watch resumed {restarts}x)"
-                    print(f"operator N={n}: {result['phases']} {note}", flush=True)
-                    await asyncio.sleep(3.0)
+                for scheme in schemes:
+                    url = kas.agent_url if scheme == "grpc" else kas.ws_url
+                    label = "" if len(schemes) == 1 and scheme == "grpc" else f"-{scheme}"
+                    if args.mode in ("runtime", "both"):
+                        result = await _one_size(cluster, url, all_agents[:n], work_dir, args.profile, label)
+                        results.append({"engine": f"runtime {scheme}://", **result})
+                        print(f"runtime {scheme}:// N={n}: {result['phases']}", flush=True)
+                        await asyncio.sleep(3.0)  # let kas notice the previous agents went away
+                    if args.mode in ("operator", "both"):
+                        result = await _one_size_operator(cluster, url, all_agents[:n], work_dir, label)
+                        results.append({"engine": f"operator {scheme}://", **result})
+                        restarts = result["watch_restarts"]
+                        note = f"(status watch resumed {restarts}x)"
+                        print(f"operator {scheme}:// N={n}: {result['phases']} {note}", flush=True)
+                        await asyncio.sleep(3.0)
         finally:
             kas.stop()
     rows = [
@@ -269,6 +281,12 @@ def main() -> int:
         choices=("runtime", "operator", "both"),
         default="both",
         help="a Runtime process driven directly, the operator process with GitLabAgent resources, or both",
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=("grpc", "ws", "both"),
+        default="grpc",
+        help="how the agents dial kas: grpc:// directly, ws:// through the WebSocket bridge, or both in turn",
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the runtime while agents connect")
     args = parser.parse_args()
