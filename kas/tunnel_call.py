@@ -68,13 +68,12 @@ class TunnelCall(Protocol):
 class TunnelRouter(Protocol):
     """Finds a tunnel for an agent and opens a call on it."""
 
-    # The give-up time is part of the routing contract (GitLab's 20 s), so it is a parameter.
     async def open_call(
         self,
         agent_id: int,
         method: str,
         metadata: Mapping[str, Sequence[str]],
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,  # noqa: ASYNC109 - the routing give-up time (GitLab: 20 s) is part of the contract
     ) -> TunnelCall:
         """Open `method` (full path, e.g. /gitlab.agent.kubernetes_api.rpc.KubernetesApi/MakeRequest).
 
