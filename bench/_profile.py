@@ -48,12 +48,16 @@ class PySpy:
             await self._proc.wait()
 
 
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+"""Stripped from profile paths, so frames read as repository-relative paths."""
+
+
 def _frame_name(frame: str) -> str:
     # py-spy raw frames look like "function (path/to/file.py:123)"; drop the line number.
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
     path = where.rsplit(":", 1)[0]
-    for marker in ("site-packages/", "python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "python3.11/", f"{_REPO_ROOT}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{name} ({path})"
