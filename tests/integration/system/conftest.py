@@ -50,20 +50,32 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 @asynccontextmanager
 async def started_kas(
-    work: Path, certs: Certs, *, agent_tls: bool = False, **options: Any
+    work: Path,
+    certs: Certs,
+    *,
+    agent_tls: bool = False,
+    overrides: dict[str, Any] | None = None,
+    agent_config: str = AGENT_CONFIG,
+    **options: Any,
 ) -> AsyncIterator[KasServer]:
-    """A reference kas with the CI proxy on (HTTPS) and our agent's config and CI job registered."""
+    """A reference kas with the CI proxy on (HTTPS) and our agent's config and CI job registered.
+
+    `overrides` are merged into kas.yaml (one level deep), `agent_config` is the agent's config.yaml
+    text, and `options` go to kas.testing.kas_config (e.g. redis_url, private_api).
+    """
     proxy_listen = {"address": "127.0.0.1:0", "certificate_file": str(certs.cert), "key_file": str(certs.key)}
+    merged: dict[str, Any] = {"agent": {"kubernetes_api": {"listen": proxy_listen}}}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
     config = kas_config(
-        work,
-        [AGENT],
-        tls=(certs.cert, certs.key) if agent_tls else None,
-        overrides={"agent": {"kubernetes_api": {"listen": proxy_listen}}},
-        **options,
+        work, [AGENT], tls=(certs.cert, certs.key) if agent_tls else None, overrides=merged, **options
     )
     write_agents_file(work / "agents.yaml", [AGENT], extra={"ci_jobs": [CI_JOB]})
     assert config.agent_configuration.directory is not None
-    write_agent_config(config.agent_configuration.directory, AGENT, AGENT_CONFIG)
+    write_agent_config(config.agent_configuration.directory, AGENT, agent_config)
     server = KasServer(config)
     await server.start()
     try:
@@ -156,35 +168,6 @@ async def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[s
         timeout=30,
         check=False,
     )
-
-
-@asynccontextmanager
-async def started_kas_with(
-    work: Path,
-    certs: Certs,
-    *,
-    agent_tls: bool = False,
-    overrides: dict[str, Any] | None = None,
-    agent_config: str = AGENT_CONFIG,
-) -> AsyncIterator[KasServer]:
-    """Like `started_kas`, with extra kas.yaml `overrides` (merged) and the agent's config.yaml text."""
-    proxy_listen = {"address": "127.0.0.1:0", "certificate_file": str(certs.cert), "key_file": str(certs.key)}
-    merged: dict[str, Any] = {"agent": {"kubernetes_api": {"listen": proxy_listen}}}
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    config = kas_config(work, [AGENT], tls=(certs.cert, certs.key) if agent_tls else None, overrides=merged)
-    write_agents_file(work / "agents.yaml", [AGENT], extra={"ci_jobs": [CI_JOB]})
-    assert config.agent_configuration.directory is not None
-    write_agent_config(config.agent_configuration.directory, AGENT, agent_config)
-    server = KasServer(config)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(grace=1.0)
 
 
 def ci_headers() -> dict[str, str]:

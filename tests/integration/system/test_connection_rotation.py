@@ -26,7 +26,7 @@ from tests.integration.system.conftest import (
     agent_spec,
     ci_headers,
     proxy_ssl,
-    started_kas_with,
+    started_kas,
     wait_for,
 )
 
@@ -138,7 +138,7 @@ async def test_requests_survive_connection_rotation(
     scheme: str, runtime: Runtime, certs: Certs, tmp_path: Path, namespace: str
 ) -> None:
     overrides = {"agent": {"listen": {"max_connection_age": _MAX_AGE_S}}}
-    async with started_kas_with(tmp_path / "kas", certs, overrides=overrides) as kas:
+    async with started_kas(tmp_path / "kas", certs, overrides=overrides) as kas:
         counter = ConnectionCounter(kas)
         spec = agent_spec(kas, scheme, certs)
         runtime.apply(spec)

@@ -21,7 +21,7 @@ from tests.integration.system.conftest import (
     ci_kubeconfig,
     connected,
     kubectl,
-    started_kas_with,
+    started_kas,
     wait_for,
 )
 
@@ -50,9 +50,7 @@ async def _whoami(
     runtime: Runtime, certs: Certs, tmp_path: Path, flavor: WireFlavor, agent_config: str
 ) -> dict[str, Any]:
     overrides = {"wire_flavor": flavor.value}
-    async with started_kas_with(
-        tmp_path / "kas", certs, overrides=overrides, agent_config=agent_config
-    ) as kas:
+    async with started_kas(tmp_path / "kas", certs, overrides=overrides, agent_config=agent_config) as kas:
         assert kas.names.flavor is flavor
         spec = agent_spec(kas, "grpc", certs, flavor=flavor)
         runtime.apply(spec)

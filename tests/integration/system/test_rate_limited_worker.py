@@ -9,7 +9,7 @@ from agent_runtime.runtime import Runtime
 from agent_runtime.spec import ErrorReason, WorkerSnapshot
 from kas.rate_limit import RATE_LIMITED_MESSAGE
 from kas.server import KasServer
-from tests.integration.system.conftest import Certs, agent_spec, started_kas_with, wait_for
+from tests.integration.system.conftest import Certs, agent_spec, started_kas, wait_for
 
 OBSERVED_SECONDS = 3.0
 MAX_REFUSALS_OBSERVED = 30
@@ -28,7 +28,7 @@ async def test_worker_shows_rate_limited_and_backs_off(
     runtime: Runtime, certs: Certs, tmp_path: Path
 ) -> None:
     limited = {"agent": {"listen": {"connections_per_token_per_minute": 2}}}
-    async with started_kas_with(tmp_path / "kas", certs, overrides=limited) as kas:
+    async with started_kas(tmp_path / "kas", certs, overrides=limited) as kas:
         spec = agent_spec(kas, "grpc", certs)
         runtime.apply(spec)
         snapshot = await wait_for(runtime, spec.id, _rate_limited)

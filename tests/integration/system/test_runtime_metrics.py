@@ -24,7 +24,7 @@ from tests.integration.system.conftest import (
     agent_spec,
     ci_headers,
     proxy_ssl,
-    started_kas_with,
+    started_kas,
     wait_for,
 )
 
@@ -82,7 +82,7 @@ async def test_metrics_follow_real_tunnel_traffic(
     runtime = observed_runtime
     # A short connection age so that GetConfiguration and idle Connect streams also end (OK) in time.
     overrides = {"agent": {"listen": {"max_connection_age": 5}}}
-    async with started_kas_with(tmp_path / "kas", certs, overrides=overrides) as kas:
+    async with started_kas(tmp_path / "kas", certs, overrides=overrides) as kas:
         spec = agent_spec(kas, "grpc", certs)
         bad = dataclasses.replace(spec, id="e2e/revoked", token=Secret(BAD_TOKEN))
         runtime.apply(spec)
