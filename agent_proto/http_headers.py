@@ -8,6 +8,7 @@ port-forward) survive the trip while connection-scoped headers do not leak throu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -28,6 +29,7 @@ HOP_BY_HOP_HEADERS = frozenset(
 """Always removed by `clean_hop_by_hop` (canonical form), besides whatever `Connection` names."""
 
 
+@functools.lru_cache(maxsize=1024)  # names repeat on every request; the bound caps odd ones
 def canonical_header_key(name: str) -> str:
     """Canonical form of a header name, as Go's textproto.CanonicalMIMEHeaderKey gives it.
 

@@ -130,6 +130,8 @@ class WorkerState:
         self._update()
 
     def _set_health(self, component: Component, health: _Health | WorkerError) -> None:
+        if self._health.get(component) == health:
+            return  # every tunnelled request reports TUNNELS ok: nothing to derive again
         self._health[component] = health
         self._update()
 

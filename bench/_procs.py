@@ -84,6 +84,9 @@ class KasProcess:
     agents: Sequence[TestAgent]
     proxy: bool = False
     config_poll_period: float = 5.0
+    websocket: bool = True
+    """False: the agent port speaks plain gRPC only, served by kas's gRPC server without the splice that
+    lets one port also take WebSocket (a gRPC-only deployment); ws_url is then unusable."""
     agent_port: int = 0
     observability_port: int = 0
     proxy_port: int = 0
@@ -97,7 +100,7 @@ class KasProcess:
         repos.mkdir(exist_ok=True)
         write_agents_file(self.work_dir / "agents.yaml", self.agents, {"ci_jobs": [_ci_job()]})
         agent_section: dict[str, Any] = {
-            "listen": {"address": f"127.0.0.1:{self.agent_port}", "websocket": True},
+            "listen": {"address": f"127.0.0.1:{self.agent_port}", "websocket": self.websocket},
             # Benchmarks send many requests; kas must not tell the agents' keepalives to go away.
             "keepalive_min_ping_interval": 5,
         }

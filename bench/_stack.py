@@ -81,7 +81,7 @@ async def tunnel_stack(work_dir: Path, agent_count: int = 1) -> AsyncIterator[St
     """Cluster, kas process with the proxy, Runtime process with `agent_count` connected workers."""
     async with local_cluster() as cluster:
         agents = bench_agents(agent_count)
-        kas = KasProcess(work_dir / "kas", agents, proxy=True)
+        kas = KasProcess(work_dir / "kas", agents, proxy=True, websocket=False)
         await kas.start()
         runtime = RuntimeChild(cluster.admin_kubeconfig, work_dir / "runtime.log")
         try:

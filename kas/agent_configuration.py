@@ -23,7 +23,7 @@ from google.protobuf import json_format
 
 from agent_proto.gitlab.agent.agent_configuration.rpc import rpc_pb2 as config_rpc
 from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
-from kas.agent_server.connections import ConnectionTable, unspliced_connection
+from kas.agent_server.connections import ConnectionTable
 from kas.agent_tracker import AgentTracker, connected_agent_info
 from kas.agents import AgentDirectory, AgentInfo
 from kas.auth import require_agent
@@ -206,11 +206,12 @@ class AgentConfigurationServer:
             request = _parse_request(request)
             if request is None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed ConfigurationRequest")
-        conn = self._connections.for_peer(context.peer()) or unspliced_connection(context.peer())
         registration = None
         if not request.skip_register:
             registration = connected_agent_info(agent, request.agent_meta, random.getrandbits(63))
             await self._tracker.register(registration, held=True)
+        peer = context.peer()
+        conn = self._connections.attach(peer)
         wake = asyncio.Event()
         conn.watchers.add(wake)
         self._streams.add(wake)
@@ -218,6 +219,7 @@ class AgentConfigurationServer:
         try:
             await self._stream(request.commit_id, agent, watched, conn.aged, wake, context)
         finally:
+            self._connections.detach(peer, conn)
             conn.watchers.discard(wake)
             self._streams.discard(wake)
             if watched is not None:

@@ -62,7 +62,8 @@ class AgentListenConfig(ListenConfig):
     """The agent-facing listener (gRPC h2/h2c and WebSocket `ws-tunnel` on one port)."""
 
     websocket: bool = True
-    """Accept gRPC-in-WebSocket (HTTP/1.1 upgrade) next to plain gRPC."""
+    """Accept gRPC-in-WebSocket (HTTP/1.1 upgrade) next to plain gRPC, on one port. Off: plain gRPC only,
+    served by the gRPC server itself, which saves the splice hop on every message (lower latency)."""
     max_connection_age: Seconds = 7200.0
     """GitLab's `max_connection_age`; the values below derive from it (PROTOCOL.md §3.6)."""
     listen_grace_period: Seconds = 5.0

@@ -1,8 +1,12 @@
-"""Agent connections accepted by the front listener, found again from inside gRPC handlers.
+"""Agent connections, found again from inside gRPC handlers by `context.peer()`.
 
-The front listener splices every agent connection into its own loopback TCP connection to the internal
-gRPC server, so a handler's `context.peer()` (`ipv4:127.0.0.1:<port>`) names exactly one agent
-connection. Each connection carries GitLab's "age context" (PROTOCOL.md §3.6): an event set 30 % of
+With the front listener (WebSocket on), every agent connection is spliced into its own loopback TCP
+connection to the internal gRPC server, so a handler's peer (`ipv4:127.0.0.1:<port>`) names exactly one
+agent connection, which the front listener registers on accept. Without it (gRPC served directly), the
+peer is the agent's own address and the table registers the connection when its first stream arrives,
+forgetting it when its last stream ends.
+
+Each connection carries GitLab's "age context" (PROTOCOL.md §3.6): an event set 30 % of
 `max_connection_age` (+0-5 % random) after accept, which ends idle Connect and GetConfiguration streams OK.
 """
 
@@ -31,6 +35,8 @@ class AgentConnection:
     """Set when the age context fires (or the connection is gone)."""
     watchers: set[asyncio.Event] = field(default_factory=set)
     """Events of long-lived handlers on this connection, set together with `aged`."""
+    streams: int = 0
+    """Handlers attached to this connection now (only counted for connections seen by peer)."""
     _timer: asyncio.TimerHandle | None = None
 
     def start_age_timer(self, age: float) -> None:
@@ -49,17 +55,36 @@ class AgentConnection:
         self.fire()
 
 
-def unspliced_connection(peer: str) -> AgentConnection:
-    """A connection that reached the internal server directly (no front listener): no age context."""
-    return AgentConnection(remote=peer, transport="grpc")
-
-
 class ConnectionTable:
-    """Internal peer address -> agent connection."""
+    """Peer address (as gRPC names it) -> agent connection."""
 
-    def __init__(self, age_context: float) -> None:
+    def __init__(self, age_context: float, transport: str = "grpc") -> None:
         self._age_context = age_context
+        self._transport = transport
+        """What connections first seen by peer are (grpc or grpcs): the direct listener's scheme."""
         self._by_peer: dict[str, AgentConnection] = {}
+        self._seen_by_peer: set[str] = set()
+        """Peers registered by attach() (not by the front listener): forgotten with their last stream."""
+
+    def attach(self, peer: str) -> AgentConnection:
+        """The connection a handler's stream runs on; pair with `detach()` when the handler ends."""
+        conn = self._by_peer.get(peer)
+        if conn is None:
+            remote = peer.partition(":")[2] or peer  # "ipv4:10.0.0.1:5000" -> "10.0.0.1:5000"
+            conn = AgentConnection(remote=remote, transport=self._transport)
+            conn.start_age_timer(self._age_context)
+            self._by_peer[peer] = conn
+            self._seen_by_peer.add(peer)
+        conn.streams += 1
+        return conn
+
+    def detach(self, peer: str, conn: AgentConnection) -> None:
+        """A handler attached to `conn` ended; a connection seen by peer goes with its last stream."""
+        conn.streams -= 1
+        if conn.streams == 0 and peer in self._seen_by_peer and self._by_peer.get(peer) is conn:
+            self._seen_by_peer.discard(peer)
+            del self._by_peer[peer]
+            conn.close()
 
     def add(self, internal_local_port: int, conn: AgentConnection) -> None:
         conn.start_age_timer(self._age_context)
@@ -80,3 +105,4 @@ class ConnectionTable:
         for conn in self._by_peer.values():
             conn.close()
         self._by_peer.clear()
+        self._seen_by_peer.clear()

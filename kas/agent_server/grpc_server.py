@@ -33,17 +33,23 @@ def server_options(agent: AgentConfig) -> list[tuple[str, Any]]:
     ]
 
 
-def counted(metrics: KasMetrics, path: str, fn: Handler) -> Handler:
-    """Count started/handled RPCs by code (grpc_server_started_total, grpc_server_handled_total)."""
+def counted(metrics: KasMetrics, path: str, fn: Handler, *, announce_version: bool = True) -> Handler:
+    """Count started/handled RPCs by code (grpc_server_started_total, grpc_server_handled_total).
+
+    `announce_version` sends kas's version as initial metadata before the handler runs: grpc/grpcs agents
+    have no handshake header to learn it from. Agents read it on Register and GetConfiguration; a Connect
+    stream is opened for every tunnelled request, so it skips the extra send.
+    """
     service, _, method = path.lstrip("/").rpartition("/")
     started = metrics.rpc_started.labels(service, method)
+    version = ((VERSION_METADATA_KEY, server_header()),)
 
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started.inc()
         code = "OK"
         try:
-            # grpc/grpcs agents have no handshake header to learn our version from; send it up front.
-            await context.send_initial_metadata(((VERSION_METADATA_KEY, server_header()),))
+            if announce_version:
+                await context.send_initial_metadata(version)
             return await fn(request, context)
         except asyncio.CancelledError:
             code = "CANCELLED"

@@ -12,8 +12,12 @@ from kas.agents import AgentInfo
 from kas.k8s_proxy.authorize import AccessGrant, authorize_ci_job, authorize_user
 from kas.k8s_proxy.credentials import CredentialKind, ProxyCredential, parse_authorization
 from kas.k8s_proxy.errors import ProxyError
+from kas.k8s_proxy.memo import IdentityMemo
 from kas.k8s_proxy.rules import AccessRules, access_rules
 from kas.k8s_proxy.settings import ProxyDependencies, ProxySettings
+
+RULES_CACHE_AGENTS = 4096
+"""Agents whose parsed access rules are kept (each until its configuration object changes)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Gate:
     def __init__(self, settings: ProxySettings, deps: ProxyDependencies) -> None:
         self._settings = settings
         self._deps = deps
+        self._access_rules = IdentityMemo(access_rules, max_keys=RULES_CACHE_AGENTS)
 
     async def admit(self, path: str, header: CIMultiDictProxy[str]) -> Admission:
         """Raises ProxyError 400 (prefix), 401 (credentials), 404 (unknown agent), 403 (not allowed)."""
@@ -66,7 +71,7 @@ class Gate:
         found = self._deps.agent_configuration(agent)
         configuration = await found if inspect.isawaitable(found) else found
         try:
-            return access_rules(configuration)
+            return self._access_rules(agent.id, configuration)
         except ValidationError as err:
             raise ProxyError(
                 500, f"Internal error: the configuration of agent {agent.id} is invalid"

@@ -12,7 +12,7 @@ from google.rpc import status_pb2
 
 from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2 as tunnel_rpc
 from agent_proto.ordering import OrderingValidator, StreamOrderError
-from kas.agent_server.connections import AgentConnection, ConnectionTable, unspliced_connection
+from kas.agent_server.connections import AgentConnection, ConnectionTable
 from kas.agents import AgentDirectory
 from kas.auth import require_agent
 from kas.tunnel_call import CallError, CallEvent, CallHeader, CallMessage, CallTrailer
@@ -55,7 +55,14 @@ class ReverseTunnelServer:
 
     async def connect(self, _requests: Any, context: Context) -> None:
         agent = await require_agent(self._directory, context)
-        conn = self._connections.for_peer(context.peer()) or unspliced_connection(context.peer())
+        peer = context.peer()
+        conn = self._connections.attach(peer)
+        try:
+            await self._connect(context, agent.id, conn)
+        finally:
+            self._connections.detach(peer, conn)
+
+    async def _connect(self, context: Context, agent_id: int, conn: AgentConnection) -> None:
         validator = OrderingValidator(tunnel_rpc.ConnectRequest, "msg")
         try:
             first = await _read(context)
@@ -69,7 +76,7 @@ class ReverseTunnelServer:
         services = {
             s.name: frozenset(m.name for m in s.methods) for s in first.descriptor.agent_descriptor.services
         }
-        tunnel = Tunnel(agent.id, services, conn.id)
+        tunnel = Tunnel(agent_id, services, context.write, conn.id)
         await self._serve(context, tunnel, validator, conn)
 
     async def _serve(
@@ -82,7 +89,6 @@ class ReverseTunnelServer:
             self._read_loop(context, tunnel, validator), name=f"tunnel-{tunnel.id}-read"
         )
         reader.add_done_callback(lambda _: tunnel.changed.set())
-        writer: asyncio.Task[None] | None = None
         try:
             while tunnel.state is not TunnelState.CLAIMED:
                 tunnel.changed.clear()
@@ -96,18 +102,17 @@ class ReverseTunnelServer:
                 registry.remove(tunnel)
                 await self._finish_idle(context, reader)
                 return
-            writer = asyncio.create_task(self._write_loop(context, call), name=f"tunnel-{tunnel.id}-write")
-            writer.add_done_callback(lambda _: tunnel.changed.set())
-            while not (reader.done() or call.cancelled.is_set() or (writer.done() and writer.exception())):
+            # The caller writes its frames itself (LocalTunnelCall); this handler keeps the stream open
+            # until the agent has answered, the caller went away, or a write failed.
+            while not (reader.done() or call.cancelled.is_set() or call.write_failed):
                 tunnel.changed.clear()
                 await tunnel.changed.wait()
-            await self._finish_call(context, call, reader, writer)
+            await self._finish_call(context, call, reader)
         finally:
             conn.watchers.discard(tunnel.changed)
-            for task in (reader, writer):
-                if task is not None and not task.done():
-                    task.cancel()
-            await asyncio.gather(*(t for t in (reader, writer) if t is not None), return_exceptions=True)
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             if tunnel.call is not None:
                 tunnel.call.agent_gone("agent disconnected")
             registry.remove(tunnel)
@@ -117,11 +122,12 @@ class ReverseTunnelServer:
         if isinstance(exc, BadFrameError | StreamOrderError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    async def _finish_call(
-        self, context: Context, call: LocalTunnelCall, reader: asyncio.Task[None], writer: asyncio.Task[None]
-    ) -> None:
+    async def _finish_call(self, context: Context, call: LocalTunnelCall, reader: asyncio.Task[None]) -> None:
         if call.cancelled.is_set() and not reader.done():
             return  # the caller went away: end the stream, agentk drops its local call
+        if call.write_failed and not reader.done():
+            call.agent_gone("agent disconnected")
+            return
         exc = reader.exception() if reader.done() and not reader.cancelled() else None
         if isinstance(exc, BadFrameError | StreamOrderError):
             call.inbound.close(CallError(_status(grpc.StatusCode.INVALID_ARGUMENT, f"agent: {exc}")))
@@ -150,10 +156,6 @@ class ReverseTunnelServer:
             if tunnel.call is None:
                 return
             await tunnel.call.inbound.put(to_event(member, msg))
-
-    async def _write_loop(self, context: Context, call: LocalTunnelCall) -> None:
-        while (item := await call.outbound.get()) is not None:
-            await context.write(item)
 
 
 def _status(code: grpc.StatusCode, message: str) -> status_pb2.Status:

@@ -11,7 +11,7 @@ import asyncio
 import enum
 import itertools
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from google.rpc import code_pb2, status_pb2
 
@@ -22,7 +22,7 @@ from kas.tunnels.channel import Channel
 
 _ids = itertools.count(1)
 CHANNEL_CAPACITY = 16
-"""Frames buffered per direction of a call; beyond that, HTTP/2 flow control holds the sender."""
+"""Frames from the agent buffered per call; beyond that, HTTP/2 flow control holds the agent."""
 
 
 class KasShuttingDownError(Exception):
@@ -48,46 +48,81 @@ def to_values(meta: Mapping[str, Sequence[str]]) -> dict[str, prototool_pb2.Valu
     return {key: prototool_pb2.Values(value=list(values)) for key, values in meta.items()}
 
 
-class LocalTunnelCall:
-    """A call running on a tunnel of this kas; the Connect handler relays the frames (TunnelCall)."""
+FrameWriter = Callable[[tunnel_rpc.ConnectResponse], Awaitable[None]]
+"""Writes one frame on the tunnel's Connect stream (the handler's `context.write`)."""
 
-    def __init__(self, tunnel: Tunnel) -> None:
+
+class LocalTunnelCall:
+    """A call running on a tunnel of this kas (TunnelCall).
+
+    Frames to the agent are written by the caller's own task, straight onto the Connect stream (one
+    write in flight, in order, under a lock): no queue and no task switch per frame. request_info goes
+    out just before the caller's first frame. Frames from the agent arrive through `inbound`, fed by the
+    Connect handler's reader.
+    """
+
+    def __init__(self, tunnel: Tunnel, request_info: tunnel_rpc.ConnectResponse) -> None:
         self.tunnel = tunnel
-        self.outbound: Channel[tunnel_rpc.ConnectResponse] = Channel(CHANNEL_CAPACITY)
         self.inbound: Channel[CallEvent] = Channel(CHANNEL_CAPACITY)
         self.cancelled = asyncio.Event()
+        self.write_failed = False
+        """Writing to the Connect stream failed: the agent's side is gone."""
+        self._request_info: tunnel_rpc.ConnectResponse | None = request_info
         self._send_closed = False
+        self._write_lock = asyncio.Lock()
 
     async def send(self, message: bytes) -> None:
         if self._send_closed:
             raise RuntimeError("send after close_send")
-        await self.outbound.put(tunnel_rpc.ConnectResponse(message=tunnel_rpc.Message(data=message)))
+        await self._write(tunnel_rpc.ConnectResponse(message=tunnel_rpc.Message(data=message)))
 
     async def close_send(self) -> None:
         if not self._send_closed:
             self._send_closed = True
-            await self.outbound.put(tunnel_rpc.ConnectResponse(close_send=tunnel_rpc.CloseSend()))
-            self.outbound.close()
+            await self._write(tunnel_rpc.ConnectResponse(close_send=tunnel_rpc.CloseSend()))
 
     async def receive(self) -> CallEvent | None:
+        if self._request_info is not None:
+            await self._write(None)  # a caller that only listens still has to tell the agent what to run
         return await self.inbound.get()
 
     async def cancel(self) -> None:
         self.cancelled.set()
-        self.outbound.close()
         self.tunnel.changed.set()
 
     def agent_gone(self, message: str) -> None:
         """The Connect stream ended under the call: the caller sees UNAVAILABLE, then the end."""
         self.inbound.close(CallError(status(code_pb2.UNAVAILABLE, message)))
-        self.outbound.close()
+
+    async def _write(self, frame: tunnel_rpc.ConnectResponse | None) -> None:
+        """Write request_info if still due, then `frame`; after a failure or cancel, frames are dropped."""
+        async with self._write_lock:
+            due = [f for f in (self._request_info, frame) if f is not None]
+            self._request_info = None
+            for item in due:
+                if self.cancelled.is_set() or self.write_failed:
+                    return
+                try:
+                    await self.tunnel.write(item)
+                except Exception:  # noqa: BLE001 - any failure means the stream is over; receive() says how
+                    self.write_failed = True
+                    self.tunnel.changed.set()
+                    return
 
 
 class Tunnel:
     """One agent Connect stream, from descriptor to end. Owned by its Connect handler."""
 
-    def __init__(self, agent_id: int, services: Mapping[str, frozenset[str]], connection_id: int = 0) -> None:
+    def __init__(
+        self,
+        agent_id: int,
+        services: Mapping[str, frozenset[str]],
+        write: FrameWriter,
+        connection_id: int = 0,
+    ) -> None:
         self.id = next(_ids)
+        self.write = write
+        """Writes a frame on this tunnel's Connect stream."""
         self.agent_id = agent_id
         self.services = services
         self.connection_id = connection_id
@@ -107,12 +142,8 @@ class Tunnel:
         """Begin the one call this tunnel carries: request_info goes out first."""
         if self.state is not TunnelState.RESERVED:
             raise TunnelGoneError(f"tunnel {self.id} is {self.state.value}")
-        call = LocalTunnelCall(self)
-        call.outbound.put_nowait(
-            tunnel_rpc.ConnectResponse(
-                request_info=tunnel_rpc.RequestInfo(method_name=method, meta=to_values(meta))
-            )
-        )
+        info = tunnel_rpc.RequestInfo(method_name=method, meta=to_values(meta))
+        call = LocalTunnelCall(self, tunnel_rpc.ConnectResponse(request_info=info))
         self.state, self.call = TunnelState.CLAIMED, call
         self.changed.set()
         self.settled.set()

@@ -1,8 +1,9 @@
 """One reverse-tunnel attempt: open Connect, park idle, serve at most one call (§6.3.3).
 
-Sending order: descriptor, then header → message* → trailer → (error) → half-close; or just error when
-the call fails before it has headers. Receiving order is enforced by ResponseReader: a malformed or
-out-of-order frame ends this stream with INVALID_ARGUMENT and never touches other tunnels.
+Sending order: descriptor, then header → message* → trailer → (error) → half-close; or just error for an
+unknown method. The (empty) header goes out as soon as the call is accepted, while the handler works.
+Receiving order is enforced by ResponseReader: a malformed or out-of-order frame ends this stream with
+INVALID_ARGUMENT and never touches other tunnels.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class _Stream:
             await self.send_header({})
         await self.write(frames.message(message))
 
+    async def open_header(self) -> None:
+        """Send the empty response header now unless the handler already sent one; failures show later."""
+        if not self.header_sent:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                await self.send_header({})
+
     async def write(self, frame: bytes) -> None:
         async with self._write_lock:
             await self._call.write(frame)
@@ -142,8 +149,6 @@ class TunnelAttempt:
             self._slot.set_established(False)
             if first is None:
                 return Outcome.DONE  # idle stream rotated by kas (max connection age, shutdown)
-            self._slot.activate()
-            ctx.state.ok(Component.TUNNELS)
             info = first.request_info
             return await self._serve(call, info.method_name, frames.request_metadata(info.meta))
         except grpc.aio.AioRpcError as e:
@@ -182,10 +187,16 @@ class TunnelAttempt:
         self._ctx.state.failed(Component.TUNNELS, error)
         return Outcome.ERROR
 
+    def _activated(self) -> None:
+        """request_info arrived: this slot serves a call now (the pool may open more tunnels)."""
+        self._slot.activate()
+        self._ctx.state.ok(Component.TUNNELS)
+
     async def _serve(self, call: _Call, method: str, meta: dict[str, list[str]]) -> Outcome:
         stream = _Stream(call, method, meta)
         handler = self._ctx.handlers.lookup(method)
         if handler is None:
+            self._activated()
             # Handlers count their own requests (with a finer result); nobody else sees this one.
             self._metrics.tunnel_request_done(self._ctx.worker_id, method, "UNIMPLEMENTED", 0.0)
             await self._finish(stream, (grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}"))
@@ -193,6 +204,12 @@ class TunnelAttempt:
         work = asyncio.create_task(self._invoke(handler, stream), name=f"tunnel-call {method}")
         pump = asyncio.create_task(self._pump(call, stream, work), name="tunnel-reader")
         try:
+            # Latency: let the reader ask gRPC for the request's first frame before the bookkeeping, and
+            # send the (empty) response header while the handler works, not in front of its first
+            # message. gRPC allows the header at any time before the first message.
+            await asyncio.sleep(0)
+            self._activated()
+            await stream.open_header()
             try:
                 status = await work
             except asyncio.CancelledError:

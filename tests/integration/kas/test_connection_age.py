@@ -6,14 +6,17 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 
 from kas.testing import running_kas
 from tests.integration.kas.agentk import Tunnel, get_configuration
 from tests.integration.kas.conftest import AGENT
 
 
-async def test_idle_streams_end_ok_at_the_age_context(tmp_path: Path) -> None:
-    overrides = {"agent": {"listen": {"max_connection_age": 2}}}  # age context at 0.6-0.63 s
+@pytest.mark.parametrize("websocket", [True, False], ids=["spliced", "direct"])
+async def test_idle_streams_end_ok_at_the_age_context(tmp_path: Path, websocket: bool) -> None:
+    # spliced: the front listener registers the connection; direct: its first stream does
+    overrides = {"agent": {"listen": {"max_connection_age": 2, "websocket": websocket}}}  # age context 0.6 s
     async with (
         running_kas(tmp_path, [AGENT], overrides=overrides) as kas,
         grpc.aio.insecure_channel(kas.agent_address) as channel,

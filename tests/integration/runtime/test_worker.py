@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from agent_proto.flavor import ImpersonationConfig
 from agent_proto.gitlab.agent.grpctool import grpctool_pb2
+from agent_proto.gitlab.agent.prototool import prototool_pb2
 from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2 as tunnel_rpc
 from agent_runtime.constants import AGENTK_PROTOCOL_VERSION
 from agent_runtime.spec import ErrorReason, Phase, ServiceAccountRef
 from tests.integration.runtime.conftest import WorkerFactory, eventually
 from tests.integration.runtime.fake_kas import (
     AGENT_ID,
+    WIRE,
     FakeKas,
     http,
     http_request_frames,
@@ -248,3 +250,29 @@ async def test_malformed_frames_never_crash_the_worker(kas: FakeKas, start_worke
     result = await http(kas, "GET", "/version")
     assert result.status == 200
     assert worker.snapshot.phase in (Phase.CONNECTED, Phase.DEGRADED)
+
+
+async def test_response_header_goes_out_before_the_apiserver_answers(
+    kas: FakeKas, start_worker: WorkerFactory, namespace: str
+) -> None:
+    """The tunnel's gRPC header is sent as soon as the call is accepted (it is off the response path)."""
+    start_worker()
+    tunnel = await asyncio.wait_for(kas.tunnels.get(), 30)
+    info = tunnel_rpc.RequestInfo(method_name=WIRE.make_request_path)
+    await tunnel.send(tunnel_rpc.ConnectResponse(request_info=info))
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "early"}}).encode()
+    request = prototool_pb2.HttpRequest(method="POST", url_path=f"/api/v1/namespaces/{namespace}/configmaps")
+    head = grpctool_pb2.HttpRequest(
+        header=grpctool_pb2.HttpRequest.Header(request=request, content_length=-1)
+    )
+    await tunnel.send(tunnel_rpc.ConnectResponse(message=tunnel_rpc.Message(data=head.SerializeToString())))
+    # The body has not ended, so the apiserver cannot have answered; the header is there all the same.
+    first = await asyncio.wait_for(tunnel.recv(), 10)
+    assert first is not None
+    assert first.WhichOneof("msg") == "header"
+    data = grpctool_pb2.HttpRequest(data=grpctool_pb2.HttpRequest.Data(data=body))
+    await tunnel.send(tunnel_rpc.ConnectResponse(message=tunnel_rpc.Message(data=data.SerializeToString())))
+    await tunnel.send(tunnel_rpc.ConnectResponse(close_send=tunnel_rpc.CloseSend()))
+    result = await asyncio.wait_for(read_response(tunnel), 30)
+    assert result.status == 201, result
+    assert json.loads(result.body)["metadata"]["name"] == "early"

@@ -9,16 +9,80 @@ from pathlib import Path
 
 import pytest
 
+from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2 as tunnel_rpc
 from kas import jwt
 from kas.agent_configuration import ConfigError, parse_configuration_file
 from kas.agents import AgentDirectory, AgentInfo, AgentsFileError, parse_agents
 from kas.config import KasConfig, load_config
 from kas.redis_keys import le8, live_value
 from kas.secret import Secret
-from kas.tunnels.registry import KasShuttingDownError, Tunnel, TunnelRegistry, TunnelState
+from kas.tunnel_call import CallError
+from kas.tunnels.registry import KasShuttingDownError, LocalTunnelCall, Tunnel, TunnelRegistry, TunnelState
 
 SERVICES = {"gitlab.agent.kubernetes_api.rpc.KubernetesApi": frozenset({"MakeRequest"})}
 SVC, METHOD = "gitlab.agent.kubernetes_api.rpc.KubernetesApi", "MakeRequest"
+
+
+class _Written:
+    """A Connect stream's write side that records frames, or fails after `fail_after` of them."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.frames: list[str] = []
+        self._fail_after = fail_after
+
+    async def write(self, frame: tunnel_rpc.ConnectResponse) -> None:
+        if self._fail_after is not None and len(self.frames) >= self._fail_after:
+            raise RuntimeError("the stream is over")
+        self.frames.append(str(frame.WhichOneof("msg")))
+
+
+def _claimed(written: _Written) -> LocalTunnelCall:
+    registry = TunnelRegistry()
+    tunnel = Tunnel(1, SERVICES, written.write)
+    registry.add(tunnel)
+    found = registry.try_find(1, SVC, METHOD)
+    assert found is tunnel
+    return tunnel.start(METHOD, {})
+
+
+async def test_call_frames_go_out_in_order_request_info_first() -> None:
+    written = _Written()
+    call = _claimed(written)
+    assert written.frames == []  # nothing is written until the caller acts
+    await call.send(b"header")
+    await call.send(b"trailer")
+    await call.close_send()
+    assert written.frames == ["request_info", "message", "message", "close_send"]
+
+
+async def test_a_listening_call_still_sends_request_info() -> None:
+    written = _Written()
+    call = _claimed(written)
+    call.agent_gone("test over")
+    event = await call.receive()
+    assert written.frames == ["request_info"]
+    assert isinstance(event, CallError)
+
+
+async def test_a_failed_write_drops_later_frames_and_wakes_the_handler() -> None:
+    written = _Written(fail_after=1)
+    call = _claimed(written)
+    call.tunnel.changed.clear()
+    await call.send(b"header")
+    assert call.write_failed
+    assert call.tunnel.changed.is_set()
+    await call.send(b"more")
+    await call.close_send()
+    assert written.frames == ["request_info"]
+
+
+async def test_a_cancelled_call_writes_nothing_more() -> None:
+    written = _Written()
+    call = _claimed(written)
+    await call.send(b"header")
+    await call.cancel()
+    await call.send(b"late")
+    assert written.frames == ["request_info", "message"]
 
 
 def test_connection_age_values_derive_from_max_connection_age() -> None:
@@ -98,7 +162,7 @@ async def test_registry_queues_then_hands_over_and_puts_back() -> None:
     registry = TunnelRegistry(on_first_tunnel=firsts.append)
     waiting = asyncio.create_task(registry.find(1, SVC, METHOD), name="waiter")
     await asyncio.sleep(0)
-    tunnel = Tunnel(1, SERVICES)
+    tunnel = Tunnel(1, SERVICES, _Written().write)
     registry.add(tunnel)
     assert await waiting is tunnel
     assert tunnel.state is TunnelState.RESERVED
