@@ -79,12 +79,19 @@ class Exchange:
     async def run(self) -> web.StreamResponse:
         """The response for aiohttp (already prepared and written); raises ProxyError before the header."""
         try:
+            # The header frame goes from this task: one task switch less before the agent can start.
+            head_sent = await self._send_head()
             async with asyncio.TaskGroup() as tasks:
-                sender = tasks.create_task(self._send_request(), name="k8s-proxy-request-stream")
+                sender = (
+                    tasks.create_task(self._send_request(), name="k8s-proxy-request-stream")
+                    if head_sent
+                    else None
+                )
                 try:
                     outcome = await self._relay_guarded()
                 finally:
-                    sender.cancel()  # done already, or an upgrade's client side that no one reads any more
+                    if sender is not None:
+                        sender.cancel()  # done already, or an upgrade's client side no one reads any more
         finally:
             if not self._call_done:
                 await self._abandon_call()
@@ -112,10 +119,19 @@ class Exchange:
 
     # -- request flow (client -> agent) -----------------------------------------------------------------
 
+    async def _send_head(self) -> bool:
+        """The request's header frame; False if the call broke (the response flow reports how)."""
+        try:
+            await self._call.send(self._header_frame)
+        except Exception as err:  # noqa: BLE001 (as in _send_request)
+            log.debug("request stream to the agent stopped: %s", type(err).__name__)
+            return False
+        return True
+
     async def _send_request(self) -> None:
+        """After the header: body chunks, the trailer, upgraded bytes, then the half-close."""
         call = self._call
         try:
-            await call.send(self._header_frame)
             if self._content_length != 0:
                 while chunk := await self._request.content.read(frames.CHUNK_SIZE):
                     await call.send(frames.data_frame(chunk))
