@@ -14,6 +14,7 @@ import asyncio
 import os
 import platform
 import ssl
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -61,6 +62,13 @@ async def local_cluster() -> AsyncIterator[LocalCluster]:
 
 @asynccontextmanager
 async def work_directory(prefix: str) -> AsyncIterator[Path]:
+    """A temporary directory for logs and configuration, removed afterwards unless $BENCH_KEEP_WORK_DIR
+    is set (then its path is printed, to read the kas, runtime and operator logs)."""
+    if os.environ.get("BENCH_KEEP_WORK_DIR"):
+        kept = Path(tempfile.mkdtemp(prefix=prefix))
+        print(f"work directory kept: {kept}", file=sys.stderr)
+        yield kept
+        return
     with tempfile.TemporaryDirectory(prefix=prefix) as name:
         yield Path(name)
 

@@ -16,6 +16,12 @@ from kas.version import VERSION_METADATA_KEY, server_header
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
+MAX_PENDING_RPCS = 20_000
+"""RPCs that may wait for grpc.aio to take them up. grpc core's default (1000) cancels every RPC beyond it
+with CANCELLED; grpc.aio takes RPCs up one at a time, and each agent opens four at start-up, so 500 agents
+connecting at once (a kas restart, an operator starting) lost some of theirs and waited for a retry."""
+
+
 def server_options(agent: AgentConfig) -> list[tuple[str, Any]]:
     listen = agent.listen
     return [
@@ -30,6 +36,8 @@ def server_options(agent: AgentConfig) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", agent.max_message_size),
         ("grpc.max_send_message_length", agent.max_message_size),
         ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
+        ("grpc.server.max_pending_requests_hard_limit", 3 * MAX_PENDING_RPCS),
     ]
 
 

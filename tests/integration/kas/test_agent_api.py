@@ -11,10 +11,12 @@ from typing import Any
 import grpc
 import pytest
 
+from agent_proto.gitlab.agent.agent_registrar.rpc import rpc_pb2 as registrar_rpc
+from agent_proto.gitlab.agent.entity import entity_pb2
 from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2 as tunnel_rpc
 from kas.server import KasServer
 from kas.testing import write_agent_config
-from tests.integration.kas.agentk import Tunnel, get_configuration, read_config, register, register_call
+from tests.integration.kas.agentk import Tunnel, auth, get_configuration, read_config, register, register_call
 from tests.integration.kas.conftest import AGENT, OTHER
 
 
@@ -136,3 +138,15 @@ def _get_json(url: str) -> dict:  # type: ignore[type-arg]
 
 def _unused(path: Path) -> None:  # keep Path imported for type hints in helpers
     del path
+
+
+async def test_a_burst_of_rpcs_beyond_grpc_cores_pending_default_is_served(kas: KasServer) -> None:
+    """2000 RPCs at once (500 agents starting: four each): grpc core would cancel those beyond 1000."""
+    meta = entity_pb2.AgentMeta(version="v16.5.0", commit_id="abc", pod_namespace="ns", pod_name="agentk-0")
+    request = registrar_rpc.RegisterRequest(agent_meta=meta, pod_id=1)
+    async with grpc.aio.insecure_channel(kas.agent_address) as channel:
+        call = register_call(channel)
+        calls = [call(request, metadata=auth(AGENT.token), timeout=60) for _ in range(2000)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == []
