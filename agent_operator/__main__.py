@@ -17,7 +17,7 @@ import aiohttp
 import kopf
 
 from agent_operator.composition import Composition, configure_kopf, daemon_cancellation_timeout, kopf_kwargs
-from agent_operator.credentials import kopf_connection
+from agent_operator.credentials import kopf_connection_limit, kopf_session
 from agent_operator.handlers import register
 from agent_operator.kube_api import KubeApi
 from agent_operator.logs import configure_logging
@@ -94,7 +94,7 @@ async def run(settings: OperatorSettings) -> int:
         composition.controller,
         startup=startup,
         cleanup=composition.stop,
-        login=lambda: kopf_connection(configuration, kube),
+        login=lambda: kopf_session(kube, kopf_connection_limit(settings)),
         peering=settings.peering is not None,
         daemon_cancellation_timeout=daemon_cancellation_timeout(settings),
     )

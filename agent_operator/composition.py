@@ -39,6 +39,18 @@ FINALIZER: Final = "agentk.dev/worker-cleanup"
 """Held while a GitLabAgent has a worker to drain."""
 EXIT_MARGIN_S: Final = 20.0
 """kopf's last-resort SIGKILL comes this long after the drain time (kopf's own shutdown steps)."""
+KOPF_WORKER_IDLE_S: Final = 0.2
+"""kopf ends a resource's event worker after this long without events (kopf's default: 5 s). An idle
+worker still holds the last event's whole body (managedFields included, about 20 KiB of Python objects):
+with 1000 resources applied at once, 5 s kept hundreds of them alive together, and the small-object
+heap they left behind stayed fragmented (docs/benchmarks.md, Density). Events of one resource that come
+further apart than this just start a new worker."""
+KOPF_WORKER_LIMIT: Final = 64
+"""At most this many GitLabAgents are processed by kopf at once (kopf's default: no limit); the others'
+events wait in kopf's per-resource queues. Each one in flight holds kopf's processing state and the
+operator's reconciliation: with 1000 resources applied at once all were in flight together, and the
+small-object heap they left behind stayed fragmented (docs/benchmarks.md, Density). 64 still connects
+1000 agents within the 30 s target."""
 
 
 class Composition:
@@ -119,6 +131,8 @@ def configure_kopf(settings: kopf.OperatorSettings, operator: OperatorSettings) 
     settings.peering.stealth = True
     # Cleanup drains every worker (drain_grace + the manager's stop margin); SIGKILL only after that.
     settings.process.ultimate_exiting_timeout = operator.drain_grace + STOP_MARGIN_S + EXIT_MARGIN_S
+    settings.queueing.idle_timeout = KOPF_WORKER_IDLE_S
+    settings.queueing.worker_limit = KOPF_WORKER_LIMIT
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
     settings.watching.connect_timeout = 10

@@ -63,9 +63,30 @@ class WorkerRuntime(Protocol):
     def snapshot(self, worker_id: str) -> WorkerSnapshot | None: ...
 
 
+_KEPT_METADATA = ("uid", "generation")
+"""The only metadata a reconciliation reads (the ObjectRef's uid, status.observedGeneration)."""
+
+
+def kept_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a resource body a reconciliation reads: spec, status, and the uid and generation.
+
+    A record lives as long as its resource, and the full body is mostly metadata no reconciliation
+    reads: managedFields, kopf's last-handled-configuration annotation, labels. Keeping all of it cost
+    about 18 KiB per agent (docs/benchmarks.md, Density). The status is kept only until the status
+    writer has it (`_track`).
+    """
+    meta = body.get("metadata") or {}
+    kept: dict[str, Any] = {"metadata": {k: meta[k] for k in _KEPT_METADATA if k in meta}}
+    for part in ("spec", "status"):
+        if part in body:
+            kept[part] = body[part]
+    return kept
+
+
 @dataclass
 class _Record:
-    body: Mapping[str, Any]
+    body: dict[str, Any]
+    """What `kept_body` keeps of the latest resource body (a copy of ours: `_track` drops its status)."""
     facts: AgentFacts = field(default_factory=AgentFacts)
     applied: WorkerSpec | None = None
     rechecks: int = 0
@@ -119,10 +140,10 @@ class AgentController:
         """The resource was created, changed or found at start-up: make its worker match."""
         record = self._records.get(key)
         if record is None:
-            record = self._records[key] = _Record(body)
+            record = self._records[key] = _Record(kept_body(body))
             self._metrics.agents.set(len(self._records))
         else:
-            record.body = body
+            record.body = kept_body(body)
         async with record.lock:
             if self._records.get(key) is record:
                 await self._sync(key, record)
@@ -188,7 +209,6 @@ class AgentController:
         body = record.body
         meta = body.get("metadata") or {}
         ref = ObjectRef(key.namespace, key.name, str(meta.get("uid", "")))
-        stored = parse_status(body.get("status"))
         generation = meta.get("generation")
         facts = replace(self._base_facts, generation=int(generation) if generation is not None else None)
         try:
@@ -198,7 +218,7 @@ class AgentController:
             problem = Problem(
                 ProblemKind.SPEC_INVALID, "SpecInvalid", format_validation_error(exc), "fix the spec"
             )
-            await self._not_running(key, record, ref, replace(facts, problem=problem), stored)
+            await self._not_running(key, record, ref, replace(facts, problem=problem))
             return
         facts = replace(
             facts,
@@ -208,15 +228,15 @@ class AgentController:
         )
         self._index.set(key, sources_of(key.namespace, spec))
         if spec.suspend:
-            await self._not_running(key, record, ref, facts, stored)
+            await self._not_running(key, record, ref, facts)
             return
         desired = await self._desired(key, spec)
         if isinstance(desired, Problem):
-            await self._not_running(key, record, ref, replace(facts, problem=desired), stored)
+            await self._not_running(key, record, ref, replace(facts, problem=desired))
             return
         previous, record.applied, record.facts, record.rechecks = record.applied, desired, facts, 0
         self._runtime.apply(desired)
-        self._writer.track(key, ref, facts, stored)
+        self._track(key, record, ref, facts)
         self._metrics.reconciles.labels(outcome="applied").inc()
         if previous is not None and previous.token != desired.token and previous.same_connection_as(desired):
             self._metrics.token_rotations.inc()
@@ -261,11 +281,9 @@ class AgentController:
                 raise _ForbiddenError(str(exc)) from None
             raise TransientError(str(exc)) from None
 
-    async def _not_running(
-        self, key: AgentKey, record: _Record, ref: ObjectRef, facts: AgentFacts, stored: Any
-    ) -> None:
+    async def _not_running(self, key: AgentKey, record: _Record, ref: ObjectRef, facts: AgentFacts) -> None:
         record.facts = facts
-        self._writer.track(key, ref, facts, stored)
+        self._track(key, record, ref, facts)
         if facts.problem is not None and facts.problem.kind in _SOURCE_PROBLEMS:
             record.rechecks += 1
             self._recheck.kick(key)
@@ -274,6 +292,11 @@ class AgentController:
         if record.applied is not None:
             record.applied = None
             await self._runtime.remove(key.worker_id, self._drain_grace)
+
+    def _track(self, key: AgentKey, record: _Record, ref: ObjectRef, facts: AgentFacts) -> None:
+        """Hand the facts to the status writer, with the status stored on the resource (which the writer
+        reads on first sight only, then keeps what it writes itself): the record need not keep it."""
+        self._writer.track(key, ref, facts, parse_status(record.body.pop("status", None)))
 
 
 class _ForbiddenError(TransientError):

@@ -69,7 +69,7 @@ class EventRecorder:
         }
         extra = {**resource_extra(ref.namespace, ref.name), "reason": event.reason}
         try:
-            answer = await self._api.post(core_path(ref.namespace, "events"), body)
+            answer = await self._api.post(core_path(ref.namespace, "events"), body, decode=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("could not record an event: %s", type(exc).__name__, extra=extra)
             return

@@ -4,13 +4,20 @@ written by the StatusWriter, not by kopf) and raise only kopf.TemporaryError, fo
 With peering, one daemon per GitLabAgent marks "this process runs the agent": kopf stops daemons when
 the operator pauses in favour of another replica, and the daemon then drains the worker, so two replicas
 never run the same agent; when this replica resumes, the daemon starts again and reconciles.
+
+Every call into the controller runs `outside_kopf`: kopf's context variables hold the handler's cause
+(the resource's whole body, the event's patch and diff), and every task started below a handler copies
+them. The workers' tasks live as long as their agent, so each agent kept kopf's last event for its whole
+life, about 13-20 KiB of Python objects (docs/benchmarks.md, Density).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, TypeVar
 
 import kopf
 
@@ -24,6 +31,17 @@ log = logging.getLogger(__name__)
 RETRY_DELAY_S: Final = 5.0
 """kopf retries a handler this long after an API hiccup."""
 
+T = TypeVar("T")
+
+
+async def outside_kopf(work: Coroutine[Any, Any, T], name: str) -> T:
+    """Run `work` as a task with no context variables (none of kopf's), and wait for it.
+
+    The task is the caller's: its result and errors are the caller's, and cancelling the caller
+    cancels it.
+    """
+    return await asyncio.create_task(work, name=name, context=contextvars.Context())
+
 
 def register(
     registry: kopf.OperatorRegistry,
@@ -31,7 +49,7 @@ def register(
     *,
     startup: Callable[[], Awaitable[None]],
     cleanup: Callable[[], Awaitable[None]],
-    login: Callable[[], kopf.ConnectionInfo],
+    login: Callable[[], Awaitable[kopf.AiohttpSession]],
     peering: bool,
     daemon_cancellation_timeout: float,
 ) -> None:
@@ -46,21 +64,23 @@ def register(
         await cleanup()
 
     @kopf.on.login(registry=registry)
-    def _login(**_: Any) -> kopf.ConnectionInfo:
-        return login()
+    async def _login(**_: Any) -> kopf.AiohttpSession:
+        return await login()
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
     async def _reconcile(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+        key = AgentKey(namespace or "", name)
         try:
-            await controller.reconcile(AgentKey(namespace or "", name), dict(body))
+            await outside_kopf(controller.reconcile(key, dict(body)), f"reconcile:{key.worker_id}")
         except TransientError as exc:
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from None
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     async def _delete(*, name: str, namespace: str | None, **_: Any) -> None:
-        await controller.delete(AgentKey(namespace or "", name))
+        key = AgentKey(namespace or "", name)
+        await outside_kopf(controller.delete(key), f"delete:{key.worker_id}")
 
     if not peering:
         return
@@ -72,7 +92,7 @@ def register(
         key = AgentKey(namespace or "", name)
         while not stopped:
             try:
-                await controller.reconcile(key, dict(body))
+                await outside_kopf(controller.reconcile(key, dict(body)), f"reconcile:{key.worker_id}")
                 break
             except TransientError as exc:
                 log.warning("reconcile failed: %s", exc, extra=resource_extra(namespace or "", name))
@@ -80,4 +100,4 @@ def register(
         await stopped.wait()
         reason = stopped.reason or kopf.DaemonStoppingReason(0)
         if reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING:
-            await controller.release(key)
+            await outside_kopf(controller.release(key), f"release:{key.worker_id}")

@@ -8,7 +8,7 @@ workers' tunnelled requests keep the runtime's uncapped session.
 
 from __future__ import annotations
 
-import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -18,8 +18,9 @@ import aiohttp
 from agent_runtime.kube import KubeAccess
 
 MERGE_PATCH: Final = "application/merge-patch+json"
-CONNECTION_LIMIT: Final = 32
-"""Connections the operator's own requests may hold open to the API server (our choice)."""
+CONNECTION_LIMIT: Final = 8
+"""Connections the operator's own requests may hold open to the API server (our choice: each TLS
+connection holds a 256 KiB read buffer; 8 keep a burst of status writes flowing)."""
 _TIMEOUT: Final = aiohttp.ClientTimeout(total=30, sock_connect=10)
 """One operator request (never a watch) finishes within this."""
 
@@ -67,9 +68,21 @@ class KubeApi:
         self._session = None
 
     async def request(
-        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        decode: bool = True,
     ) -> ApiResponse:
-        """One request; 4xx/5xx are returned, not raised."""
+        """One request; 4xx/5xx are returned, not raised.
+
+        `decode=False`: a 2xx answer's body is read but not decoded (`ApiResponse.body` is None), for
+        callers that need only the outcome. A PATCH or POST answers with the whole object, managedFields
+        included, and decoding it only to drop it made a few hundred short-lived Python objects per
+        status write and Event. Error answers are always decoded, for `ApiResponse.reason()`.
+        """
         headers = {"Accept": "application/json", **self.kube.auth_headers()}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -81,24 +94,31 @@ class KubeApi:
             timeout=_TIMEOUT,
             **self.kube.request_options(),
         ) as response:
-            decoded: Any = None
-            with contextlib.suppress(aiohttp.ContentTypeError, ValueError):
-                decoded = await response.json(content_type=None)
+            raw = await response.read()  # read to the end, so the connection can be reused
             if response.status == 401:
                 self.kube.invalidate_credentials()
-            return ApiResponse(response.status, decoded)
+            ok = 200 <= response.status < 300
+            return ApiResponse(response.status, _decoded(raw) if decode or not ok else None)
 
     async def get(self, path: str) -> ApiResponse:
         """GET."""
         return await self.request("GET", path)
 
-    async def merge_patch(self, path: str, body: Any) -> ApiResponse:
+    async def merge_patch(self, path: str, body: Any, *, decode: bool = True) -> ApiResponse:
         """PATCH with a JSON merge patch."""
-        return await self.request("PATCH", path, body, content_type=MERGE_PATCH)
+        return await self.request("PATCH", path, body, content_type=MERGE_PATCH, decode=decode)
 
-    async def post(self, path: str, body: Any) -> ApiResponse:
+    async def post(self, path: str, body: Any, *, decode: bool = True) -> ApiResponse:
         """POST."""
-        return await self.request("POST", path, body)
+        return await self.request("POST", path, body, decode=decode)
+
+
+def _decoded(raw: bytes) -> Any:
+    """The JSON in `raw`; None when empty or not JSON."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:  # not JSON (or not UTF-8): the status code alone must do
+        return None
 
 
 def core_path(namespace: str, plural: str, name: str | None = None) -> str:

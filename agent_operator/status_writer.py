@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from agent_operator.api import API_VERSION, PLURAL, GitLabAgentStatus, Phase
 from agent_operator.events import EventRecorder, ObjectRef
 from agent_operator.keyed import KeyedTasks
-from agent_operator.kube_api import KubeApi, group_path
+from agent_operator.kube_api import CONNECTION_LIMIT, KubeApi, group_path
 from agent_operator.logs import resource_extra
 from agent_operator.mapping import AgentKey
 from agent_operator.metrics import OperatorMetrics
@@ -39,6 +39,11 @@ connects sooner, and one write saying Connected beats two writes (our choice; Ap
 RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Our choice: waits between failed patch attempts; after the last one the writer waits for a change."""
 _RETRYABLE: Final = frozenset({409, 429, 500, 502, 503, 504})
+WRITES_IN_FLIGHT: Final = CONNECTION_LIMIT
+"""Statuses computed and being written at once. More would only wait for one of the API session's
+connections, each holding a computed status and its patch: when a thousand agents connect together that
+was a burst of short-lived objects that left the small-object heap fragmented (docs/benchmarks.md,
+Density). A status computed when a connection is free is also the fresher one."""
 
 SnapshotSource = Callable[[str], WorkerSnapshot | None]
 Clock = Callable[[], datetime]
@@ -54,11 +59,22 @@ def parse_status(raw: object) -> GitLabAgentStatus | None:
         return None
 
 
+def _to_json(status: GitLabAgentStatus | None) -> str | None:
+    return status.model_dump_json() if status is not None else None
+
+
+def _from_json(text: str | None) -> GitLabAgentStatus | None:
+    return GitLabAgentStatus.model_validate_json(text) if text is not None else None
+
+
 @dataclass
 class _Entry:
     ref: ObjectRef
     facts: AgentFacts
-    written: GitLabAgentStatus | None
+    written_json: str | None
+    """The status last written (or read from the resource) as JSON: it is needed again only when the
+    status is recomputed, and as a model (with a fields set per condition) it cost about 9 KiB per agent,
+    as text under 2 KiB (docs/benchmarks.md, Density)."""
     failures: int = 0
     tracked_at: float = field(default_factory=time.monotonic)
     hold: asyncio.TimerHandle | None = None
@@ -84,6 +100,7 @@ class StatusWriter:
         self._clock = clock
         self._entries: dict[AgentKey, _Entry] = {}
         self._tasks: KeyedTasks[AgentKey] = KeyedTasks("status", self._write, debounce=debounce)
+        self._in_flight = asyncio.Semaphore(WRITES_IN_FLIGHT)
 
     async def run(self) -> None:
         """Write statuses until cancelled."""
@@ -95,7 +112,7 @@ class StatusWriter:
         """New facts for a resource; `stored` is its status as last read (used on first sight only)."""
         entry = self._entries.get(key)
         if entry is None or entry.ref.uid != ref.uid:
-            self._entries[key] = _Entry(ref, facts, stored)
+            self._entries[key] = _Entry(ref, facts, _to_json(stored))
         else:
             entry.facts = facts
         self._tasks.kick(key)
@@ -118,11 +135,11 @@ class StatusWriter:
     def status(self, key: AgentKey) -> GitLabAgentStatus | None:
         """The status last written for a resource."""
         entry = self._entries.get(key)
-        return entry.written if entry is not None else None
+        return _from_json(entry.written_json) if entry is not None else None
 
     def _held(self, key: AgentKey, entry: _Entry, status: GitLabAgentStatus) -> bool:
         """Hold a brand-new resource's first status while it only says Connecting (see the constant)."""
-        if entry.written is not None or status.phase is not Phase.CONNECTING:
+        if entry.written_json is not None or status.phase is not Phase.CONNECTING:
             return False
         remaining = FIRST_CONNECTING_HOLD_S - (time.monotonic() - entry.tracked_at)
         if remaining <= 0:
@@ -132,40 +149,48 @@ class StatusWriter:
         return True
 
     async def _write(self, key: AgentKey) -> None:
+        async with self._in_flight:
+            retry_in = await self._write_now(key)
+        if retry_in is not None:  # waited for without a slot: a failing resource must not hold one
+            await asyncio.sleep(retry_in)
+            self._tasks.kick(key)
+
+    async def _write_now(self, key: AgentKey) -> float | None:
+        """Compute and write the status if it changed; the delay before a retry, if one is due."""
         entry = self._entries.get(key)
         if entry is None:
-            return
-        status = compute_status(entry.facts, self._snapshots(key.worker_id), entry.written, self._clock())
-        if status == entry.written or self._held(key, entry, status):
-            return
+            return None
+        written = _from_json(entry.written_json)
+        status = compute_status(entry.facts, self._snapshots(key.worker_id), written, self._clock())
+        if status == written or self._held(key, entry, status):
+            return None
         extra = resource_extra(key.namespace, key.name)
         path = group_path(API_VERSION, key.namespace, PLURAL, key.name) + "/status"
         try:
-            answer = await self._api.merge_patch(path, {"status": status.to_merge_patch()})
+            answer = await self._api.merge_patch(path, {"status": status.to_merge_patch()}, decode=False)
             code = answer.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             answer, code = None, 0
             log.warning("status patch failed: %s", type(exc).__name__, extra=extra)
         self._metrics.status_patches.labels(result=str(code // 100) + "xx" if code else "error").inc()
         if answer is not None and answer.ok:
-            events = transition_events(entry.written, status, entry.facts)
-            entry.written, entry.failures = status, 0
+            events = transition_events(written, status, entry.facts)
+            entry.written_json, entry.failures = _to_json(status), 0
             for event in events:
                 await self._events.emit(entry.ref, event)
-            return
+            return None
         if code == 404:
             log.info("resource is gone; no more status for it", extra=extra)
             if self._entries.get(key) is entry:
                 del self._entries[key]
-            return
+            return None
         if answer is not None and code not in _RETRYABLE:
             log.error("status patch rejected: %s", answer.reason(), extra=extra)
-            return
+            return None
         if entry.failures >= len(RETRY_DELAYS_S):
             log.error("status patch keeps failing; waiting for the next change", extra=extra)
             entry.failures = 0
-            return
+            return None
         delay = RETRY_DELAYS_S[entry.failures]
         entry.failures += 1
-        await asyncio.sleep(delay)
-        self._tasks.kick(key)
+        return delay

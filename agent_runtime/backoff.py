@@ -56,6 +56,12 @@ TUNNEL_BACKOFF = BackoffPolicy(
 """Reverse tunnel (§8)."""
 
 
+_JITTER = random.Random()  # noqa: S311 - jitter, not cryptography
+"""One generator for every Backoff of the process: each Random holds 2.5 KiB of state, and a worker has
+six backoffs (15 KiB per agent, measured in docs/benchmarks.md, Density). The draws need no independence
+between sequences; the event loop runs them one at a time."""
+
+
 class Backoff:
     """One backoff sequence; not shared between tasks that fail independently."""
 
@@ -64,7 +70,7 @@ class Backoff:
     ) -> None:
         self._policy = policy
         self._clock = clock
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._rng = rng or _JITTER
         self._steps = 0
         self._last: float | None = None
 

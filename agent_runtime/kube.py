@@ -190,13 +190,33 @@ class KubeAccess:
                 self._version_read_at = time.monotonic()
             return self._version
 
-    def new_session(self, *, limit: int = 0) -> aiohttp.ClientSession:
-        """A new session for this API server; the caller closes it. `limit=0` = no connection cap."""
+    def new_session(self, *, limit: int = 0, authenticated: bool = False) -> aiohttp.ClientSession:
+        """A new session for this API server; the caller closes it. `limit=0` = no connection cap.
+
+        `authenticated=True`: every request carries the current `auth_headers()` (read when it is sent,
+        so a rotated token is used at once), and a 401 asks the refresher to re-read the token. For
+        callers that build their own requests (kopf), which cannot add the header themselves.
+        """
         connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=limit, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_SECONDS)
         # The API server's responses are streamed by callers; never let aiohttp follow redirects
         # or read proxy settings from the environment (kubeconfig decides the proxy).
-        return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            trust_env=False,
+            middlewares=(self._authenticate,) if authenticated else (),
+        )
+
+    async def _authenticate(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        """Session middleware of `new_session(authenticated=True)`."""
+        request.headers.update(self.auth_headers())
+        response = await handler(request)
+        if response.status == 401:
+            self.invalidate_credentials()
+        return response
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -48,8 +49,14 @@ async def install_crd(kubeconfig: Path) -> None:
 class OperatorProcess:
     """`python -m agent_operator` watching one namespace, with admin credentials."""
 
-    def __init__(self, work_dir: Path, kubeconfig: Path, namespace: str) -> None:
+    def __init__(
+        self, work_dir: Path, kubeconfig: Path, namespace: str, traced: Path | None = None, frames: int = 0
+    ) -> None:
         self.work_dir = work_dir
+        self.traced = traced
+        """When set, run under bench/_traced_operator.py: SIGUSR1 dumps malloc_info (and a snapshot) here."""
+        self.frames = frames
+        """tracemalloc frames per trace when `traced` (0: tracemalloc off)."""
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.port = free_port()
@@ -62,11 +69,13 @@ class OperatorProcess:
 
     async def start(self, time_limit: float = 60.0) -> None:
         os.environ.setdefault("POD_NAME", "bench-operator")  # inherited: the operator's identity
+        entry = ["-m", "agent_operator"]
+        if self.traced is not None:
+            entry = [str(Path(__file__).with_name("_traced_operator.py")), str(self.traced), str(self.frames)]
         self._proc = process.start(
             [
                 sys.executable,
-                "-m",
-                "agent_operator",
+                *entry,
                 f"--kubeconfig={self.kubeconfig}",
                 f"--namespace={self.namespace}",
                 f"--observability-address=127.0.0.1:{self.port}",
@@ -85,6 +94,11 @@ class OperatorProcess:
                         if response.status == 200:
                             return
                 await asyncio.sleep(0.1)
+
+    def dump_memory(self) -> None:
+        """Ask the traced operator for glibc's malloc_info and a tracemalloc snapshot (see `traced`)."""
+        if self.traced is not None:
+            self._proc.send_signal(signal.SIGUSR1)
 
     def stop(self) -> None:
         process.stop(self._proc, grace=30.0)

@@ -1,7 +1,7 @@
 """Density: N agents in ONE process running the Runtime (the operator's engine), against a kas process.
 
     .venv/bin/python bench/density.py [--quick] [--agents 100,500,1000] [--mode runtime|operator|both]
-        [--scheme grpc|ws|both] [--profile DIR]
+        [--scheme grpc|ws|both] [--profile DIR] [--malloc-info DIR | --tracemalloc DIR]
 
 For each N (default 100, 500, 1000; --quick: 100), in a fresh Runtime process: the RSS with the runtime
 started and 0 agents (the empty baseline), then N workers applied at once, the time from apply to every
@@ -13,7 +13,8 @@ not counted); the real kube-apiserver serves the agents' Register calls. Bounded
 Also says whether `python -m agent_operator` is runnable (the operator-level variant needs it).
 `--scheme ws` makes the agents dial kas as ws:// (through the per-agent WebSocket bridge) instead of
 grpc://; `--scheme both` measures each N with both schemes, one after the other, each in a fresh process,
-to give the bridge's cost per agent.
+to give the bridge's cost per agent. `--malloc-info DIR` / `--tracemalloc DIR` (operator mode) run the
+operator under bench/_traced_operator.py and print where its memory per agent went (see that file).
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ from _procs import KasProcess, RuntimeChild, bench_agents, process_cpu, process_
 from _profile import PySpy, summarise
 from _stack import direct_endpoint, local_cluster, machine_description, work_directory
 from _stats import table
+from _traced_operator import summarise as summarise_tracemalloc
+from _traced_operator import summarise_malloc, summarise_objects, summarise_pymalloc
 
 from kas.testing import TestAgent
 from tests.support.k8s_cluster import LocalCluster
 
 CONNECT_LIMIT_S = 180.0
+TRACEMALLOC_FRAMES = 8
+"""Frames per allocation with --tracemalloc: enough to see which caller of a library allocated."""
 SETTLE_S = 5.0
 IDLE_S = 10.0
 LATE_S = 25.0
@@ -129,7 +134,13 @@ def _counts(pid: int) -> tuple[int, int]:
 
 
 async def _one_size_operator(
-    cluster: LocalCluster, kas_url: str, agents: list[TestAgent], work_dir: Path, label: str = ""
+    cluster: LocalCluster,
+    kas_url: str,
+    agents: list[TestAgent],
+    work_dir: Path,
+    label: str = "",
+    traced: Path | None = None,
+    frames: int = 0,
 ) -> dict[str, Any]:
     """The same measurement through the operator: GitLabAgent resources, status watched on the apiserver."""
     namespace = f"bench-density-{len(agents)}{label}"
@@ -138,7 +149,8 @@ async def _one_size_operator(
     await asyncio.to_thread(cluster.request, "POST", sa_path, {"metadata": {"name": "default"}})
     direct = direct_endpoint(cluster)
     operator_dir = work_dir / f"operator-{len(agents)}{label}"
-    operator = OperatorProcess(operator_dir, cluster.admin_kubeconfig, namespace)
+    traced_dir = traced / f"operator-{len(agents)}{label}" if traced is not None else None
+    operator = OperatorProcess(operator_dir, cluster.admin_kubeconfig, namespace, traced_dir, frames)
     operator_dir.mkdir()
     secrets, glas = fleet_objects(namespace, agents, kas_url)
     names = [body["metadata"]["name"] for _, body in glas]
@@ -147,6 +159,7 @@ async def _one_size_operator(
         await operator.start()
         await asyncio.sleep(3.0)
         rss_empty = process_rss(operator.pid)
+        operator.dump_memory()  # snapshot 0: empty
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
             watcher = group.create_task(watch.run(), name="gitlabagent-watch")
             await create_all(session, direct, secrets)
@@ -161,10 +174,13 @@ async def _one_size_operator(
         await asyncio.sleep(SETTLE_S)
         rss_loaded = process_rss(operator.pid)
         threads, fds = _counts(operator.pid)
+        operator.dump_memory()  # snapshot 1: loaded
         settling_cpu = await _cpu_share(operator.pid, IDLE_S)
         await asyncio.sleep(LATE_S - SETTLE_S - IDLE_S)
         rss_late = process_rss(operator.pid)
         fds_late = _counts(operator.pid)[1]
+        operator.dump_memory()  # snapshot 2: late
+        profile = await _memory_profile(traced_dir, len(agents))
         idle_cpu = await _cpu_share(operator.pid, IDLE_S)
     finally:
         operator.stop()
@@ -190,8 +206,26 @@ async def _one_size_operator(
         "per_agent_kib_late": (rss_late - rss_empty) / len(agents) / 1024,
         "fds_late": fds_late,
         "watch_restarts": watch.restarts,
-        "profile": "",
+        "profile": profile,
     }
+
+
+async def _memory_profile(traced_dir: Path | None, agents: int) -> str:
+    """Heap growth from empty to loaded (`--malloc-info`), and the Python objects' (`--tracemalloc`)."""
+    if traced_dir is None:
+        return ""
+    for _ in range(600):  # the operator's signal handler writes the last dump: wait, bounded
+        if (traced_dir / "malloc-2.xml").exists():
+            break
+        await asyncio.sleep(0.1)
+    parts = [
+        await asyncio.to_thread(summarise_malloc, traced_dir, 0, 1, agents),
+        await asyncio.to_thread(summarise_pymalloc, traced_dir, 0, 1, agents),
+        await asyncio.to_thread(summarise_objects, traced_dir, 0, 1, agents),
+    ]
+    if (traced_dir / "snapshot-1.pickle").exists():
+        parts.append(await asyncio.to_thread(summarise_tracemalloc, traced_dir, 0, 1, agents))
+    return "\n".join(parts)
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -221,7 +255,9 @@ async def _run(args: argparse.Namespace) -> None:
                         print(f"runtime {scheme}:// N={n}: {result['phases']}", flush=True)
                         await asyncio.sleep(3.0)  # let kas notice the previous agents went away
                     if args.mode in ("operator", "both"):
-                        result = await _one_size_operator(cluster, url, all_agents[:n], work_dir, label)
+                        result = await _one_size_operator(
+                            cluster, url, all_agents[:n], work_dir, label, *_traced(args)
+                        )
                         results.append({"engine": f"operator {scheme}://", **result})
                         restarts = result["watch_restarts"]
                         note = f"(status watch resumed {restarts}x)"
@@ -272,6 +308,13 @@ async def _run(args: argparse.Namespace) -> None:
             print(r["profile"])
 
 
+def _traced(args: argparse.Namespace) -> tuple[Path | None, int]:
+    """(dump directory, tracemalloc frames) for the operator, from --tracemalloc / --malloc-info."""
+    if args.tracemalloc is not None:
+        return args.tracemalloc, TRACEMALLOC_FRAMES
+    return args.malloc_info, 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="only N=100")
@@ -289,6 +332,23 @@ def main() -> int:
         help="how the agents dial kas: grpc:// directly, ws:// through the WebSocket bridge, or both in turn",
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the runtime while agents connect")
+    memory = parser.add_mutually_exclusive_group()
+    memory.add_argument(
+        "--tracemalloc",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="operator mode: as --malloc-info, plus tracemalloc snapshots and the Python heap growth per "
+        "agent by file and line (slower, more memory: its figures are not comparable)",
+    )
+    memory.add_argument(
+        "--malloc-info",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="operator mode: print what glibc's heaps, pymalloc and the gc-tracked objects grew by per agent "
+        "(figures stay comparable, except CPU 5-15 s); the dumps go to DIR",
+    )
     args = parser.parse_args()
     args.agents = args.agents or ("100" if args.quick else "100,500,1000")
     asyncio.run(_run(args))

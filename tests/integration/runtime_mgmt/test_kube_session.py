@@ -1,0 +1,91 @@
+"""KubeAccess.new_session(authenticated=True) against a real kube-apiserver: the session kopf is given.
+
+Every request carries the token KubeAccess holds *when it is sent* (a rotated token is used by the same
+session at once), and a 401 makes the token refresher re-read the token without waiting for its period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_runtime.kube import KubeAccess, load_configuration
+from tests.integration.runtime_mgmt.conftest import eventually
+from tests.support.k8s_cluster import ADMIN_TOKEN, USER_TOKEN
+
+NAMESPACES = "/api/v1/namespaces"
+"""Listing namespaces: the admin may; alice (USER_TOKEN) and anonymous may not (403); an unknown token is
+not authenticated (401)."""
+
+
+class _TokenSource:
+    """Stands in for a rotating token file: the loader's refresh hook reads `current`."""
+
+    def __init__(self, configuration: Any) -> None:
+        self.current = ADMIN_TOKEN
+        configuration.refresh_api_key_hook = self._hook
+
+    def _hook(self, configuration: Any) -> None:
+        configuration.api_key["BearerToken"] = f"Bearer {self.current}"
+
+
+@pytest.fixture
+async def rotating(admin_kubeconfig: Path) -> AsyncIterator[tuple[KubeAccess, _TokenSource]]:
+    configuration = await asyncio.to_thread(load_configuration, str(admin_kubeconfig))
+    source = _TokenSource(configuration)
+    kube = KubeAccess(configuration)
+    try:
+        yield kube, source
+    finally:
+        await kube.close()
+
+
+async def _status(kube: KubeAccess, *, authenticated: bool) -> int:
+    async with kube.new_session(limit=2, authenticated=authenticated) as session:
+        return await _get(kube, session)
+
+
+async def _get(kube: KubeAccess, session: Any) -> int:
+    async with session.get(kube.url(NAMESPACES), **kube.request_options()) as response:
+        return int(response.status)
+
+
+async def test_requests_carry_the_token_without_the_caller_adding_it(
+    rotating: tuple[KubeAccess, _TokenSource],
+) -> None:
+    kube, _ = rotating
+    assert await _status(kube, authenticated=True) == 200
+    assert await _status(kube, authenticated=False) == 403, "anonymous: the header comes from the middleware"
+
+
+async def test_a_rotated_token_is_used_by_the_same_session(rotating: tuple[KubeAccess, _TokenSource]) -> None:
+    kube, source = rotating
+    async with kube.new_session(limit=2, authenticated=True) as session:
+        assert await _get(kube, session) == 200
+        source.current = USER_TOKEN
+        await kube.refresh_credentials()
+        assert await _get(kube, session) == 403, "alice's token, read when the request was sent"
+
+
+async def test_a_401_makes_the_refresher_reread_the_token_at_once(
+    rotating: tuple[KubeAccess, _TokenSource],
+) -> None:
+    kube, source = rotating
+    source.current = "revoked-token"
+    await kube.refresh_credentials()
+    refresher = asyncio.create_task(kube.run_token_refresher(interval=3600), name="test-token-refresher")
+    try:
+        async with kube.new_session(limit=2, authenticated=True) as session:
+            source.current = ADMIN_TOKEN  # the source has rotated; only a 401 makes us look before 3600 s
+            assert await _get(kube, session) == 401
+            await eventually(lambda: kube.auth_headers() == {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert await _get(kube, session) == 200
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher

@@ -1,0 +1,160 @@
+"""StatusWriter: one merge patch per change of the computed status, none while nothing changed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent_operator.api import Phase
+from agent_operator.events import ObjectRef
+from agent_operator.kube_api import ApiResponse
+from agent_operator.mapping import AgentKey
+from agent_operator.metrics import OperatorMetrics
+from agent_operator.status_mapping import AgentFacts, EventSpec, compute_status
+from agent_operator.status_writer import WRITES_IN_FLIGHT, StatusWriter
+from agent_runtime.spec import Phase as WorkerPhase
+from agent_runtime.spec import WorkerSnapshot
+
+KEY = AgentKey("ns", "a")
+REF = ObjectRef("ns", "a", "uid-1")
+NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+FACTS = AgentFacts(generation=1, kas_address="grpc://kas:8150")
+
+
+class _Api:
+    """Records status patches; every patch succeeds."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    async def merge_patch(self, path: str, body: Any, *, decode: bool = True) -> ApiResponse:
+        assert path.endswith("/namespaces/ns/gitlabagents/a/status")
+        assert not decode, "the writer needs only the outcome"
+        self.patches.append(body["status"])
+        return ApiResponse(200, {})
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    async def emit(self, ref: ObjectRef, event: EventSpec) -> None:
+        self.reasons.append(event.reason)
+
+
+class _Snapshots:
+    def __init__(self) -> None:
+        self.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTED, connected_since=NOW)
+
+    def __call__(self, worker_id: str) -> WorkerSnapshot | None:
+        return self.current if worker_id == KEY.worker_id else None
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[tuple[StatusWriter, _Api, _Events, _Snapshots]]:
+    api, events, snapshots = _Api(), _Events(), _Snapshots()
+    metrics = OperatorMetrics(CollectorRegistry())
+    fake_api: Any = api  # a double with the one method the writer calls
+    fake_events: Any = events
+    writer = StatusWriter(fake_api, fake_events, snapshots, metrics, debounce=0.0, clock=lambda: NOW)
+    task = asyncio.create_task(writer.run(), name="test-status-writer")
+    try:
+        yield writer, api, events, snapshots
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_writes_once_per_change_and_remembers_what_it_wrote(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots],
+) -> None:
+    writer, api, events, snapshots = parts
+    writer.track(KEY, REF, FACTS, None)
+    await _settle()
+    assert [p["phase"] for p in api.patches] == ["Connected"]
+    written = writer.status(KEY)
+    assert written is not None
+    assert written == compute_status(FACTS, snapshots.current, None, NOW)
+    assert "Connected" in events.reasons
+
+    writer.on_snapshot(snapshots.current)  # nothing changed: the remembered status matches
+    writer.track(KEY, REF, FACTS, None)
+    await _settle()
+    assert len(api.patches) == 1
+
+    snapshots.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTING)
+    writer.on_snapshot(snapshots.current)
+    await _settle()
+    assert [p["phase"] for p in api.patches] == ["Connected", "Connecting"]
+    status = writer.status(KEY)
+    assert status is not None
+    assert status.phase is Phase.CONNECTING
+
+
+async def test_a_stored_status_equal_to_the_computed_one_is_not_written_again(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots],
+) -> None:
+    writer, api, _, snapshots = parts
+    stored = compute_status(FACTS, snapshots.current, None, NOW)
+    writer.track(KEY, REF, FACTS, stored)
+    await _settle()
+    assert api.patches == []
+    assert writer.status(KEY) == stored
+
+
+class _SlowApi:
+    """Holds every patch until released; counts how many are in flight at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.in_flight = 0
+        self.most = 0
+        self.done = 0
+
+    async def merge_patch(self, path: str, body: Any, *, decode: bool = True) -> ApiResponse:
+        del path, body, decode
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await self.release.wait()
+        self.in_flight -= 1
+        self.done += 1
+        return ApiResponse(200, {})
+
+
+async def test_at_most_writes_in_flight_statuses_are_computed_and_sent_at_once() -> None:
+    api: Any = _SlowApi()
+    events: Any = _Events()
+    agents = [AgentKey("ns", f"a{i}") for i in range(3 * WRITES_IN_FLIGHT)]
+
+    def snapshot(worker_id: str) -> WorkerSnapshot:
+        return WorkerSnapshot(id=worker_id, phase=WorkerPhase.CONNECTED, connected_since=NOW)
+
+    metrics = OperatorMetrics(CollectorRegistry())
+    writer = StatusWriter(api, events, snapshot, metrics, debounce=0.0, clock=lambda: NOW)
+    task = asyncio.create_task(writer.run(), name="test-status-writer")
+    try:
+        for key in agents:
+            writer.track(key, ObjectRef(key.namespace, key.name, f"uid-{key.name}"), FACTS, None)
+        await _settle()
+        assert api.most == WRITES_IN_FLIGHT
+        api.release.set()
+        async with asyncio.timeout(5):
+            while api.done < len(agents):  # noqa: ASYNC110 - observing the writer from outside
+                await asyncio.sleep(0.01)
+        assert api.most == WRITES_IN_FLIGHT
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
