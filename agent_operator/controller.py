@@ -128,12 +128,14 @@ class AgentController:
         self._index = SourceIndex()
         self._background: KeyedTasks[AgentKey] = KeyedTasks("remap", self._remap)
         self._recheck: KeyedTasks[AgentKey] = KeyedTasks("recheck", self._recheck_later)
+        self._unwatch: KeyedTasks[SourceRef] = KeyedTasks("unwatch", self._unwatch_if_unused)
 
     async def run(self) -> None:
-        """Own the re-mapping and re-check tasks until cancelled."""
+        """Own the re-mapping, re-check and unlabelling tasks until cancelled."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._background.run(), name="agent-remaps")
             tg.create_task(self._recheck.run(), name="agent-rechecks")
+            tg.create_task(self._unwatch.run(), name="source-unwatches")
 
     # --- called by the kopf handlers ---------------------------------------------------------------
     async def reconcile(self, key: AgentKey, body: Mapping[str, Any]) -> None:
@@ -149,7 +151,8 @@ class AgentController:
                 await self._sync(key, record)
 
     async def delete(self, key: AgentKey) -> None:
-        """The resource is being deleted: drain its worker, forget it."""
+        """The resource is being deleted: drain its worker, forget it (and unlabel what only it used)."""
+        self._released(self._index.remove(key))
         await self._drain_and_forget(key)
         self._metrics.reconciles.labels(outcome="removed").inc()
         log.info("agent removed", extra=resource_extra(key.namespace, key.name))
@@ -161,7 +164,7 @@ class AgentController:
 
     async def _drain_and_forget(self, key: AgentKey) -> None:
         record = self._records.pop(key, None)
-        self._index.remove(key)
+        self._index.remove(key)  # on release, another replica keeps using the objects: labels stay
         self._writer.forget(key)
         self._metrics.agents.set(len(self._records))
         if record is not None:
@@ -170,6 +173,15 @@ class AgentController:
         await self._runtime.remove(key.worker_id, self._drain_grace)
 
     # --- secrets and config maps -------------------------------------------------------------------
+    def _released(self, sources: frozenset[SourceRef]) -> None:
+        """No agent refers to these any more: unlabel them (in the background)."""
+        for source in sources:
+            self._unwatch.kick(source)
+
+    async def _unwatch_if_unused(self, source: SourceRef) -> None:
+        if not self._index.agents(source):  # an agent may have taken it up again meanwhile
+            await self._sources.unwatch(source)
+
     def source_changed(self, source: SourceRef) -> None:
         """A watched Secret/ConfigMap changed: re-map the agents that use it (in the background)."""
         for key in self._index.agents(source):
@@ -214,7 +226,7 @@ class AgentController:
         try:
             spec = GitLabAgentSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
-            self._index.remove(key)
+            self._released(self._index.remove(key))
             problem = Problem(
                 ProblemKind.SPEC_INVALID, "SpecInvalid", format_validation_error(exc), "fix the spec"
             )
@@ -226,7 +238,7 @@ class AgentController:
             suspended=spec.suspend,
             insecure_skip_tls_verify=spec.insecure_skip_tls_verify,
         )
-        self._index.set(key, sources_of(key.namespace, spec))
+        self._released(self._index.set(key, sources_of(key.namespace, spec)))
         if spec.suspend:
             await self._not_running(key, record, ref, facts)
             return

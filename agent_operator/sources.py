@@ -3,17 +3,23 @@
 The operator never caches every Secret of the cluster. Each Secret (or ConfigMap, for spec.caCert) that
 a GitLabAgent names gets the label `agentk.dev/watched: "true"` (a merge patch, whose answer is also the
 first read), and one informer per kind watches only labelled objects. `SourceIndex` maps each object to
-the agents that use it, so a change re-maps exactly those agents.
+the agents that use it, so a change re-maps exactly those agents. When the last GitLabAgent stops
+referring to an object (spec changed, resource deleted), the label comes off again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Final
+
+import aiohttp
 
 from agent_operator.kube_api import KubeApi, core_path
 from agent_operator.mapping import AgentKey, KubeObject, SourceKind, SourceRef
 from agent_runtime.informer import EventType, Informer, ResourceKind
+
+log = logging.getLogger(__name__)
 
 WATCHED_LABEL: Final = "agentk.dev/watched"
 """Label the operator puts on every Secret/ConfigMap a GitLabAgent refers to."""
@@ -49,21 +55,26 @@ class SourceIndex:
         self._by_source: dict[SourceRef, set[AgentKey]] = {}
         self._by_agent: dict[AgentKey, frozenset[SourceRef]] = {}
 
-    def set(self, agent: AgentKey, sources: frozenset[SourceRef]) -> None:
-        """Record the objects `agent` refers to now (replacing the previous set)."""
-        self.remove(agent)
+    def set(self, agent: AgentKey, sources: frozenset[SourceRef]) -> frozenset[SourceRef]:
+        """Record the objects `agent` refers to now (replacing the previous set); returns the objects no
+        agent refers to any more."""
+        released = self.remove(agent)
         self._by_agent[agent] = sources
         for source in sources:
             self._by_source.setdefault(source, set()).add(agent)
+        return released - sources
 
-    def remove(self, agent: AgentKey) -> None:
-        """Forget `agent`."""
+    def remove(self, agent: AgentKey) -> frozenset[SourceRef]:
+        """Forget `agent`; returns the objects no agent refers to any more."""
+        released: set[SourceRef] = set()
         for source in self._by_agent.pop(agent, frozenset()):
             users = self._by_source.get(source)
             if users is not None:
                 users.discard(agent)
                 if not users:
                     del self._by_source[source]
+                    released.add(source)
+        return frozenset(released)
 
     def agents(self, source: SourceRef) -> list[AgentKey]:
         """The agents using `source`, sorted."""
@@ -117,3 +128,19 @@ class Sources:
                 answer.status, f"cannot {verb} {source.namespace}/{source.name}: {answer.reason()}"
             )
         return answer.body
+
+    async def unwatch(self, source: SourceRef) -> None:
+        """No GitLabAgent refers to `source` any more: take the watch label off (a JSON merge patch with
+        null). Best effort: a missing object is fine, a refusal is logged and the label stays."""
+        path = core_path(source.namespace, source.kind.value, source.name)
+        unlabel = {"metadata": {"labels": {WATCHED_LABEL: None}}}
+        try:
+            answer = await self._api.merge_patch(path, unlabel, decode=False)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            why = type(exc).__name__
+        else:
+            if answer.ok or answer.status == 404:
+                return
+            why = answer.reason()
+        what = f"{source.kind.value} {source.namespace}/{source.name}"
+        log.warning("could not remove the %s label from %s: %s", WATCHED_LABEL, what, why)

@@ -229,3 +229,29 @@ def test_invalid_resource_never_crashes_the_operator(
     wait_for("Connected", lambda: _connected(kube, ns, "wrong-key"), timeout=20)
     assert operator.proc is not None
     assert operator.proc.poll() is None
+
+
+def _watched(kube: Kube, namespace: str, name: str) -> bool:
+    code, body = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    assert code == 200, body
+    return ((body.get("metadata") or {}).get("labels") or {}).get("agentk.dev/watched") == "true"
+
+
+def test_watch_label_follows_the_references(kube: Kube, kas: KasProcess, operator: OperatorProcess) -> None:
+    """A Secret keeps the watch label while some GitLabAgent refers to it, and loses it after the last."""
+    ns, token = operator.namespace, kas.agents[4].token
+    kube.apply(secret(ns, "label-1", token), secret(ns, "label-2", token))
+    kube.apply(
+        gitlab_agent(ns, "labels", kas.agent_url, "label-1"),
+        gitlab_agent(ns, "labels-peer", kas.agent_url, "label-2"),
+    )
+    wait_for("both watched", lambda: _watched(kube, ns, "label-1") and _watched(kube, ns, "label-2"))
+
+    kube.patch_gla(ns, "labels", {"spec": {"tokenSecretRef": {"name": "label-2"}}})
+    wait_for("label-1 unwatched", lambda: not _watched(kube, ns, "label-1"))
+
+    kubectl_ok(kube.kubectl("delete", "gla", "labels", "-n", ns, "--timeout=30s"))
+    assert _watched(kube, ns, "label-2"), "labels-peer still refers to it"
+
+    kubectl_ok(kube.kubectl("delete", "gla", "labels-peer", "-n", ns, "--timeout=30s"))
+    wait_for("label-2 unwatched", lambda: not _watched(kube, ns, "label-2"))
