@@ -80,7 +80,9 @@ async def exchange(
         try:
             async with asyncio.TaskGroup() as tg:
                 drain = tg.create_task(body.drain(), name="make-request-drain")
-                tg.create_task(_relay(call, kube, req, headers, None, drain), name="make-request-http")
+                # In this task, not a child: the request leaves without a task switch. A stream that
+                # breaks the rules fails `drain`, and the group cancels this relay.
+                await _relay(call, kube, req, headers, None, drain)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
     else:

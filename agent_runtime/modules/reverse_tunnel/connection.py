@@ -42,6 +42,8 @@ class _Stream:
         self._metadata = metadata
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_DEPTH)
         self._write_lock = asyncio.Lock()
+        self.first_delivered = asyncio.Event()
+        """The reader has handed the handler its first request message (or the end, or given up)."""
         self.header_sent = False
         self.half_closed = False
 
@@ -62,6 +64,7 @@ class _Stream:
     async def deliver(self, item: bytes | None) -> None:
         if not self.half_closed:  # after our half-close nobody reads: drop instead of blocking
             await self._inbox.put(item)
+        self.first_delivered.set()
 
     def discard_inbox(self) -> None:
         while not self._inbox.empty():
@@ -204,10 +207,10 @@ class TunnelAttempt:
         work = asyncio.create_task(self._invoke(handler, stream), name=f"tunnel-call {method}")
         pump = asyncio.create_task(self._pump(call, stream, work), name="tunnel-reader")
         try:
-            # Latency: let the reader ask gRPC for the request's first frame before the bookkeeping, and
-            # send the (empty) response header while the handler works, not in front of its first
-            # message. gRPC allows the header at any time before the first message.
-            await asyncio.sleep(0)
+            # Latency: the handler gets the request's first message before the bookkeeping, and the
+            # (empty) response header goes out while the handler waits for the API server, not in front
+            # of its first response message. gRPC allows the header at any time before the first message.
+            await stream.first_delivered.wait()
             self._activated()
             await stream.open_header()
             try:
@@ -241,6 +244,12 @@ class TunnelAttempt:
 
     async def _pump(self, call: _Call, stream: _Stream, work: asyncio.Task[Status]) -> Status | None:
         """Feed request messages to the handler until the call ends; returns a fault status, if any."""
+        try:
+            return await self._feed(call, stream, work)
+        finally:
+            stream.first_delivered.set()  # whatever happened, the attempt must not wait for it any more
+
+    async def _feed(self, call: _Call, stream: _Stream, work: asyncio.Task[Status]) -> Status | None:
         try:
             while True:
                 frame = await self._read(call)
