@@ -95,9 +95,6 @@ class ConnectionTable:
         if conn is not None:
             conn.close()
 
-    def for_peer(self, peer: str) -> AgentConnection | None:
-        return self._by_peer.get(peer)
-
     def __len__(self) -> int:
         return len(self._by_peer)
 
