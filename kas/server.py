@@ -228,11 +228,10 @@ class KasServer:
         self._agent_server = server
         context = None
         if listen.certificate_file is not None and listen.key_file is not None:
-            context = agent_ssl_context(str(listen.certificate_file), str(listen.key_file), listen.websocket)
+            context = agent_ssl_context(str(listen.certificate_file), str(listen.key_file))
         self._front = FrontListener(
             table=self.connections,
             internal_port=internal_port,
-            websocket=listen.websocket,
             ssl_context=context,
         )
         self.agent_host, self.agent_port = await self._front.start(*split_address(listen.address))

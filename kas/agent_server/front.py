@@ -1,5 +1,7 @@
 """The front listener: one port for plain gRPC (h2c, TLS h2) and gRPC-in-WebSocket (PROTOCOL.md §3.2.3).
 
+Used when `agent.listen.websocket` is on; with it off, kas serves gRPC on the port itself (no splice).
+
 Every accepted connection is spliced into its own loopback TCP connection to the internal grpc.aio
 server. Without TLS the first 24 bytes decide: the HTTP/2 client preface means gRPC, anything else must
 be an HTTP/1.1 WebSocket upgrade. With TLS, ALPN decides (`h2` = gRPC, otherwise HTTP/1.1).
@@ -166,10 +168,6 @@ class FrontConnection(asyncio.Protocol):
     def _http1(self) -> None:
         assert self._transport is not None
         extra = [("Server", server_header())]
-        if not self._listener.websocket:
-            self._transport.write(wstunnel.build_error_response(400, "Bad Request", "gRPC only\n", extra))
-            self.close()
-            return
         try:
             head = wstunnel.read_head(self._buf)
             if head is None:
@@ -285,12 +283,10 @@ class FrontListener:
         *,
         table: ConnectionTable,
         internal_port: int,
-        websocket: bool,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         self.table = table
         self.internal_port = internal_port
-        self.websocket = websocket
         self.ssl_context = ssl_context
         self.supervisor = TaskSupervisor("agent-front")
         self.connections: set[FrontConnection] = set()
@@ -318,10 +314,10 @@ class FrontListener:
             await self._server.wait_closed()
 
 
-def agent_ssl_context(certificate_file: str, key_file: str, websocket: bool) -> ssl.SSLContext:
-    """TLS ≥ 1.2 offering ALPN h2 (gRPC) and, with WebSocket on, http/1.1."""
+def agent_ssl_context(certificate_file: str, key_file: str) -> ssl.SSLContext:
+    """TLS ≥ 1.2 offering ALPN h2 (gRPC) and http/1.1 (the WebSocket upgrade)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certificate_file, key_file)
-    context.set_alpn_protocols(["h2", "http/1.1"] if websocket else ["h2"])
+    context.set_alpn_protocols(["h2", "http/1.1"])
     return context
