@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.rpc import status_pb2
 
@@ -43,6 +43,26 @@ class CallError:
 
 
 CallEvent = CallHeader | CallMessage | CallTrailer | CallError
+
+
+def call_event(member: str, frame: Any) -> CallEvent | None:
+    """The event for a frame whose `member` is header, message, trailer or error; None for any other.
+
+    The agent's ConnectRequest and a gateway kas's GatewayKasResponse carry these four the same way.
+    """
+    if member == "header":
+        return CallHeader(_meta(frame.header.meta))
+    if member == "message":
+        return CallMessage(frame.message.data)
+    if member == "trailer":
+        return CallTrailer(_meta(frame.trailer.meta))
+    if member == "error":
+        return CallError(frame.error.status)
+    return None
+
+
+def _meta(values: Any) -> dict[str, list[str]]:
+    return {key: list(v.value) for key, v in values.items()}
 
 
 class NoTunnelError(Exception):

@@ -15,7 +15,7 @@ from agent_proto.ordering import OrderingValidator, StreamOrderError
 from kas.agent_server.connections import AgentConnection, ConnectionTable
 from kas.agents import AgentDirectory
 from kas.auth import require_agent
-from kas.tunnel_call import CallError, CallEvent, CallHeader, CallMessage, CallTrailer
+from kas.tunnel_call import CallError, call_event
 from kas.tunnels.registry import LocalTunnelCall, Tunnel, TunnelRegistry, TunnelState, status
 
 log = logging.getLogger(__name__)
@@ -29,20 +29,6 @@ class BadFrameError(Exception):
 
 class AgentGoneError(Exception):
     """The agent's side of a claimed tunnel ended before it sent any part of the answer."""
-
-
-def _meta(values: Any) -> dict[str, list[str]]:
-    return {key: list(v.value) for key, v in values.items()}
-
-
-def to_event(member: str, msg: tunnel_rpc.ConnectRequest) -> CallEvent:
-    if member == "header":
-        return CallHeader(_meta(msg.header.meta))
-    if member == "message":
-        return CallMessage(msg.message.data)
-    if member == "trailer":
-        return CallTrailer(_meta(msg.trailer.meta))
-    return CallError(msg.error.status)
 
 
 class ReverseTunnelServer:
@@ -155,7 +141,9 @@ class ReverseTunnelServer:
             await tunnel.settled.wait()
             if tunnel.call is None:
                 return
-            await tunnel.call.inbound.put(to_event(member, msg))
+            event = call_event(member, msg)
+            if event is not None:  # the ordering allows nothing else once the call carries frames
+                await tunnel.call.inbound.put(event)
 
 
 def _status(code: grpc.StatusCode, message: str) -> status_pb2.Status:

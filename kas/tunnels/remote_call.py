@@ -9,15 +9,11 @@ from google.rpc import code_pb2
 
 from agent_proto.gitlab.agent.kas import kas_pb2
 from agent_proto.ordering import OrderingValidator, StreamOrderError
-from kas.tunnel_call import CallError, CallEvent, CallHeader, CallMessage, CallTrailer
+from kas.tunnel_call import CallError, CallEvent, call_event
 from kas.tunnels.registry import status
 
 GatewayCall = grpc.aio.StreamStreamCall[bytes, kas_pb2.GatewayKasResponse]
 _START = kas_pb2.StartStreaming().SerializeToString()
-
-
-def _meta(values: object) -> dict[str, list[str]]:
-    return {key: list(v.value) for key, v in values.items()}  # type: ignore[attr-defined]
 
 
 class RemoteTunnelCall:
@@ -77,14 +73,9 @@ class RemoteTunnelCall:
         except StreamOrderError as err:
             self._call.cancel()
             return self._end(CallError(status(code_pb2.INTERNAL, f"gateway kas broke the protocol: {err}")))
-        if member == "header":
-            return CallHeader(_meta(msg.header.meta))
-        if member == "message":
-            return CallMessage(msg.message.data)
-        if member == "trailer":
-            return CallTrailer(_meta(msg.trailer.meta))
-        if member == "error":
-            return CallError(msg.error.status)
+        event = call_event(member, msg)
+        if event is not None:
+            return event
         self._call.cancel()
         return self._end(CallError(status(code_pb2.INTERNAL, f"gateway kas sent {member} mid-call")))
 
