@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _bootstrap
+from _kaspeer import KasPeerProcess
 from _procs import CI_JOB_TOKEN, KasProcess, RuntimeChild, bench_agents
 
 from kas.testing import TestAgent
@@ -41,7 +42,7 @@ class Endpoint:
 @dataclass
 class Stack:
     cluster: LocalCluster
-    kas: KasProcess
+    kas: KasProcess | KasPeerProcess
     runtime: RuntimeChild
     agents: Sequence[TestAgent]
     direct: Endpoint
@@ -85,11 +86,20 @@ def direct_endpoint(cluster: LocalCluster) -> Endpoint:
 
 
 @asynccontextmanager
-async def tunnel_stack(work_dir: Path, agent_count: int = 1) -> AsyncIterator[Stack]:
-    """Cluster, kas process with the proxy, Runtime process with `agent_count` connected workers."""
+async def tunnel_stack(
+    work_dir: Path, agent_count: int = 1, kas_kind: str = "python"
+) -> AsyncIterator[Stack]:
+    """Cluster, kas process with the proxy, Runtime process with `agent_count` connected workers.
+
+    `kas_kind` "go" puts bench/kaspeer (a Go stand-in for kas, see _kaspeer.py) in kas's place.
+    """
     async with local_cluster() as cluster:
         agents = bench_agents(agent_count)
-        kas = KasProcess(work_dir / "kas", agents, proxy=True, websocket=False)
+        kas: KasProcess | KasPeerProcess
+        if kas_kind == "go":
+            kas = KasPeerProcess(work_dir / "kaspeer")
+        else:
+            kas = KasProcess(work_dir / "kas", agents, proxy=True, websocket=False)
         await kas.start()
         runtime = RuntimeChild(cluster.admin_kubeconfig, work_dir / "runtime.log")
         try:

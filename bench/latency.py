@@ -66,7 +66,7 @@ async def _run(args: argparse.Namespace) -> None:
     async with (
         asyncio.timeout(TIME_LIMIT_S),
         work_directory("bench-latency-") as work_dir,
-        tunnel_stack(work_dir) as stack,
+        tunnel_stack(work_dir, kas_kind=args.kas) as stack,
     ):
         body = {"metadata": {"name": "bench-latency"}, "data": {"key": "value" * 20}}
         status, _ = await asyncio.to_thread(
@@ -103,6 +103,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="500 pairs instead of 5000")
     parser.add_argument("--requests", type=int, default=None, help="number of direct/tunnel pairs")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the kas and runtime processes")
+    parser.add_argument(
+        "--kas",
+        choices=("python", "go"),
+        default="python",
+        help="the peer: the reference kas, or bench/kaspeer, a Go stand-in that shows the runtime's share",
+    )
     args = parser.parse_args()
     args.requests = args.requests or (500 if args.quick else 5000)
     asyncio.run(_run(args))
