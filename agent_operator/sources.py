@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 
 from agent_operator.kube_api import KubeApi, core_path
 from agent_operator.mapping import AgentKey, KubeObject, SourceKind, SourceRef
-from agent_runtime.informer import EventType, Informer, ResourceKind
+from agent_runtime.informer import EventType, Informer, ResourceKind, Transform
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,28 @@ WATCHED_LABEL: Final = "agentk.dev/watched"
 """Label the operator puts on every Secret/ConfigMap a GitLabAgent refers to."""
 WATCHED_SELECTOR: Final = f"{WATCHED_LABEL}=true"
 
-InformerFactory = Callable[[ResourceKind], Informer]
+_KEPT_METADATA: Final = ("name", "namespace", "uid", "resourceVersion", "labels")
+
+
+def kept_of_source(obj: dict[str, Any]) -> KubeObject:
+    """What the cache keeps of a watched Secret or ConfigMap: its data and the metadata that names it.
+
+    Annotations go too: `kubectl apply` leaves a copy of the whole object, token included, in one.
+    """
+    meta = obj.get("metadata") or {}
+    kept: dict[str, Any] = {"metadata": {k: meta[k] for k in _KEPT_METADATA if k in meta}}
+    for field in ("type", "data", "binaryData"):
+        if field in obj:
+            kept[field] = obj[field]
+    return kept
+
+
+class InformerFactory(Protocol):
+    """The runtime's informer accessor (Runtime.informer)."""
+
+    def __call__(self, kind: ResourceKind, *, transform: Transform = ...) -> Informer: ...
+
+
 SourceChanged = Callable[[SourceRef], None]
 
 
@@ -94,7 +115,7 @@ class Sources:
         """Create the informers (through the runtime) and report every change of a watched object."""
         for kind in self._kinds:
             source_kind = SourceKind(kind.plural)
-            watcher = informer(kind)
+            watcher = informer(kind, transform=kept_of_source)
             self._informers[(source_kind, kind.namespace)] = watcher
 
             def on_change(

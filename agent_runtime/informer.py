@@ -33,6 +33,21 @@ log = logging.getLogger(__name__)
 KubeObject = Mapping[str, Any]
 """A Kubernetes object as decoded JSON (treat as read-only: it is shared by every reader)."""
 
+Transform = Callable[[dict[str, Any]], KubeObject]
+"""What the store keeps of each listed or watched object, before indexing and handlers. It receives
+freshly decoded JSON that nobody else holds, and must keep `metadata.name`, `namespace` and
+`resourceVersion`."""
+
+
+def strip_managed_fields(obj: dict[str, Any]) -> KubeObject:
+    """The default Transform: the object without `metadata.managedFields`, which no consumer reads and
+    which is most of a small object's size (client-go offers the same as TransformStripManagedFields)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
 WATCH_TIMEOUT_RANGE_S: Final = (300, 600)
 """The server ends each watch after a random 5-10 min, as client-go's reflector asks (timeoutSeconds)."""
 
@@ -185,6 +200,7 @@ class Informer:
         kind: ResourceKind,
         *,
         indexers: Mapping[str, IndexFunc] | None = None,
+        transform: Transform = strip_managed_fields,
         retry: BackoffPolicy = RETRY_BACKOFF,
         watch_timeout_range: tuple[int, int] = WATCH_TIMEOUT_RANGE_S,
     ) -> None:
@@ -193,6 +209,7 @@ class Informer:
         self.store = Store(indexers or {})
         """The cache; read-only for consumers."""
         self._kube = kube
+        self._transform = transform
         self._retry = retry
         self._watch_timeouts = watch_timeout_range
         self._callbacks: list[ChangeCallback] = []
@@ -264,7 +281,7 @@ class Informer:
                 params["continue"] = continue_token
             body = await self._get_json(params)
             for item in body.get("items") or []:
-                fresh[object_key(item)] = item
+                fresh[object_key(item)] = self._transform(item)
             meta = body.get("metadata") or {}
             list_rv = meta.get("resourceVersion") or list_rv
             continue_token = meta.get("continue") or None
@@ -340,7 +357,7 @@ class Informer:
         if kind == "BOOKMARK":
             self.bookmarks += 1
         elif kind in ("ADDED", "MODIFIED"):
-            old = self.store._put(obj)
+            old = self.store._put(self._transform(obj))
             new = self.store.get(object_key(obj))
             self._emit(EventType.ADDED if old is None else EventType.MODIFIED, old, new)
         elif kind == "DELETED":
@@ -398,13 +415,20 @@ class SharedInformers:
         self._tg: asyncio.TaskGroup | None = None
         self._started = asyncio.Event()
 
-    def get(self, kind: ResourceKind, *, indexers: Mapping[str, IndexFunc] | None = None) -> Informer:
-        """The informer of `kind`, created and started on first request (indexers only count then)."""
+    def get(
+        self,
+        kind: ResourceKind,
+        *,
+        indexers: Mapping[str, IndexFunc] | None = None,
+        transform: Transform = strip_managed_fields,
+    ) -> Informer:
+        """The informer of `kind`, created and started on first request (indexers and transform only
+        count then)."""
         informer = self._informers.get(kind)
         if informer is None:
             if self._tg is None:
                 raise RuntimeError("SharedInformers is not running")
-            informer = Informer(self._kube, kind, indexers=indexers)
+            informer = Informer(self._kube, kind, indexers=indexers, transform=transform)
             self._informers[kind] = informer
             self._tg.create_task(informer.run(), name=f"informer:{kind.path()}?{kind.label_selector or ''}")
         return informer

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.environment import WorkerEnvironment
-from agent_runtime.informer import IndexFunc, Informer, ResourceKind, SharedInformers
+from agent_runtime.informer import (
+    IndexFunc,
+    Informer,
+    ResourceKind,
+    SharedInformers,
+    Transform,
+    strip_managed_fields,
+)
 from agent_runtime.kube import KubeAccess
 from agent_runtime.manager import SnapshotCallback, WorkerFactory, WorkerManager
 from agent_runtime.spec import Phase, WorkerSnapshot, WorkerSpec
@@ -185,9 +192,15 @@ class Runtime:
         return self.manager.updates()
 
     # --- informers ---------------------------------------------------------------------------------
-    def informer(self, kind: ResourceKind, *, indexers: Mapping[str, IndexFunc] | None = None) -> Informer:
+    def informer(
+        self,
+        kind: ResourceKind,
+        *,
+        indexers: Mapping[str, IndexFunc] | None = None,
+        transform: Transform = strip_managed_fields,
+    ) -> Informer:
         """The process-wide informer of `kind` (started on first use)."""
-        return self.informers.get(kind, indexers=indexers)
+        return self.informers.get(kind, indexers=indexers, transform=transform)
 
     # --- probes ------------------------------------------------------------------------------------
     def all_workers_connected(self) -> bool:

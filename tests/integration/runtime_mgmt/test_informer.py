@@ -182,3 +182,41 @@ async def test_a_failing_resource_does_not_stop_the_others(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_the_store_keeps_what_the_transform_returns(
+    kube: KubeAccess, k8s_cluster: LocalCluster, namespace: str
+) -> None:
+    _create(k8s_cluster, namespace, _secret("listed", "agent-a"))
+    kind = ResourceKind("v1", "secrets", namespace=namespace, label_selector=TOKEN_SECRET_LABEL)
+    plain = Informer(kube, kind)
+    seen: list[dict[str, Any]] = []
+
+    def only_data(obj: dict[str, Any]) -> KubeObject:
+        seen.append(obj)
+        meta = obj["metadata"]
+        return {
+            "metadata": {k: meta[k] for k in ("name", "namespace", "resourceVersion")},
+            "data": obj["data"],
+        }
+
+    trimmed = Informer(kube, kind, transform=only_data)
+    async with running(plain), running(trimmed):
+        _create(k8s_cluster, namespace, _secret("watched", "agent-b"))
+        key = f"{namespace}/watched"
+        await eventually(lambda: plain.store.get(key) is not None and trimmed.store.get(key) is not None)
+        for name in ("listed", "watched"):
+            full = plain.store.get(f"{namespace}/{name}")
+            assert full is not None
+            assert "managedFields" not in full["metadata"]  # the default transform
+            assert full["metadata"]["uid"]
+            assert trimmed.store.get(f"{namespace}/{name}") == {
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "resourceVersion": full["metadata"]["resourceVersion"],
+                },
+                "data": {"token": "dG9rZW4="},
+            }
+    assert [o["metadata"]["name"] for o in seen] == ["listed", "watched"]  # from the list, then the watch
+    assert all("managedFields" in o["metadata"] for o in seen)  # the transform sees the object as sent

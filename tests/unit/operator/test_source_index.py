@@ -1,9 +1,10 @@
-"""SourceIndex: which agents use which Secret/ConfigMap, and which objects nobody uses any more."""
+"""SourceIndex: which agents use which Secret/ConfigMap, and which objects nobody uses any more; what the
+cache keeps of them."""
 
 from __future__ import annotations
 
 from agent_operator.mapping import AgentKey, SourceKind, SourceRef
-from agent_operator.sources import SourceIndex
+from agent_operator.sources import SourceIndex, kept_of_source
 
 A, B = AgentKey("ns", "a"), AgentKey("ns", "b")
 TOKEN_1 = SourceRef(SourceKind.SECRET, "ns", "token-1")
@@ -30,3 +31,36 @@ def test_removing_an_agent_releases_its_objects_unless_shared() -> None:
     assert index.remove(B) == frozenset({CA})
     assert index.remove(B) == frozenset()
     assert index.agents(CA) == []
+
+
+def test_the_cache_keeps_a_sources_data_and_name_only() -> None:
+    applied = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": "agent-token",
+            "namespace": "ns",
+            "uid": "u-1",
+            "resourceVersion": "42",
+            "labels": {"agentk.dev/watched": "true"},
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": '{"data":{"token":"c2VjcmV0"}}'
+            },
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {}}],
+        },
+        "data": {"token": "c2VjcmV0"},
+    }
+    assert kept_of_source(applied) == {
+        "type": "Opaque",
+        "metadata": {
+            "name": "agent-token",
+            "namespace": "ns",
+            "uid": "u-1",
+            "resourceVersion": "42",
+            "labels": {"agentk.dev/watched": "true"},
+        },
+        "data": {"token": "c2VjcmV0"},
+    }
+    config_map = {"metadata": {"name": "ca", "namespace": "ns"}, "binaryData": {"ca.crt": "LS0t"}}
+    assert kept_of_source(config_map) == config_map
