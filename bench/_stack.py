@@ -10,6 +10,7 @@ admin's, and ci_access without access_as does not impersonate), so the apiserver
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import platform
@@ -48,6 +49,13 @@ class Stack:
     direct: Endpoint
     tunnel: Endpoint
     work_dir: Path
+
+    def python_processes(self) -> dict[str, int]:
+        """name -> pid of the Python processes py-spy can profile (the Go stand-in is not one)."""
+        found = {"runtime": self.runtime.pid}
+        if isinstance(self.kas, KasProcess):
+            found["kas"] = self.kas.pid
+        return found
 
 
 @asynccontextmanager
@@ -126,6 +134,19 @@ async def tunnel_stack(
         finally:
             await runtime.stop()
             kas.stop()
+
+
+KAS_KINDS = ("python", "go")
+
+
+def add_kas_argument(parser: argparse.ArgumentParser) -> None:
+    """`--kas python|go` for the scripts built on `tunnel_stack`."""
+    parser.add_argument(
+        "--kas",
+        choices=KAS_KINDS,
+        default="python",
+        help="the peer: the reference kas, or bench/kaspeer, a Go stand-in that shows the runtime's share",
+    )
 
 
 def machine_description() -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 from _procs import process_cpu
 from _profile import PySpy, summarise
-from _stack import Endpoint, machine_description, tunnel_stack, work_directory
+from _stack import Endpoint, add_kas_argument, machine_description, tunnel_stack, work_directory
 from _stats import percentile, ratio, table
 
 CONFIGMAP_PATH = "/api/v1/namespaces/default/configmaps/bench-concurrency"
@@ -62,7 +62,7 @@ async def _run(args: argparse.Namespace) -> None:
     async with (
         asyncio.timeout(600),
         work_directory("bench-concurrency-") as work_dir,
-        tunnel_stack(work_dir) as stack,
+        tunnel_stack(work_dir, kas_kind=args.kas) as stack,
     ):
         body = {"metadata": {"name": "bench-concurrency"}, "data": {"key": "value" * 20}}
         status, _ = await asyncio.to_thread(
@@ -78,7 +78,7 @@ async def _run(args: argparse.Namespace) -> None:
                 await _wave(session, endpoint, args.requests)  # warm-up: connections, tunnel pool
                 if args.profile and endpoint is stack.tunnel:
                     args.profile.mkdir(parents=True, exist_ok=True)
-                    for name, pid in pids.items():
+                    for name, pid in stack.python_processes().items():
                         spy = PySpy(pid, args.profile / f"concurrency-{name}.txt", seconds=15)
                         await spy.start()
                         spies.append(spy)
@@ -131,6 +131,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--waves", type=int, default=None)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the kas and runtime processes")
+    add_kas_argument(parser)
     args = parser.parse_args()
     args.waves = args.waves or (2 if args.quick else 10)
     asyncio.run(_run(args))

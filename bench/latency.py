@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 from _procs import process_cpu
 from _profile import PySpy, summarise
-from _stack import Endpoint, Stack, machine_description, tunnel_stack, work_directory
+from _stack import Endpoint, Stack, add_kas_argument, machine_description, tunnel_stack, work_directory
 from _stats import percentile, ratio, table
 
 TIME_LIMIT_S = 300.0
@@ -76,7 +76,7 @@ async def _run(args: argparse.Namespace) -> None:
             raise RuntimeError(f"creating the ConfigMap answered {status}")
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-            for name, pid in (("kas", stack.kas.pid), ("runtime", stack.runtime.pid)):
+            for name, pid in stack.python_processes().items():
                 spy = PySpy(pid, args.profile / f"latency-{name}.txt", seconds=20)
                 await spy.start()
                 spies.append(spy)
@@ -103,12 +103,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="500 pairs instead of 5000")
     parser.add_argument("--requests", type=int, default=None, help="number of direct/tunnel pairs")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the kas and runtime processes")
-    parser.add_argument(
-        "--kas",
-        choices=("python", "go"),
-        default="python",
-        help="the peer: the reference kas, or bench/kaspeer, a Go stand-in that shows the runtime's share",
-    )
+    add_kas_argument(parser)
     args = parser.parse_args()
     args.requests = args.requests or (500 if args.quick else 5000)
     asyncio.run(_run(args))

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 from _procs import process_cpu
 from _profile import PySpy, summarise
-from _stack import Endpoint, Stack, machine_description, tunnel_stack, work_directory
+from _stack import Endpoint, Stack, add_kas_argument, machine_description, tunnel_stack, work_directory
 from _stats import ratio, table
 
 NAMESPACE = "bench-throughput"
@@ -162,7 +162,7 @@ async def _run(args: argparse.Namespace) -> None:
     async with (
         asyncio.timeout(args.time_limit),
         work_directory("bench-throughput-") as work_dir,
-        tunnel_stack(work_dir) as stack,
+        tunnel_stack(work_dir, kas_kind=args.kas) as stack,
     ):
         await asyncio.to_thread(stack.cluster.create_namespace, NAMESPACE)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CREATE_CONCURRENCY)) as session:
@@ -170,7 +170,7 @@ async def _run(args: argparse.Namespace) -> None:
         print(f"created {args.objects} ConfigMaps in {created:.1f}s")
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-            for name, pid in (("kas", stack.kas.pid), ("runtime", stack.runtime.pid)):
+            for name, pid in stack.python_processes().items():
                 spy = PySpy(pid, args.profile / f"throughput-{name}.txt", seconds=args.profile_seconds)
                 await spy.start()
                 spies.append(spy)
@@ -197,6 +197,7 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the kas and runtime processes")
+    add_kas_argument(parser)
     parser.add_argument("--profile-seconds", type=int, default=30)
     args = parser.parse_args()
     args.objects = args.objects or (2000 if args.quick else 20000)
