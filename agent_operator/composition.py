@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from agent_operator.controller import AgentController
 from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
+from agent_operator.label_sweep import sweep_unreferenced
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.settings import OperatorSettings
 from agent_operator.sources import Sources
@@ -101,6 +102,14 @@ class Composition:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(), name="status-writer")
             tg.create_task(self.controller.run(), name="agent-remapper")
+            tg.create_task(self._sweep_labels(), name="label-sweep")
+
+    async def _sweep_labels(self) -> None:
+        """Once per start (see label_sweep.py); a failure is logged, the operator goes on without it."""
+        try:
+            await sweep_unreferenced(self.api, self.sources)
+        except Exception:
+            log.exception("start-up label sweep failed")
 
     async def stop(self) -> None:
         """Stop writing, drain every worker, close the API session."""

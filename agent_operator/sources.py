@@ -129,6 +129,27 @@ class Sources:
 
             watcher.add_handler(on_change, replay=False)
 
+    async def wait_synced(self) -> None:
+        """Return once every informer has listed its objects."""
+        for watcher in self._informers.values():
+            await watcher.wait_synced()
+
+    def watched(self) -> frozenset[SourceRef]:
+        """Every object that carries the watch label now, as the caches know it."""
+        found: set[SourceRef] = set()
+        for (kind, _), watcher in self._informers.items():
+            for obj in watcher.store.items():
+                meta = obj.get("metadata") or {}
+                found.add(SourceRef(kind, str(meta.get("namespace", "")), str(meta.get("name", ""))))
+        return frozenset(found)
+
+    @property
+    def namespaces(self) -> tuple[str, ...] | None:
+        """The watched namespaces; None = all."""
+        if self._cluster_wide:
+            return None
+        return tuple(sorted({ns for _, ns in self._informers if ns is not None}))
+
     def _cached(self, source: SourceRef) -> KubeObject | None:
         scope = None if self._cluster_wide else source.namespace
         informer = self._informers.get((source.kind, scope))
@@ -150,9 +171,9 @@ class Sources:
             )
         return answer.body
 
-    async def unwatch(self, source: SourceRef) -> None:
+    async def unwatch(self, source: SourceRef) -> bool:
         """No GitLabAgent refers to `source` any more: take the watch label off (a JSON merge patch with
-        null). Best effort: a missing object is fine, a refusal is logged and the label stays."""
+        null). Best effort: a missing object is fine, a refusal is logged and the label stays (False)."""
         path = core_path(source.namespace, source.kind.value, source.name)
         unlabel = {"metadata": {"labels": {WATCHED_LABEL: None}}}
         try:
@@ -161,7 +182,8 @@ class Sources:
             why = type(exc).__name__
         else:
             if answer.ok or answer.status == 404:
-                return
+                return True
             why = answer.reason()
         what = f"{source.kind.value} {source.namespace}/{source.name}"
         log.warning("could not remove the %s label from %s: %s", WATCHED_LABEL, what, why)
+        return False

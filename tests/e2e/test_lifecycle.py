@@ -255,3 +255,31 @@ def test_watch_label_follows_the_references(kube: Kube, kas: KasProcess, operato
 
     kubectl_ok(kube.kubectl("delete", "gla", "labels-peer", "-n", ns, "--timeout=30s"))
     wait_for("label-2 unwatched", lambda: not _watched(kube, ns, "label-2"))
+
+
+def test_labels_left_while_the_operator_was_stopped_go_at_start(
+    kube: Kube, kas: KasProcess, operator: OperatorProcess
+) -> None:
+    """What changed while no operator ran leaves labels behind; the next start takes them off."""
+    ns, token = operator.namespace, kas.agents[5].token
+    kube.apply(
+        secret(ns, "sweep-old", token), secret(ns, "sweep-new", token), secret(ns, "sweep-orphan", token)
+    )
+    kube.apply(gitlab_agent(ns, "sweep", kas.agent_url, "sweep-old"))
+    wait_for("sweep-old watched", lambda: _watched(kube, ns, "sweep-old"))
+
+    operator.stop()
+    kube.patch_gla(ns, "sweep", {"spec": {"tokenSecretRef": {"name": "sweep-new"}}})
+    status, body = kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{ns}/secrets/sweep-orphan",
+        {"metadata": {"labels": {"agentk.dev/watched": "true"}}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert status == 200, body
+    operator.start()
+
+    wait_for("sweep-new watched", lambda: _watched(kube, ns, "sweep-new"))
+    wait_for("sweep-old unwatched", lambda: not _watched(kube, ns, "sweep-old"))
+    wait_for("sweep-orphan unwatched", lambda: not _watched(kube, ns, "sweep-orphan"))
+    assert "removed the watch label" in operator.log()
