@@ -196,17 +196,33 @@ class KubeAccess:
         `authenticated=True`: every request carries the current `auth_headers()` (read when it is sent,
         so a rotated token is used at once), and a 401 asks the refresher to re-read the token. For
         callers that build their own requests (kopf), which cannot add the header themselves.
+
+        The kubeconfig's proxy and TLS server name apply to every request of the session, also to those
+        sent without `request_options()` (kopf's).
         """
         connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=limit, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_SECONDS)
+        middlewares: list[aiohttp.ClientMiddlewareType] = []
+        if self.server_hostname:
+            middlewares.append(self._name_server)
+        if authenticated:
+            middlewares.append(self._authenticate)
         # The API server's responses are streamed by callers; never let aiohttp follow redirects
         # or read proxy settings from the environment (kubeconfig decides the proxy).
         return aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
             trust_env=False,
-            middlewares=(self._authenticate,) if authenticated else (),
+            proxy=self.proxy,
+            middlewares=tuple(middlewares),
         )
+
+    async def _name_server(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        """Session middleware: the kubeconfig's `tls-server-name`, which a session cannot carry."""
+        request.server_hostname = self.server_hostname
+        return await handler(request)
 
     async def _authenticate(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType

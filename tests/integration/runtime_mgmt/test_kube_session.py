@@ -1,5 +1,7 @@
 """KubeAccess.new_session(authenticated=True) against a real kube-apiserver: the session kopf is given.
 
+It follows the kubeconfig's `proxy-url` and `tls-server-name` by itself, since kopf cannot pass them.
+
 Every request carries the token KubeAccess holds *when it is sent* (a rotated token is used by the same
 session at once), and a 401 makes the token refresher re-read the token without waiting for its period.
 """
@@ -13,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent_runtime.kube import KubeAccess, load_configuration
 from tests.integration.runtime_mgmt.conftest import eventually
-from tests.support.k8s_cluster import ADMIN_TOKEN, USER_TOKEN
+from tests.integration.transport.peers import ConnectProxy
+from tests.support.k8s_cluster import ADMIN_TOKEN, USER_TOKEN, LocalCluster
 
 NAMESPACES = "/api/v1/namespaces"
 """Listing namespaces: the admin may; alice (USER_TOKEN) and anonymous may not (403); an unknown token is
@@ -89,3 +93,34 @@ async def test_a_401_makes_the_refresher_reread_the_token_at_once(
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+
+
+async def test_the_kubeconfig_proxy_and_tls_server_name_apply_without_request_options(
+    admin_kubeconfig: Path, k8s_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """kopf sends its requests without `request_options()`: the session itself must route them."""
+    port = k8s_cluster.url.rsplit(":", 1)[1]
+    proxy = await ConnectProxy(hosts={"cluster.test": "127.0.0.1"}).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    _routed_kubeconfig(admin_kubeconfig, kubeconfig, port, proxy.port)
+    kube = KubeAccess(await asyncio.to_thread(load_configuration, str(kubeconfig)))
+    try:
+        async with (
+            kube.new_session(limit=2, authenticated=True) as session,
+            session.get(kube.url(NAMESPACES)) as response,
+        ):
+            assert response.status == 200
+        assert [r.start_line[1] for r in proxy.requests] == [f"cluster.test:{port}"]
+    finally:
+        await kube.close()
+        await proxy.close()
+
+
+def _routed_kubeconfig(source: Path, target: Path, apiserver_port: str, proxy_port: int) -> None:
+    """`source` with a server name only the proxy resolves, the proxy, and the TLS name to verify."""
+    document = yaml.safe_load(source.read_text())
+    cluster = document["clusters"][0]["cluster"]
+    cluster["server"] = f"https://cluster.test:{apiserver_port}"
+    cluster["proxy-url"] = f"http://127.0.0.1:{proxy_port}"
+    cluster["tls-server-name"] = "kubernetes.default"  # in the serving certificate; cluster.test is not
+    target.write_text(yaml.safe_dump(document))
