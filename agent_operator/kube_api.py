@@ -92,7 +92,6 @@ class KubeApi:
             json=body,
             headers=headers,
             timeout=_TIMEOUT,
-            **self.kube.request_options(),
         ) as response:
             raw = await response.read()  # read to the end, so the connection can be reused
             if response.status == 401:

@@ -310,7 +310,6 @@ class Informer:
             params=params,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=_LIST_TIMEOUT_S, sock_connect=10),
-            **self._kube.request_options(),
         ) as response:
             if response.status == 410:
                 raise GoneError("list continue token expired")
@@ -338,7 +337,6 @@ class Informer:
             params=params,
             headers=headers,
             timeout=timeout,
-            **self._kube.request_options(),
         ) as response:
             if response.status == 410:
                 raise GoneError("watch resourceVersion expired")

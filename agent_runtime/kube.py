@@ -155,15 +155,6 @@ class KubeAccess:
                 await asyncio.wait_for(self._auth.stale.wait(), timeout=interval)
             await self._auth.refresh()
 
-    def request_options(self) -> dict[str, Any]:
-        """Per-request aiohttp keyword arguments that a session cannot carry (TLS name, proxy)."""
-        options: dict[str, Any] = {}
-        if self.server_hostname:
-            options["server_hostname"] = self.server_hostname
-        if self.proxy:
-            options["proxy"] = self.proxy
-        return options
-
     async def server_version(self) -> dict[str, str] | None:
         """The API server's `/version` (major, minor, gitVersion, platform), None when unreadable.
 
@@ -178,7 +169,6 @@ class KubeAccess:
                     self.url("/version"),
                     headers=self.auth_headers(),
                     timeout=aiohttp.ClientTimeout(total=_VERSION_TIMEOUT_SECONDS),
-                    **self.request_options(),
                 ) as response:
                     response.raise_for_status()
                     body: Any = await response.json()
@@ -197,8 +187,7 @@ class KubeAccess:
         so a rotated token is used at once), and a 401 asks the refresher to re-read the token. For
         callers that build their own requests (kopf), which cannot add the header themselves.
 
-        The kubeconfig's proxy and TLS server name apply to every request of the session, also to those
-        sent without `request_options()` (kopf's).
+        The kubeconfig's proxy and TLS server name apply to every request of the session (kopf's too).
         """
         connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=limit, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_SECONDS)

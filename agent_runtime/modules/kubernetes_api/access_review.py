@@ -74,7 +74,6 @@ class AccessReviewer:
                 data=json.dumps(body),
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=_TIMEOUT_S),
-                **kube.request_options(),
             ) as response:
                 text = await response.text()
                 if response.status != 201 and response.status != 200:

@@ -110,7 +110,6 @@ async def _relay(
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_S),
-            **kube.request_options(),
         )
         response = await response_cm.__aenter__()
     except (aiohttp.ClientError, OSError, TimeoutError) as e:

@@ -55,7 +55,7 @@ async def _status(kube: KubeAccess, *, authenticated: bool) -> int:
 
 
 async def _get(kube: KubeAccess, session: Any) -> int:
-    async with session.get(kube.url(NAMESPACES), **kube.request_options()) as response:
+    async with session.get(kube.url(NAMESPACES)) as response:
         return int(response.status)
 
 
@@ -95,10 +95,10 @@ async def test_a_401_makes_the_refresher_reread_the_token_at_once(
             await refresher
 
 
-async def test_the_kubeconfig_proxy_and_tls_server_name_apply_without_request_options(
+async def test_the_kubeconfig_proxy_and_tls_server_name_apply_to_every_request(
     admin_kubeconfig: Path, k8s_cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    """kopf sends its requests without `request_options()`: the session itself must route them."""
+    """kopf builds its own requests: the session itself must route them."""
     port = k8s_cluster.url.rsplit(":", 1)[1]
     proxy = await ConnectProxy(hosts={"cluster.test": "127.0.0.1"}).start()
     kubeconfig = tmp_path / "kubeconfig"
