@@ -2,7 +2,8 @@
 
 aiohttp does not hand over the raw connection after 101, so this is a small HTTP/1.1 client: write the
 request, read the status line and headers, then either relay the (non-101) body or pump bytes both ways
-as upgradeData frames until the API server closes the connection.
+as upgradeData frames until the API server closes the connection. With the kubeconfig's `proxy-url` (an
+http:// proxy), the connection is a CONNECT tunnel through it, as for every other API request.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import aiohttp
 import grpc
 import yarl
 
@@ -34,18 +36,9 @@ async def exchange(
 ) -> None:
     """Serve one upgrade request."""
     base = yarl.URL(kube.base_url)
-    tls = base.scheme == "https"
-    host = base.host or "localhost"
-    port = base.port or (443 if tls else 80)
     try:
         async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(
-                host,
-                port,
-                ssl=kube.ssl_context if tls else None,
-                server_hostname=(kube.server_hostname or host) if tls else None,
-                limit=_HEAD_LIMIT,
-            )
+            reader, writer = await _connect(kube, base)
     except (OSError, TimeoutError) as e:
         raise _unavailable(e) from e
     try:
@@ -64,6 +57,51 @@ async def exchange(
         writer.close()
         with contextlib.suppress(OSError, asyncio.CancelledError):
             await writer.wait_closed()
+
+
+async def _connect(kube: KubeAccess, base: yarl.URL) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the API server: direct, or through the kubeconfig's HTTP proxy (CONNECT)."""
+    tls = base.scheme == "https"
+    host = base.host or "localhost"
+    port = base.port or (443 if tls else 80)
+    server_hostname = (kube.server_hostname or host) if tls else None
+    if kube.proxy is None:
+        context = kube.ssl_context if tls else None
+        return await asyncio.open_connection(
+            host, port, ssl=context, server_hostname=server_hostname, limit=_HEAD_LIMIT
+        )
+    proxy = yarl.URL(kube.proxy)
+    if proxy.scheme != "http" or proxy.host is None:
+        raise OSError(f"upgrades go through http:// proxies only, not {proxy.scheme}://")
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port or 80, limit=_HEAD_LIMIT)
+    try:
+        await _tunnel_through(reader, writer, proxy, f"{base.raw_host}:{port}")
+        if tls:
+            await writer.start_tls(kube.ssl_context, server_hostname=server_hostname)
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+async def _tunnel_through(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: yarl.URL, authority: str
+) -> None:
+    """Ask the proxy for a tunnel to `authority`; OSError unless it answers 2xx."""
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    if proxy.user is not None:
+        credentials = aiohttp.BasicAuth(proxy.user, proxy.password or "")
+        lines.append(f"Proxy-Authorization: {credentials.encode()}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    await writer.drain()
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+        raise OSError("the proxy closed the connection or sent no valid answer to CONNECT") from e
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].startswith("2"):
+        raise OSError(f"the proxy refused the tunnel: {status_line}")
 
 
 async def _write_head(writer: asyncio.StreamWriter, req: OutgoingRequest, base: yarl.URL) -> None:

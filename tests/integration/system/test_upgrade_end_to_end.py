@@ -29,6 +29,7 @@ from tests.integration.system.upgrade_target import (
     ECHO_PATH,
     FAREWELL,
     GREETING,
+    PROXIED_HOST,
     REFUSAL,
     REFUSE_PATH,
     TOKEN,
@@ -36,6 +37,7 @@ from tests.integration.system.upgrade_target import (
     kube_access_for,
     upgrade_target,
 )
+from tests.integration.transport.peers import ConnectProxy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -225,3 +227,33 @@ async def test_refused_upgrade_comes_back_as_a_normal_response(
             "POST"
         ]
         await _idle_again(loopback_runtime, spec.id)
+
+
+async def test_upgrade_goes_through_the_kubeconfig_proxy(
+    target: UpgradeTarget, certs: Certs, tmp_path: Path
+) -> None:
+    """With `proxy-url`, the upgrade's own connection asks the proxy for a tunnel, then speaks TLS in it."""
+    proxy = await ConnectProxy(hosts={PROXIED_HOST: "127.0.0.1"}).start()
+    kube = kube_access_for(target, certs.ca, proxy_port=proxy.port)
+    runtime = Runtime(kube, RuntimeSettings(observability_address=None, stop_grace=2.0))
+    await runtime.start()
+    try:
+        async with started_kas(tmp_path / "kas", certs) as kas:
+            spec = agent_spec(kas, "grpc", certs)
+            runtime.apply(spec)
+            await wait_for(runtime, spec.id, _ready)
+            reader, writer = await _open(kas, certs, ECHO_PATH, "SPDY/3.1")
+            try:
+                async with asyncio.timeout(30):
+                    await _upgrade(reader, "SPDY/3.1")
+                    await _echo(reader, writer, b"through the proxy")
+            finally:
+                writer.close()
+            assert [ECHO_PATH in seen.request_line for seen in target.upgrades()] == [True]
+            tunnels = [r.start_line for r in proxy.requests]
+            assert ("CONNECT", f"{PROXIED_HOST}:{target.port}", "HTTP/1.1") in tunnels
+    finally:
+        async with asyncio.timeout(30):
+            await runtime.stop(2.0)
+        await kube.close()
+        await proxy.close()

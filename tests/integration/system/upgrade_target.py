@@ -165,10 +165,22 @@ async def upgrade_target(cert: Path, key: Path) -> AsyncIterator[UpgradeTarget]:
         await target.stop()
 
 
-def kube_access_for(target: UpgradeTarget, ca: Path) -> KubeAccess:
-    """KubeAccess pointing at the loopback target, trusting `ca`, authenticating with TOKEN."""
+PROXIED_HOST = "upgrade.test"
+"""The target's name when reached through a proxy (only the proxy resolves it)."""
+
+
+def kube_access_for(target: UpgradeTarget, ca: Path, *, proxy_port: int | None = None) -> KubeAccess:
+    """KubeAccess pointing at the loopback target, trusting `ca`, authenticating with TOKEN.
+
+    With `proxy_port`, the target is `upgrade.test` behind an HTTP proxy on that loopback port, and the
+    certificate is checked for `localhost` (kubeconfig `proxy-url` and `tls-server-name`).
+    """
     configuration = k8s_client.Configuration()
     configuration.host = f"https://127.0.0.1:{target.port}"
+    if proxy_port is not None:
+        configuration.host = f"https://{PROXIED_HOST}:{target.port}"
+        configuration.proxy = f"http://127.0.0.1:{proxy_port}"
+        configuration.tls_server_name = "localhost"
     configuration.ssl_ca_cert = str(ca)
     configuration.api_key = {"authorization": f"Bearer {TOKEN}"}
     return KubeAccess(configuration)
