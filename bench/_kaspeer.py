@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _bootstrap
+from _procs import KasEndpoints
 
 from kas.k8s_proxy.certs import self_signed_serving_certificate
 from tests.support import process
@@ -36,7 +37,7 @@ def build() -> Path:
 
 
 @dataclass
-class KasPeerProcess:
+class KasPeerProcess(KasEndpoints):
     """The stand-in on fixed loopback ports, with a self-signed certificate on its proxy."""
 
     work_dir: Path
@@ -48,19 +49,6 @@ class KasPeerProcess:
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.agent_port, self.proxy_port = free_port(), free_port()
-
-    @property
-    def agent_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.agent_port}"
-
-    @property
-    def proxy_url(self) -> str:
-        return f"https://127.0.0.1:{self.proxy_port}"
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
 
     async def start(self, time_limit: float = 30.0) -> None:
         binary = await asyncio.to_thread(build)

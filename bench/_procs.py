@@ -76,8 +76,29 @@ def _ci_job() -> dict[str, Any]:
     }
 
 
+class KasEndpoints:
+    """Where agents and CI clients reach a kas process on loopback (the reference kas or a stand-in)."""
+
+    agent_port: int
+    proxy_port: int
+    _proc: subprocess.Popen[bytes] | None
+
+    @property
+    def agent_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.agent_port}"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"https://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+
 @dataclass
-class KasProcess:
+class KasProcess(KasEndpoints):
     """`python -m kas --config <work_dir>/kas.yaml` on fixed loopback ports (kept across restarts)."""
 
     work_dir: Path
@@ -127,22 +148,9 @@ class KasProcess:
         (self.work_dir / "kas.yaml").write_text(yaml.safe_dump(config))
 
     @property
-    def agent_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.agent_port}"
-
-    @property
     def ws_url(self) -> str:
         """The same listener reached as gRPC-in-WebSocket (kas sniffs each connection)."""
         return f"ws://127.0.0.1:{self.agent_port}/"
-
-    @property
-    def proxy_url(self) -> str:
-        return f"https://127.0.0.1:{self.proxy_port}"
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
 
     async def start(self, time_limit: float = 30.0) -> float:
         """Start and wait for /readiness; returns the seconds it took."""

@@ -139,13 +139,18 @@ func announceVersion(stream grpc.ServerStream) error {
 	return stream.SendHeader(metadata.Pairs(versionMetadataKey, serverVersion))
 }
 
-// getConfiguration sends one empty configuration and keeps the stream open, as kas does between changes.
-func (p *peer) getConfiguration(stream grpc.ServerStream) error {
+// acceptRequest reads a unary-request call's one request and sends kas's version as response metadata.
+func acceptRequest(stream grpc.ServerStream) error {
 	var request []byte
 	if err := stream.RecvMsg(&request); err != nil {
 		return err
 	}
-	if err := announceVersion(stream); err != nil {
+	return announceVersion(stream)
+}
+
+// getConfiguration sends one empty configuration and keeps the stream open, as kas does between changes.
+func (p *peer) getConfiguration(stream grpc.ServerStream) error {
+	if err := acceptRequest(stream); err != nil {
 		return err
 	}
 	response := appendMessage(nil, 1, nil) // configuration: {}
@@ -158,11 +163,7 @@ func (p *peer) getConfiguration(stream grpc.ServerStream) error {
 }
 
 func (p *peer) register(stream grpc.ServerStream) error {
-	var request []byte
-	if err := stream.RecvMsg(&request); err != nil {
-		return err
-	}
-	if err := announceVersion(stream); err != nil {
+	if err := acceptRequest(stream); err != nil {
 		return err
 	}
 	empty := []byte{}

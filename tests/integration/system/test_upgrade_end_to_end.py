@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from agent_runtime.kube import KubeAccess
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.spec import Phase, WorkerSnapshot
 from kas.server import KasServer
@@ -50,10 +52,8 @@ async def target(certs: Certs) -> AsyncIterator[UpgradeTarget]:
         yield server
 
 
-@pytest.fixture
-async def loopback_runtime(target: UpgradeTarget, certs: Certs) -> AsyncIterator[Runtime]:
-    """A Runtime whose Kubernetes API is the loopback upgrade target."""
-    kube = kube_access_for(target, certs.ca)
+@asynccontextmanager
+async def _runtime(kube: KubeAccess) -> AsyncIterator[Runtime]:
     rt = Runtime(kube, RuntimeSettings(observability_address=None, stop_grace=2.0))
     await rt.start()
     try:
@@ -62,6 +62,13 @@ async def loopback_runtime(target: UpgradeTarget, certs: Certs) -> AsyncIterator
         async with asyncio.timeout(30):
             await rt.stop(2.0)
         await kube.close()
+
+
+@pytest.fixture
+async def loopback_runtime(target: UpgradeTarget, certs: Certs) -> AsyncIterator[Runtime]:
+    """A Runtime whose Kubernetes API is the loopback upgrade target."""
+    async with _runtime(kube_access_for(target, certs.ca)) as rt:
+        yield rt
 
 
 def _ready(snapshot: WorkerSnapshot) -> bool:
@@ -234,11 +241,11 @@ async def test_upgrade_goes_through_the_kubeconfig_proxy(
 ) -> None:
     """With `proxy-url`, the upgrade's own connection asks the proxy for a tunnel, then speaks TLS in it."""
     proxy = await ConnectProxy(hosts={PROXIED_HOST: "127.0.0.1"}).start()
-    kube = kube_access_for(target, certs.ca, proxy_port=proxy.port)
-    runtime = Runtime(kube, RuntimeSettings(observability_address=None, stop_grace=2.0))
-    await runtime.start()
     try:
-        async with started_kas(tmp_path / "kas", certs) as kas:
+        async with (
+            _runtime(kube_access_for(target, certs.ca, proxy_port=proxy.port)) as runtime,
+            started_kas(tmp_path / "kas", certs) as kas,
+        ):
             spec = agent_spec(kas, "grpc", certs)
             runtime.apply(spec)
             await wait_for(runtime, spec.id, _ready)
@@ -249,11 +256,8 @@ async def test_upgrade_goes_through_the_kubeconfig_proxy(
                     await _echo(reader, writer, b"through the proxy")
             finally:
                 writer.close()
-            assert [ECHO_PATH in seen.request_line for seen in target.upgrades()] == [True]
-            tunnels = [r.start_line for r in proxy.requests]
-            assert ("CONNECT", f"{PROXIED_HOST}:{target.port}", "HTTP/1.1") in tunnels
+        assert [ECHO_PATH in seen.request_line for seen in target.upgrades()] == [True]
+        tunnels = [r.start_line for r in proxy.requests]
+        assert ("CONNECT", f"{PROXIED_HOST}:{target.port}", "HTTP/1.1") in tunnels
     finally:
-        async with asyncio.timeout(30):
-            await runtime.stop(2.0)
-        await kube.close()
         await proxy.close()
