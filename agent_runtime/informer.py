@@ -41,7 +41,7 @@ freshly decoded JSON that nobody else holds, and must keep `metadata.name`, `nam
 
 def strip_managed_fields(obj: dict[str, Any]) -> KubeObject:
     """The default Transform: the object without `metadata.managedFields`, which no consumer reads and
-    which is most of a small object's size (client-go offers the same as TransformStripManagedFields)."""
+    which is most of a small object's size."""
     meta = obj.get("metadata")
     if isinstance(meta, dict):
         meta.pop("managedFields", None)

@@ -106,9 +106,9 @@ class KubeAccess:
         self.ssl_context: ssl.SSLContext = _ssl_context(configuration)
         """TLS settings for the API server (CA, client certificate, verification); unused for http://."""
         self.server_hostname: str | None = getattr(configuration, "tls_server_name", None) or None
-        """TLS server name override (kubeconfig `tls-server-name`); pass as `server_hostname=`."""
+        """TLS server name override (kubeconfig `tls-server-name`); sessions apply it to every request."""
         self.proxy: str | None = getattr(configuration, "proxy", None) or None
-        """Proxy URL from the kubeconfig (`proxy-url`), if any."""
+        """Proxy URL from the kubeconfig (`proxy-url`), if any; sessions send every request through it."""
         self._auth = _AuthHeader(configuration)
         self._session: aiohttp.ClientSession | None = None
         self._version: dict[str, str] | None = None

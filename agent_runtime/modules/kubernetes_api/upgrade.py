@@ -75,7 +75,8 @@ async def _connect(kube: KubeAccess, base: yarl.URL) -> tuple[asyncio.StreamRead
         raise OSError(f"upgrades go through http:// proxies only, not {proxy.scheme}://")
     reader, writer = await asyncio.open_connection(proxy.host, proxy.port or 80, limit=_HEAD_LIMIT)
     try:
-        await _tunnel_through(reader, writer, proxy, f"{base.raw_host}:{port}")
+        name = base.raw_host or host
+        await _tunnel_through(reader, writer, proxy, f"[{name}]:{port}" if ":" in name else f"{name}:{port}")
         if tls:
             await writer.start_tls(kube.ssl_context, server_hostname=server_hostname)
     except BaseException:
