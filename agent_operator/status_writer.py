@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ DEBOUNCE_S: Final = 0.2
 FIRST_CONNECTING_HOLD_S: Final = 0.5
 """A new resource's first status is held this long while it would only say Connecting: the worker usually
 connects sooner, and one write saying Connected beats two writes (our choice; Apply → Connected p99)."""
+TUNNEL_COUNTS_INTERVAL_S: Final = 10.0
+"""A status that differs from the written one only in its tunnel counts is written at most this often
+(our choice). Every tunnelled request moves the idle/active counts: without this, a steady stream of CI
+requests made a steady stream of status patches, about four a second per busy agent, each a MODIFIED
+event for every watcher of GitLabAgents. Any other change is written at once, with the latest counts."""
 RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Our choice: waits between failed patch attempts; after the last one the writer waits for a change."""
 _RETRYABLE: Final = frozenset({409, 429, 500, 502, 503, 504})
@@ -59,6 +65,14 @@ def parse_status(raw: object) -> GitLabAgentStatus | None:
         return None
 
 
+def _only_counts_differ(written: GitLabAgentStatus, status: GitLabAgentStatus) -> bool:
+    """True when `status` is `written` with other tunnel counts (and nothing else changed)."""
+    same_counts = status.model_copy(
+        update={"tunnels": written.tunnels, "tunnels_summary": written.tunnels_summary}
+    )
+    return same_counts == written and status != written
+
+
 def _to_json(status: GitLabAgentStatus | None) -> str | None:
     return status.model_dump_json() if status is not None else None
 
@@ -78,6 +92,15 @@ class _Entry:
     failures: int = 0
     tracked_at: float = field(default_factory=time.monotonic)
     hold: asyncio.TimerHandle | None = None
+    written_at: float = -math.inf
+    """When this writer last wrote the status (monotonic)."""
+    counts_due: asyncio.TimerHandle | None = None
+    """Set while a counts-only change waits for TUNNEL_COUNTS_INTERVAL_S."""
+
+    def cancel_timers(self) -> None:
+        for timer in (self.hold, self.counts_due):
+            if timer is not None:
+                timer.cancel()
 
 
 class StatusWriter:
@@ -120,8 +143,8 @@ class StatusWriter:
     def forget(self, key: AgentKey) -> None:
         """Stop writing the status of a resource (deleted, or handed over to another operator)."""
         entry = self._entries.pop(key, None)
-        if entry is not None and entry.hold is not None:
-            entry.hold.cancel()
+        if entry is not None:
+            entry.cancel_timers()
 
     def on_snapshot(self, snapshot: WorkerSnapshot) -> None:
         """Runtime subscription: a worker changed."""
@@ -148,6 +171,25 @@ class StatusWriter:
             entry.hold = asyncio.get_running_loop().call_later(remaining, self._tasks.kick, key)
         return True
 
+    def _counts_wait(
+        self, key: AgentKey, entry: _Entry, written: GitLabAgentStatus | None, status: GitLabAgentStatus
+    ) -> bool:
+        """Defer a change of the tunnel counts alone until TUNNEL_COUNTS_INTERVAL_S after the last write."""
+        if written is None or not _only_counts_differ(written, status):
+            return False
+        remaining = entry.written_at + TUNNEL_COUNTS_INTERVAL_S - time.monotonic()
+        if remaining <= 0:
+            return False
+        if entry.counts_due is None:
+            entry.counts_due = asyncio.get_running_loop().call_later(remaining, self._counts_due, key)
+        return True
+
+    def _counts_due(self, key: AgentKey) -> None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.counts_due = None
+            self._tasks.kick(key)
+
     async def _write(self, key: AgentKey) -> None:
         async with self._in_flight:
             retry_in = await self._write_now(key)
@@ -162,7 +204,11 @@ class StatusWriter:
             return None
         written = _from_json(entry.written_json)
         status = compute_status(entry.facts, self._snapshots(key.worker_id), written, self._clock())
-        if status == written or self._held(key, entry, status):
+        if (
+            status == written
+            or self._held(key, entry, status)
+            or self._counts_wait(key, entry, written, status)
+        ):
             return None
         extra = resource_extra(key.namespace, key.name)
         path = group_path(API_VERSION, key.namespace, PLURAL, key.name) + "/status"
@@ -176,6 +222,7 @@ class StatusWriter:
         if answer is not None and answer.ok:
             events = transition_events(written, status, entry.facts)
             entry.written_json, entry.failures = _to_json(status), 0
+            entry.written_at = time.monotonic()
             for event in events:
                 await self._events.emit(entry.ref, event)
             return None

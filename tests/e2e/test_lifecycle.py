@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -283,3 +285,33 @@ def test_labels_left_while_the_operator_was_stopped_go_at_start(
     wait_for("sweep-old unwatched", lambda: not _watched(kube, ns, "sweep-old"))
     wait_for("sweep-orphan unwatched", lambda: not _watched(kube, ns, "sweep-orphan"))
     assert "removed the watch label" in operator.log()
+
+
+def test_tunnel_traffic_does_not_turn_into_status_writes(
+    kube: Kube, kas: KasProcess, operator: OperatorProcess
+) -> None:
+    """Every tunnelled request moves the idle/active counts the status shows; a steady stream of CI
+    requests must not become a steady stream of status patches (and MODIFIED events for every watcher)."""
+    ns, agent = operator.namespace, kas.agents[50]
+    kube.apply(secret(ns, "busy-token", agent.token), gitlab_agent(ns, "busy", kas.agent_url, "busy-token"))
+    wait_for("Connected", lambda: _connected(kube, ns, "busy"), timeout=20)
+    patches = partial(_status_patches, operator)
+    wait_for("status settled", lambda: _steady(patches), timeout=10)
+    before, sent, deadline = patches(), 0, time.monotonic() + 3.0
+    while time.monotonic() < deadline and sent < 500:
+        code, body = kas.proxy_get(agent.id, "/version")
+        assert code == 200, body
+        sent += 1
+    after = patches()
+    assert sent >= 20
+    assert after - before <= 1, f"{after - before} status patches for {sent} tunnelled requests"
+
+
+def _status_patches(operator: OperatorProcess) -> float:
+    return metric_value(operator.metrics(), "agentk_operator_status_patches_total", {"result": "2xx"}) or 0.0
+
+
+def _steady(read: Callable[[], float]) -> bool:
+    first = read()
+    time.sleep(0.5)
+    return read() == first

@@ -1,4 +1,5 @@
-"""StatusWriter: one merge patch per change of the computed status, none while nothing changed."""
+"""StatusWriter: one merge patch per change of the computed status, none while nothing changed, and
+changes of the tunnel counts alone at most once per interval."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent_operator import status_writer
 from agent_operator.api import Phase
 from agent_operator.events import ObjectRef
 from agent_operator.kube_api import ApiResponse
@@ -158,3 +160,40 @@ async def test_at_most_writes_in_flight_statuses_are_computed_and_sent_at_once()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _counts(idle: int, active: int, phase: WorkerPhase = WorkerPhase.CONNECTED) -> WorkerSnapshot:
+    return WorkerSnapshot(
+        id=KEY.worker_id, phase=phase, connected_since=NOW, tunnels_idle=idle, tunnels_active=active
+    )
+
+
+async def test_tunnel_counts_alone_are_written_at_most_once_per_interval(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status_writer, "TUNNEL_COUNTS_INTERVAL_S", 0.3)
+    writer, api, _, snapshots = parts
+    writer.track(KEY, REF, FACTS, None)
+    await _settle()
+    assert len(api.patches) == 1
+
+    for idle, active in ((1, 1), (2, 0), (1, 1)):  # requests come and go: nothing is written yet
+        snapshots.current = _counts(idle, active)
+        writer.on_snapshot(snapshots.current)
+        await _settle()
+    assert len(api.patches) == 1
+
+    await asyncio.sleep(0.4)  # the interval is over: the latest counts, once
+    await _settle()
+    assert [p.get("tunnelsSummary") for p in api.patches[1:]] == ["1 idle/1 active"]
+
+    snapshots.current = _counts(2, 0)
+    writer.on_snapshot(snapshots.current)
+    await _settle()
+    assert len(api.patches) == 2, "counts again within the interval: wait"
+    snapshots.current = _counts(0, 2, WorkerPhase.CONNECTING)
+    writer.on_snapshot(snapshots.current)
+    await _settle()
+    assert [(p["phase"], p.get("tunnelsSummary")) for p in api.patches[2:]] == [
+        ("Connecting", "0 idle/2 active")
+    ], "any other change is written at once, with the counts of the moment"
