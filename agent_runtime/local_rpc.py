@@ -25,6 +25,11 @@ class RpcStatusError(Exception):
         self.message = message
 
 
+class CallEndedError(Exception):
+    """The tunnelled call is over on kas's side (its caller went away, kas stopped): nothing more can
+    be sent, and there is nobody to tell. Raised by LocalCall.send/send_header; not a handler's fault."""
+
+
 class LocalCall(Protocol):
     """One tunnelled call as its handler sees it."""
 
@@ -43,11 +48,12 @@ class LocalCall(Protocol):
         ...
 
     async def send_header(self, meta: Mapping[str, Sequence[str]]) -> None:
-        """Send response header metadata (at most once; send() sends an empty one if needed)."""
+        """Send response header metadata (at most once; send() sends an empty one if needed).
+        CallEndedError when the call is over."""
         ...
 
     async def send(self, message: bytes) -> None:
-        """Send one raw response message."""
+        """Send one raw response message; CallEndedError when the call is over."""
         ...
 
 

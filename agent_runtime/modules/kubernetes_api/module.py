@@ -15,7 +15,7 @@ import yarl
 from agent_proto.flavor import HeaderExtraError, ImpersonationConfig
 from agent_runtime.constants import GRPC_TO_HTTP_ERROR_PREFIX, NESTED_IMPERSONATION_ERROR, SAR_CACHE_TTL_S
 from agent_runtime.environment import NoMetrics, WorkerMetrics
-from agent_runtime.local_rpc import LocalCall, LocalService, RpcStatusError
+from agent_runtime.local_rpc import CallEndedError, LocalCall, LocalService, RpcStatusError
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.kubernetes_api import frames, http_exchange, upgrade
 from agent_runtime.modules.kubernetes_api.access_review import AccessReviewer, AccessReviewError
@@ -61,6 +61,8 @@ class KubernetesApiModule:
         except RpcStatusError as e:
             code = e.code
             raise
+        except CallEndedError:
+            raise  # counted as CANCELLED: kas ended the call, the client went away
         except Exception:
             code = grpc.StatusCode.INTERNAL  # what the tunnel makes of an unexpected error
             raise

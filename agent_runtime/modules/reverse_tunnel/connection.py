@@ -20,12 +20,14 @@ from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
 from agent_runtime.environment import WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error, is_cancel
 from agent_runtime.grpc_calls import TUNNEL_COMPRESSION, EstablishedProbe
-from agent_runtime.local_rpc import LocalHandler, RpcStatusError
+from agent_runtime.local_rpc import CallEndedError, LocalHandler, RpcStatusError
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.reverse_tunnel import frames
 from agent_runtime.modules.reverse_tunnel.pool import Outcome, Slot
 from agent_runtime.worker_state import Component
 
+_STREAM_OVER = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)
+"""What grpc.aio raises on a write to a call that has ended."""
 _QUEUE_DEPTH = 8
 """Request messages buffered ahead of the handler; keeps gRPC flow control meaningful."""
 
@@ -84,12 +86,15 @@ class _Stream:
     async def open_header(self) -> None:
         """Send the empty response header now unless the handler already sent one; failures show later."""
         if not self.header_sent:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            with contextlib.suppress(CallEndedError):
                 await self.send_header({})
 
     async def write(self, frame: bytes) -> None:
         async with self._write_lock:
-            await self._call.write(frame)
+            try:
+                await self._call.write(frame)
+            except _STREAM_OVER as e:
+                raise CallEndedError(f"the tunnel stream ended: {_describe(e)}") from e
 
     def call_done(self) -> bool:
         return self._call.done()
@@ -237,6 +242,9 @@ class TunnelAttempt:
             await handler(stream)
         except RpcStatusError as e:
             return e.code, e.message
+        except CallEndedError as e:
+            self._ctx.logger.debug("tunnelled call %s ended by kas: %s", stream.method, e)
+            return grpc.StatusCode.CANCELLED, str(e)
         except Exception as e:
             self._ctx.logger.exception("tunnelled call %s failed", stream.method)
             return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
@@ -275,7 +283,7 @@ class TunnelAttempt:
     async def _finish(self, stream: _Stream, status: Status) -> None:
         if stream.half_closed or stream.call_done():
             return
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+        with contextlib.suppress(CallEndedError, *_STREAM_OVER):
             await stream.finish(status)
 
     async def _drain(self, call: _Call, stream: _Stream) -> Outcome:
@@ -294,6 +302,12 @@ class TunnelAttempt:
         self._ctx.logger.warning("invalid frame from kas: %s", text)
         target = stream or _Stream(call, "", {})
         await self._finish(target, (grpc.StatusCode.INVALID_ARGUMENT, text))
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return str(e) or type(e).__name__
 
 
 def _current_task_cancelling() -> bool:

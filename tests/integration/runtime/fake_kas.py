@@ -34,6 +34,7 @@ class FakeTunnel:
         self.context = context
         self.descriptor = descriptor
         self.done: asyncio.Event = asyncio.Event()
+        self.cancelled = False
 
     async def send(self, frame: tunnel_rpc.ConnectResponse | bytes) -> None:
         await self.context.write(frame if isinstance(frame, bytes) else frame.SerializeToString())
@@ -46,6 +47,11 @@ class FakeTunnel:
         return tunnel_rpc.ConnectRequest.FromString(raw)
 
     def finish(self) -> None:
+        self.done.set()
+
+    def cancel(self) -> None:
+        """End the call with CANCELLED, as kas does when its client goes away."""
+        self.cancelled = True
         self.done.set()
 
 
@@ -114,6 +120,8 @@ class FakeKas:
         tunnel = FakeTunnel(context, tunnel_rpc.ConnectRequest.FromString(raw))
         await self.tunnels.put(tunnel)
         await tunnel.done.wait()
+        if tunnel.cancelled:
+            await context.abort(grpc.StatusCode.CANCELLED, "the client went away")
 
 
 class _Generic(grpc.GenericRpcHandler):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import grpc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -276,3 +278,21 @@ async def test_response_header_goes_out_before_the_apiserver_answers(
     result = await asyncio.wait_for(read_response(tunnel), 30)
     assert result.status == 201, result
     assert json.loads(result.body)["metadata"]["name"] == "early"
+
+
+async def test_kas_ending_a_call_mid_response_is_no_error(
+    kas: FakeKas, start_worker: WorkerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kas ends a call while the worker still writes the answer (its client went away): the worker stops
+    that answer quietly, logs no error, and goes on serving."""
+    worker = start_worker()
+    for _ in range(10):
+        tunnel = await start_request(kas, http_request_frames("GET", "/openapi/v2"))  # megabytes of JSON
+        for _ in range(3):
+            assert await asyncio.wait_for(tunnel.recv(), 30) is not None
+        tunnel.cancel()  # kas's side of the call ends while the answer streams
+    result = await asyncio.wait_for(http(kas, "GET", "/version"), 30)
+    assert result.status == 200
+    assert worker.snapshot.phase is Phase.CONNECTED
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
