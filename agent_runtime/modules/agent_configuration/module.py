@@ -94,9 +94,11 @@ class ConfigurationModule:
             compression=GZIP,
         )
         probe = EstablishedProbe(TUNNEL_ESTABLISHED_AFTER_S, lambda: ctx.state.ok(Component.CONFIGURATION))
-        probe.start()
         try:
             ctx.kas.note_response_metadata(await call.initial_metadata())
+            # Only now: with wait_for_ready, a call waits for the channel as long as kas is unreachable,
+            # and surviving a moment while it waits proves nothing.
+            probe.start()
             while True:
                 raw = await call.read()
                 if raw is grpc.aio.EOF:

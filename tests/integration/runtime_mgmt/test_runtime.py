@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
 from agent_runtime.kube import KubeAccess
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
@@ -92,3 +93,21 @@ async def test_token_rotation_reconnects_in_place(runtime: Runtime, kas: KasServ
     latest = await anext(updates)
     await updates.aclose()
     assert latest.id == spec.id
+
+
+async def test_an_unreachable_kas_never_looks_connected(runtime: Runtime) -> None:
+    """Calls wait for the channel (wait_for_ready): a call still waiting for it is no proof of anything."""
+    spec = WorkerSpec(id="ns/nowhere", kas_address=f"grpc://127.0.0.1:{free_port()}", token=Secret("x" * 50))
+    runtime.apply(spec)
+    await eventually(
+        lambda: (
+            (s := runtime.snapshot("ns/nowhere")) is not None
+            and s.last_error is not None
+            and s.last_error.reason is ErrorReason.KAS_UNREACHABLE
+        )
+    )
+    await asyncio.sleep(3 * TUNNEL_ESTABLISHED_AFTER_S)  # past the "alive this long" probes
+    snapshot = runtime.snapshot("ns/nowhere")
+    assert snapshot is not None
+    assert snapshot.phase is Phase.CONNECTING, snapshot
+    assert snapshot.connected_since is None
