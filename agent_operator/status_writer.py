@@ -91,16 +91,10 @@ class _Entry:
     as text under 2 KiB (docs/benchmarks.md, Density)."""
     failures: int = 0
     tracked_at: float = field(default_factory=time.monotonic)
-    hold: asyncio.TimerHandle | None = None
     written_at: float = -math.inf
     """When this writer last wrote the status (monotonic)."""
-    counts_due: asyncio.TimerHandle | None = None
-    """Set while a counts-only change waits for TUNNEL_COUNTS_INTERVAL_S."""
-
-    def cancel_timers(self) -> None:
-        for timer in (self.hold, self.counts_due):
-            if timer is not None:
-                timer.cancel()
+    wake: asyncio.TimerHandle | None = None
+    """Set while a write is deferred (first Connecting hold, counts-only change) until it is due."""
 
 
 class StatusWriter:
@@ -143,8 +137,8 @@ class StatusWriter:
     def forget(self, key: AgentKey) -> None:
         """Stop writing the status of a resource (deleted, or handed over to another operator)."""
         entry = self._entries.pop(key, None)
-        if entry is not None:
-            entry.cancel_timers()
+        if entry is not None and entry.wake is not None:
+            entry.wake.cancel()
 
     def on_snapshot(self, snapshot: WorkerSnapshot) -> None:
         """Runtime subscription: a worker changed."""
@@ -164,12 +158,7 @@ class StatusWriter:
         """Hold a brand-new resource's first status while it only says Connecting (see the constant)."""
         if entry.written_json is not None or status.phase is not Phase.CONNECTING:
             return False
-        remaining = FIRST_CONNECTING_HOLD_S - (time.monotonic() - entry.tracked_at)
-        if remaining <= 0:
-            return False
-        if entry.hold is None:
-            entry.hold = asyncio.get_running_loop().call_later(remaining, self._tasks.kick, key)
-        return True
+        return self._deferred(key, entry, entry.tracked_at + FIRST_CONNECTING_HOLD_S)
 
     def _counts_wait(
         self, key: AgentKey, entry: _Entry, written: GitLabAgentStatus | None, status: GitLabAgentStatus
@@ -177,17 +166,21 @@ class StatusWriter:
         """Defer a change of the tunnel counts alone until TUNNEL_COUNTS_INTERVAL_S after the last write."""
         if written is None or not _only_counts_differ(written, status):
             return False
-        remaining = entry.written_at + TUNNEL_COUNTS_INTERVAL_S - time.monotonic()
+        return self._deferred(key, entry, entry.written_at + TUNNEL_COUNTS_INTERVAL_S)
+
+    def _deferred(self, key: AgentKey, entry: _Entry, due: float) -> bool:
+        """True when the write must wait until `due` (monotonic); the resource is kicked again then."""
+        remaining = due - time.monotonic()
         if remaining <= 0:
             return False
-        if entry.counts_due is None:
-            entry.counts_due = asyncio.get_running_loop().call_later(remaining, self._counts_due, key)
+        if entry.wake is None:
+            entry.wake = asyncio.get_running_loop().call_later(remaining, self._wake, key)
         return True
 
-    def _counts_due(self, key: AgentKey) -> None:
+    def _wake(self, key: AgentKey) -> None:
         entry = self._entries.get(key)
         if entry is not None:
-            entry.counts_due = None
+            entry.wake = None
             self._tasks.kick(key)
 
     async def _write(self, key: AgentKey) -> None:
