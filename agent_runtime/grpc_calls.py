@@ -15,8 +15,9 @@ TUNNEL_COMPRESSION = grpc.Compression.NoCompression
 
 grpc.aio compresses inline on the event loop: gzip on 32 KiB tunnel frames capped a tunnelled LIST at
 14 % of direct throughput and stalled every other worker of the process meanwhile (docs/benchmarks.md);
-uncompressed it reached 42 %, and a watch 94 %. Every gRPC server accepts identity-encoded messages, so
-this is wire compatible; the API server still gzips large responses when the client asks, as kubectl does.
+uncompressed it reaches 52 to 62 % (LIST) and 69 to 83 % (watch). Every gRPC server accepts
+identity-encoded messages, so this is wire compatible; the API server still gzips large responses when
+the client asks, as kubectl does.
 """
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import grpc
 
@@ -27,7 +27,7 @@ from agent_runtime.modules.reverse_tunnel.pool import Outcome, Slot
 from agent_runtime.worker_state import Component
 
 _STREAM_OVER = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)
-"""What grpc.aio raises on a write to a call that has ended."""
+"""What grpc.aio raises on a write or half-close of a call that has ended."""
 _QUEUE_DEPTH = 8
 """Request messages buffered ahead of the handler; keeps gRPC flow control meaningful."""
 
@@ -90,11 +90,8 @@ class _Stream:
                 await self.send_header({})
 
     async def write(self, frame: bytes) -> None:
-        async with self._write_lock:
-            try:
-                await self._call.write(frame)
-            except _STREAM_OVER as e:
-                raise CallEndedError(f"the tunnel stream ended: {_describe(e)}") from e
+        async with self._write_lock, _ended_is_call_ended():
+            await self._call.write(frame)
 
     def call_done(self) -> bool:
         return self._call.done()
@@ -108,7 +105,8 @@ class _Stream:
             await self.write(frames.trailer({}))
         if code is not grpc.StatusCode.OK:
             await self.write(frames.error(code, text))
-        await self._call.done_writing()
+        async with _ended_is_call_ended():
+            await self._call.done_writing()
         self.half_closed = True
 
 
@@ -283,7 +281,7 @@ class TunnelAttempt:
     async def _finish(self, stream: _Stream, status: Status) -> None:
         if stream.half_closed or stream.call_done():
             return
-        with contextlib.suppress(CallEndedError, *_STREAM_OVER):
+        with contextlib.suppress(CallEndedError):
             await stream.finish(status)
 
     async def _drain(self, call: _Call, stream: _Stream) -> Outcome:
@@ -302,6 +300,15 @@ class TunnelAttempt:
         self._ctx.logger.warning("invalid frame from kas: %s", text)
         target = stream or _Stream(call, "", {})
         await self._finish(target, (grpc.StatusCode.INVALID_ARGUMENT, text))
+
+
+@contextlib.asynccontextmanager
+async def _ended_is_call_ended() -> AsyncIterator[None]:
+    """What grpc.aio raises on a write to a call that has ended becomes CallEndedError."""
+    try:
+        yield
+    except _STREAM_OVER as e:
+        raise CallEndedError(f"the tunnel stream ended: {_describe(e)}") from e
 
 
 def _describe(e: BaseException) -> str:
