@@ -36,7 +36,10 @@ class AgentConnection:
     watchers: set[asyncio.Event] = field(default_factory=set)
     """Events of long-lived handlers on this connection, set together with `aged`."""
     streams: int = 0
-    """Handlers attached to this connection now (only counted for connections seen by peer)."""
+    """Handlers attached to this connection now."""
+    seen_by_peer: bool = False
+    """Registered by `attach()` (gRPC served directly), not by the front listener: it goes with its last
+    stream."""
     _timer: asyncio.TimerHandle | None = None
 
     def start_age_timer(self, age: float) -> None:
@@ -63,26 +66,22 @@ class ConnectionTable:
         self._transport = transport
         """What connections first seen by peer are (grpc or grpcs): the direct listener's scheme."""
         self._by_peer: dict[str, AgentConnection] = {}
-        self._seen_by_peer: set[str] = set()
-        """Peers registered by attach() (not by the front listener): forgotten with their last stream."""
 
     def attach(self, peer: str) -> AgentConnection:
         """The connection a handler's stream runs on; pair with `detach()` when the handler ends."""
         conn = self._by_peer.get(peer)
         if conn is None:
             remote = peer.partition(":")[2] or peer  # "ipv4:10.0.0.1:5000" -> "10.0.0.1:5000"
-            conn = AgentConnection(remote=remote, transport=self._transport)
+            conn = AgentConnection(remote=remote, transport=self._transport, seen_by_peer=True)
             conn.start_age_timer(self._age_context)
             self._by_peer[peer] = conn
-            self._seen_by_peer.add(peer)
         conn.streams += 1
         return conn
 
     def detach(self, peer: str, conn: AgentConnection) -> None:
         """A handler attached to `conn` ended; a connection seen by peer goes with its last stream."""
         conn.streams -= 1
-        if conn.streams == 0 and peer in self._seen_by_peer and self._by_peer.get(peer) is conn:
-            self._seen_by_peer.discard(peer)
+        if conn.streams == 0 and conn.seen_by_peer and self._by_peer.get(peer) is conn:
             del self._by_peer[peer]
             conn.close()
 
@@ -102,4 +101,3 @@ class ConnectionTable:
         for conn in self._by_peer.values():
             conn.close()
         self._by_peer.clear()
-        self._seen_by_peer.clear()
