@@ -68,7 +68,9 @@ class Composition:
         self.runtime = Runtime(
             kube,
             RuntimeSettings(
-                observability_address=settings.observability_address, stop_grace=settings.drain_grace
+                observability_address=settings.observability_address,
+                stop_grace=settings.drain_grace,
+                policy=settings.policy,
             ),
             registry=self.registry,
             readiness=self._ready,

@@ -10,9 +10,11 @@ import os
 import random
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
+from agent_operator.policy_flags import AdmissionLimits, PolicyFlagError, add_policy_flags, parse_policy
+from agent_runtime.policy import TenantPolicy
 from agent_runtime.telemetry.endpoints import parse_listen_address
 from agent_runtime.versions import KubernetesSupport
 
@@ -49,6 +51,10 @@ class OperatorSettings:
     """Root log level."""
     instance: str
     """This process's name in Events (reportingInstance) and kopf peering: the pod name."""
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+    """What each tenant's agent may do in the shared pod (destinations, budgets, impersonation)."""
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+    """Limits on GitLabAgent resources themselves (agents per namespace)."""
 
 
 def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -115,6 +121,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=_env(environ, "GAO_LOG_LEVEL", "INFO"), help="INFO, DEBUG, ..."
     )
+    add_policy_flags(parser, environ)
     return parser
 
 
@@ -144,6 +151,10 @@ def parse_settings(
     priority = args.peering_priority
     if priority is None:
         priority = random.randint(1, 2**31 - 1)  # noqa: S311 - breaking ties between replicas, not crypto
+    try:
+        policy, limits = parse_policy(args)
+    except PolicyFlagError as exc:
+        raise UsageError(str(exc)) from None
     instance = _env(environ, "POD_NAME") or socket.gethostname()
     return OperatorSettings(
         namespaces=namespaces or None,
@@ -156,4 +167,6 @@ def parse_settings(
         context=args.context,
         log_level=str(args.log_level).upper(),
         instance=instance,
+        policy=policy,
+        limits=limits,
     )

@@ -23,6 +23,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from agent_runtime.kube import KubeConfigError, load_kube_access
+from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
 from agent_runtime.spec import TlsSettings, WorkerSpec
@@ -228,7 +229,9 @@ async def _watch_token_file(runtime: Runtime, config: StandaloneConfig) -> None:
 async def run_standalone(config: StandaloneConfig) -> None:
     """Run the agent until SIGINT/SIGTERM, then drain."""
     kube = await asyncio.to_thread(load_kube_access, config.kubeconfig, context=config.context)
-    runtime = Runtime(kube, RuntimeSettings(observability_address=config.observability_address))
+    runtime = Runtime(
+        kube, RuntimeSettings(observability_address=config.observability_address, policy=PERMISSIVE_POLICY)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent_runtime.kube import KubeAccess
+from agent_runtime.policy import TenantPolicy
 
 
 class WorkerMetrics(Protocol):
@@ -60,3 +61,5 @@ class WorkerEnvironment:
     """Parent logger; each worker logs through a child adapter carrying its id."""
     user_agent: str = ""
     """HTTP/gRPC user agent; empty = the runtime's default (agentk-compatible version + commit)."""
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+    """The process's tenant-isolation policy (agent_runtime.policy)."""

@@ -25,6 +25,7 @@ from agent_runtime.constants import POD_ID_BITS
 from agent_runtime.kube import KubeAccess
 from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
+from agent_runtime.policy import TenantPolicy
 from agent_runtime.spec import ServiceAccountRef, TunnelSettings
 from agent_runtime.worker_state import StateReporter
 
@@ -104,6 +105,8 @@ class ModuleContext:
     """ServiceAccount to impersonate for tunnelled requests; None = process credentials."""
     tunnels: TunnelSettings
     """Reverse-tunnel pool size."""
+    policy: TenantPolicy
+    """The process's tenant-isolation policy: budgets and impersonation limits."""
     state: StateReporter
     """Where the module reports health and facts."""
     auth_gate: AuthGate

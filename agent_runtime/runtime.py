@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +27,7 @@ from agent_runtime.informer import (
 )
 from agent_runtime.kube import KubeAccess
 from agent_runtime.manager import SnapshotCallback, WorkerFactory, WorkerManager
+from agent_runtime.policy import TenantPolicy
 from agent_runtime.spec import Phase, WorkerSnapshot, WorkerSpec
 from agent_runtime.telemetry.endpoints import ObservabilityServer, ReadinessProbe
 from agent_runtime.telemetry.metrics import RuntimeMetrics
@@ -48,6 +49,8 @@ class RuntimeSettings:
     """Default drain time for a removed or restarted worker, in seconds."""
     user_agent: str = ""
     """User agent towards kas; empty = the runtime's default (`gitlab-agent/<version>/<commit>`)."""
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+    """What each tenant's agent may do in this process (destinations, budgets, impersonation)."""
 
 
 class Runtime:
@@ -76,6 +79,7 @@ class Runtime:
             metrics=self.metrics,
             logger=logger or logging.getLogger("agent_runtime"),
             user_agent=self.settings.user_agent,
+            policy=self.settings.policy,
         )
         self.manager = WorkerManager(env, worker_factory=worker_factory, stop_grace=self.settings.stop_grace)
         """The workers."""

@@ -158,6 +158,7 @@ class Worker:
             kube=self._env.kube,
             identity=self._spec.identity,
             tunnels=self._spec.tunnels,
+            policy=self._env.policy,
             state=self._state,
             auth_gate=self._auth_gate,
             reconnect=self._reconnect,
