@@ -111,6 +111,8 @@ class ErrorReason(enum.StrEnum):
     TLS_ERROR = "TLSError"
     WEBSOCKET_HANDSHAKE = "WebSocketHandshakeFailed"
     PROXY_REFUSED = "ProxyRefused"
+    DESTINATION_REFUSED = "DestinationRefused"
+    """The operator's destination policy forbids this kas address, proxy, scheme or TLS setting."""
     CONFIGURATION_REJECTED = "ConfigurationRejected"
     PROTOCOL_ERROR = "ProtocolError"
     RATE_LIMITED = "RateLimited"
