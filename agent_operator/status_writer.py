@@ -41,7 +41,9 @@ TUNNEL_COUNTS_INTERVAL_S: Final = 10.0
 """A status that differs from the written one only in its tunnel counts is written at most this often
 (our choice). Every tunnelled request moves the idle/active counts: without this, a steady stream of CI
 requests made a steady stream of status patches, about four a second per busy agent, each a MODIFIED
-event for every watcher of GitLabAgents. Any other change is written at once, with the latest counts."""
+event for every watcher of GitLabAgents. Any other change is written at once, with the latest counts,
+and so is a change of the counts to or from none at all: the first tunnels after connecting (`0 idle`
+for 10 s looked like a broken agent) and the last one going away are news, the churn between is not."""
 RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Our choice: waits between failed patch attempts; after the last one the writer waits for a change."""
 _RETRYABLE: Final = frozenset({409, 429, 500, 502, 503, 504})
@@ -71,6 +73,16 @@ def _only_counts_differ(written: GitLabAgentStatus, status: GitLabAgentStatus) -
         update={"tunnels": written.tunnels, "tunnels_summary": written.tunnels_summary}
     )
     return same_counts == written and status != written
+
+
+def _has_tunnels(status: GitLabAgentStatus) -> bool:
+    counts = status.tunnels
+    return counts is not None and counts.idle + counts.active > 0
+
+
+def _counts_churn(written: GitLabAgentStatus, status: GitLabAgentStatus) -> bool:
+    """True when only the tunnel counts moved, and there were tunnels before and after (see the constant)."""
+    return _has_tunnels(written) and _has_tunnels(status) and _only_counts_differ(written, status)
 
 
 def _to_json(status: GitLabAgentStatus | None) -> str | None:
@@ -163,8 +175,8 @@ class StatusWriter:
     def _counts_wait(
         self, key: AgentKey, entry: _Entry, written: GitLabAgentStatus | None, status: GitLabAgentStatus
     ) -> bool:
-        """Defer a change of the tunnel counts alone until TUNNEL_COUNTS_INTERVAL_S after the last write."""
-        if written is None or not _only_counts_differ(written, status):
+        """Defer churn of the tunnel counts alone until TUNNEL_COUNTS_INTERVAL_S after the last write."""
+        if written is None or not _counts_churn(written, status):
             return False
         return self._deferred(key, entry, entry.written_at + TUNNEL_COUNTS_INTERVAL_S)
 

@@ -173,6 +173,7 @@ async def test_tunnel_counts_alone_are_written_at_most_once_per_interval(
 ) -> None:
     monkeypatch.setattr(status_writer, "TUNNEL_COUNTS_INTERVAL_S", 0.3)
     writer, api, _, snapshots = parts
+    snapshots.current = _counts(1, 0)
     writer.track(KEY, REF, FACTS, None)
     await _settle()
     assert len(api.patches) == 1
@@ -197,3 +198,25 @@ async def test_tunnel_counts_alone_are_written_at_most_once_per_interval(
     assert [(p["phase"], p.get("tunnelsSummary")) for p in api.patches[2:]] == [
         ("Connecting", "0 idle/2 active")
     ], "any other change is written at once, with the counts of the moment"
+
+
+async def test_the_first_tunnels_and_the_last_one_going_are_written_at_once(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: `0 idle` stayed on the resource for 10 s after the agent connected."""
+    monkeypatch.setattr(status_writer, "TUNNEL_COUNTS_INTERVAL_S", 30.0)
+    writer, api, _, snapshots = parts
+    writer.track(KEY, REF, FACTS, None)  # connected, no tunnel open yet
+    await _settle()
+    assert [p.get("tunnelsSummary") for p in api.patches] == ["0 idle/0 active"]
+
+    for idle, active in ((2, 0), (1, 1), (0, 0), (0, 1)):
+        snapshots.current = _counts(idle, active)
+        writer.on_snapshot(snapshots.current)
+        await _settle()
+    assert [p.get("tunnelsSummary") for p in api.patches] == [
+        "0 idle/0 active",
+        "2 idle/0 active",  # from none: at once
+        "0 idle/0 active",  # to none: at once (1 idle/1 active, churn, waited and was overtaken)
+        "0 idle/1 active",
+    ]
