@@ -84,7 +84,6 @@ def add_policy_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]
         group, environ, "--max-inflight-requests-per-agent", _DEFAULT_BUDGET.max_inflight_requests, "requests"
     )
     _int_flag(group, environ, "--max-buffered-bytes-per-agent", _DEFAULT_BUDGET.max_buffered_bytes, "bytes")
-    _int_flag(group, environ, "--max-api-connections-per-agent", _DEFAULT_BUDGET.max_connections, "count")
     _int_flag(
         group, environ, "--max-agents-per-namespace", DEFAULT_MAX_AGENTS_PER_NAMESPACE, "count, 0 = no cap"
     )
@@ -156,7 +155,6 @@ def parse_policy(args: argparse.Namespace) -> tuple[TenantPolicy, AdmissionLimit
         budget=TunnelBudget(
             max_inflight_requests=_positive(args, "--max-inflight-requests-per-agent"),
             max_buffered_bytes=_positive(args, "--max-buffered-bytes-per-agent"),
-            max_connections=_positive(args, "--max-api-connections-per-agent"),
         ),
         impersonation=ImpersonationPolicy(allowed_prefixes=prefixes),
     )

@@ -8,8 +8,9 @@ account tokens, exec-plugin tokens). The loader's refresh hook may read files or
 runs in a worker thread, never on the event loop: `run_token_refresher()` (a task of the owner) keeps the
 header current, and `auth_headers()` just reads it.
 
-One `KubeAccess` per process; its `session` is the shared aiohttp session the informer and the
-kubernetes_api module use, closed by the owner with `close()`.
+One `KubeAccess` per process; its `session` is the shared aiohttp session of the process's own traffic
+(informers, access reviews, `/version`), closed by the owner with `close()`. Requests tunnelled for an
+agent never use it: each agent has a `PrivatePool`.
 """
 
 from __future__ import annotations
@@ -232,6 +233,35 @@ class KubeAccess:
 
     async def close(self) -> None:
         """Close the shared session, if one was created."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+class PrivatePool:
+    """One agent's own connections to the API server, for the requests kas sends through its tunnel.
+
+    Why not the shared session: a keep-alive connection carries one request after another, so a request
+    that a hostile kas manages to frame two ways (smuggling) would hand the next user of that connection
+    someone else's response. Each agent's tunnelled traffic therefore has a pool of its own, never
+    shared with another agent or with the operator's own traffic (informers, access reviews), and
+    bounded in size. The session is created on first use, so idle agents hold nothing.
+    """
+
+    def __init__(self, kube: KubeAccess, limit: int) -> None:
+        self._kube = kube
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """This agent's session (created on first use, inside the event loop)."""
+        if self._session is None or self._session.closed:
+            self._session = self._kube.new_session(limit=self._limit)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the connections; call once every request of the agent has ended."""
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None

@@ -22,7 +22,7 @@ from agent_proto.gitlab.agent.entity import entity_pb2
 from agent_runtime.auth_gate import AuthGate
 from agent_runtime.clock import Clock
 from agent_runtime.constants import POD_ID_BITS
-from agent_runtime.kube import KubeAccess
+from agent_runtime.kube import KubeAccess, PrivatePool
 from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
 from agent_runtime.policy import TenantPolicy
@@ -101,6 +101,8 @@ class ModuleContext:
     """AgentMeta contents."""
     kube: KubeAccess
     """Kubernetes API access (process credentials, shared aiohttp session)."""
+    api_pool: PrivatePool
+    """This agent's own connections to the API server, for requests from kas (never shared)."""
     identity: ServiceAccountRef | None
     """ServiceAccount to impersonate for tunnelled requests; None = process credentials."""
     tunnels: TunnelSettings

@@ -35,11 +35,10 @@ class TunnelBudget:
     """How much of the process one agent's tunnelled requests may hold at once."""
 
     max_inflight_requests: int = 200
-    """Requests from kas served at once per agent; further Connect streams wait for one to end."""
+    """Requests from kas served at once per agent; further Connect streams wait for one to end. Also the
+    size of the agent's own pool of API server connections (agent_runtime.kube.PrivatePool)."""
     max_buffered_bytes: int = 16 * 1024 * 1024
     """Request bytes queued from kas but not yet sent to the API server, per agent."""
-    max_connections: int = 100
-    """Keep-alive connections to the API server per agent (its own pool; never shared)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from agent_proto.flavor import WireNames, wire_names
 from agent_runtime.auth_gate import AuthGate
 from agent_runtime.clock import SYSTEM_CLOCK
 from agent_runtime.environment import NoMetrics, WorkerEnvironment
+from agent_runtime.kube import PrivatePool
 from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
 from agent_runtime.module_context import AgentInfo, ModuleContext
@@ -150,12 +151,13 @@ class Worker:
             await self._stopped.wait()
 
     # --- composition ----------------------------------------------------------------------------------
-    def _context(self, connection: KasConnection) -> ModuleContext:
+    def _context(self, connection: KasConnection, api_pool: PrivatePool) -> ModuleContext:
         return ModuleContext(
             worker_id=self._spec.id,
             kas=_KasLink(connection, wire_names(self._spec.flavor)),
             agent=self.agent,
             kube=self._env.kube,
+            api_pool=api_pool,
             identity=self._spec.identity,
             tunnels=self._spec.tunnels,
             policy=self._env.policy,
@@ -170,7 +172,13 @@ class Worker:
         )
 
     async def _run_modules(self, connection: KasConnection) -> None:
-        ctx = self._context(connection)
+        api_pool = PrivatePool(self._env.kube, self._env.policy.budget.max_inflight_requests)
+        try:
+            await self._run_module_group(connection, self._context(connection, api_pool))
+        finally:
+            await asyncio.shield(api_pool.close())
+
+    async def _run_module_group(self, connection: KasConnection, ctx: ModuleContext) -> None:
         self._state.set_kas_version(connection.kas_version)
         connection.on_kas_version(self._state.set_kas_version)
         metrics = self._env.metrics if self._env.metrics is not None else NoMetrics()

@@ -1,4 +1,4 @@
-"""Ordinary requests: streamed through the shared aiohttp session, never buffered whole (§7.3).
+"""Ordinary requests: streamed through the agent's own aiohttp session, never buffered whole (§7.3).
 
 The request body comes from `data` frames and ends at the end of the request stream; the response body
 goes back in ≤ 32 KiB `data` frames as it arrives (watches stay open).
@@ -68,9 +68,13 @@ class _Body:
 
 
 async def exchange(
-    call: frames.ResponseWriter, request_frames: frames.RequestFrames, kube: KubeAccess, req: OutgoingRequest
+    call: frames.ResponseWriter,
+    request_frames: frames.RequestFrames,
+    kube: KubeAccess,
+    session: aiohttp.ClientSession,
+    req: OutgoingRequest,
 ) -> None:
-    """Serve one non-upgrade request."""
+    """Serve one non-upgrade request through `session` (the agent's own pool, never a shared one)."""
     no_body = req.content_length == 0
     body = _Body(request_frames, allow_data=not no_body)
     headers: CIMultiDict[str] = CIMultiDict(req.headers)
@@ -82,26 +86,26 @@ async def exchange(
                 drain = tg.create_task(body.drain(), name="make-request-drain")
                 # In this task, not a child: the request leaves without a task switch. A stream that
                 # breaks the rules fails `drain`, and the group cancels this relay.
-                await _relay(call, kube, req, headers, None, drain)
+                await _relay(call, session, _url(kube, req), req, headers, None, drain)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
     else:
-        await _relay(call, kube, req, headers, body.chunks(), None)
+        await _relay(call, session, _url(kube, req), req, headers, body.chunks(), None)
         if body.error is not None:
             raise body.error
 
 
 async def _relay(
     call: frames.ResponseWriter,
-    kube: KubeAccess,
+    session: aiohttp.ClientSession,
+    url: yarl.URL,
     req: OutgoingRequest,
     headers: CIMultiDict[str],
     data: AsyncIterator[bytes] | None,
     drain: asyncio.Task[None] | None,
 ) -> None:
-    url = yarl.URL(str(yarl.URL(kube.base_url).origin()) + req.path_and_query, encoded=True)
     try:
-        response_cm = kube.session.request(
+        response_cm = session.request(
             req.method,
             url,
             headers=headers,
@@ -134,6 +138,12 @@ async def _relay(
         await call.trailer()
     finally:
         await response_cm.__aexit__(None, None, None)
+
+
+def _url(kube: KubeAccess, req: OutgoingRequest) -> yarl.URL:
+    # The origin comes from the parsed base URL, and hygiene made sure the path starts with "/": kas
+    # cannot turn the path into a port or a host (`:6444/x`, `@other/x`).
+    return yarl.URL(str(yarl.URL(kube.base_url).origin()) + req.path_and_query, encoded=True)
 
 
 def _describe(e: BaseException) -> str:

@@ -1,7 +1,9 @@
 """Who a tunnelled request acts as (PROTOCOL.md §7.5, plus the operator's per-agent ServiceAccount).
 
-Standalone (no ServiceAccount) we follow agentk's table exactly: own credentials; kas's impersonation
-config; or the client's own Impersonate-* headers; both at once = nested impersonation, rejected.
+Standalone (no ServiceAccount) we follow agentk's table: own credentials; kas's impersonation config; or
+the client's own Impersonate-* headers; both at once = nested impersonation, rejected. Whatever kas asks
+to impersonate must also pass the process's ImpersonationPolicy (only `gitlab:` names by default, never
+`system:`), because kas may be a tenant's own server.
 
 With a ServiceAccount the worker's "REST config" impersonates that account, so:
   - plain request              → impersonate the ServiceAccount;
@@ -13,11 +15,11 @@ With a ServiceAccount the worker's "REST config" impersonates that account, so:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent_proto.flavor import ImpersonationConfig
 from agent_runtime import constants as c
+from agent_runtime.policy import ImpersonationPolicy
 from agent_runtime.spec import ServiceAccountRef
 
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
@@ -28,13 +30,18 @@ def service_account_groups(sa: ServiceAccountRef) -> list[str]:
     return ["system:serviceaccounts", f"system:serviceaccounts:{sa.namespace}", "system:authenticated"]
 
 
-def has_impersonation_headers(header: Mapping[str, Sequence[str]]) -> bool:
-    """The client sent its own Impersonate-* headers (exact Go-canonical keys, §4.1)."""
-    return any(
-        k in (c.IMPERSONATE_USER, c.IMPERSONATE_UID, c.IMPERSONATE_GROUP)
-        or k.startswith(c.IMPERSONATE_EXTRA_PREFIX)
-        for k in header
-    )
+def policy_refusal(imp: ImpersonationConfig, policy: ImpersonationPolicy) -> str | None:
+    """Why the process's policy refuses to impersonate `imp` (a user name or group outside the allowed
+    prefixes, or any `system:` one), or None when it may be tried (RBAC still decides)."""
+    names = [("user", imp.username)] if imp.username else []
+    names += [("group", group) for group in imp.groups]
+    for kind, name in names:
+        if name.startswith(policy.refused_prefixes):
+            return f'{kind} "{name}" is never impersonated for kas (refused prefix)'
+        if not name.startswith(policy.allowed_prefixes):
+            allowed = ", ".join(policy.allowed_prefixes)
+            return f'{kind} "{name}" is outside the operator\'s impersonation prefixes ({allowed})'
+    return None
 
 
 def impersonation_headers(imp: ImpersonationConfig) -> list[tuple[str, str]]:

@@ -19,10 +19,11 @@ from agent_runtime.local_rpc import CallEndedError, LocalCall, LocalService, Rpc
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.kubernetes_api import frames, http_exchange, upgrade
 from agent_runtime.modules.kubernetes_api.access_review import AccessReviewer, AccessReviewError
+from agent_runtime.modules.kubernetes_api.hygiene import RequestRejectedError, clean_request
 from agent_runtime.modules.kubernetes_api.identity import (
     checks_for,
-    has_impersonation_headers,
     impersonation_headers,
+    policy_refusal,
     service_account_groups,
 )
 from agent_runtime.modules.kubernetes_api.outgoing import build_request, response_via
@@ -78,15 +79,21 @@ class KubernetesApiModule:
             raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, "empty HttpRequest stream")
         header = first.header
         imp = self._impersonation(header)
-        client_header = frames.header_lists(header.request.header)
         try:
-            identity = await self._identity_headers(imp, has_impersonation_headers(client_header))
+            clean = clean_request(header.request)
+        except RequestRejectedError as e:
+            self._ctx.logger.warning("refused a request from kas: %s", e)
+            await send_status(call, 400, "BadRequest", f"refused by the agent: {e}")
+            return
+        try:
+            identity = await self._identity_headers(imp, clean.impersonates)
         except ImpersonationForbiddenError as e:
-            await self._send_forbidden(call, str(e))
+            await send_status(call, 403, "ImpersonationForbiddenError", str(e))
             return
         kube = self._ctx.kube
         req = build_request(
-            header.request,
+            clean,
+            header.request.query,
             base_path=yarl.URL(kube.base_url).path,
             content_length=header.content_length if header.HasField("content_length") else None,
             identity_headers=identity,
@@ -95,7 +102,7 @@ class KubernetesApiModule:
         if req.upgrade:
             await upgrade.exchange(call, request_frames, kube, req)
         else:
-            await http_exchange.exchange(call, request_frames, kube, req)
+            await http_exchange.exchange(call, request_frames, kube, self._ctx.api_pool.session, req)
 
     def _impersonation(self, header: frames.HttpRequest.Header) -> ImpersonationConfig | None:
         if not header.HasField("extra"):
@@ -117,12 +124,16 @@ class KubernetesApiModule:
         if sa is None:
             if imp is not None and client_impersonates:
                 raise nested
-            return impersonation_headers(imp) if imp is not None else []
+            if imp is None:
+                return []
+            self._check_policy(imp)
+            return impersonation_headers(imp)
         if client_impersonates:
             raise nested
         if imp is None:
             own = ImpersonationConfig(username=sa.username, groups=service_account_groups(sa))
             return impersonation_headers(own)
+        self._check_policy(imp)
         for check in checks_for(imp):
             try:
                 verdict = await self._reviewer.check(sa, check)
@@ -134,28 +145,34 @@ class KubernetesApiModule:
                 raise ImpersonationForbiddenError(f"{who} may not impersonate {check.describe()}{why}")
         return impersonation_headers(imp)
 
-    @staticmethod
-    async def _send_forbidden(call: frames.ResponseWriter, message: str) -> None:
-        body = json.dumps(
-            {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": message,
-                "reason": "ImpersonationForbiddenError",
-                "details": {},
-                "code": 403,
-            }
-        ).encode()
-        header = {
-            "Content-Type": ["application/json"],
-            "Content-Length": [str(len(body))],
-            "Via": [response_via(1, 1)],
+    def _check_policy(self, imp: ImpersonationConfig) -> None:
+        refusal = policy_refusal(imp, self._ctx.policy.impersonation)
+        if refusal is not None:
+            raise ImpersonationForbiddenError(refusal)
+
+
+async def send_status(call: frames.ResponseWriter, code: int, reason: str, message: str) -> None:
+    """Answer the client with a Kubernetes `Status` of our own, without asking the API server."""
+    body = json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "details": {},
+            "code": code,
         }
-        await call.header(403, "403 ImpersonationForbiddenError", header)
-        await call.data(body)
-        await call.trailer()
+    ).encode()
+    header = {
+        "Content-Type": ["application/json"],
+        "Content-Length": [str(len(body))],
+        "Via": [response_via(1, 1)],
+    }
+    await call.header(code, f"{code} {reason}", header)
+    await call.data(body)
+    await call.trailer()
 
 
 def build(ctx: ModuleContext, metrics: WorkerMetrics | None = None) -> KubernetesApiModule:

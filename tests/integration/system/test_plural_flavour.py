@@ -1,5 +1,6 @@
 """The Plural fork's wire flavour end to end: a kas speaking `plural.agent.*` and a worker with
-flavor=PLURAL; kubectl through the tunnel with impersonation, where the fork numbers ImpersonationConfig
+flavor=PLURAL; kubectl through the tunnel with impersonation (of `gitlab:` names: the operator's default
+impersonation policy), where the fork numbers ImpersonationConfig
 differently (uid is field 4, not 3; no extra). `kubectl auth whoami` shows whom the API server saw.
 """
 
@@ -33,9 +34,9 @@ IMPERSONATE_CONFIG = textwrap.dedent("""\
         - id: group/e2e
           access_as:
             impersonate:
-              username: plural-user
+              username: "gitlab:plural-user"
               uid: uid-4242
-              groups: [plural-team, plural-admins]
+              groups: ["gitlab:plural-team", "gitlab:plural-admins"]
 """)
 CI_JOB_CONFIG = textwrap.dedent("""\
     ci_access:
@@ -67,9 +68,9 @@ async def test_plural_flavour_impersonates_with_the_forks_numbering(
     runtime: Runtime, certs: Certs, tmp_path: Path
 ) -> None:
     user = await _whoami(runtime, certs, tmp_path, WireFlavor.PLURAL, IMPERSONATE_CONFIG)
-    assert user["username"] == "plural-user"
+    assert user["username"] == "gitlab:plural-user"
     assert user["uid"] == "uid-4242", "uid travels in the fork's field 4"
-    assert {"plural-team", "plural-admins"} <= set(user["groups"])
+    assert {"gitlab:plural-team", "gitlab:plural-admins"} <= set(user["groups"])
     assert not user.get("extra")
 
 
