@@ -126,7 +126,9 @@ class Worker:
         try:
             try:
                 connection = await open_kas_connection(
-                    self._spec, user_agent=self._env.user_agent or AGENT_PRODUCT
+                    self._spec,
+                    user_agent=self._env.user_agent or AGENT_PRODUCT,
+                    policy=self._env.policy.destinations,
                 )
             except TransportConfigError as e:
                 self._state.failed(Component.TUNNELS, e.as_worker_error())

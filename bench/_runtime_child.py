@@ -28,6 +28,7 @@ from typing import Any
 import _bootstrap  # noqa: F401 - same sys.path as the other bench scripts
 
 from agent_runtime.kube import load_kube_access
+from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
 from agent_runtime.spec import Phase, WorkerSnapshot, WorkerSpec
@@ -159,7 +160,9 @@ async def _serve(runtime: Runtime, tracker: Tracker) -> None:
 
 async def _main(kubeconfig: str) -> None:
     kube = await asyncio.to_thread(load_kube_access, kubeconfig)
-    runtime = Runtime(kube, RuntimeSettings(observability_address=None, stop_grace=1.0))
+    runtime = Runtime(
+        kube, RuntimeSettings(observability_address=None, stop_grace=1.0, policy=PERMISSIVE_POLICY)
+    )
     tracker = Tracker(runtime)
     runtime.subscribe(tracker.observe)
     await runtime.start()

@@ -18,6 +18,7 @@ import time
 import grpc
 import grpc.aio
 
+from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.secret import Secret
 from agent_runtime.spec import WorkerSpec
 from agent_runtime.transport import KasConnection, open_kas_connection
@@ -56,7 +57,12 @@ async def _run(calls: int, warmup: int, payload_size: int) -> None:
                 ("bridge", f"ws://127.0.0.1:{ws_peer.port}/"),
             ):
                 spec = WorkerSpec(id=f"bench/{name}", kas_address=address, token=Secret("bench-" + "t" * 50))
-                conn = await open_kas_connection(spec, user_agent="gitlab-agent/bench/0", environ={})
+                conn = await open_kas_connection(
+                    spec,
+                    user_agent="gitlab-agent/bench/0",
+                    policy=PERMISSIVE_POLICY.destinations,
+                    environ={},
+                )
                 try:
                     results[name] = await _latencies(conn, calls, warmup, payload)
                 finally:

@@ -1,14 +1,15 @@
 """One worker's connection to kas: a grpc.aio channel set up like agentk's (PROTOCOL.md §3.5).
 
-grpc:// and grpcs:// go straight to kas; ws:// and wss:// go through the loopback `WsBridge`. grpcs with
-insecure-skip-verify also goes through the bridge, as a raw TLS pipe: grpcio has no way to turn
-certificate verification off, so the bridge does the TLS (without verification, ALPN h2) and the channel
-speaks plaintext HTTP/2 to loopback.
+Every scheme goes through the worker's private `WsBridge` (a Unix socket), because only there does each
+TCP connection to kas, reconnects included, pass the operator's destination policy after DNS: grpcio
+takes no custom dialer and would otherwise resolve and connect by itself. ws:// and wss:// are bridged as
+WebSocket; grpc:// and grpcs:// as a raw pipe, grpc doing its own (verified) TLS inside it. grpcs with
+insecure-skip-verify is a raw TLS pipe: grpcio has no way to turn certificate verification off, so the
+bridge does the TLS (without verification, ALPN h2) and the channel speaks plaintext HTTP/2 to it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping
@@ -18,19 +19,25 @@ from typing import Final
 import grpc
 import grpc.aio
 
+from agent_runtime.policy import DestinationPolicy
 from agent_runtime.secret import Secret
 from agent_runtime.spec import TlsSettings, WorkerError, WorkerSpec
 from agent_runtime.transport.address import KasAddress, Scheme, parse_kas_address
+from agent_runtime.transport.destination import Destination, DestinationGuard
 from agent_runtime.transport.dialer import DialPlan, DialTimeouts
 from agent_runtime.transport.errors import classify_rpc_error
 from agent_runtime.transport.headers import handshake_headers, metadata_headers
 from agent_runtime.transport.kas_version import from_metadata
-from agent_runtime.transport.proxy import bypasses_proxy, parse_proxy_url, proxy_for
+from agent_runtime.transport.proxy import Proxy, proxy_for
 from agent_runtime.transport.tls import client_context, grpc_root_certificates
 from agent_runtime.transport.ws_bridge import WsBridge
 
 MAX_RECEIVE_MESSAGE: Final = 10 * 1024 * 1024
-_ROUND_ROBIN: Final = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+"""Largest message accepted from kas; grpc ends a call that gets a larger one with RESOURCE_EXHAUSTED
+(that call only). kas streams bodies in 32 KiB chunks and configurations are ≤ 128 KiB by default
+(PROTOCOL.md §3.5, §9); the largest legitimate message is a request's header frame, which kubectl keeps
+to about 1 KiB. Every open tunnel may hold one message while reading, so this bounds what a hostile kas
+can make an agent hold (reverse_tunnel/budget.py): 10 MiB let three requests take a worker to 667 MiB."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class ChannelSettings:
     max_receive_message_length: int = MAX_RECEIVE_MESSAGE
     """Largest message accepted from kas."""
     dial: DialTimeouts = field(default_factory=DialTimeouts)
-    """WebSocket dial/TLS/response-header timeouts (ws/wss only)."""
+    """The bridge's dial/TLS/response-header timeouts."""
 
 
 class KasConnection:
@@ -59,7 +66,7 @@ class KasConnection:
         address: KasAddress,
         token: Secret,
         metadata: tuple[tuple[str, str], ...],
-        bridge: WsBridge | None,
+        bridge: WsBridge,
     ) -> None:
         self.channel = channel
         """The grpc.aio channel to kas."""
@@ -71,13 +78,12 @@ class KasConnection:
         self._rpc_error: WorkerError | None = None
         self._kas_version: str | None = None
         self._version_listeners: list[Callable[[str], None]] = []
-        if bridge is not None:
-            bridge.on_kas_version = self._kas_version_learned
+        bridge.on_kas_version = self._kas_version_learned
 
     @property
     def kas_version(self) -> str | None:
         """kas's version: from the WebSocket `Server` header, or as noted from response metadata."""
-        if self._bridge is not None and self._bridge.kas_version:
+        if self._bridge.kas_version:
             return self._bridge.kas_version
         return self._kas_version
 
@@ -102,8 +108,8 @@ class KasConnection:
             listener(version)
 
     def last_error(self) -> WorkerError | None:
-        """The latest transport-level failure (handshake, TLS, DNS, refused), None once healthy."""
-        if self._bridge is not None and self._bridge.last_error is not None:
+        """The latest transport-level failure (policy, handshake, TLS, unreachable), None once healthy."""
+        if self._bridge.last_error is not None:
             return self._bridge.last_error
         return self._rpc_error
 
@@ -127,8 +133,8 @@ class KasConnection:
         return (("authorization", f"Bearer {self._token.reveal()}"), *self._metadata)
 
     @property
-    def bridge(self) -> WsBridge | None:
-        """The loopback bridge (ws/wss, or the grpcs skip-verify pipe)."""
+    def bridge(self) -> WsBridge:
+        """The private bridge every connection to kas goes through."""
         return self._bridge
 
     async def close(self, grace: float) -> None:
@@ -136,8 +142,7 @@ class KasConnection:
         try:
             await self.channel.close(grace)
         finally:
-            if self._bridge is not None:
-                await self._bridge.close(grace)
+            await self._bridge.close(grace)
 
     def __repr__(self) -> str:
         return f"KasConnection({self.address})"
@@ -160,66 +165,64 @@ async def open_kas_connection(
     spec: WorkerSpec,
     *,
     user_agent: str,
+    policy: DestinationPolicy,
     settings: ChannelSettings | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> KasConnection:
-    """Build the channel for `spec`. Raises TransportConfigError (see `.as_worker_error()`) for bad settings.
+    """Build the channel for `spec` under `policy`.
 
-    The channel connects lazily; failures to reach kas show up in RPCs and in `last_error()`.
+    Raises TransportConfigError (see `.as_worker_error()`) for bad settings, DestinationRefusedError (a
+    subclass) for what the policy forbids without DNS. The channel connects lazily; failures to reach kas,
+    and addresses the policy refuses after DNS, show up in RPCs and in `last_error()`.
     """
     settings = settings or ChannelSettings()
     env = os.environ if environ is None else environ
     address = parse_kas_address(spec.kas_address)
-    options = _base_options(user_agent, settings)
-    needs_bridge = address.websocket or (address.scheme == Scheme.GRPCS and spec.tls.insecure_skip_verify)
+    guard = DestinationGuard(policy)
+    guard.check_connection(address, insecure_skip_verify=spec.tls.insecure_skip_verify)
+    proxy = proxy_for(address, spec.proxy, env)
+    if proxy is not None and spec.proxy is not None:
+        guard.check_static(Destination(proxy.host, proxy.port, "proxy"))
+    options = [
+        *_base_options(user_agent, settings),
+        ("grpc.enable_http_proxy", 0),  # the bridge applies the proxy settings, after the policy check
+        ("grpc.default_authority", address.host_header),
+    ]
     # No channel-wide compression: grpc.aio lets no call override a channel default, and the tunnel must
     # stay uncompressed (agent_runtime.grpc_calls.TUNNEL_COMPRESSION); each call asks for gzip itself.
-    if needs_bridge:
-        bridge = await _start_bridge(spec, address, user_agent, settings, env)
-        options += [
-            ("grpc.enable_http_proxy", 0),  # loopback: never through HTTPS_PROXY
-            ("grpc.default_authority", address.host_header),
-        ]
-        channel = grpc.aio.insecure_channel(f"ipv4:127.0.0.1:{bridge.port}", options=options)
-        metadata = () if address.websocket else metadata_headers(spec.kas_headers)
-        return KasConnection(channel, address, spec.token, metadata, bridge)
-    metadata = metadata_headers(spec.kas_headers)
-    options += [("grpc.service_config", _ROUND_ROBIN), *_grpc_proxy_options(spec, address)]
-    if address.scheme == Scheme.GRPC:
-        channel = grpc.aio.insecure_channel(address.grpc_target, options=options)
-    else:
-        credentials = grpc.ssl_channel_credentials(root_certificates=grpc_root_certificates(spec.tls))
-        if spec.tls.server_name:
-            options.append(("grpc.ssl_target_name_override", spec.tls.server_name))
-        channel = grpc.aio.secure_channel(address.grpc_target, credentials, options=options)
-    return KasConnection(channel, address, spec.token, metadata, None)
-
-
-def _grpc_proxy_options(spec: WorkerSpec, address: KasAddress) -> list[tuple[str, str | int]]:
-    """grpc core applies HTTPS_PROXY itself; an explicit proxy is passed as a channel argument."""
-    if spec.proxy is None:
-        return []
-    parse_proxy_url(spec.proxy.url)  # validate early, with our error messages
-    if bypasses_proxy(address.host, address.port, spec.proxy.no_proxy):
-        return [("grpc.enable_http_proxy", 0)]
-    return [("grpc.http_proxy", spec.proxy.url)]
+    bridge = await _start_bridge(spec, address, proxy, guard, user_agent, settings)
+    metadata = () if address.websocket else metadata_headers(spec.kas_headers)
+    try:
+        if address.scheme is Scheme.GRPCS and not spec.tls.insecure_skip_verify:
+            credentials = grpc.ssl_channel_credentials(root_certificates=grpc_root_certificates(spec.tls))
+            options.append(("grpc.ssl_target_name_override", spec.tls.server_name or address.host))
+            channel = grpc.aio.secure_channel(bridge.grpc_target, credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(bridge.grpc_target, options=options)
+    except BaseException:
+        await bridge.close(0)
+        raise
+    return KasConnection(channel, address, spec.token, metadata, bridge)
 
 
 async def _start_bridge(
     spec: WorkerSpec,
     address: KasAddress,
+    proxy: Proxy | None,
+    guard: DestinationGuard,
     user_agent: str,
     settings: ChannelSettings,
-    env: Mapping[str, str],
 ) -> WsBridge:
-    proxy = proxy_for(address, spec.proxy, env)
+    bridge_tls = address.websocket or spec.tls.insecure_skip_verify
     alpn = ("http/1.1",) if address.websocket else ("h2",)
     plan = DialPlan(
         address=address,
         websocket=address.websocket,
-        tls=client_context(spec.tls, alpn=alpn) if address.tls else None,
+        tls=client_context(spec.tls, alpn=alpn) if address.tls and bridge_tls else None,
         server_hostname=spec.tls.server_name,
+        guard=guard,
         proxy=proxy,
+        proxy_trusted=spec.proxy is None,
         proxy_tls=_proxy_context(spec) if proxy is not None and proxy.tls else None,
         user_agent=user_agent,
         headers=handshake_headers(spec.kas_headers) if address.websocket else (),

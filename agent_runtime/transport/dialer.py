@@ -1,13 +1,18 @@
 """Opening one connection to kas for the bridge: TCP, optional HTTP CONNECT proxy, TLS, WebSocket upgrade.
 
-Everything is done on one asyncio.Protocol (`KasStream`) that buffers bytes during the handshakes and
-then hands them, and every later byte, to the pipe. agentk's HTTP client timeouts apply: dial 30 s,
-TLS handshake 10 s, response headers 20 s (PROTOCOL.md §3.2.1). Redirects are never followed.
+Every TCP connection starts with the destination policy (`destination.py`): the host is resolved once,
+the addresses the policy refuses are dropped, and the connection goes to a checked address, never to the
+name (so a DNS answer cannot change between check and connect). Everything is done on one
+asyncio.Protocol (`KasStream`) that buffers bytes during the handshakes and then hands them, and every
+later byte, to the pipe. agentk's HTTP client timeouts apply: dial 30 s (DNS included), TLS handshake
+10 s, response headers 20 s (PROTOCOL.md §3.2.1). Redirects are never followed. Status messages name
+status codes, never the peer's text (a tenant's kas address must not turn the pod into a probe).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -16,11 +21,21 @@ from typing import Final, Protocol
 from agent_proto import wstunnel
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.address import KasAddress
-from agent_runtime.transport.errors import TransportError, connect_error, handshake_status_error, tls_error
+from agent_runtime.transport.destination import Destination, DestinationGuard, DestinationRefused
+from agent_runtime.transport.errors import (
+    TransportError,
+    connect_detail,
+    connect_error,
+    handshake_status_error,
+    tls_error,
+)
 from agent_runtime.transport.kas_version import from_server_header
 from agent_runtime.transport.proxy import Proxy
 
+_log = logging.getLogger(__name__)
+
 _TCP_KEEPALIVE_S: Final = 30
+_ENDPOINT_HINT: Final = "check that kasAddress points to kas's agent endpoint (wss:// for TLS, ws:// without)"
 
 
 @dataclass(frozen=True)
@@ -42,13 +57,19 @@ class DialPlan:
     address: KasAddress
     """Where kas is."""
     websocket: bool
-    """Do the WebSocket upgrade (ws/wss). False = a raw TLS pipe (grpcs with verification disabled)."""
+    """Do the WebSocket upgrade (ws/wss). False = a raw pipe (grpc/grpcs: grpc speaks HTTP/2 through it)."""
     tls: ssl.SSLContext | None
-    """TLS towards kas, or None for plaintext."""
+    """TLS done by the bridge towards kas (wss, grpcs without verification), or None (plaintext, or grpc's
+    own TLS inside the pipe)."""
     server_hostname: str | None
     """SNI and verification name (the tlsServerName override or the host)."""
+    guard: DestinationGuard
+    """The operator's destination policy, applied before every TCP connection."""
     proxy: Proxy | None
     """HTTP CONNECT proxy, or None to dial kas directly."""
+    proxy_trusted: bool
+    """The proxy is the process's own (HTTPS_PROXY: set by the admin), not the tenant's spec.proxy: it is
+    dialed by name without the policy check."""
     proxy_tls: ssl.SSLContext | None
     """TLS towards an https:// proxy."""
     user_agent: str
@@ -145,15 +166,16 @@ class Dialed:
 
 async def dial(plan: DialPlan) -> Dialed:
     """Connect to kas as `plan` says; TransportError (with a typed WorkerError) on any failure."""
-    loop = asyncio.get_running_loop()
     stream = KasStream()
     proxy = plan.proxy
-    host, port = (proxy.host, proxy.port) if proxy else (plan.address.host, plan.address.port)
     shown = proxy.display if proxy else plan.address.host_port
     try:
         async with asyncio.timeout(plan.timeouts.dial):
-            transport, _ = await loop.create_connection(lambda: stream, host, port)
+            transport = await _open_tcp(plan, stream)
+    except DestinationRefused as e:
+        raise TransportError(e.error) from None
     except (OSError, TimeoutError) as e:
+        _log.debug("connecting to %s failed: %s", shown, connect_detail(e))
         raise TransportError(connect_error(e, shown, proxy=proxy is not None)) from None
     try:
         _set_keepalive(transport)
@@ -171,6 +193,37 @@ async def dial(plan: DialPlan) -> Dialed:
         transport.abort()
         raise
     return Dialed(transport, stream, version)
+
+
+async def _open_tcp(plan: DialPlan, stream: KasStream) -> asyncio.Transport:
+    """The TCP connection to kas or the proxy, to an address the policy permits (tried in order)."""
+    loop = asyncio.get_running_loop()
+    deadline = plan.timeouts.dial
+    kas = Destination(plan.address.host, plan.address.port, "kas")
+    proxy = plan.proxy
+    if proxy is not None:
+        # The proxy resolves kas itself; every address we can see for kas must be acceptable too.
+        await plan.guard.check_all(kas, within=deadline)
+        if plan.proxy_trusted:
+            transport, _ = await loop.create_connection(lambda: stream, proxy.host, proxy.port)
+            return _as_stream(transport)
+    target = Destination(proxy.host, proxy.port, "proxy") if proxy is not None else kas
+    addresses = await plan.guard.resolve(target, within=deadline)
+    failure: OSError | None = None
+    for ip in addresses:
+        try:
+            transport, _ = await loop.create_connection(lambda: stream, str(ip), target.port)
+        except OSError as e:
+            failure = e
+            continue
+        return _as_stream(transport)
+    assert failure is not None  # resolve() returns at least one address
+    raise failure
+
+
+def _as_stream(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    assert isinstance(transport, asyncio.Transport)
+    return transport
 
 
 def _set_keepalive(transport: asyncio.BaseTransport) -> None:
@@ -225,11 +278,12 @@ async def _response_head(stream: KasStream, plan: DialPlan, what: str) -> wstunn
         raise TransportError(WorkerError(ErrorReason.KAS_UNREACHABLE, message)) from None
     except ConnectionError:
         message = f"the connection closed before the response to the {what}"
-        hint = "check that kasAddress points to kas's agent endpoint (wss:// for TLS, ws:// without)"
-        raise TransportError(WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, message, hint)) from None
+        raise TransportError(WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, message, _ENDPOINT_HINT)) from None
     except wstunnel.HandshakeError as e:
-        hint = "check that kasAddress points to kas's agent endpoint (wss:// for TLS, ws:// without)"
-        raise TransportError(WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, f"{what}: {e}", hint)) from None
+        # The error quotes the peer's bytes: the admin's debug log may have them, the status may not.
+        _log.debug("%s: unreadable response: %r", what, str(e)[:200])
+        message = f"the response to the {what} is not HTTP/1.1"
+        raise TransportError(WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, message, _ENDPOINT_HINT)) from None
 
 
 async def _connect_through(
@@ -246,13 +300,13 @@ async def _connect_through(
     except TransportError as e:
         raise TransportError(WorkerError(ErrorReason.PROXY_REFUSED, e.error.message, e.error.hint)) from None
     if not 200 <= head.status < 300:
-        message = f"proxy {proxy.display} refused CONNECT {target}: {head.status} {head.start_line[2]}"
+        message = f"proxy {proxy.display} answered CONNECT {target} with HTTP {head.status}"
         hint = (
             "the proxy requires credentials: put them in the proxy URL (http://user:password@host:port)"
             if head.status == 407
             else "allow the kas host on the proxy, or exempt it with noProxy / NO_PROXY"
         )
-        raise TransportError(WorkerError(ErrorReason.PROXY_REFUSED, message.rstrip(), hint))
+        raise TransportError(WorkerError(ErrorReason.PROXY_REFUSED, message, hint))
 
 
 async def _upgrade(transport: asyncio.Transport, stream: KasStream, plan: DialPlan) -> str | None:
@@ -270,11 +324,12 @@ async def _upgrade(transport: asyncio.Transport, stream: KasStream, plan: DialPl
     head = await _response_head(stream, plan, "WebSocket upgrade request")
     version = from_server_header(head.get("Server"))
     if head.status != 101:
-        reason = head.start_line[2]
-        raise TransportError(handshake_status_error(head.status, reason, head.get("Location"), plan.address))
+        _log.debug("WebSocket upgrade answered %d %r", head.status, head.start_line[2][:80])
+        raise TransportError(handshake_status_error(head.status, head.get("Location"), plan.address))
     try:
         wstunnel.check_upgrade_response(head, key)
     except wstunnel.HandshakeError as e:
-        hint = "check that kasAddress points to kas's agent endpoint"
-        raise TransportError(WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, str(e), hint)) from None
+        _log.debug("WebSocket upgrade response refused: %r", str(e)[:200])
+        message = "kas's answer to the WebSocket upgrade is not a valid WebSocket handshake"
+        raise TransportError(WorkerError(ErrorReason.WEBSOCKET_HANDSHAKE, message, _ENDPOINT_HINT)) from None
     return version

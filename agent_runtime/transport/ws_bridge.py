@@ -1,13 +1,17 @@
-"""The loopback bridge between a grpc.aio channel and kas's WebSocket endpoint (ws/wss).
+"""The local bridge between a grpc.aio channel and kas: every connection the channel opens goes through it.
 
-grpcio takes no custom dialer, so the worker's channel dials a listener on 127.0.0.1 owned by the
-bridge; for each accepted connection the bridge dials kas (`dialer.dial`) and pipes bytes both ways,
-gRPC's bytes leaving as masked binary WebSocket messages. Both sides are asyncio.Protocols with
+grpcio takes no custom dialer, so the worker's channel dials a Unix socket owned by the bridge; for each
+accepted connection the bridge dials kas (`dialer.dial`, which applies the destination policy every time)
+and pipes bytes both ways, gRPC's bytes leaving as masked binary WebSocket messages for ws/wss. The socket
+lives in a directory only this process's user can enter (mode 0700), and kas addresses are TCP only: no
+tenant can point its kas address at another worker's bridge and borrow that worker's headers, proxy
+credentials and TLS settings (a loopback TCP port could be). Both sides are asyncio.Protocols with
 backpressure: when one side's write buffer passes the high-water mark the other side stops reading.
 Bytes that still arrive after pause_reading() (uvloop may deliver some) are kept in the paused-for
 transport's write buffer, never dropped.
 
-The same bridge, with `websocket=False`, is a raw TLS pipe: the grpcs + insecure-skip-verify workaround.
+The same bridge, with `websocket=False`, is a raw pipe: plain TCP for grpc:// and verified grpcs:// (grpc
+does TLS inside it), or TLS without verification for grpcs + insecure-skip-verify.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Final
 
@@ -184,7 +191,7 @@ class _Pipe:
 
 
 class WsBridge:
-    """Loopback listener whose every connection becomes one connection to kas.
+    """Unix-socket listener whose every connection becomes one connection to kas.
 
     Records the last connection failure (`last_error`, cleared by the next successful handshake) and
     the kas version from the `Server: gitlab-kas/<version>/<commit>` response header.
@@ -194,7 +201,8 @@ class WsBridge:
         self._plan = plan
         self._name = name
         self._server: asyncio.Server | None = None
-        self._port = 0
+        self._directory: str | None = None
+        self._path = ""
         self._dials: dict[_LocalSide, asyncio.Task[None]] = {}
         self._pipes: set[_Pipe] = set()
         self._counter = itertools.count(1)
@@ -206,15 +214,31 @@ class WsBridge:
         self._closing = False
 
     async def start(self) -> None:
-        """Listen on 127.0.0.1 (ephemeral port)."""
+        """Listen on a Unix socket in a fresh private directory."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _LocalSide(self), "127.0.0.1", 0)
-        self._port = self._server.sockets[0].getsockname()[1]
+        self._directory = tempfile.mkdtemp(prefix="gao-kas-")  # mode 0700: this user only
+        self._path = os.path.join(self._directory, "kas.sock")
+        try:
+            self._server = await loop.create_unix_server(lambda: _LocalSide(self), self._path)
+            os.chmod(self._path, 0o600)
+        except BaseException:
+            self._remove_directory()
+            raise
 
     @property
-    def port(self) -> int:
-        """The loopback port the grpc channel dials."""
-        return self._port
+    def path(self) -> str:
+        """The Unix socket the grpc channel dials."""
+        return self._path
+
+    @property
+    def grpc_target(self) -> str:
+        """The grpc target of the socket."""
+        return f"unix:{self._path}"
+
+    def _remove_directory(self) -> None:
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
 
     @property
     def last_error(self) -> WorkerError | None:
@@ -313,3 +337,4 @@ class WsBridge:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(grace, 1.0)):
                     await self._server.wait_closed()
+        self._remove_directory()

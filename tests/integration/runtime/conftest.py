@@ -10,6 +10,7 @@ import pytest
 
 from agent_runtime.environment import WorkerEnvironment
 from agent_runtime.kube import KubeAccess, load_kube_access
+from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ServiceAccountRef, WorkerSpec
 from agent_runtime.worker import Worker
@@ -43,7 +44,7 @@ async def start_worker(kas: FakeKas, kube: KubeAccess) -> AsyncIterator[WorkerFa
         identity: ServiceAccountRef | None = None,
     ) -> Worker:
         spec = WorkerSpec(id="test/agent", kas_address=kas.address, token=Secret(token), identity=identity)
-        worker = Worker(spec, WorkerEnvironment(kube=kube))
+        worker = Worker(spec, WorkerEnvironment(kube=kube, policy=PERMISSIVE_POLICY))
         running.append((worker, asyncio.create_task(worker.run(), name="worker-under-test")))
         return worker
 

@@ -12,6 +12,7 @@ import pytest
 
 from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
 from agent_runtime.kube import KubeAccess
+from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, Phase, WorkerSpec
@@ -31,7 +32,9 @@ async def kas(tmp_path: Path) -> AsyncIterator[KasServer]:
 
 @pytest.fixture
 async def runtime(kube: KubeAccess) -> AsyncIterator[Runtime]:
-    rt = Runtime(kube, RuntimeSettings(observability_address="127.0.0.1:0", stop_grace=1.0))
+    rt = Runtime(
+        kube, RuntimeSettings(observability_address="127.0.0.1:0", stop_grace=1.0, policy=PERMISSIVE_POLICY)
+    )
     await rt.start()
     try:
         yield rt

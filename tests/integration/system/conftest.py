@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agent_runtime.kube import KubeAccess, load_kube_access
+from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
 from agent_runtime.spec import Phase, ServiceAccountRef, TlsSettings, WorkerSnapshot, WorkerSpec
@@ -95,7 +96,7 @@ async def kube(admin_kubeconfig: Path) -> AsyncIterator[KubeAccess]:
 
 @pytest.fixture
 async def runtime(kube: KubeAccess) -> AsyncIterator[Runtime]:
-    rt = Runtime(kube, RuntimeSettings(observability_address=None, stop_grace=2.0))
+    rt = Runtime(kube, RuntimeSettings(observability_address=None, stop_grace=2.0, policy=PERMISSIVE_POLICY))
     await rt.start()
     try:
         yield rt

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_runtime.kube import KubeAccess
+from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
 from tests.integration.system.conftest import (
@@ -39,7 +40,9 @@ _CODE_CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx", "other"} | {code.name for co
 
 @pytest.fixture
 async def observed_runtime(kube: KubeAccess) -> AsyncIterator[Runtime]:
-    rt = Runtime(kube, RuntimeSettings(observability_address="127.0.0.1:0", stop_grace=2.0))
+    rt = Runtime(
+        kube, RuntimeSettings(observability_address="127.0.0.1:0", stop_grace=2.0, policy=PERMISSIVE_POLICY)
+    )
     await rt.start()
     try:
         yield rt

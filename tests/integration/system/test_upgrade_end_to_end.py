@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent_runtime.kube import KubeAccess
+from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.spec import Phase, WorkerSnapshot
 from kas.server import KasServer
@@ -54,7 +55,7 @@ async def target(certs: Certs) -> AsyncIterator[UpgradeTarget]:
 
 @asynccontextmanager
 async def _runtime(kube: KubeAccess) -> AsyncIterator[Runtime]:
-    rt = Runtime(kube, RuntimeSettings(observability_address=None, stop_grace=2.0))
+    rt = Runtime(kube, RuntimeSettings(observability_address=None, stop_grace=2.0, policy=PERMISSIVE_POLICY))
     await rt.start()
     try:
         yield rt
