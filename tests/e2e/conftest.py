@@ -1,7 +1,9 @@
-"""End-to-end fixtures: the real apiserver with the CRD, the reference kas process, the operator process.
+"""End-to-end fixtures: the real apiserver with manifests/ applied, the reference kas, the operator process.
 
 Every test gets its own namespace and its own operator process watching only that namespace, so tests
 cannot see each other's agents; the kas process (with 60 registered agents) is shared by the session.
+The operator runs as deployed: with a token of manifests/' ServiceAccount, under manifests/' RBAC.
+Admin credentials (`kube`) only set the scene and look at the result.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import REPO_ROOT, KasProcess, Kube, OperatorProcess, make_agents, service_account
+from tests.e2e.harness import (
+    KasProcess,
+    Kube,
+    OperatorProcess,
+    install_manifests,
+    make_agents,
+    operator_kubeconfig,
+    service_account,
+)
 from tests.support.k8s_cluster import LocalCluster
 
 _HERE = Path(__file__).parent
@@ -28,15 +38,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def kube(k8s_cluster: LocalCluster, admin_kubeconfig: Path) -> Kube:
-    """Admin access, with the GitLabAgent CRD installed and served."""
+    """Admin access, with manifests/ applied (`kubectl apply -k`): CRDs served, the operator's RBAC bound."""
     client = Kube(k8s_cluster, admin_kubeconfig)
-    applied = client.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO_ROOT / "crds"))
-    assert applied.returncode == 0, applied.stderr
-    waited = client.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/gitlabagents.agentk.dev"
-    )
-    assert waited.returncode == 0, waited.stderr
+    install_manifests(client)
     return client
+
+
+@pytest.fixture(scope="session")
+def operator_credentials(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Kubeconfig with a TokenRequest token of the operator's ServiceAccount from manifests/."""
+    return operator_kubeconfig(kube, tmp_path_factory.mktemp("operator-identity") / "kubeconfig")
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +70,10 @@ def agent_namespace(kube: Kube, namespace: str) -> str:
 
 @pytest.fixture
 def operator(
-    kube: Kube, agent_namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+    operator_credentials: Path, agent_namespace: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[OperatorProcess]:
-    """The operator as a process (admin credentials), watching only the test's namespace."""
-    proc = OperatorProcess(tmp_path, kube.kubeconfig, agent_namespace)
+    """The operator as a process under its own ServiceAccount, watching only the test's namespace."""
+    proc = OperatorProcess(tmp_path, operator_credentials, agent_namespace)
     proc.start()
     yield proc
     code = proc.stop()

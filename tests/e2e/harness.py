@@ -34,6 +34,14 @@ JOB_TOKEN = "e2e-ci-job-token-" + "j" * 20
 JOB_PROJECT = "group/app"
 T = TypeVar("T")
 
+OPERATOR_NAMESPACE = "gitlab-agent-operator"
+OPERATOR_SERVICE_ACCOUNT = "gitlab-agent-operator"
+"""Where manifests/ puts the operator's ServiceAccount (the Deployment runs as it)."""
+OPERATOR_USERNAME = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+TEST_POLICY_FLAGS = ("--allow-private-kas", "--allow-plaintext-kas", "--allow-insecure-skip-tls-verify")
+"""The tenant policy flags every operator process started by the tests gets: the test kas listens on
+loopback, in plain text for gRPC/ws, and some tests skip TLS verification. The one place for them."""
+
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1) -> T:
     """Poll `probe` until it returns something truthy; AssertionError naming `what` after `timeout`."""
@@ -224,6 +232,7 @@ class OperatorProcess:
             f"--namespace={self.namespace}",
             f"--observability-address=127.0.0.1:{self.port}",
             "--drain-grace=2",
+            *TEST_POLICY_FLAGS,
             *self.extra_args,
         ]
 
@@ -292,6 +301,40 @@ def run_once(argv: Sequence[str], log_path: Path, timeout: float = 60.0) -> tupl
     return done.returncode, output
 
 
+def install_manifests(kube: Kube) -> None:
+    """`kubectl apply -k manifests/` as admin: namespace, CRDs, ServiceAccount, RBAC, Deployment, Service.
+
+    Nothing runs the Deployment (no kubelet, no controllers); the RBAC is what the tests need, applied
+    from the same files a user applies, never rewritten here.
+    """
+    done = kube.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO_ROOT / "manifests"))
+    assert done.returncode == 0, done.stderr
+    for crd in ("gitlabagents.agentk.dev", "clusterkopfpeerings.kopf.dev"):
+        waited = kube.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd}")
+        assert waited.returncode == 0, waited.stderr
+
+
+def service_account_kubeconfig(
+    kube: Kube, path: Path, namespace: str, name: str, duration: str = "12h"
+) -> Path:
+    """A kubeconfig for the test cluster with a TokenRequest token of ServiceAccount `namespace/name`."""
+    done = kube.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}")
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    user = f"{namespace}:{name}"
+    config["users"] = [{"name": user, "user": {"token": done.stdout.strip()}}]
+    config["contexts"] = [{"name": user, "context": {"cluster": config["clusters"][0]["name"], "user": user}}]
+    config["current-context"] = user
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def operator_kubeconfig(kube: Kube, path: Path) -> Path:
+    """The operator's credentials as deployed: a token of the ServiceAccount install_manifests() applied."""
+    return service_account_kubeconfig(kube, path, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)
+
+
 class Kube:
     """Admin access to the test cluster: plain JSON requests and kubectl."""
 
@@ -345,11 +388,16 @@ class Kube:
         return list(body["items"])
 
 
-def secret(namespace: str, name: str, token: str, key: str = "token") -> dict[str, Any]:
+def secret(namespace: str, name: str, token: str, key: str = "token", agents: str = "*") -> dict[str, Any]:
+    """A token Secret that opted in to the GitLabAgents `agents` (default: all of its namespace)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {"agentk.dev/allowed-agents": agents},
+        },
         "type": "Opaque",
         "stringData": {key: token + "\n"},
     }
