@@ -40,10 +40,15 @@ def proxy() -> Iterator[ConnectProxy]:
 
 
 def test_kopf_and_the_workers_reach_the_api_server_through_the_kubeconfig_proxy(
-    kube: Kube, kas: KasProcess, agent_namespace: str, proxy: ConnectProxy, tmp_path: Path
+    kube: Kube,
+    kas: KasProcess,
+    agent_namespace: str,
+    operator_credentials: Path,
+    proxy: ConnectProxy,
+    tmp_path: Path,
 ) -> None:
     port = kube.cluster.url.rsplit(":", 1)[1]
-    document = yaml.safe_load(kube.kubeconfig.read_text())
+    document = yaml.safe_load(operator_credentials.read_text())
     cluster = document["clusters"][0]["cluster"]
     cluster["server"] = f"https://cluster.test:{port}"
     cluster["proxy-url"] = f"http://127.0.0.1:{proxy.port}"

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import (
+    OPERATOR_NAMESPACE,
+    OPERATOR_SERVICE_ACCOUNT,
     KasProcess,
     Kube,
     OperatorProcess,
@@ -61,19 +63,48 @@ def _runs_none(operator: OperatorProcess, workers: list[str]) -> bool:
     return all(metric_value(text, "agentk_connected", {"agent": w}) is None for w in workers)
 
 
+def _namespaced_peering_rights(namespace: str) -> list[dict[str, Any]]:
+    """With --namespace, kopf peers through a KopfPeering in that namespace; manifests/ grant only the
+    cluster-wide kind (the Deployment runs cluster-wide), so such an operator needs this Role as well."""
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "operator-peering", "namespace": namespace},
+            "rules": [
+                {
+                    "apiGroups": ["kopf.dev"],
+                    "resources": ["kopfpeerings"],
+                    "verbs": ["get", "list", "watch", "patch", "create"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "operator-peering", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator-peering"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": OPERATOR_SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+            ],
+        },
+    ]
+
+
 def test_only_one_replica_runs_the_agents(
-    kube: Kube, kas: KasProcess, agent_namespace: str, tmp_path: Path
+    kube: Kube, kas: KasProcess, agent_namespace: str, operator_credentials: Path, tmp_path: Path
 ) -> None:
     ns = agent_namespace
-    kube.apply(KOPF_PEERING_CRD)
+    kube.apply(KOPF_PEERING_CRD, *_namespaced_peering_rights(ns))
     assert (
         kube.kubectl(
             "wait", "--for=condition=Established", "--timeout=30s", "crd/kopfpeerings.kopf.dev"
         ).returncode
         == 0
     )
-    high = OperatorProcess(tmp_path / "high", kube.kubeconfig, ns, "--peering=e2e", "--peering-priority=200")
-    low = OperatorProcess(tmp_path / "low", kube.kubeconfig, ns, "--peering=e2e", "--peering-priority=100")
+    credentials = operator_credentials
+    high = OperatorProcess(tmp_path / "high", credentials, ns, "--peering=e2e", "--peering-priority=200")
+    low = OperatorProcess(tmp_path / "low", credentials, ns, "--peering=e2e", "--peering-priority=100")
     for proc in (high, low):
         proc.work_dir.mkdir()
     names = ["p-one", "p-two"]

@@ -1,17 +1,17 @@
-"""Many agents in one process; the operator under its manifests' RBAC; each agent limited to its own SA."""
+"""Many agents in one process; missing operator RBAC at start-up; each agent limited to its own SA.
+
+(Every e2e test runs the operator under manifests/' RBAC: see conftest.py.)
+"""
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.e2e.harness import (
-    REPO_ROOT,
     KasProcess,
     Kube,
     OperatorProcess,
@@ -19,7 +19,6 @@ from tests.e2e.harness import (
     phase,
     run_once,
     secret,
-    service_account,
     wait_for,
 )
 from tests.support.k8s_cluster import LocalCluster
@@ -58,69 +57,6 @@ def test_fifty_agents_in_one_process_all_serve_requests(
         code, body = kas.proxy_get(agent.id, "/version")
         assert code == 200, (agent.id, body)
     wait_for("readiness", lambda: operator.http_status("/readiness") == 200, timeout=20)
-
-
-def _operator_identity(kube: Kube, namespace: str) -> None:
-    """The manifests' ClusterRole, bound (under a test-unique name) to a ServiceAccount in `namespace`."""
-    documents = list(yaml.safe_load_all((REPO_ROOT / "manifests" / "rbac-cluster.yaml").read_text()))
-    role = copy.deepcopy(next(d for d in documents if d["kind"] == "ClusterRole"))
-    binding = copy.deepcopy(next(d for d in documents if d["kind"] == "ClusterRoleBinding"))
-    unique = f"gitlab-agent-operator-{namespace}"
-    role["metadata"]["name"] = unique
-    binding["metadata"]["name"] = unique
-    binding["roleRef"]["name"] = unique
-    binding["subjects"] = [
-        {"kind": "ServiceAccount", "name": "gitlab-agent-operator", "namespace": namespace}
-    ]
-    kube.apply(service_account(namespace, "gitlab-agent-operator"), role, binding)
-
-
-def _token_kubeconfig(kube: Kube, namespace: str, path: Path) -> Path:
-    status, answer = kube.request(
-        "POST",
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/gitlab-agent-operator/token",
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
-    )
-    assert status == 201, answer
-    config = yaml.safe_load(kube.kubeconfig.read_text())
-    config["users"] = [{"name": "operator", "user": {"token": answer["status"]["token"]}}]
-    config["contexts"][0]["context"]["user"] = "operator"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
-
-
-def test_operator_runs_under_the_manifests_rbac(
-    kube: Kube, kas: KasProcess, agent_namespace: str, tmp_path: Path
-) -> None:
-    ns, agent = agent_namespace, kas.agents[0]
-    _operator_identity(kube, ns)
-    kubeconfig = _token_kubeconfig(kube, ns, tmp_path / "operator.kubeconfig")
-    operator = OperatorProcess(tmp_path, kubeconfig, ns)
-    operator.start()
-    try:
-        kube.apply(
-            secret(ns, "token", agent.token), gitlab_agent(ns, "least-privilege", kas.agent_url, "token")
-        )
-        wait_for(
-            "Connected under the operator's own RBAC",
-            lambda: (b := kube.gla(ns, "least-privilege")) and phase(b) == "Connected" and b,
-            timeout=30,
-        )
-        assert kas.proxy_get(agent.id, "/version")[0] == 200
-        kube.kubectl("delete", "gla", "least-privilege", "-n", ns, "--timeout=30s")
-        assert kube.gla(ns, "least-privilege") is None
-    finally:
-        code = operator.stop()
-        kube.kubectl(
-            "delete", "clusterrolebinding,clusterrole", f"gitlab-agent-operator-{ns}", "--ignore-not-found"
-        )
-    assert code == 0, operator.log()[-5000:]
-    assert '"level": "error"' not in operator.log(), operator.log()[-5000:]
 
 
 def test_missing_rbac_is_a_clear_start_up_error(
