@@ -24,17 +24,16 @@ from agent_operator.keyed import KeyedTasks
 from agent_operator.logs import resource_extra
 from agent_operator.mapping import (
     AgentKey,
-    Missing,
+    RefKind,
     SourceRef,
-    ca_from_object,
-    ca_source,
+    Unresolved,
+    credential_sources,
+    opted_in,
+    resolve,
     sources_of,
-    token_from_secret,
-    token_source,
-    worker_spec,
 )
 from agent_operator.metrics import OperatorMetrics
-from agent_operator.sources import SourceError, SourceIndex, Sources
+from agent_operator.sources import Admit, SourceError, SourceIndex, Sources
 from agent_operator.status_mapping import AgentFacts, EventSpec, Problem, ProblemKind, phase_of
 from agent_operator.status_writer import StatusWriter, parse_status
 from agent_runtime.spec import WorkerSnapshot, WorkerSpec
@@ -43,7 +42,14 @@ from agent_runtime.versions import KubernetesSupport
 log = logging.getLogger(__name__)
 
 _READY_PHASES = frozenset({Phase.CONNECTED, Phase.DEGRADED, Phase.FAILED})
-_SOURCE_PROBLEMS = frozenset({ProblemKind.TOKEN, ProblemKind.CA_CERT, ProblemKind.FORBIDDEN})
+_SOURCE_PROBLEMS = frozenset(
+    {ProblemKind.TOKEN, ProblemKind.CA_CERT, ProblemKind.CREDENTIAL, ProblemKind.FORBIDDEN}
+)
+_PROBLEM_KINDS = {
+    RefKind.TOKEN: ProblemKind.TOKEN,
+    RefKind.CA_CERT: ProblemKind.CA_CERT,
+    RefKind.CREDENTIAL: ProblemKind.CREDENTIAL,
+}
 _RECHECK_CAP_S = 60.0
 """Our choice: a missing Secret/ConfigMap is looked for again after 2, 4, 8, ... up to this many seconds
 (it is not labelled yet, so the label-filtered watch cannot see it appear)."""
@@ -268,22 +274,21 @@ class AgentController:
             return Problem(ProblemKind.FORBIDDEN, "OperatorForbidden", str(exc), hint)
 
     async def _read_and_map(self, key: AgentKey, spec: GitLabAgentSpec) -> WorkerSpec | Problem:
-        token_ref = token_source(key.namespace, spec)
-        token = token_from_secret(await self._read(token_ref), key.namespace, spec)
-        if isinstance(token, Missing):
-            return Problem(ProblemKind.TOKEN, token.reason, token.message, token.hint)
-        ca_pem: bytes | None = None
-        if spec.ca_cert is not None:
-            source, data_key = ca_source(key.namespace, spec.ca_cert)
-            ca = ca_from_object(await self._read(source), source, data_key)
-            if isinstance(ca, Missing):
-                return Problem(ProblemKind.CA_CERT, ca.reason, ca.message, ca.hint)
-            ca_pem = ca
-        return worker_spec(key, spec, token, ca_pem)
+        # Secrets whose values leave the cluster are watched only once they opted in to this agent.
+        credentials = credential_sources(key.namespace, spec)
+        objects: dict[SourceRef, Any] = {}
+        for source in sorted(sources_of(key.namespace, spec)):
+            admit = (lambda obj: opted_in(obj, key.name)) if source in credentials else None
+            objects[source] = await self._read(source, admit)
+        resolved = resolve(key, spec, objects)
+        if isinstance(resolved, Unresolved):
+            missing = resolved.missing
+            return Problem(_PROBLEM_KINDS[resolved.kind], missing.reason, missing.message, missing.hint)
+        return resolved
 
-    async def _read(self, source: SourceRef) -> Any:
+    async def _read(self, source: SourceRef, admit: Admit | None = None) -> Any:
         try:
-            return await self._sources.read(source)
+            return await self._sources.read(source, admit)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(
                 f"reading {source.kind.value} {source.store_key}: {type(exc).__name__}"

@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 
 from agent_operator.kube_api import KubeApi, core_path
-from agent_operator.mapping import AgentKey, KubeObject, SourceKind, SourceRef
+from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, AgentKey, KubeObject, SourceKind, SourceRef
 from agent_runtime.informer import EventType, Informer, ResourceKind, Transform
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,14 @@ _KEPT_METADATA: Final = ("name", "namespace", "uid", "resourceVersion", "labels"
 def kept_of_source(obj: dict[str, Any]) -> KubeObject:
     """What the cache keeps of a watched Secret or ConfigMap: its data and the metadata that names it.
 
-    Annotations go too: `kubectl apply` leaves a copy of the whole object, token included, in one.
+    Annotations go too: `kubectl apply` leaves a copy of the whole object, token included, in one; only
+    the opt-in annotation stays (a Secret that withdraws it must stop being used).
     """
     meta = obj.get("metadata") or {}
     kept: dict[str, Any] = {"metadata": {k: meta[k] for k in _KEPT_METADATA if k in meta}}
+    opt_in = (meta.get("annotations") or {}).get(ALLOWED_AGENTS_ANNOTATION)
+    if opt_in is not None:
+        kept["metadata"]["annotations"] = {ALLOWED_AGENTS_ANNOTATION: opt_in}
     for field in ("type", "data", "binaryData"):
         if field in obj:
             kept[field] = obj[field]
@@ -48,6 +52,8 @@ class InformerFactory(Protocol):
 
 
 SourceChanged = Callable[[SourceRef], None]
+Admit = Callable[[KubeObject], bool]
+"""Whether an object may be watched (and so cached) for the agent reading it."""
 
 
 class SourceError(Exception):
@@ -155,12 +161,27 @@ class Sources:
         informer = self._informers.get((source.kind, scope))
         return informer.store.get(source.store_key) if informer is not None else None
 
-    async def read(self, source: SourceRef) -> KubeObject | None:
-        """The object (None when it does not exist); labels it for the watch when it is not cached yet."""
+    async def read(self, source: SourceRef, admit: Admit | None = None) -> KubeObject | None:
+        """The object (None when it does not exist); labels it for the watch when it is not cached yet.
+
+        With `admit`, an uncached object is read first and labelled only if admitted: a Secret that has not
+        opted in to the agent is neither changed nor cached (the caller re-reads it later).
+        """
         cached = self._cached(source)
         if cached is not None:
             return cached
         path = core_path(source.namespace, source.kind.value, source.name)
+        if admit is not None:
+            current = await self._api.get(path)
+            if current.status == 404:
+                return None
+            if not current.ok or not isinstance(current.body, dict):
+                raise SourceError(
+                    current.status,
+                    f"cannot get {source.kind.value} {source.namespace}/{source.name}: {current.reason()}",
+                )
+            if not admit(kept_of_source(current.body)):
+                return kept_of_source(current.body)
         answer = await self._api.merge_patch(path, {"metadata": {"labels": {WATCHED_LABEL: "true"}}})
         if answer.status == 404:
             return None

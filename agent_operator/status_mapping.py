@@ -44,6 +44,8 @@ class ProblemKind(enum.Enum):
     SPEC_INVALID = "spec"
     TOKEN = "token"  # noqa: S105 (a problem kind, not a password)
     CA_CERT = "caCert"
+    CREDENTIAL = "credential"
+    """A kasHeaders value or the proxy credentials from a Secret."""
     FORBIDDEN = "forbidden"
 
 

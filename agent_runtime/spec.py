@@ -31,8 +31,8 @@ class TlsSettings:
 class ProxySettings:
     """An explicit HTTP CONNECT proxy for kas; None in WorkerSpec means the process environment applies."""
 
-    url: str
-    """http:// or https:// URL of the proxy."""
+    url: str = field(repr=False)
+    """http:// or https:// URL of the proxy; its user info may hold credentials (kept out of repr)."""
     no_proxy: str = ""
     """Comma-separated hosts/domains/CIDRs that bypass the proxy, as in NO_PROXY."""
 
@@ -74,8 +74,9 @@ class WorkerSpec:
     """The agent token; sent as `authorization: Bearer` on every RPC, never logged."""
     tls: TlsSettings = field(default_factory=TlsSettings)
     """TLS verification settings."""
-    kas_headers: tuple[tuple[str, str], ...] = ()
-    """Extra headers: WebSocket handshake headers for ws/wss, gRPC metadata for grpc/grpcs."""
+    kas_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Extra headers: WebSocket handshake headers for ws/wss, gRPC metadata for grpc/grpcs. Values may
+    come from Secrets (kept out of repr)."""
     proxy: ProxySettings | None = None
     """Explicit proxy; None = HTTPS_PROXY/NO_PROXY of the process, as for agentk."""
     identity: ServiceAccountRef | None = None

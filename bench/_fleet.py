@@ -105,11 +105,16 @@ class OperatorProcess:
         self._proc = None
 
 
-def secret(namespace: str, name: str, token: str) -> dict[str, Any]:
+def secret(namespace: str, name: str, token: str, agent: str) -> dict[str, Any]:
+    """A token Secret that opted in to the GitLabAgent `agent` (docs/security.md)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {"agentk.dev/allowed-agents": agent},
+        },
         "type": "Opaque",
         "stringData": {"token": token},
     }
@@ -243,7 +248,10 @@ def fleet_objects(
 ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
     """(secrets, gitlabagents) as (collection path, body) pairs, one of each per agent."""
     secrets = [
-        (f"/api/v1/namespaces/{namespace}/secrets", secret(namespace, f"token-{a.id}", a.token))
+        (
+            f"/api/v1/namespaces/{namespace}/secrets",
+            secret(namespace, f"token-{a.id}", a.token, f"agent-{a.id}"),
+        )
         for a in agents
     ]
     glas = [

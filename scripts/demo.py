@@ -151,7 +151,12 @@ def cluster_objects(kas_address: str, agent_token: str) -> str:
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": f"{AGENT_NAME}-token", "namespace": NAMESPACE},
+            "metadata": {
+                "name": f"{AGENT_NAME}-token",
+                "namespace": NAMESPACE,
+                # The Secret lets this one GitLabAgent send it to kas (docs/security.md).
+                "annotations": {"agentk.dev/allowed-agents": AGENT_NAME},
+            },
             "stringData": {"token": agent_token},
         },
         {

@@ -18,8 +18,9 @@ from agent_operator.api.constants import WireFlavor
 
 KAS_ADDRESS: Final = r"^(grpc|grpcs|ws|wss)://[^\s/?#@]+(/[^\s#]*)?$"
 """agentk accepts exactly these four schemes (PROTOCOL.md §3.1); a host is required."""
-PROXY_URL: Final = r"^https?://[^\s/?#]+/?$"
-"""An HTTP CONNECT proxy: http:// or https://, a host (credentials allowed), no path."""
+PROXY_URL: Final = r"^https?://[^\s/?#@]+/?$"
+"""An HTTP CONNECT proxy: http:// or https://, a host and port, no path and no credentials (a spec is no
+place for a password: it is readable by whoever reads the resource and copied into kopf's annotation)."""
 SERVER_NAME: Final = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
 """A DNS name (or IPv4 address) for TLS verification."""
 TLS_SCHEMES: Final = ("grpcs://", "wss://")
@@ -90,8 +91,26 @@ def _is_reserved_header(name: str) -> bool:
     return lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_HEADER_PREFIXES)
 
 
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the GitLabAgent's namespace. The Secret must opt in to this agent
+    (annotation `agentk.dev/allowed-agents`, docs/security.md)."""
+
+    name: ObjectName
+    """Name of the Secret."""
+    key: DataKey
+    """Key in the Secret's data."""
+
+
+class HeaderValueSource(ApiModel):
+    """Where a header value comes from when it is secret."""
+
+    secret_key_ref: SecretKeyRef
+    """A key of a Secret holding the value (one trailing newline is ignored). Updating the Secret
+    reconnects the agent with the new value."""
+
+
 class KasHeader(ApiModel):
-    """One extra header, as agentk's `--kas-header "Name: Value"`."""
+    """One extra header, as agentk's `--kas-header "Name: Value"`: exactly one of value or valueFrom."""
 
     model_config = with_cel_rules(
         cel_rule(
@@ -100,29 +119,71 @@ class KasHeader(ApiModel):
             f"this header is set by the transport itself and cannot be overridden ({_RESERVED_LIST})",
             field_path=".name",
             reason="FieldValueForbidden",
-        )
+        ),
+        cel_rule(
+            "has(self.value) != has(self.valueFrom)",
+            "exactly one of value or valueFrom must be set; put secret values in a Secret "
+            "(valueFrom.secretKeyRef)",
+        ),
     )
 
     name: Annotated[str, Field(pattern=base.HTTP_TOKEN, min_length=1, max_length=256)]
     """Header name: an HTTP token such as `X-Tenant`. Transport headers (Host, Upgrade, Sec-WebSocket-*,
     grpc-*, ...) are refused."""
-    value: Annotated[str, Field(pattern=base.HEADER_VALUE, min_length=1, max_length=4096)]
-    """Header value; must not be empty or contain control characters."""
+    value: Annotated[str, Field(pattern=base.HEADER_VALUE, min_length=1, max_length=4096)] | None = None
+    """Literal header value, for values that are not secret (the spec is readable by everyone who may read
+    the resource); must not be empty or contain control characters."""
+    value_from: HeaderValueSource | None = None
+    """The header value from a Secret, for credentials (e.g. a gateway's API key)."""
 
     @model_validator(mode="after")
     def _not_reserved(self) -> KasHeader:
         if _is_reserved_header(self.name):
             raise ValueError(f"header {self.name!r} is set by the transport itself and cannot be overridden")
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError("exactly one of value or valueFrom must be set")
         return self
+
+
+class SecretRef(ApiModel):
+    """A Secret in the GitLabAgent's namespace, opted in to this agent (annotation
+    `agentk.dev/allowed-agents`, docs/security.md)."""
+
+    name: ObjectName
+    """Name of the Secret."""
 
 
 class ProxySpec(ApiModel):
     """An explicit HTTP proxy for the connection to kas (instead of the operator's HTTPS_PROXY/NO_PROXY)."""
 
+    model_config = with_cel_rules(
+        cel_rule(
+            "!self.url.contains('@')",
+            "proxy.url must not contain credentials: put them in a Secret (keys username and password) "
+            "named by proxy.credentialsSecretRef",
+            field_path=".url",
+        )
+    )
+
     url: Annotated[str, Field(pattern=PROXY_URL, max_length=2048)]
-    """`http://` or `https://` URL of the proxy (HTTP CONNECT), e.g. `http://proxy.internal:3128`."""
+    """`http://` or `https://` URL of the proxy (HTTP CONNECT), e.g. `http://proxy.internal:3128`; no
+    credentials (see credentialsSecretRef)."""
     no_proxy: Annotated[str, Field(max_length=4096)] = ""
     """Comma-separated hosts, domains (`.example.com`) and CIDRs reached directly, as in NO_PROXY."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret with keys `username` and `password` (as a `kubernetes.io/basic-auth` Secret) for the proxy's
+    Basic authentication. Updating the Secret reconnects the agent."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials_in_url(cls, data: object) -> object:
+        # Before the pattern check, so the message says what to do instead.
+        if isinstance(data, dict) and "@" in str(data.get("url", "")):
+            raise ValueError(
+                "proxy.url must not contain credentials: put them in a Secret (keys username and "
+                "password) named by proxy.credentialsSecretRef"
+            )
+        return data
 
 
 class TunnelsSpec(ApiModel):

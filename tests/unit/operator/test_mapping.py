@@ -38,8 +38,10 @@ def b64(data: bytes | str) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
-def secret_obj(data: dict[str, str]) -> dict[str, Any]:
-    return {"metadata": {"name": "tok", "namespace": "team-a"}, "data": data}
+def secret_obj(data: dict[str, str], allowed: str = "agent") -> dict[str, Any]:
+    """A token Secret that opted in to the agent KEY (annotation agentk.dev/allowed-agents)."""
+    annotations = {"agentk.dev/allowed-agents": allowed}
+    return {"metadata": {"name": "tok", "namespace": "team-a", "annotations": annotations}, "data": data}
 
 
 def test_minimal_spec_maps_to_agentk_defaults() -> None:
@@ -106,12 +108,12 @@ def test_equal_inputs_give_equal_specs() -> None:
     ],
 )
 def test_token_is_read_from_the_named_key(data: dict[str, str], expected: str) -> None:
-    assert token_from_secret(secret_obj(data), "team-a", spec()) == Secret(expected)
+    assert token_from_secret(secret_obj(data), KEY, spec()) == Secret(expected)
 
 
 def test_token_key_is_configurable() -> None:
     custom = spec(tokenSecretRef={"name": "tok", "key": "agent-token"})
-    assert token_from_secret(secret_obj({"agent-token": b64(TOKEN)}), "team-a", custom) == Secret(TOKEN)
+    assert token_from_secret(secret_obj({"agent-token": b64(TOKEN)}), KEY, custom) == Secret(TOKEN)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,7 @@ def test_token_key_is_configurable() -> None:
     [
         (None, "SecretNotFound"),
         (secret_obj({}), "KeyNotFound"),
-        ({"metadata": {}}, "KeyNotFound"),
+        ({"metadata": {"annotations": {"agentk.dev/allowed-agents": "agent"}}}, "KeyNotFound"),
         (secret_obj({"other": b64(TOKEN)}), "KeyNotFound"),
         (secret_obj({"token": "!!not base64!!"}), "TokenUnreadable"),
         (secret_obj({"token": b64(b"\xff\xfe")}), "TokenInvalid"),
@@ -131,7 +133,7 @@ def test_token_key_is_configurable() -> None:
     ],
 )
 def test_unusable_token_secrets_have_typed_reasons_and_hints(obj: dict[str, Any] | None, reason: str) -> None:
-    result = token_from_secret(obj, "team-a", spec())
+    result = token_from_secret(obj, KEY, spec())
 
     assert isinstance(result, Missing)
     assert result.reason == reason
@@ -140,12 +142,13 @@ def test_unusable_token_secrets_have_typed_reasons_and_hints(obj: dict[str, Any]
     assert TOKEN not in result.message + result.hint
 
 
-def test_key_not_found_lists_the_keys_present_but_never_values() -> None:
-    result = token_from_secret(secret_obj({"tokn": b64(TOKEN)}), "team-a", spec())
+def test_key_not_found_names_only_the_key_the_spec_named() -> None:
+    # The status is read by people who may not read the Secret: its other key names stay private.
+    result = token_from_secret(secret_obj({"tokn": b64(TOKEN), "admin-password": b64("x")}), KEY, spec())
     assert isinstance(result, Missing)
-    assert "tokn" in result.message
-    assert TOKEN not in result.message
-    assert b64(TOKEN) not in result.message
+    assert "'token'" in result.message
+    for private in ("tokn", "admin-password", TOKEN, b64(TOKEN)):
+        assert private not in result.message + result.hint
 
 
 def test_sources_name_the_token_secret_and_the_ca_object() -> None:

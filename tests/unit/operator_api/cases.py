@@ -45,6 +45,7 @@ def _header(name: str, value: str) -> dict[str, Any]:
 
 
 _REF = {"name": "kas-ca"}
+_KEY_REF = {"name": "gateway", "key": "api-key"}
 
 INVALID: tuple[Invalid, ...] = (
     Invalid(
@@ -106,6 +107,23 @@ INVALID: tuple[Invalid, ...] = (
     Invalid("proxy-socks", {"proxy": {"url": "socks5://proxy:1080"}}, "spec.proxy.url"),
     Invalid("proxy-with-path", {"proxy": {"url": "http://proxy:3128/path"}}, "spec.proxy.url"),
     Invalid("proxy-without-url", {"proxy": {"noProxy": ".svc"}}, "spec.proxy.url"),
+    Invalid("proxy-credentials-in-url", {"proxy": {"url": "http://user:pw@proxy:3128"}}, "spec.proxy.url"),
+    Invalid(
+        "proxy-credentials-ref-without-name",
+        {"proxy": {"url": "http://proxy:3128", "credentialsSecretRef": {}}},
+        "spec.proxy.credentialsSecretRef.name",
+    ),
+    Invalid(
+        "header-value-and-valueFrom",
+        {"kasHeaders": [{"name": "X-Key", "value": "a", "valueFrom": {"secretKeyRef": _KEY_REF}}]},
+        "spec.kasHeaders[0]",
+    ),
+    Invalid("header-without-value", {"kasHeaders": [{"name": "X-Key"}]}, "spec.kasHeaders[0]"),
+    Invalid(
+        "header-valueFrom-without-key",
+        {"kasHeaders": [{"name": "X-Key", "valueFrom": {"secretKeyRef": {"name": "gw"}}}]},
+        "spec.kasHeaders[0].valueFrom.secretKeyRef.key",
+    ),
     Invalid("wireFlavor-unknown", {"wireFlavor": "GitLab"}, "spec.wireFlavor"),
     Invalid("serviceAccountName-bad", {"serviceAccountName": "Admin!"}, "spec.serviceAccountName"),
     Invalid("serviceAccountName-empty", {"serviceAccountName": ""}, "spec.serviceAccountName"),
@@ -130,8 +148,13 @@ VALID: tuple[tuple[str, dict[str, Any]], ...] = (
             "kasHeaders": [
                 {"name": "X-Tenant", "value": "team a\tb"},
                 {"name": "X-Tenant", "value": "again"},
+                {"name": "X-Api-Key", "valueFrom": {"secretKeyRef": {"name": "gateway", "key": "api-key"}}},
             ],
-            "proxy": {"url": "http://proxy.internal:3128", "noProxy": ".svc,10.0.0.0/8"},
+            "proxy": {
+                "url": "http://proxy.internal:3128",
+                "noProxy": ".svc,10.0.0.0/8",
+                "credentialsSecretRef": {"name": "proxy-login"},
+            },
             "serviceAccountName": "agent.team-a",
             "tunnels": {"minIdle": 50, "max": 50},
             "wireFlavor": "plural",
