@@ -19,7 +19,7 @@ import pytest
 
 from agent_runtime.environment import WorkerEnvironment
 from agent_runtime.kube import KubeAccess, load_kube_access
-from agent_runtime.policy import PERMISSIVE_POLICY
+from agent_runtime.policy import PERMISSIVE_POLICY, TenantPolicy
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ServiceAccountRef, WorkerSpec
 from agent_runtime.worker import Worker
@@ -98,7 +98,8 @@ async def operator_kube(operator_credentials: Path) -> AsyncIterator[KubeAccess]
     await access.close()
 
 
-StartAgent = Callable[[ServiceAccountRef], Awaitable[FakeKas]]
+StartAgent = Callable[..., Awaitable[FakeKas]]
+"""start(identity, policy=PERMISSIVE_POLICY) -> the kas double of a new worker."""
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ async def start_agent(operator_kube: KubeAccess) -> AsyncIterator[StartAgent]:
     """
     running: list[tuple[FakeKas, Worker, asyncio.Task[None]]] = []
 
-    async def start(identity: ServiceAccountRef) -> FakeKas:
+    async def start(identity: ServiceAccountRef, policy: TenantPolicy = PERMISSIVE_POLICY) -> FakeKas:
         kas = FakeKas()
         await kas.start()
         spec = WorkerSpec(
@@ -118,7 +119,7 @@ async def start_agent(operator_kube: KubeAccess) -> AsyncIterator[StartAgent]:
             token=Secret(kas.token),
             identity=identity,
         )
-        worker = Worker(spec, WorkerEnvironment(kube=operator_kube, policy=PERMISSIVE_POLICY))
+        worker = Worker(spec, WorkerEnvironment(kube=operator_kube, policy=policy))
         running.append((kas, worker, asyncio.create_task(worker.run(), name=f"hostile-{spec.id}")))
         return kas
 
