@@ -25,6 +25,7 @@ from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
 from agent_operator.label_sweep import sweep_unreferenced
 from agent_operator.metrics import OperatorMetrics
+from agent_operator.service_accounts import ServiceAccounts
 from agent_operator.settings import OperatorSettings
 from agent_operator.sources import Sources
 from agent_operator.status_writer import StatusWriter
@@ -77,6 +78,7 @@ class Composition:
         )
         self.writer = StatusWriter(self.api, self.events, self.runtime.snapshot, self.metrics)
         self.sources = Sources(self.api, settings.namespaces)
+        self.service_accounts = ServiceAccounts(settings.namespaces)
         self.controller = AgentController(
             self.runtime,
             self.sources,
@@ -86,6 +88,8 @@ class Composition:
             kubernetes_support=settings.kubernetes_support,
             cluster_version=cluster_version,
             drain_grace=settings.drain_grace,
+            service_accounts=self.service_accounts,
+            limits=settings.limits,
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -97,6 +101,7 @@ class Composition:
         await self.runtime.start()
         self.runtime.subscribe(self.writer.on_snapshot)
         self.sources.start(self.runtime.informer, self.controller.source_changed)
+        self.service_accounts.start(self.runtime.informer, self.controller.service_account_changed)
         self._task = asyncio.create_task(self._supervise(), name="operator-supervisor")
         log.info("operator started", extra={"instance": self.settings.instance})
 

@@ -5,6 +5,10 @@ Handlers hand it the latest resource body; it validates the spec, reads the toke
 reason and hint; never an exception for bad input). A change of a watched Secret/ConfigMap re-maps exactly
 the agents that use it (background tasks owned by `run()`). One lock per resource serialises the
 handler's and the background's reconciliations, and each always uses the latest body.
+
+Whether an agent that could run may run is `Admission`'s decision (admission.py: one token, one
+connection; at most N agents per namespace); a change that moves another agent's decision re-maps that
+agent. The ServiceAccountFound fact comes from `ServiceAccounts` (a name-only cache).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import ValidationError
 
+from agent_operator.admission import Admission, Candidate, token_digest
 from agent_operator.api import GitLabAgentSpec, Phase
 from agent_operator.events import EventRecorder, ObjectRef
 from agent_operator.keyed import KeyedTasks
@@ -33,6 +38,8 @@ from agent_operator.mapping import (
     sources_of,
 )
 from agent_operator.metrics import OperatorMetrics
+from agent_operator.policy_flags import AdmissionLimits
+from agent_operator.service_accounts import ServiceAccounts
 from agent_operator.sources import Admit, SourceError, SourceIndex, Sources
 from agent_operator.status_mapping import AgentFacts, EventSpec, Problem, ProblemKind, phase_of
 from agent_operator.status_writer import StatusWriter, parse_status
@@ -69,12 +76,13 @@ class WorkerRuntime(Protocol):
     def snapshot(self, worker_id: str) -> WorkerSnapshot | None: ...
 
 
-_KEPT_METADATA = ("uid", "generation")
-"""The only metadata a reconciliation reads (the ObjectRef's uid, status.observedGeneration)."""
+_KEPT_METADATA = ("uid", "generation", "creationTimestamp")
+"""The only metadata a reconciliation reads (the ObjectRef's uid, status.observedGeneration, the age
+that orders admission)."""
 
 
 def kept_body(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a resource body a reconciliation reads: spec, status, and the uid and generation.
+    """The parts of a resource body a reconciliation reads: spec, status, uid, generation and age.
 
     A record lives as long as its resource, and the full body is mostly metadata no reconciliation
     reads: managedFields, kopf's last-handled-configuration annotation, labels. Keeping all of it cost
@@ -122,9 +130,13 @@ class AgentController:
         kubernetes_support: KubernetesSupport,
         cluster_version: str | None,
         drain_grace: float,
+        service_accounts: ServiceAccounts,
+        limits: AdmissionLimits,
     ) -> None:
         self._runtime = runtime
         self._sources = sources
+        self._service_accounts = service_accounts
+        self._admission = Admission(limits)
         self._writer = writer
         self._events = events
         self._metrics = metrics
@@ -142,6 +154,13 @@ class AgentController:
             tg.create_task(self._background.run(), name="agent-remaps")
             tg.create_task(self._recheck.run(), name="agent-rechecks")
             tg.create_task(self._unwatch.run(), name="source-unwatches")
+            tg.create_task(self._service_accounts_listed(), name="service-accounts-listed")
+
+    async def _service_accounts_listed(self) -> None:
+        """Agents reconciled before the ServiceAccount cache was listed say Unknown: re-map them once."""
+        await self._service_accounts.wait_synced()
+        for key in self._service_accounts.users():
+            self._background.kick(key)
 
     # --- called by the kopf handlers ---------------------------------------------------------------
     async def reconcile(self, key: AgentKey, body: Mapping[str, Any]) -> None:
@@ -171,12 +190,14 @@ class AgentController:
     async def _drain_and_forget(self, key: AgentKey) -> None:
         record = self._records.pop(key, None)
         self._index.remove(key)  # on release, another replica keeps using the objects: labels stay
+        self._service_accounts.forget(key)
         self._writer.forget(key)
         self._metrics.agents.set(len(self._records))
         if record is not None:
             async with record.lock:
                 record.applied = None
         await self._runtime.remove(key.worker_id, self._drain_grace)
+        self._admit(key, None)  # only now: the next agent with its token must not overlap its drain
 
     # --- secrets and config maps -------------------------------------------------------------------
     def _released(self, sources: frozenset[SourceRef]) -> None:
@@ -187,6 +208,18 @@ class AgentController:
     async def _unwatch_if_unused(self, source: SourceRef) -> None:
         if not self._index.agents(source):  # an agent may have taken it up again meanwhile
             await self._sources.unwatch(source)
+
+    def service_account_changed(self, key: AgentKey) -> None:
+        """The ServiceAccount `key` runs as appeared or went away: re-map it (in the background)."""
+        self._background.kick(key)
+
+    def _admit(self, key: AgentKey, candidate: Candidate | None) -> Problem | None:
+        """Record whether `key` could run; its refusal, if any. Agents whose decision this moved are
+        re-mapped in the background (the next in line starts, or a younger one stops)."""
+        refusal, moved = self._admission.update(key, candidate)
+        for other in moved:
+            self._background.kick(other)
+        return refusal
 
     def source_changed(self, source: SourceRef) -> None:
         """A watched Secret/ConfigMap changed: re-map the agents that use it (in the background)."""
@@ -233,16 +266,20 @@ class AgentController:
             spec = GitLabAgentSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
             self._released(self._index.remove(key))
+            self._service_accounts.forget(key)
             problem = Problem(
                 ProblemKind.SPEC_INVALID, "SpecInvalid", format_validation_error(exc), "fix the spec"
             )
             await self._not_running(key, record, ref, replace(facts, problem=problem))
             return
+        self._service_accounts.use(key, key.namespace, spec.service_account_name)
         facts = replace(
             facts,
             kas_address=spec.kas_address,
             suspended=spec.suspend,
             insecure_skip_tls_verify=spec.insecure_skip_tls_verify,
+            service_account=f"{key.namespace}/{spec.service_account_name}",
+            service_account_found=self._service_accounts.exists(key.namespace, spec.service_account_name),
         )
         self._released(self._index.set(key, sources_of(key.namespace, spec)))
         if spec.suspend:
@@ -251,6 +288,11 @@ class AgentController:
         desired = await self._desired(key, spec)
         if isinstance(desired, Problem):
             await self._not_running(key, record, ref, replace(facts, problem=desired))
+            return
+        candidate = Candidate(key, str(meta.get("creationTimestamp", "")), token_digest(desired.token))
+        refusal = self._admit(key, candidate)
+        if refusal is not None:
+            await self._not_running(key, record, ref, replace(facts, problem=refusal))
             return
         previous, record.applied, record.facts, record.rechecks = record.applied, desired, facts, 0
         self._runtime.apply(desired)
@@ -309,6 +351,8 @@ class AgentController:
         if record.applied is not None:
             record.applied = None
             await self._runtime.remove(key.worker_id, self._drain_grace)
+        if facts.problem is None or facts.problem.kind is not ProblemKind.ADMISSION:
+            self._admit(key, None)  # after the drain: the next agent with its token must not overlap it
 
     def _track(self, key: AgentKey, record: _Record, ref: ObjectRef, facts: AgentFacts) -> None:
         """Hand the facts to the status writer, with the status stored on the resource (which the writer

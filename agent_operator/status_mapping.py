@@ -35,6 +35,7 @@ INSECURE_WARNING: Final = (
     "WARNING: spec.insecureSkipTLSVerify is on: kas's TLS certificate is not verified, so anyone on the "
     "network path can impersonate kas; set spec.caCert instead"
 )
+SERVICE_ACCOUNT_NOT_FOUND: Final = "ServiceAccountNotFound"
 _T = TypeVar("_T")
 
 
@@ -47,6 +48,8 @@ class ProblemKind(enum.Enum):
     CREDENTIAL = "credential"
     """A kasHeaders value or the proxy credentials from a Secret."""
     FORBIDDEN = "forbidden"
+    ADMISSION = "admission"
+    """Another agent holds its token, or its namespace is at the agent limit (admission.py)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,10 @@ class AgentFacts:
     """spec.insecureSkipTLSVerify."""
     problem: Problem | None = None
     """Why no worker runs, if the operator refused to start one."""
+    service_account: str = ""
+    """`namespace/name` of spec.serviceAccountName, "" when the spec is invalid."""
+    service_account_found: bool | None = None
+    """Whether that ServiceAccount exists; None while the operator cannot tell (cache not synced)."""
     cluster_version: str | None = None
     """The cluster's gitVersion as the operator read it (used until Register reports one)."""
     kubernetes_support: KubernetesSupport = field(default_factory=KubernetesSupport)
@@ -197,7 +204,8 @@ def compute_status(
     kas_verdict = check_kas_version(learnt.kas_version, agent_version)
     k8s_verdict = facts.kubernetes_support.check(learnt.kubernetes_version or facts.cluster_version)
     connected = phase in (Phase.CONNECTED, Phase.DEGRADED)
-    if phase is Phase.CONNECTED and (kas_verdict.compatible is False or k8s_verdict.compatible is False):
+    versions_ok = kas_verdict.compatible is not False and k8s_verdict.compatible is not False
+    if phase is Phase.CONNECTED and (not versions_ok or facts.service_account_found is False):
         phase = Phase.DEGRADED
 
     conditions = _Conditions(previous, facts.generation, now)
@@ -219,6 +227,7 @@ def compute_status(
         k8s_verdict.message,
     )
     _token(conditions, facts)
+    _service_account(conditions, facts)
 
     last_error: LastError | None = None
     if facts.problem is not None:
@@ -282,6 +291,13 @@ def _ready(
             ConditionStatus.FALSE,
             error.reason.value,
             _with_hint(error.message, error.hint),
+        )
+    elif phase is Phase.DEGRADED and facts.service_account_found is False:
+        c.add(
+            ConditionType.READY,
+            ConditionStatus.FALSE,
+            SERVICE_ACCOUNT_NOT_FOUND,
+            f"connected, but every request through the agent is forbidden: {_missing_sa(facts)}",
         )
     elif phase is Phase.DEGRADED:
         reason = "VersionIncompatible" if kas_compatible is False else "KubernetesVersionUnsupported"
@@ -360,6 +376,34 @@ def _token(c: _Conditions, facts: AgentFacts) -> None:
         c.add(t, ConditionStatus.TRUE, "TokenFound", "the token Secret holds a token")
 
 
+def _missing_sa(facts: AgentFacts) -> str:
+    namespace, _, name = facts.service_account.partition("/")
+    return _with_hint(
+        f"ServiceAccount {facts.service_account} (spec.serviceAccountName) does not exist",
+        f"create it (kubectl create serviceaccount {name} -n {namespace}) and bind it the roles the agent "
+        "needs; this clears by itself once it exists",
+    )
+
+
+def _service_account(c: _Conditions, facts: AgentFacts) -> None:
+    """Whether the identity every tunnelled request runs as exists (without it, all are forbidden)."""
+    t = ConditionType.SERVICE_ACCOUNT_FOUND
+    if facts.service_account_found is None:
+        why = "the operator has not listed ServiceAccounts yet (it needs list and watch on serviceaccounts)"
+        if not facts.service_account:
+            why = "the spec was not read"
+        c.add(t, ConditionStatus.UNKNOWN, "NotChecked", why)
+    elif facts.service_account_found:
+        c.add(
+            t,
+            ConditionStatus.TRUE,
+            "ServiceAccountFound",
+            f"requests through the agent run as ServiceAccount {facts.service_account}",
+        )
+    else:
+        c.add(t, ConditionStatus.FALSE, SERVICE_ACCOUNT_NOT_FOUND, _missing_sa(facts))
+
+
 def _is_true(status: GitLabAgentStatus | None, type_: ConditionType) -> bool:
     condition = status.condition(type_) if status is not None else None
     return condition is not None and condition.status is ConditionStatus.TRUE
@@ -392,4 +436,10 @@ def transition_events(
         condition = new.condition(ConditionType.VERSION_COMPATIBLE)
         message = condition.message if condition is not None else "kas version is incompatible"
         events.append(EventSpec("Warning", "VersionIncompatible", message))
+    if _is_false(new, ConditionType.SERVICE_ACCOUNT_FOUND) and not _is_false(
+        old, ConditionType.SERVICE_ACCOUNT_FOUND
+    ):
+        condition = new.condition(ConditionType.SERVICE_ACCOUNT_FOUND)
+        message = condition.message if condition is not None else "the ServiceAccount does not exist"
+        events.append(EventSpec("Warning", SERVICE_ACCOUNT_NOT_FOUND, message))
     return events

@@ -43,6 +43,8 @@ class ConditionType(enum.StrEnum):
     """The cluster's Kubernetes minor version is one GitLab supports."""
     TOKEN_AVAILABLE = "TokenAvailable"  # noqa: S105 (a condition type, not a password)
     """The Secret named by spec.tokenSecretRef exists and holds a non-empty token."""
+    SERVICE_ACCOUNT_FOUND = "ServiceAccountFound"
+    """The ServiceAccount named by spec.serviceAccountName exists (every tunnelled request runs as it)."""
 
 
 class ConditionStatus(enum.StrEnum):

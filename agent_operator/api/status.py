@@ -24,7 +24,7 @@ class Condition(ApiModel):
 
     type: Annotated[str, Field(pattern=base.CONDITION_TYPE, max_length=316)]
     """Which aspect this is: Ready, Connected, ConfigurationReceived, Registered, VersionCompatible,
-    KubernetesVersionSupported or TokenAvailable."""
+    KubernetesVersionSupported, TokenAvailable or ServiceAccountFound."""
     status: ConditionStatus
     """Whether the condition holds: True, False or Unknown."""
     reason: Reason
@@ -78,7 +78,7 @@ class GitLabAgentStatus(ApiModel):
         ),
     ] = Field(default_factory=list)
     """Detailed state, one entry per type: Ready, Connected, ConfigurationReceived, Registered,
-    VersionCompatible, KubernetesVersionSupported, TokenAvailable."""
+    VersionCompatible, KubernetesVersionSupported, TokenAvailable, ServiceAccountFound."""
     agent_id: Annotated[int, Field(ge=0, json_schema_extra=_INT64)] | None = None
     """The agent's id in GitLab, as kas reported it."""
     config_commit: Annotated[str, Field(max_length=256)] | None = None

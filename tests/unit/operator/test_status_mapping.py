@@ -28,7 +28,13 @@ TOKEN = "glagent-secret-" + "q" * 40
 _MINOR = parse_minor(AGENT_VERSION) or MinorVersion(0, 0)
 KAS = f"v{_MINOR.major}.{_MINOR.minor}.7"
 """A kas of the same minor as the protocol level we speak."""
-FACTS = AgentFacts(generation=3, kas_address="wss://kas.example.com", cluster_version="v1.36.2")
+FACTS = AgentFacts(
+    generation=3,
+    kas_address="wss://kas.example.com",
+    cluster_version="v1.36.2",
+    service_account="ns/agent",
+    service_account_found=True,
+)
 CONNECTED = WorkerSnapshot(
     id="ns/a",
     phase=WorkerPhase.CONNECTED,
@@ -174,6 +180,7 @@ def test_cluster_outside_the_supported_range() -> None:
         (ProblemKind.SPEC_INVALID, ConditionStatus.UNKNOWN),
         (ProblemKind.CA_CERT, ConditionStatus.TRUE),
         (ProblemKind.FORBIDDEN, ConditionStatus.UNKNOWN),
+        (ProblemKind.ADMISSION, ConditionStatus.TRUE),
     ],
 )
 def test_operator_problems_fail_with_their_reason(kind: ProblemKind, token_status: ConditionStatus) -> None:
@@ -295,3 +302,33 @@ def test_the_token_never_reaches_the_status() -> None:
     rendered = str(compute_status(facts, None, None, T0).to_dict())
     rendered += str(compute_status(FACTS, CONNECTED, None, T0).to_merge_patch())
     assert TOKEN not in rendered
+
+
+def test_a_missing_service_account_degrades_a_connected_agent_with_a_hint_and_an_event() -> None:
+    """Issue 17: the agent showed Connected while every request through it was forbidden."""
+    missing = replace(FACTS, service_account_found=False)
+
+    status = compute_status(missing, CONNECTED, None, T0)
+
+    assert status.phase is Phase.DEGRADED
+    assert cond(status, ConditionType.CONNECTED) == (ConditionStatus.TRUE, "Connected")
+    assert cond(status, ConditionType.READY) == (ConditionStatus.FALSE, "ServiceAccountNotFound")
+    found = status.condition(ConditionType.SERVICE_ACCOUNT_FOUND)
+    assert found is not None
+    assert (found.status, found.reason) == (ConditionStatus.FALSE, "ServiceAccountNotFound")
+    assert "ServiceAccount ns/agent" in found.message
+    assert "kubectl create serviceaccount agent -n ns" in found.message
+    before = compute_status(FACTS, CONNECTED, None, T0)
+    assert [e.reason for e in transition_events(before, status, missing)] == ["ServiceAccountNotFound"]
+    assert transition_events(status, status, missing) == []
+
+    back = compute_status(FACTS, CONNECTED, status, T1)  # it was created: cleared
+    assert back.phase is Phase.CONNECTED
+    assert cond(back, ConditionType.SERVICE_ACCOUNT_FOUND) == (ConditionStatus.TRUE, "ServiceAccountFound")
+
+
+def test_service_account_unknown_until_the_operator_could_list_them() -> None:
+    status = compute_status(replace(FACTS, service_account_found=None), CONNECTED, None, T0)
+
+    assert status.phase is Phase.CONNECTED
+    assert cond(status, ConditionType.SERVICE_ACCOUNT_FOUND) == (ConditionStatus.UNKNOWN, "NotChecked")

@@ -1,0 +1,134 @@
+"""Which GitLabAgents may run: one connection per agent token, at most N agents per namespace. Pure.
+
+kas treats every connection made with one agent token as the same agent and spreads CI requests over all
+of them: two GitLabAgents with one token but different ServiceAccounts answered 6 of 10 identical
+requests as one ServiceAccount and 4 as the other (issue 17). The namespace cap keeps one tenant from
+taking the shared pod's memory and connections (issue 19).
+
+The rule. Take every agent that could run (valid spec, not suspended, token read), oldest first
+(creationTimestamp, then namespace and name). Each one runs, unless
+1. an agent that runs already uses the same token: it waits (`TokenInUse`, naming that agent); or
+2. its namespace already runs `max_agents_per_namespace` agents: it waits (`NamespaceAgentLimit`).
+Only running agents hold a token or a place, so when one stops (deleted, suspended, its token changed)
+the next one in line runs. The outcome depends only on the set of candidates, never on the order in which
+the operator heard of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from agent_operator.mapping import AgentKey
+from agent_operator.policy_flags import AdmissionLimits
+from agent_operator.status_mapping import Problem, ProblemKind
+from agent_runtime.secret import Secret
+
+TokenDigest = bytes
+"""A keyed hash of an agent token: equal tokens, equal digests; the token cannot be recovered from it."""
+
+_DIGEST_KEY: Final = secrets.token_bytes(32)
+"""Per process: a digest means nothing outside this process (it is never written anywhere anyway)."""
+
+
+def token_digest(token: Secret) -> TokenDigest:
+    """The digest by which agents sharing one token are recognised (the token itself is not kept)."""
+    return hashlib.blake2b(token.reveal().encode(), key=_DIGEST_KEY, digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An agent that could run."""
+
+    key: AgentKey
+    """The GitLabAgent."""
+    created: str
+    """metadata.creationTimestamp (RFC 3339, UTC, seconds: ordered as text)."""
+    token: TokenDigest
+    """Digest of its agent token."""
+
+    @property
+    def order(self) -> tuple[str, str, str]:
+        """Oldest first; ties (same second) by namespace and name."""
+        return (self.created, self.key.namespace, self.key.name)
+
+
+def token_in_use(holder: AgentKey) -> Problem:
+    """The refusal of an agent whose token `holder` (older) already uses."""
+    return Problem(
+        ProblemKind.ADMISSION,
+        "TokenInUse",
+        f"GitLabAgent {holder} is older and already connects with the same agent token; kas would "
+        "spread CI requests over both agents (and their ServiceAccounts), so only the oldest runs",
+        "give this GitLabAgent a token of its own (each token is one agent in GitLab), or remove the "
+        f"token from {holder}; this agent starts by itself once the token is free",
+    )
+
+
+def namespace_limit(namespace: str, limit: int) -> Problem:
+    """The refusal of an agent whose namespace already runs `limit` agents."""
+    return Problem(
+        ProblemKind.ADMISSION,
+        "NamespaceAgentLimit",
+        f"namespace {namespace} already runs {limit} GitLabAgents, the operator's limit "
+        "(--max-agents-per-namespace); the oldest ones run",
+        "delete or suspend another GitLabAgent of this namespace, or ask the operator's administrator to "
+        "raise the limit; this agent starts by itself once there is room",
+    )
+
+
+def decide(candidates: Iterable[Candidate], limits: AdmissionLimits) -> dict[AgentKey, Problem]:
+    """The module's rule: the candidates that may not run, each with its reason (the others run)."""
+    cap = limits.max_agents_per_namespace
+    holders: dict[TokenDigest, AgentKey] = {}
+    running: dict[str, int] = {}
+    refused: dict[AgentKey, Problem] = {}
+    for candidate in sorted(candidates, key=lambda c: c.order):
+        namespace = candidate.key.namespace
+        holder = holders.get(candidate.token)
+        if holder is not None:
+            refused[candidate.key] = token_in_use(holder)
+        elif cap and running.get(namespace, 0) >= cap:
+            refused[candidate.key] = namespace_limit(namespace, cap)
+        else:
+            holders[candidate.token] = candidate.key
+            running[namespace] = running.get(namespace, 0) + 1
+    return refused
+
+
+class Admission:
+    """The current candidates and decisions; `update` says whose decision a change moved."""
+
+    def __init__(self, limits: AdmissionLimits) -> None:
+        self._limits = limits
+        self._candidates: dict[AgentKey, Candidate] = {}
+        self._refused: dict[AgentKey, Problem] = {}
+
+    def update(self, key: AgentKey, candidate: Candidate | None) -> tuple[Problem | None, list[AgentKey]]:
+        """Record that `key` could run as `candidate` (None: it cannot or will not run).
+
+        Returns the refusal of `key` (None: it may run) and the other agents whose decision changed,
+        which the caller must reconcile again.
+        """
+        if self._candidates.get(key) == candidate:
+            return self._refused.get(key), []
+        if candidate is None:
+            del self._candidates[key]
+        else:
+            self._candidates[key] = candidate
+        before, self._refused = self._refused, decide(self._candidates.values(), self._limits)
+        return self._refused.get(key), _changed(before, self._refused, exclude=key)
+
+    def refusal(self, key: AgentKey) -> Problem | None:
+        """Why `key` may not run, or None."""
+        return self._refused.get(key)
+
+
+def _changed(
+    before: Mapping[AgentKey, Problem], after: Mapping[AgentKey, Problem], *, exclude: AgentKey
+) -> list[AgentKey]:
+    keys = before.keys() | after.keys()
+    return sorted(k for k in keys if k != exclude and before.get(k) != after.get(k))
