@@ -81,6 +81,7 @@ class OperatorProcess:
                 f"--observability-address=127.0.0.1:{self.port}",
                 "--drain-grace=1",
                 "--log-level=WARNING",
+                "--max-agents-per-namespace=0",  # the fleets are up to 1000 agents in one namespace
             ],
             self.log_path,
             cwd=_bootstrap.REPO_ROOT,
