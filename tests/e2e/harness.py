@@ -75,9 +75,18 @@ def make_agents(count: int) -> list[KasAgent]:
 class KasProcess:
     """`python -m kas` with the agent listener, the Kubernetes API proxy (HTTPS) and a CI job token."""
 
-    def __init__(self, work_dir: Path, agents: Sequence[KasAgent]) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        agents: Sequence[KasAgent],
+        configs: Mapping[str, Mapping[str, Any]] | None = None,
+        access: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
+        """`configs`: an agent's config.yaml by agent name (default: ci_access for JOB_PROJECT, as the
+        agent); `access`: more `ci_jobs`/`users` entries for the agents file (kas/k8s_proxy/access.py)."""
         self.work_dir = work_dir
         self.agents = list(agents)
+        self.access = dict(access or {})
         self.agent_port = free_port()
         self.proxy_port = free_port()
         self.observability_port = free_port()
@@ -108,7 +117,8 @@ class KasProcess:
         for agent in self.agents:
             path = self.repos / CONFIG_PROJECT / ".gitlab" / "agents" / agent.name / "config.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(yaml.safe_dump({"ci_access": {"projects": [{"id": JOB_PROJECT}]}}))
+            default = {"ci_access": {"projects": [{"id": JOB_PROJECT}]}}
+            path.write_text(yaml.safe_dump(dict((configs or {}).get(agent.name, default))))
 
     @property
     def agent_url(self) -> str:
@@ -139,8 +149,10 @@ class KasProcess:
                     "pipeline_id": 77,
                     "project": {"id": 11, "path": JOB_PROJECT},
                     "user": {"id": 9, "username": "alice"},
-                }
+                },
+                *self.access.get("ci_jobs", ()),
             ],
+            "users": list(self.access.get("users", ())),
         }
         target = self.work_dir / "agents.yaml"
         tmp = target.with_suffix(".tmp")
@@ -189,6 +201,10 @@ class KasProcess:
 
     def ci_kubeconfig(self, agent: KasAgent, path: Path) -> Path:
         """A kubeconfig for kubectl in a CI job, through the proxy to `agent`."""
+        return self.proxy_kubeconfig(f"ci:{agent.id}:{JOB_TOKEN}", path)
+
+    def proxy_kubeconfig(self, bearer: str, path: Path) -> Path:
+        """A kubeconfig for kubectl through the proxy; `bearer`: `ci:<id>:<job token>`, `pat:<id>:<PAT>`."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -201,7 +217,7 @@ class KasProcess:
                     },
                 }
             ],
-            "users": [{"name": "ci", "user": {"token": f"ci:{agent.id}:{JOB_TOKEN}"}}],
+            "users": [{"name": "ci", "user": {"token": bearer}}],
             "contexts": [{"name": "ci", "context": {"cluster": "gitlab", "user": "ci"}}],
             "current-context": "ci",
         }
