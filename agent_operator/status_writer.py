@@ -42,8 +42,10 @@ TUNNEL_COUNTS_INTERVAL_S: Final = 10.0
 (our choice). Every tunnelled request moves the idle/active counts: without this, a steady stream of CI
 requests made a steady stream of status patches, about four a second per busy agent, each a MODIFIED
 event for every watcher of GitLabAgents. Any other change is written at once, with the latest counts,
-and so is a change of the counts to or from none at all: the first tunnels after connecting (`0 idle`
-for 10 s looked like a broken agent) and the last one going away are news, the churn between is not."""
+and so are the first tunnels after a status without any (right after connecting, `0 idle` for 10 s
+looked like a broken agent), unless counts alone were written within the interval: each tunnel serves
+one request and is replaced, so a busy agent's counts pass through none at every request, and that is
+churn too. Losing every tunnel for real comes with a disconnect, a phase change written at once."""
 RETRY_DELAYS_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Our choice: waits between failed patch attempts; after the last one the writer waits for a change."""
 _RETRYABLE: Final = frozenset({409, 429, 500, 502, 503, 504})
@@ -80,11 +82,6 @@ def _has_tunnels(status: GitLabAgentStatus) -> bool:
     return counts is not None and counts.idle + counts.active > 0
 
 
-def _counts_churn(written: GitLabAgentStatus, status: GitLabAgentStatus) -> bool:
-    """True when only the tunnel counts moved, and there were tunnels before and after (see the constant)."""
-    return _has_tunnels(written) and _has_tunnels(status) and _only_counts_differ(written, status)
-
-
 def _to_json(status: GitLabAgentStatus | None) -> str | None:
     return status.model_dump_json() if status is not None else None
 
@@ -105,6 +102,8 @@ class _Entry:
     tracked_at: float = field(default_factory=time.monotonic)
     written_at: float = -math.inf
     """When this writer last wrote the status (monotonic)."""
+    counts_written_at: float = -math.inf
+    """When this writer last wrote a status that differed from the one before only in its tunnel counts."""
     wake: asyncio.TimerHandle | None = None
     """Set while a write is deferred (first Connecting hold, counts-only change) until it is due."""
 
@@ -175,8 +174,12 @@ class StatusWriter:
     def _counts_wait(
         self, key: AgentKey, entry: _Entry, written: GitLabAgentStatus | None, status: GitLabAgentStatus
     ) -> bool:
-        """Defer churn of the tunnel counts alone until TUNNEL_COUNTS_INTERVAL_S after the last write."""
-        if written is None or not _counts_churn(written, status):
+        """Defer a change of the tunnel counts alone until TUNNEL_COUNTS_INTERVAL_S after the last write;
+        the first tunnels after a status without any are written at once (see the constant)."""
+        if written is None or not _only_counts_differ(written, status):
+            return False
+        now = time.monotonic()
+        if not _has_tunnels(written) and now - entry.counts_written_at >= TUNNEL_COUNTS_INTERVAL_S:
             return False
         return self._deferred(key, entry, entry.written_at + TUNNEL_COUNTS_INTERVAL_S)
 
@@ -228,6 +231,8 @@ class StatusWriter:
             events = transition_events(written, status, entry.facts)
             entry.written_json, entry.failures = _to_json(status), 0
             entry.written_at = time.monotonic()
+            if written is not None and _only_counts_differ(written, status):
+                entry.counts_written_at = entry.written_at
             for event in events:
                 await self._events.emit(entry.ref, event)
             return None
