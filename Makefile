@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: help venv proto proto-check crds crds-check assets system-deps lint test test-unit test-integration demo clean
+.PHONY: help venv proto proto-check crds crds-check assets gitlab-peers system-deps lint test test-unit test-integration demo clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,6 +22,9 @@ system-deps:  ## Debian packages the tests and the demo use (redis-server; opens
 
 assets:  ## build (or reuse) kube-apiserver + etcd from Go modules into .cache/k8s-assets
 	scripts/k8s-assets
+
+gitlab-peers:  ## build (or reuse) GitLab's own kas and agentk, the interop test peers, into .cache/gitlab-peers
+	scripts/gitlab-peers
 
 proto: venv  ## regenerate the Python code from agent_proto's .proto files
 	$(PY) scripts/gen-proto
