@@ -136,7 +136,7 @@ class KasStream(asyncio.Protocol):
         while True:
             head = wstunnel.read_head(self._buffer)
             if head is not None:
-                return head
+                return _checked_response(head)
             if self._lost:
                 raise ConnectionResetError("connection closed before the response head")
             self._wakeup = asyncio.get_running_loop().create_future()
@@ -153,6 +153,14 @@ class KasStream(asyncio.Protocol):
     def lost(self) -> bool:
         """The connection is gone."""
         return self._lost
+
+
+def _checked_response(head: wstunnel.HttpHead) -> wstunnel.HttpHead:
+    """`head` if it is an HTTP/1.x response with a numeric status (what `head.status` needs)."""
+    version, status, _ = head.start_line
+    if not version.startswith("HTTP/1.") or not (len(status) == 3 and status.isdigit()):
+        raise wstunnel.HandshakeError(f"not an HTTP/1.x response: {' '.join(head.start_line)[:80]!r}")
+    return head
 
 
 @dataclass

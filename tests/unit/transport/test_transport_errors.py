@@ -130,3 +130,21 @@ def test_raise_nofile_limit_never_lowers() -> None:
     assert raised >= min(fds_needed(100), hard)
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == raised
     assert fds_needed(0) < fds_needed(1000)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:10.0.0.5:6379: Connection refused",
+        "DNS resolution failed for redis.internal:6379",
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:10.0.0.5:22: Ssl handshake failed",
+    ],
+)
+def test_grpc_details_are_not_echoed(details: str) -> None:
+    """grpc's details name internal addresses and tell refused from unresolvable: never in the status."""
+    error = classify_rpc_error(_rpc_error(grpc.StatusCode.UNAVAILABLE, details))
+    assert error is not None
+    assert "10.0.0.5" not in error.message
+    assert "redis.internal" not in error.message
+    assert "refused" not in error.message
+    assert "DNS" not in error.message
