@@ -82,6 +82,9 @@ class OperatorProcess:
                 "--drain-grace=1",
                 "--log-level=WARNING",
                 "--max-agents-per-namespace=0",  # the fleets are up to 1000 agents in one namespace
+                # The bench kas listens on loopback, in plain text: what the default policy refuses.
+                "--allow-private-kas",
+                "--allow-plaintext-kas",
             ],
             self.log_path,
             cwd=_bootstrap.REPO_ROOT,
