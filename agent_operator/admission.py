@@ -12,6 +12,11 @@ The rule. Take every agent that could run (valid spec, not suspended, token read
 Only running agents hold a token or a place, so when one stops (deleted, suspended, its token changed)
 the next one in line runs. The outcome depends only on the set of candidates, never on the order in which
 the operator heard of them.
+
+At start, kopf hands over the existing agents in any order: a younger agent reconciled first would
+connect, and stop again moments later when an older one with its token shows up (both connected
+meanwhile). So the agents listed at start are `expect`ed, and no agent runs while an older expected one
+has not been reported yet (`WAIT`; bounded by the caller, see `Admission.expect`).
 """
 
 from __future__ import annotations
@@ -80,16 +85,35 @@ def namespace_limit(namespace: str, limit: int) -> Problem:
     )
 
 
-def decide(candidates: Iterable[Candidate], limits: AdmissionLimits) -> dict[AgentKey, Problem]:
-    """The module's rule: the candidates that may not run, each with its reason (the others run)."""
+WAIT: Final = Problem(
+    ProblemKind.ADMISSION,
+    "WaitingForOlderAgents",
+    "an older GitLabAgent that existed at start has not been looked at yet",
+)
+"""Not a refusal: nothing to write, nothing to start yet (recognised by identity)."""
+
+
+def decide(
+    candidates: Iterable[Candidate],
+    limits: AdmissionLimits,
+    unseen: Iterable[tuple[str, str, str]] = (),
+) -> dict[AgentKey, Problem]:
+    """The module's rule: the candidates that may not run, each with its reason (the others run).
+
+    `unseen`: the `order` of agents that existed at start and have not been reported yet; candidates
+    younger than the oldest of them get WAIT.
+    """
     cap = limits.max_agents_per_namespace
+    first_unseen = min(unseen, default=None)
     holders: dict[TokenDigest, AgentKey] = {}
     running: dict[str, int] = {}
     refused: dict[AgentKey, Problem] = {}
     for candidate in sorted(candidates, key=lambda c: c.order):
         namespace = candidate.key.namespace
         holder = holders.get(candidate.token)
-        if holder is not None:
+        if first_unseen is not None and candidate.order > first_unseen:
+            refused[candidate.key] = WAIT
+        elif holder is not None:
             refused[candidate.key] = token_in_use(holder)
         elif cap and running.get(namespace, 0) >= cap:
             refused[candidate.key] = namespace_limit(namespace, cap)
@@ -106,6 +130,14 @@ class Admission:
         self._limits = limits
         self._candidates: dict[AgentKey, Candidate] = {}
         self._refused: dict[AgentKey, Problem] = {}
+        self._unseen: dict[AgentKey, tuple[str, str, str]] = {}
+
+    def expect(self, agents: Mapping[AgentKey, str]) -> list[AgentKey]:
+        """The agents that exist at start (key → creationTimestamp), before any `update`: until each
+        is reported through `update`, younger candidates WAIT. `expect({})` ends the wait (the caller's
+        time limit, for an agent that is never reported). Returns the agents whose decision moved."""
+        self._unseen = {key: (created, key.namespace, key.name) for key, created in agents.items()}
+        return self._recompute(exclude=None)
 
     def update(self, key: AgentKey, candidate: Candidate | None) -> tuple[Problem | None, list[AgentKey]]:
         """Record that `key` could run as `candidate` (None: it cannot or will not run).
@@ -113,14 +145,20 @@ class Admission:
         Returns the refusal of `key` (None: it may run) and the other agents whose decision changed,
         which the caller must reconcile again.
         """
-        if self._candidates.get(key) == candidate:
+        seen = self._unseen.pop(key, None) is not None
+        if self._candidates.get(key) == candidate and not seen:
             return self._refused.get(key), []
         if candidate is None:
-            del self._candidates[key]
+            self._candidates.pop(key, None)
         else:
             self._candidates[key] = candidate
-        before, self._refused = self._refused, decide(self._candidates.values(), self._limits)
-        return self._refused.get(key), _changed(before, self._refused, exclude=key)
+        moved = self._recompute(exclude=key)
+        return self._refused.get(key), moved
+
+    def _recompute(self, exclude: AgentKey | None) -> list[AgentKey]:
+        before = self._refused
+        self._refused = decide(self._candidates.values(), self._limits, self._unseen.values())
+        return _changed(before, self._refused, exclude=exclude)
 
     def refusal(self, key: AgentKey) -> Problem | None:
         """Why `key` may not run, or None."""
@@ -128,7 +166,7 @@ class Admission:
 
 
 def _changed(
-    before: Mapping[AgentKey, Problem], after: Mapping[AgentKey, Problem], *, exclude: AgentKey
+    before: Mapping[AgentKey, Problem], after: Mapping[AgentKey, Problem], *, exclude: AgentKey | None
 ) -> list[AgentKey]:
     keys = before.keys() | after.keys()
     return sorted(k for k in keys if k != exclude and before.get(k) != after.get(k))

@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry
 from agent_operator.controller import AgentController
 from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
-from agent_operator.label_sweep import sweep_unreferenced
+from agent_operator.label_sweep import ListError, list_agents, sweep_unreferenced
+from agent_operator.mapping import AgentKey
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.service_accounts import ServiceAccounts
 from agent_operator.settings import OperatorSettings
@@ -98,12 +99,29 @@ class Composition:
 
     async def start(self) -> None:
         """Start the runtime, the secret watches and the operator's tasks."""
+        await self._expect_existing_agents()
         await self.runtime.start()
         self.runtime.subscribe(self.writer.on_snapshot)
         self.sources.start(self.runtime.informer, self.controller.source_changed)
         self.service_accounts.start(self.runtime.informer, self.controller.service_account_changed)
         self._task = asyncio.create_task(self._supervise(), name="operator-supervisor")
         log.info("operator started", extra={"instance": self.settings.instance})
+
+    async def _expect_existing_agents(self) -> None:
+        """Tell the controller which GitLabAgents exist before kopf hands them over, in any order (see
+        admission.py). Without the list, agents are admitted as they come (logged)."""
+        created: dict[AgentKey, str] = {}
+        scopes: list[str | None] = [None] if self.settings.namespaces is None else [*self.settings.namespaces]
+        try:
+            for scope in scopes:
+                async for item in list_agents(self.api, scope):
+                    meta = item.get("metadata") or {}
+                    key = AgentKey(str(meta.get("namespace", "")), str(meta.get("name", "")))
+                    created[key] = str(meta.get("creationTimestamp", ""))
+        except ListError as exc:
+            log.warning("agents are admitted in the order kopf hands them over: %s", exc)
+            return
+        self.controller.expect(created)
 
     async def _supervise(self) -> None:
         async with asyncio.TaskGroup() as tg:

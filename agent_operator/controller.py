@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import ValidationError
 
-from agent_operator.admission import Admission, Candidate, token_digest
+from agent_operator.admission import WAIT, Admission, Candidate, token_digest
 from agent_operator.api import GitLabAgentSpec, Phase
 from agent_operator.events import EventRecorder, ObjectRef
 from agent_operator.keyed import KeyedTasks
@@ -57,6 +57,10 @@ _PROBLEM_KINDS = {
     RefKind.CA_CERT: ProblemKind.CA_CERT,
     RefKind.CREDENTIAL: ProblemKind.CREDENTIAL,
 }
+EXPECT_LIMIT_S = 30.0
+"""Our choice: after this long from the start, agents stop waiting for older agents that existed at start
+and were never reported (e.g. one whose Secret cannot be read yet); kopf hands over all the others long
+before."""
 _RECHECK_CAP_S = 60.0
 """Our choice: a missing Secret/ConfigMap is looked for again after 2, 4, 8, ... up to this many seconds
 (it is not labelled yet, so the label-filtered watch cannot see it appear)."""
@@ -155,6 +159,20 @@ class AgentController:
             tg.create_task(self._recheck.run(), name="agent-rechecks")
             tg.create_task(self._unwatch.run(), name="source-unwatches")
             tg.create_task(self._service_accounts_listed(), name="service-accounts-listed")
+            tg.create_task(self._stop_expecting(), name="admission-expectations")
+
+    def expect(self, created: Mapping[AgentKey, str]) -> None:
+        """The GitLabAgents that exist at start (key → creationTimestamp), before kopf hands any over:
+        none runs before every older one has been looked at (admission.py)."""
+        self._kick_all(self._admission.expect(created))
+
+    async def _stop_expecting(self) -> None:
+        await asyncio.sleep(EXPECT_LIMIT_S)
+        self._kick_all(self._admission.expect({}))
+
+    def _kick_all(self, keys: list[AgentKey]) -> None:
+        for key in keys:
+            self._background.kick(key)
 
     async def _service_accounts_listed(self) -> None:
         """Agents reconciled before the ServiceAccount cache was listed say Unknown: re-map them once."""
@@ -217,8 +235,7 @@ class AgentController:
         """Record whether `key` could run; its refusal, if any. Agents whose decision this moved are
         re-mapped in the background (the next in line starts, or a younger one stops)."""
         refusal, moved = self._admission.update(key, candidate)
-        for other in moved:
-            self._background.kick(other)
+        self._kick_all(moved)
         return refusal
 
     def source_changed(self, source: SourceRef) -> None:
@@ -291,6 +308,8 @@ class AgentController:
             return
         candidate = Candidate(key, str(meta.get("creationTimestamp", "")), token_digest(desired.token))
         refusal = self._admit(key, candidate)
+        if refusal is WAIT:
+            return  # re-mapped once the older agents have been looked at; nothing to write meanwhile
         if refusal is not None:
             await self._not_running(key, record, ref, replace(facts, problem=refusal))
             return

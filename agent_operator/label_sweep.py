@@ -71,7 +71,7 @@ async def _references(
     unknown: set[str] = set()
     scopes: list[str | None] = [None] if namespaces is None else list(namespaces)
     for scope in scopes:
-        async for item in _list_agents(api, scope):
+        async for item in list_agents(api, scope):
             meta = item.get("metadata") or {}
             namespace = str(meta.get("namespace", ""))
             try:
@@ -83,7 +83,8 @@ async def _references(
     return frozenset(referenced), frozenset(unknown)
 
 
-async def _list_agents(api: KubeApi, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
+async def list_agents(api: KubeApi, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
+    """Every GitLabAgent of `namespace` (None: of all namespaces), page by page; ListError on failure."""
     base = f"/apis/{API_VERSION}/{PLURAL}"
     if namespace is not None:
         base = f"/apis/{API_VERSION}/namespaces/{quote(namespace, safe='')}/{PLURAL}"

@@ -96,6 +96,29 @@ def test_a_shared_token_runs_only_the_oldest_agent_and_the_next_takes_over(
     assert agent.token not in operator.log()
 
 
+def test_after_a_restart_a_younger_twin_never_connects_even_if_kopf_hands_it_over_first(
+    kube: Kube, kas: KasProcess, operator: OperatorProcess
+) -> None:
+    ns, agent = operator.namespace, kas.agents[46]
+    kube.apply(secret(ns, "token", agent.token), gitlab_agent(ns, "zz-holder", kas.agent_url, "token"))
+    wait_for("holder Connected", lambda: _in_phase(kube, ns, "zz-holder", "Connected"), timeout=20)
+    time.sleep(1.1)  # creationTimestamp has a resolution of one second
+    # The younger one sorts first by name: kopf lists (and mostly hands over) resources in that order.
+    kube.apply(gitlab_agent(ns, "aa-twin", kas.agent_url, "token"))
+    wait_for("twin TokenInUse", lambda: _with_reason(kube, ns, "aa-twin", "Ready", "TokenInUse"))
+
+    for _ in range(3):
+        assert operator.stop() == 0
+        operator.start()
+        wait_for("holder connected", lambda: _connected(operator, ns, "zz-holder") == 1.0, timeout=20)
+        time.sleep(1.0)  # the twin, had it been started, would have connected by now
+        restarted = operator.log().rsplit("--- start #", 1)[1]
+        assert f'"worker": "{ns}/aa-twin"' not in restarted, "the twin ran after the restart"
+        assert (condition(kube.gla(ns, "aa-twin"), "Ready") or {}).get("reason") == "TokenInUse"
+        # Ready = every agent connected or refused with a reason: the twin is not left waiting.
+        wait_for("readiness", lambda: operator.http_status("/readiness") == 200, timeout=10)
+
+
 def test_a_missing_service_account_degrades_the_agent_until_it_exists(
     kube: Kube, kas: KasProcess, operator: OperatorProcess
 ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 
-from agent_operator.admission import Admission, Candidate, decide, token_digest
+from agent_operator.admission import WAIT, Admission, Candidate, decide, token_digest
 from agent_operator.mapping import AgentKey
 from agent_operator.policy_flags import AdmissionLimits
 from agent_operator.status_mapping import Problem
@@ -103,4 +103,35 @@ def test_update_names_the_agents_whose_decision_moved() -> None:
 
     refusal, moved = admission.update(old.key, None)  # deleted, suspended, or its token changed
     assert moved == [young.key], "the next in line starts"
+    assert admission.refusal(young.key) is None
+
+
+def test_at_start_no_agent_runs_before_every_older_one_was_looked_at() -> None:
+    """kopf hands over existing agents in any order: a younger twin first must not connect at all."""
+    admission = Admission(NO_CAP)
+    old, young, alone = (
+        _c("ns", "zz-old", "00:00", "t"),
+        _c("ns", "aa-young", "00:05", "t"),
+        _c("x", "y", "00:09", "u"),
+    )
+    assert admission.expect({c.key: c.order[0] for c in (old, young, alone)}) == []
+
+    assert admission.update(young.key, young) == (WAIT, [])
+    assert admission.update(alone.key, alone) == (WAIT, [])
+    refusal, moved = admission.update(old.key, old)
+
+    assert refusal is None
+    assert moved == [young.key, alone.key]
+    assert _reasons({c.key: admission.refusal(c.key) for c in (old, young, alone)}) == {
+        "ns/aa-young": "TokenInUse"
+    }
+
+
+def test_expecting_nothing_ends_the_wait_for_agents_never_reported() -> None:
+    admission = Admission(NO_CAP)
+    never, young = _c("ns", "never", "00:00", "t"), _c("ns", "young", "00:05", "u")
+    admission.expect({never.key: never.order[0], young.key: young.order[0]})
+    assert admission.update(young.key, young) == (WAIT, [])
+
+    assert admission.expect({}) == [young.key]
     assert admission.refusal(young.key) is None
