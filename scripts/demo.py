@@ -4,13 +4,18 @@
 1. etcd + kube-apiserver (built by scripts/k8s-assets), redis-server, all on loopback;
 2. the reference kas as a process (`python -m kas --config kas.yaml`): agent listener (gRPC + ws-tunnel)
    and the Kubernetes API proxy that GitLab CI jobs talk to;
-3. the GitLabAgent CRD, a namespace with the agent's token Secret, its ServiceAccount (allowed to list
-   namespaces, nothing else) and a GitLabAgent resource;
-4. the operator as a process (`python -m agent_operator`), which turns the resource into a tunnel worker;
+3. `kubectl apply -k manifests/` (CRDs, the operator's namespace, ServiceAccount and RBAC), then a
+   namespace with the agent's token Secret, its ServiceAccount (allowed to list namespaces, nothing
+   else) and a GitLabAgent resource;
+4. the operator as a process (`python -m agent_operator`) with a token of its own ServiceAccount, as
+   deployed (never as cluster admin), which turns the resource into a tunnel worker;
 5. `kubectl get gla` once the agent is Connected, then `kubectl get namespaces` the way a GitLab CI job
    runs it: with a CI kubeconfig pointed at kas, through the agent's reverse tunnel, into the cluster.
 
-`--keep` leaves everything running until Ctrl-C and prints how to reach it.
+`--keep` leaves everything running until Ctrl-C (or SIGTERM/SIGHUP) and prints how to reach it. However
+the demo ends, it stops every process it started: a signal unwinds like Ctrl-C, and once the clean-up has
+begun further signals are ignored until it is done. If the demo itself is killed (SIGKILL), the kernel
+kills its children (PR_SET_PDEATHSIG, tests/support/process.py).
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 
 import yaml
 
@@ -36,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 # The demo runs on the same substrate as the test suite.
 from kas.k8s_proxy.certs import self_signed_serving_certificate  # noqa: E402
 from kas.kubeconfig import print_kubeconfig  # noqa: E402
+from tests.support import process as children  # noqa: E402
 from tests.support.k8s_cluster import LocalCluster, find_assets  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.redis_server import RedisServer, find_redis_server  # noqa: E402
@@ -45,6 +52,13 @@ AGENT_NAME = "payments"
 AGENT_ID = 1042
 PROJECT_PATH = "acme/platform"
 READY_TIMEOUT = 90.0
+OPERATOR_NAMESPACE = "gitlab-agent-operator"
+OPERATOR_SERVICE_ACCOUNT = "gitlab-agent-operator"
+"""Where manifests/ puts the operator's ServiceAccount."""
+POLICY_FLAGS = ("--allow-private-kas", "--allow-plaintext-kas")
+"""The demo's kas listens on loopback, its agent port in plain text (ws://): the operator's tenant
+policy refuses both unless told otherwise (docs/security.md)."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def say(message: str) -> None:
@@ -65,21 +79,31 @@ def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None, check: bool 
     return result.stdout
 
 
+def _stop_requested(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM/SIGHUP end the demo the way Ctrl-C does, so the clean-up below runs."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _catch_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop_requested)
+
+
+def _ignore_stop_signals() -> None:
+    """During the clean-up: a second Ctrl-C or SIGTERM must not cut it short and strand children."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @contextmanager
-def process(name: str, argv: Sequence[str], log_file: Path, env: dict[str, str]) -> Iterator[None]:
+def process(name: str, argv: Sequence[str], log_file: Path, env: Mapping[str, str]) -> Iterator[None]:
     """Run a child process for the demo's lifetime; stop it with SIGTERM (then SIGKILL) at the end."""
-    with log_file.open("wb") as log:
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    child = children.start(argv, log_file, ROOT, env=env)
     say(f"{name} started (pid {child.pid}, log {log_file})")
     try:
         yield
     finally:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        children.stop(child, 20)
 
 
 def wait_until(what: str, check: Callable[[], bool], log_file: Path, timeout: float = READY_TIMEOUT) -> None:
@@ -195,6 +219,19 @@ def cluster_objects(kas_address: str, agent_token: str) -> str:
     return yaml.safe_dump_all(docs)
 
 
+def operator_kubeconfig(admin: Path, path: Path) -> Path:
+    """The admin kubeconfig's cluster with a TokenRequest token of the operator's own ServiceAccount."""
+    token = kubectl(
+        admin, "-n", OPERATOR_NAMESPACE, "create", "token", OPERATOR_SERVICE_ACCOUNT, "--duration=24h"
+    ).strip()
+    config = yaml.safe_load(admin.read_text())
+    config["users"] = [{"name": OPERATOR_SERVICE_ACCOUNT, "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = OPERATOR_SERVICE_ACCOUNT
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
 def agent_serving(kubeconfig: Path) -> bool:
     """Connected, with kas's version learned and idle tunnels waiting for CI requests."""
     out = kubectl(kubeconfig, "-n", NAMESPACE, "get", "gitlabagent", AGENT_NAME, "-o", "json", check=False)
@@ -205,85 +242,98 @@ def agent_serving(kubeconfig: Path) -> bool:
 
 def run(keep: bool) -> None:
     with ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gao-demo-")))
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        try:
+            _run(stack, keep)
+        finally:
+            _ignore_stop_signals()  # the stack's clean-up runs next, uninterrupted
 
-        cluster = stack.enter_context(LocalCluster(find_assets()))
-        admin = cluster.admin_kubeconfig
-        say(f"kube-apiserver {cluster.version} ready in {cluster.startup_seconds:.1f}s (kubeconfig {admin})")
-        redis = stack.enter_context(RedisServer(find_redis_server()))
-        say(f"redis-server at {redis.url}")
 
-        certs = self_signed_serving_certificate().write(work / "certs")
-        kas_yaml, agent_port, proxy_port = write_kas_config(work, redis.url, certs)
-        kas_log = work / "kas.log"
-        stack.enter_context(
-            process("kas", [sys.executable, "-m", "kas", "--config", str(kas_yaml)], kas_log, env)
+def _run(stack: ExitStack, keep: bool) -> None:
+    work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gao-demo-")))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    cluster = stack.enter_context(LocalCluster(find_assets()))
+    admin = cluster.admin_kubeconfig
+    say(f"kube-apiserver {cluster.version} ready in {cluster.startup_seconds:.1f}s (kubeconfig {admin})")
+    redis = stack.enter_context(RedisServer(find_redis_server()))
+    say(f"redis-server at {redis.url}")
+
+    certs = self_signed_serving_certificate().write(work / "certs")
+    kas_yaml, agent_port, proxy_port = write_kas_config(work, redis.url, certs)
+    kas_log = work / "kas.log"
+    stack.enter_context(
+        process("kas", [sys.executable, "-m", "kas", "--config", str(kas_yaml)], kas_log, env)
+    )
+    kas_address = f"ws://127.0.0.1:{agent_port}/"
+    say(f"kas: agents dial {kas_address} (gRPC on the same port); CI proxy https://127.0.0.1:{proxy_port}/")
+
+    kubectl(admin, "apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "manifests"))
+    kubectl(admin, "wait", "--for=condition=Established", "crd/gitlabagents.agentk.dev", "--timeout=30s")
+    own = operator_kubeconfig(admin, work / "operator.kubeconfig")
+    say(
+        f"applied manifests/; the operator runs as system:serviceaccount:{OPERATOR_NAMESPACE}:"
+        f"{OPERATOR_SERVICE_ACCOUNT} (kubeconfig {own})"
+    )
+    operator_log = work / "operator.log"
+    operator_env = {
+        **env,
+        "KUBECONFIG": str(own),
+        "POD_NAMESPACE": OPERATOR_NAMESPACE,
+        "POD_NAME": "operator-demo",
+    }
+    operator_argv = [
+        sys.executable, "-m", "agent_operator", "--all-namespaces",
+        "--observability-address", f"127.0.0.1:{free_port()}", *POLICY_FLAGS,
+    ]  # fmt: skip
+    stack.enter_context(process("operator", operator_argv, operator_log, operator_env))
+    kubectl(admin, "apply", "-f", "-", stdin=cluster_objects(kas_address, (work / "agent-token").read_text()))
+    say(f"applied GitLabAgent {NAMESPACE}/{AGENT_NAME} with its token Secret and ServiceAccount")
+
+    started = time.monotonic()
+    wait_until("the agent to be Connected", lambda: agent_serving(admin), operator_log)
+    say(f"Connected, tunnels open, {time.monotonic() - started:.1f}s after apply\n")
+    print(f"$ kubectl get gla -n {NAMESPACE}")
+    print(kubectl(admin, "get", "gla", "-n", NAMESPACE))
+
+    ci_kubeconfig = work / "ci-kubeconfig.yaml"
+    with ci_kubeconfig.open("w") as out:
+        print_kubeconfig(
+            agent_id=AGENT_ID,
+            agent_name=AGENT_NAME,
+            config_project_path=PROJECT_PATH,
+            server=f"https://127.0.0.1:{proxy_port}/",
+            token_file=work / "job-token",
+            ca_file=certs[0],
+            out=out,
         )
-        kas_address = f"ws://127.0.0.1:{agent_port}/"
-        say(
-            f"kas: agents dial {kas_address} (gRPC on the same port); CI proxy https://127.0.0.1:{proxy_port}/"
-        )
+    print(f"$ kubectl --context {PROJECT_PATH}:{AGENT_NAME} get namespaces   # as a GitLab CI job, via kas")
+    print(kubectl(ci_kubeconfig, "--context", f"{PROJECT_PATH}:{AGENT_NAME}", "get", "namespaces"))
+    denied = subprocess.run(
+        ["kubectl", "--kubeconfig", str(ci_kubeconfig), "get", "secrets", "-A"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    print("$ kubectl get secrets -A   # the agent's ServiceAccount may only read namespaces")
+    print(denied.stderr.strip() or denied.stdout.strip(), end="\n\n")
 
-        kubectl(admin, "apply", "-f", str(ROOT / "crds" / "gitlabagents.agentk.dev.yaml"))
-        kubectl(admin, "wait", "--for=condition=Established", "crd/gitlabagents.agentk.dev", "--timeout=30s")
-        operator_log = work / "operator.log"
-        operator_env = {
-            **env,
-            "KUBECONFIG": str(admin),
-            "POD_NAMESPACE": NAMESPACE,
-            "POD_NAME": "operator-demo",
-        }
-        operator_argv = [
-            sys.executable, "-m", "agent_operator", "--all-namespaces",
-            "--observability-address", f"127.0.0.1:{free_port()}",
-        ]  # fmt: skip
-        stack.enter_context(process("operator", operator_argv, operator_log, operator_env))
-        kubectl(
-            admin, "apply", "-f", "-", stdin=cluster_objects(kas_address, (work / "agent-token").read_text())
-        )
-        say(f"applied GitLabAgent {NAMESPACE}/{AGENT_NAME} with its token Secret and ServiceAccount")
-
-        started = time.monotonic()
-        wait_until("the agent to be Connected", lambda: agent_serving(admin), operator_log)
-        say(f"Connected, tunnels open, {time.monotonic() - started:.1f}s after apply\n")
-        print(f"$ kubectl get gla -n {NAMESPACE}")
-        print(kubectl(admin, "get", "gla", "-n", NAMESPACE))
-
-        ci_kubeconfig = work / "ci-kubeconfig.yaml"
-        with ci_kubeconfig.open("w") as out:
-            print_kubeconfig(
-                agent_id=AGENT_ID,
-                agent_name=AGENT_NAME,
-                config_project_path=PROJECT_PATH,
-                server=f"https://127.0.0.1:{proxy_port}/",
-                token_file=work / "job-token",
-                ca_file=certs[0],
-                out=out,
-            )
-        print(
-            f"$ kubectl --context {PROJECT_PATH}:{AGENT_NAME} get namespaces   # as a GitLab CI job, via kas"
-        )
-        print(kubectl(ci_kubeconfig, "--context", f"{PROJECT_PATH}:{AGENT_NAME}", "get", "namespaces"))
-        denied = subprocess.run(
-            ["kubectl", "--kubeconfig", str(ci_kubeconfig), "get", "secrets", "-A"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        print("$ kubectl get secrets -A   # the agent's ServiceAccount may only read namespaces")
-        print(denied.stderr.strip() or denied.stdout.strip(), end="\n\n")
-
-        if keep:
-            say(f"everything keeps running; admin kubeconfig: {admin}; CI kubeconfig: {ci_kubeconfig}")
-            say(f"logs: {kas_log}, {operator_log}. Ctrl-C stops it all.")
-            with suppress(KeyboardInterrupt):
-                signal.pause()
-        say("stopping")
+    if keep:
+        say(f"everything keeps running; admin kubeconfig: {admin}; CI kubeconfig: {ci_kubeconfig}")
+        say(f"logs: {kas_log}, {operator_log}. Ctrl-C (or SIGTERM) stops it all.")
+        with suppress(KeyboardInterrupt):
+            signal.pause()
+    say("stopping")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
-    run(parser.parse_args().keep)
+    keep = parser.parse_args().keep
+    _catch_stop_signals()
+    try:
+        run(keep)
+    except KeyboardInterrupt:
+        say("stopped")
+        raise SystemExit(130) from None
+    say("stopped")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import ctypes.util
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -28,8 +28,10 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def start(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start `argv` with stdout and stderr appended to `log_path`."""
+def start(
+    argv: Sequence[str], log_path: Path, cwd: Path | None = None, *, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` with stdout and stderr appended to `log_path` (`env`: None = this process's)."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
             list(argv),
@@ -37,6 +39,7 @@ def start(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subpr
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=None if env is None else dict(env),
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
