@@ -1,0 +1,76 @@
+"""Finding 11, the read path: a Secret that has not opted in to the agent reading it is read once and
+left alone: never labelled for the watch (so never cached with its data, and never changed by the
+operator on a tenant's say-so). An opted-in one is labelled as before."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+
+from agent_operator.kube_api import ApiResponse, KubeApi
+from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, SourceKind, SourceRef, opted_in
+from agent_operator.sources import SourceError, Sources
+
+SOURCE = SourceRef(SourceKind.SECRET, "team-a", "deployer-token")
+
+
+class RecordingApi:
+    """The two calls Sources.read makes, answered from a fixed object."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status, self.body = status, body
+        self.calls: list[tuple[str, str]] = []
+
+    async def get(self, path: str) -> ApiResponse:
+        self.calls.append(("GET", path))
+        return ApiResponse(self.status, self.body)
+
+    async def merge_patch(self, path: str, body: Any, *, decode: bool = True) -> ApiResponse:
+        del decode
+        self.calls.append(("PATCH", path))
+        labelled = dict(self.body)
+        labelled["metadata"] = {**self.body["metadata"], **body["metadata"]}
+        return ApiResponse(200, labelled)
+
+
+def _secret(annotations: dict[str, str]) -> dict[str, Any]:
+    meta = {"name": SOURCE.name, "namespace": SOURCE.namespace, "annotations": annotations}
+    return {"metadata": meta, "type": "Opaque", "data": {"token": "c2VjcmV0"}}
+
+
+def _sources(api: RecordingApi) -> Sources:
+    return Sources(cast(KubeApi, api), ["team-a"])
+
+
+async def test_a_secret_that_did_not_opt_in_is_not_labelled() -> None:
+    api = RecordingApi(200, _secret({"kubectl.kubernetes.io/last-applied-configuration": "{}"}))
+
+    found = await _sources(api).read(SOURCE, lambda obj: opted_in(obj, "mallory"))
+
+    assert [verb for verb, _ in api.calls] == ["GET"]
+    assert found is not None
+    assert found["metadata"].get("annotations") is None  # the cache's view: no other annotations
+
+
+async def test_an_opted_in_secret_is_labelled_for_the_watch() -> None:
+    api = RecordingApi(200, _secret({ALLOWED_AGENTS_ANNOTATION: "mallory"}))
+
+    found = await _sources(api).read(SOURCE, lambda obj: opted_in(obj, "mallory"))
+
+    assert [verb for verb, _ in api.calls] == ["GET", "PATCH"]
+    assert found is not None
+    assert found["metadata"]["labels"] == {"agentk.dev/watched": "true"}
+
+
+async def test_a_missing_secret_is_none_and_a_refusal_is_an_error() -> None:
+    assert await _sources(RecordingApi(404, {})).read(SOURCE, lambda obj: True) is None
+    with pytest.raises(SourceError) as refused:
+        await _sources(RecordingApi(403, {"message": "forbidden"})).read(SOURCE, lambda obj: True)
+    assert refused.value.status == 403
+
+
+async def test_without_admit_the_first_read_is_the_label_patch() -> None:
+    api = RecordingApi(200, _secret({}))
+    await _sources(api).read(SOURCE)
+    assert [verb for verb, _ in api.calls] == ["PATCH"]
