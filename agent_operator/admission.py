@@ -7,7 +7,8 @@ taking the shared pod's memory and connections (issue 19).
 
 The rule. Take every agent that could run (valid spec, not suspended, token read), oldest first
 (creationTimestamp, then namespace and name). Each one runs, unless
-1. an agent that runs already uses the same token: it waits (`TokenInUse`, naming that agent); or
+1. an agent that runs already uses the same token (`TokenInUse`), or is the same GitLab agent with
+   another of its tokens, as kas reported the agent id (`AgentInUse`): it waits, naming that agent; or
 2. its namespace already runs `max_agents_per_namespace` agents: it waits (`NamespaceAgentLimit`).
 Only running agents hold a token or a place, so when one stops (deleted, suspended, its token changed)
 the next one in line runs. The outcome depends only on the set of candidates, never on the order in which
@@ -54,6 +55,10 @@ class Candidate:
     """metadata.creationTimestamp (RFC 3339, UTC, seconds: ordered as text)."""
     token: TokenDigest
     """Digest of its agent token."""
+    agent: tuple[str, int] | None = None
+    """(kas host, agent id) once kas reported the id for this token. GitLab lets an agent have two
+    tokens, and kas routes by agent id, so two GitLabAgents with one agent's two tokens are one agent to
+    kas too. Only known after connecting: the younger one then stops."""
 
     @property
     def order(self) -> tuple[str, str, str]:
@@ -70,6 +75,19 @@ def token_in_use(holder: AgentKey) -> Problem:
         "spread CI requests over both agents (and their ServiceAccounts), so only the oldest runs",
         "give this GitLabAgent a token of its own (each token is one agent in GitLab), or remove the "
         f"token from {holder}; this agent starts by itself once the token is free",
+    )
+
+
+def agent_in_use(holder: AgentKey, agent_id: int) -> Problem:
+    """The refusal of an agent that kas knows as the same GitLab agent as `holder` (older)."""
+    return Problem(
+        ProblemKind.ADMISSION,
+        "AgentInUse",
+        f"GitLabAgent {holder} is older and already connects as GitLab agent {agent_id} (with another of "
+        "its tokens); kas would spread CI requests over both agents (and their ServiceAccounts), so only "
+        "the oldest runs",
+        f"register a separate agent in GitLab for this GitLabAgent, or remove {holder}; this agent starts "
+        "by itself once it is the oldest",
     )
 
 
@@ -106,19 +124,25 @@ def decide(
     cap = limits.max_agents_per_namespace
     first_unseen = min(unseen, default=None)
     holders: dict[TokenDigest, AgentKey] = {}
+    agents: dict[tuple[str, int], AgentKey] = {}
     running: dict[str, int] = {}
     refused: dict[AgentKey, Problem] = {}
     for candidate in sorted(candidates, key=lambda c: c.order):
-        namespace = candidate.key.namespace
+        namespace, agent = candidate.key.namespace, candidate.agent
         holder = holders.get(candidate.token)
+        same_agent = agents.get(agent) if agent is not None else None
         if first_unseen is not None and candidate.order > first_unseen:
             refused[candidate.key] = WAIT
         elif holder is not None:
             refused[candidate.key] = token_in_use(holder)
+        elif same_agent is not None and agent is not None:
+            refused[candidate.key] = agent_in_use(same_agent, agent[1])
         elif cap and running.get(namespace, 0) >= cap:
             refused[candidate.key] = namespace_limit(namespace, cap)
         else:
             holders[candidate.token] = candidate.key
+            if agent is not None:
+                agents[agent] = candidate.key
             running[namespace] = running.get(namespace, 0) + 1
     return refused
 

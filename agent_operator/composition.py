@@ -102,6 +102,7 @@ class Composition:
         await self._expect_existing_agents()
         await self.runtime.start()
         self.runtime.subscribe(self.writer.on_snapshot)
+        self.runtime.subscribe(self.controller.on_snapshot)
         self.sources.start(self.runtime.informer, self.controller.source_changed)
         self.service_accounts.start(self.runtime.informer, self.controller.service_account_changed)
         self._task = asyncio.create_task(self._supervise(), name="operator-supervisor")

@@ -18,11 +18,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import ValidationError
 
-from agent_operator.admission import WAIT, Admission, Candidate, token_digest
+from agent_operator.admission import WAIT, Admission, Candidate, TokenDigest, token_digest
 from agent_operator.api import GitLabAgentSpec, Phase
 from agent_operator.events import EventRecorder, ObjectRef
 from agent_operator.keyed import KeyedTasks
@@ -109,6 +110,10 @@ class _Record:
     applied: WorkerSpec | None = None
     rechecks: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    token: TokenDigest | None = None
+    """Digest of the token the agent last could run with."""
+    agent_id: int | None = None
+    """The agent id kas reported for that token (forgotten when the token changes)."""
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -227,6 +232,19 @@ class AgentController:
         if not self._index.agents(source):  # an agent may have taken it up again meanwhile
             await self._sources.unwatch(source)
 
+    def on_snapshot(self, snapshot: WorkerSnapshot) -> None:
+        """Runtime subscription: kas reported the agent id of a worker's token for the first time, which
+        admission needs (two tokens of one GitLab agent): re-map it (in the background)."""
+        try:
+            key = AgentKey.parse(snapshot.id)
+        except ValueError:
+            return
+        record = self._records.get(key)
+        if record is None or snapshot.agent_id is None or record.agent_id == snapshot.agent_id:
+            return
+        record.agent_id = snapshot.agent_id
+        self._background.kick(key)
+
     def service_account_changed(self, key: AgentKey) -> None:
         """The ServiceAccount `key` runs as appeared or went away: re-map it (in the background)."""
         self._background.kick(key)
@@ -306,8 +324,7 @@ class AgentController:
         if isinstance(desired, Problem):
             await self._not_running(key, record, ref, replace(facts, problem=desired))
             return
-        candidate = Candidate(key, str(meta.get("creationTimestamp", "")), token_digest(desired.token))
-        refusal = self._admit(key, candidate)
+        refusal = self._admit(key, self._candidate(key, record, spec, desired))
         if refusal is WAIT:
             return  # re-mapped once the older agents have been looked at; nothing to write meanwhile
         if refusal is not None:
@@ -323,6 +340,17 @@ class AgentController:
             await self._events.emit(
                 ref, EventSpec("Normal", "TokenRotated", "the agent token changed; reconnecting")
             )
+
+    def _candidate(
+        self, key: AgentKey, record: _Record, spec: GitLabAgentSpec, desired: WorkerSpec
+    ) -> Candidate:
+        digest = token_digest(desired.token)
+        if record.token != digest:
+            record.token, record.agent_id = digest, None  # another token may belong to another agent
+        created = str((record.body.get("metadata") or {}).get("creationTimestamp", ""))
+        host = urlsplit(spec.kas_address).hostname or ""
+        agent = (host, record.agent_id) if record.agent_id is not None else None
+        return Candidate(key, created, digest, agent)
 
     async def _desired(self, key: AgentKey, spec: GitLabAgentSpec) -> WorkerSpec | Problem:
         try:

@@ -96,6 +96,41 @@ def test_a_shared_token_runs_only_the_oldest_agent_and_the_next_takes_over(
     assert agent.token not in operator.log()
 
 
+def test_two_tokens_of_one_gitlab_agent_run_only_the_oldest_resource(
+    kube: Kube, kas: KasProcess, operator: OperatorProcess
+) -> None:
+    """GitLab lets an agent have two tokens; kas routes by agent id, so they are one agent to kas."""
+    ns, agent = operator.namespace, kas.agents[47]
+    second_token = "second-token-of-47-" + "s" * 40
+    kas.write_agents({agent.id: [agent.token, second_token]})
+    try:
+        kube.apply(service_account(ns, "other"), *_reader(ns, "agent"))
+        kube.apply(secret(ns, "first", agent.token), gitlab_agent(ns, "holder", kas.agent_url, "first"))
+        wait_for("holder Connected", lambda: _in_phase(kube, ns, "holder", "Connected"), timeout=20)
+        time.sleep(1.1)  # creationTimestamp has a resolution of one second
+        kube.apply(
+            secret(ns, "second", second_token),
+            gitlab_agent(ns, "twin", kas.agent_url, "second", serviceAccountName="other"),
+        )
+
+        # Only kas knows that the tokens belong to one agent: the twin connects, learns it, and stops.
+        body = wait_for("twin AgentInUse", lambda: _with_reason(kube, ns, "twin", "Ready", "AgentInUse"))
+        message = (condition(body, "Ready") or {})["message"]
+        assert f"GitLabAgent {ns}/holder" in message
+        assert f"GitLab agent {agent.id}" in message
+        assert phase(body) == "Failed"
+        wait_for("no worker for the twin", lambda: _connected(operator, ns, "twin") is None, timeout=10)
+        codes = [kas.proxy_get(agent.id, f"/api/v1/namespaces/{ns}/configmaps")[0] for _ in range(10)]
+        assert codes == [200] * 10
+
+        kubectl_ok(kube.kubectl("delete", "gla", "holder", "-n", ns, "--timeout=30s"))
+
+        wait_for("twin Connected", lambda: _in_phase(kube, ns, "twin", "Connected"), timeout=20)
+        assert second_token not in operator.log()
+    finally:
+        kas.write_agents()
+
+
 def test_after_a_restart_a_younger_twin_never_connects_even_if_kopf_hands_it_over_first(
     kube: Kube, kas: KasProcess, operator: OperatorProcess
 ) -> None:

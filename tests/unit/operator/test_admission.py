@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from dataclasses import replace
 
 from agent_operator.admission import WAIT, Admission, Candidate, decide, token_digest
 from agent_operator.mapping import AgentKey
@@ -135,3 +136,17 @@ def test_expecting_nothing_ends_the_wait_for_agents_never_reported() -> None:
 
     assert admission.expect({}) == [young.key]
     assert admission.refusal(young.key) is None
+
+
+def test_two_tokens_of_one_gitlab_agent_are_one_agent_once_kas_reported_the_id() -> None:
+    old = replace(_c("ns", "old", "00:00", "t1"), agent=("kas.example.com", 42))
+    young_unknown = _c("ns", "young", "00:05", "t2")
+    young = replace(young_unknown, agent=("kas.example.com", 42))
+    elsewhere = replace(_c("ns", "other-gitlab", "00:06", "t3"), agent=("kas.other.example", 42))
+
+    assert decide([old, young_unknown, elsewhere], NO_CAP) == {}, "the id is not known before connecting"
+    refused = decide([young, old, elsewhere], NO_CAP)
+
+    assert _reasons(refused) == {"ns/young": "AgentInUse"}
+    assert "GitLabAgent ns/old" in refused[young.key].message
+    assert "GitLab agent 42" in refused[young.key].message
