@@ -31,3 +31,11 @@ def test_keeps_spec_status_uid_and_generation_and_drops_the_rest() -> None:
 
 def test_a_body_without_status_or_metadata_stays_without() -> None:
     assert kept_body({"spec": {}}) == {"metadata": {}, "spec": {}}
+
+
+def test_keeps_the_creation_timestamp_that_orders_admission() -> None:
+    meta = {"uid": "u", "creationTimestamp": "2026-12-05T20:00:00Z", "labels": {"a": "b"}}
+    assert kept_body({"metadata": meta})["metadata"] == {
+        "uid": "u",
+        "creationTimestamp": "2026-12-05T20:00:00Z",
+    }
