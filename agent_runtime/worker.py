@@ -34,7 +34,7 @@ from agent_runtime.local_rpc import HandlerTable
 from agent_runtime.module_context import AgentInfo, ModuleContext
 from agent_runtime.modules import agent_configuration, agent_registrar, kubernetes_api, reverse_tunnel
 from agent_runtime.secret import Secret
-from agent_runtime.spec import ErrorReason, Phase, WorkerError, WorkerSnapshot, WorkerSpec
+from agent_runtime.spec import Phase, WorkerError, WorkerSnapshot, WorkerSpec
 from agent_runtime.transport.channel import KasConnection, open_kas_connection
 from agent_runtime.transport.config_error import TransportConfigError
 from agent_runtime.version import AGENT_COMMIT, AGENT_PRODUCT, AGENT_VERSION
@@ -212,12 +212,14 @@ class Worker:
 
     # --- state ----------------------------------------------------------------------------------------
     def _refine(self, error: WorkerError) -> WorkerError:
-        """A generic "unreachable" gets the transport's specific diagnosis (TLS, handshake, proxy, ...)."""
+        """A generic "unreachable" gets the transport's diagnosis (policy, TLS, handshake, proxy, ...).
+
+        Its "cannot connect to kas at host:port" too: grpc's own details name the bridge's socket and,
+        behind it, nothing a tenant should read (docs/operations.md, Destinations).
+        """
         connection = self._connection
         specific = connection.last_error() if connection is not None else None
-        if specific is not None and specific.reason is not ErrorReason.KAS_UNREACHABLE:
-            return specific
-        return error
+        return specific if specific is not None else error
 
     def _publish(self, snapshot: WorkerSnapshot) -> None:
         for callback in list(self._subscribers):

@@ -64,16 +64,21 @@ async def v6() -> AsyncIterator[Listener]:
     await listener.close()
 
 
-def _kube() -> KubeAccess:
+@pytest.fixture
+async def kube() -> AsyncIterator[KubeAccess]:
     """API access to a port nothing listens on: these workers never get as far as the API server."""
     configuration = k8s_client.Configuration()
     configuration.host = "https://127.0.0.1:1"
-    return KubeAccess(configuration)
+    access = KubeAccess(configuration)
+    yield access
+    await access.close()
 
 
-async def _run(spec: WorkerSpec, policy: TenantPolicy, *, settle: float = 0.0) -> WorkerError:
+async def _run(
+    kube: KubeAccess, spec: WorkerSpec, policy: TenantPolicy, *, settle: float = 0.0
+) -> WorkerError:
     """Run a worker until it reports DestinationRefused (bounded), then stop it; returns the error."""
-    worker = Worker(spec, WorkerEnvironment(kube=_kube(), policy=policy))
+    worker = Worker(spec, WorkerEnvironment(kube=kube, policy=policy))
     task = asyncio.create_task(worker.run(), name="worker-under-attack")
     try:
         async with asyncio.timeout(20):
@@ -101,9 +106,9 @@ def _assert_refused(error: WorkerError, words: str, flag: str) -> None:
     assert TOKEN not in f"{error}"
 
 
-async def test_loopback_ipv4_is_refused_before_any_connection(v4: Listener) -> None:
+async def test_loopback_ipv4_is_refused_before_any_connection(kube: KubeAccess, v4: Listener) -> None:
     spec = _spec(f"wss://127.0.0.1:{v4.port}/")
-    worker = Worker(spec, WorkerEnvironment(kube=_kube()))  # the default policy, as in production
+    worker = Worker(spec, WorkerEnvironment(kube=kube))  # the default policy, as in production
     task = asyncio.create_task(worker.run(), name="worker-under-attack")
     try:
         async with asyncio.timeout(20):
@@ -120,8 +125,8 @@ async def test_loopback_ipv4_is_refused_before_any_connection(v4: Listener) -> N
     assert v4.accepted == 0
 
 
-async def test_loopback_ipv6_is_refused(v6: Listener) -> None:
-    error = await _run(_spec(f"grpcs://[::1]:{v6.port}"), TenantPolicy(), settle=0.3)
+async def test_loopback_ipv6_is_refused(kube: KubeAccess, v6: Listener) -> None:
+    error = await _run(kube, _spec(f"grpcs://[::1]:{v6.port}"), TenantPolicy(), settle=0.3)
     _assert_refused(error, f"[::1]:{v6.port} is a loopback address", "--allow-private-kas")
     assert v6.accepted == 0
 
@@ -129,61 +134,65 @@ async def test_loopback_ipv6_is_refused(v6: Listener) -> None:
 @pytest.mark.parametrize(
     "address", ["wss://169.254.169.254/", "grpcs://169.254.169.254:80", "wss://[::ffff:169.254.169.254]/"]
 )
-async def test_the_cloud_metadata_address_is_refused(address: str) -> None:
-    error = await _run(_spec(address), TenantPolicy())
+async def test_the_cloud_metadata_address_is_refused(kube: KubeAccess, address: str) -> None:
+    error = await _run(kube, _spec(address), TenantPolicy())
     _assert_refused(error, "is a link-local address", "--allow-private-kas")
 
 
-async def test_a_name_resolving_to_loopback_is_refused_at_the_dial(v4: Listener) -> None:
+async def test_a_name_resolving_to_loopback_is_refused_at_the_dial(kube: KubeAccess, v4: Listener) -> None:
     """`localhost` passes every check that needs no DNS; its resolved address is what is refused."""
-    error = await _run(_spec(f"wss://localhost:{v4.port}/"), TenantPolicy(), settle=0.5)
+    error = await _run(kube, _spec(f"wss://localhost:{v4.port}/"), TenantPolicy(), settle=0.5)
     _assert_refused(error, f"localhost:{v4.port} resolves to a loopback address", "--allow-private-kas")
     assert v4.accepted == 0
 
 
-async def test_a_name_resolving_to_loopback_is_refused_even_when_allow_listed(v4: Listener) -> None:
+async def test_a_name_resolving_to_loopback_is_refused_even_when_allow_listed(
+    kube: KubeAccess, v4: Listener
+) -> None:
     policy = TenantPolicy(destinations=DestinationPolicy(allowed_hosts=("localhost",)))
-    error = await _run(_spec(f"wss://localhost:{v4.port}/"), policy, settle=0.5)
+    error = await _run(kube, _spec(f"wss://localhost:{v4.port}/"), policy, settle=0.5)
     _assert_refused(error, "resolves to a loopback address", "--allow-private-kas")
     assert v4.accepted == 0
 
 
-async def test_an_explicit_proxy_on_loopback_is_refused(v4: Listener) -> None:
+async def test_an_explicit_proxy_on_loopback_is_refused(kube: KubeAccess, v4: Listener) -> None:
     spec = _spec("wss://kas.example.com/", proxy=ProxySettings(url=f"http://127.0.0.1:{v4.port}"))
-    error = await _run(spec, TenantPolicy(), settle=0.3)
+    error = await _run(kube, spec, TenantPolicy(), settle=0.3)
     _assert_refused(error, f"proxy address 127.0.0.1:{v4.port} is a loopback address", "--allow-private-kas")
     assert v4.accepted == 0
 
 
 @pytest.mark.parametrize("scheme", ["ws", "grpc"])
-async def test_plaintext_is_refused(v4: Listener, scheme: str) -> None:
+async def test_plaintext_is_refused(kube: KubeAccess, v4: Listener, scheme: str) -> None:
     # Even where private addresses are allowed: plaintext is a separate decision.
     policy = TenantPolicy(destinations=DestinationPolicy(allow_private=True))
-    error = await _run(_spec(f"{scheme}://127.0.0.1:{v4.port}/".rstrip("/")), policy, settle=0.3)
+    error = await _run(kube, _spec(f"{scheme}://127.0.0.1:{v4.port}/".rstrip("/")), policy, settle=0.3)
     _assert_refused(error, f"{scheme}:// (plaintext)", "--allow-plaintext-kas")
     assert v4.accepted == 0
 
 
-async def test_insecure_skip_verify_is_refused(v4: Listener) -> None:
+async def test_insecure_skip_verify_is_refused(kube: KubeAccess, v4: Listener) -> None:
     policy = TenantPolicy(destinations=DestinationPolicy(allow_private=True))
     spec = _spec(f"wss://127.0.0.1:{v4.port}/", tls=TlsSettings(insecure_skip_verify=True))
-    error = await _run(spec, policy, settle=0.3)
+    error = await _run(kube, spec, policy, settle=0.3)
     _assert_refused(error, "insecureSkipTLSVerify", "--allow-insecure-skip-tls-verify")
     assert v4.accepted == 0
 
 
-async def test_a_host_outside_the_allow_list_is_refused() -> None:
+async def test_a_host_outside_the_allow_list_is_refused(kube: KubeAccess) -> None:
     policy = TenantPolicy(
         destinations=DestinationPolicy(allowed_hosts=("kas.example.com", "*.gitlab.example"))
     )
-    error = await _run(_spec("wss://kas.attacker.example/"), policy)
+    error = await _run(kube, _spec("wss://kas.attacker.example/"), policy)
     _assert_refused(error, "not in the operator's allowed kas hosts", "--allowed-kas-hosts")
 
 
-async def test_private_addresses_are_dialed_when_the_admin_allows_them(v4: Listener) -> None:
+async def test_private_addresses_are_dialed_when_the_admin_allows_them(
+    kube: KubeAccess, v4: Listener
+) -> None:
     """The control: the same worker under --allow-private-kas does reach the loopback listener."""
     policy = TenantPolicy(destinations=DestinationPolicy(allow_private=True))
-    worker = Worker(_spec(f"wss://localhost:{v4.port}/"), WorkerEnvironment(kube=_kube(), policy=policy))
+    worker = Worker(_spec(f"wss://localhost:{v4.port}/"), WorkerEnvironment(kube=kube, policy=policy))
     task = asyncio.create_task(worker.run(), name="worker-allowed")
     try:
         async with asyncio.timeout(20):

@@ -14,11 +14,15 @@ from contextlib import asynccontextmanager
 import grpc
 import grpc.aio
 import pytest
+from kubernetes import client as k8s_client
 
-from agent_runtime.policy import DestinationPolicy
+from agent_runtime.environment import WorkerEnvironment
+from agent_runtime.kube import KubeAccess
+from agent_runtime.policy import DestinationPolicy, TenantPolicy
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, ProxySettings, WorkerError, WorkerSpec
 from agent_runtime.transport import KasConnection, open_kas_connection
+from agent_runtime.worker import Worker
 from tests.integration.transport.grpc_peer import ECHO
 
 ADMIN_ALLOWS_LOOPBACK = DestinationPolicy(allow_private=True, allow_plaintext=True)
@@ -127,3 +131,34 @@ async def test_closed_ports_and_unknown_names_read_the_same(scheme: str) -> None
     assert refused.message == f"cannot connect to kas at 127.0.0.1:{closed_port}"
     assert unknown.message == f"cannot connect to kas at no-such-host.invalid:{closed_port}"
     assert refused.hint == unknown.hint
+
+
+async def test_the_workers_status_says_cannot_connect_not_what_grpc_says() -> None:
+    """The worker's own status, not just the connection: grpc's details (socket paths, "refused",
+    resolver errors) never replace the transport's one sentence."""
+    async with _answering(b"") as closed_port:
+        pass
+    configuration = k8s_client.Configuration()
+    configuration.host = "https://127.0.0.1:1"  # never reached: no kas, no tunnel requests
+    kube = KubeAccess(configuration)
+    spec = WorkerSpec(
+        id="tenant/agent", kas_address=f"grpc://127.0.0.1:{closed_port}", token=Secret("t" * 50)
+    )
+    worker = Worker(
+        spec, WorkerEnvironment(kube=kube, policy=TenantPolicy(destinations=ADMIN_ALLOWS_LOOPBACK))
+    )
+    task = asyncio.create_task(worker.run(), name="worker-probing")
+    try:
+        async with asyncio.timeout(20):
+            while worker.snapshot.last_error is None:  # noqa: ASYNC110 - polling a snapshot, bounded
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(1.0)  # every module has failed at least once by now
+        error = worker.snapshot.last_error
+    finally:
+        await worker.stop(0.5)
+        async with asyncio.timeout(10):
+            await task
+        await kube.close()
+    assert error is not None
+    assert error.reason is ErrorReason.KAS_UNREACHABLE
+    assert error.message == f"cannot connect to kas at 127.0.0.1:{closed_port}"
