@@ -58,7 +58,9 @@ class Candidate:
     agent: tuple[str, int] | None = None
     """(kas host, agent id) once kas reported the id for this token. GitLab lets an agent have two
     tokens, and kas routes by agent id, so two GitLabAgents with one agent's two tokens are one agent to
-    kas too. Only known after connecting: the younger one then stops."""
+    kas too. Only known after connecting: the younger one then stops. Compared within one namespace
+    only: the id is whatever "kas" says, and a tenant can play kas for any host (spec.proxy and
+    spec.caCert are theirs), so across namespaces a claimed id would stop another tenant's agent."""
 
     @property
     def order(self) -> tuple[str, str, str]:
@@ -124,11 +126,12 @@ def decide(
     cap = limits.max_agents_per_namespace
     first_unseen = min(unseen, default=None)
     holders: dict[TokenDigest, AgentKey] = {}
-    agents: dict[tuple[str, int], AgentKey] = {}
+    agents: dict[tuple[str, str, int], AgentKey] = {}
     running: dict[str, int] = {}
     refused: dict[AgentKey, Problem] = {}
     for candidate in sorted(candidates, key=lambda c: c.order):
-        namespace, agent = candidate.key.namespace, candidate.agent
+        namespace = candidate.key.namespace
+        agent = (namespace, *candidate.agent) if candidate.agent is not None else None
         holder = holders.get(candidate.token)
         same_agent = agents.get(agent) if agent is not None else None
         if first_unseen is not None and candidate.order > first_unseen:
@@ -136,7 +139,7 @@ def decide(
         elif holder is not None:
             refused[candidate.key] = token_in_use(holder)
         elif same_agent is not None and agent is not None:
-            refused[candidate.key] = agent_in_use(same_agent, agent[1])
+            refused[candidate.key] = agent_in_use(same_agent, agent[2])
         elif cap and running.get(namespace, 0) >= cap:
             refused[candidate.key] = namespace_limit(namespace, cap)
         else:

@@ -150,3 +150,10 @@ def test_two_tokens_of_one_gitlab_agent_are_one_agent_once_kas_reported_the_id()
     assert _reasons(refused) == {"ns/young": "AgentInUse"}
     assert "GitLabAgent ns/old" in refused[young.key].message
     assert "GitLab agent 42" in refused[young.key].message
+
+
+def test_an_agent_id_claimed_in_another_namespace_stops_nobody() -> None:
+    """The id is what "kas" says, and a tenant can play kas for any host: only its own namespace counts."""
+    claim = replace(_c("attacker", "early", "00:00", "t1"), agent=("kas.example.com", 42))
+    victim = replace(_c("victim", "agent", "00:05", "t2"), agent=("kas.example.com", 42))
+    assert decide([claim, victim], NO_CAP) == {}
