@@ -32,7 +32,7 @@ from agent_runtime.transport.proxy import Proxy, proxy_for
 from agent_runtime.transport.tls import client_context, grpc_root_certificates
 from agent_runtime.transport.ws_bridge import WsBridge
 
-MAX_RECEIVE_MESSAGE: Final = 10 * 1024 * 1024
+MAX_RECEIVE_MESSAGE: Final = 256 * 1024
 """Largest message accepted from kas; grpc ends a call that gets a larger one with RESOURCE_EXHAUSTED
 (that call only). kas streams bodies in 32 KiB chunks and configurations are ≤ 128 KiB by default
 (PROTOCOL.md §3.5, §9); the largest legitimate message is a request's header frame, which kubectl keeps
@@ -158,6 +158,11 @@ def _base_options(user_agent: str, settings: ChannelSettings) -> list[tuple[str,
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),  # idle agents must keep pinging (load balancers)
         ("grpc.max_receive_message_length", settings.max_receive_message_length),
+        # No bandwidth probing: on a fast link it grows every stream's receive window to megabytes, which
+        # grpc buffers even while nobody reads, so a hostile kas could park ~25 MiB per tunnel in the
+        # process past the byte budget (reverse_tunnel/budget.py). Without it each stream lets kas run
+        # 64 KiB ahead; responses (our writes) follow kas's window, not ours.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 

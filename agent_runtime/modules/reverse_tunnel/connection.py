@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -23,13 +24,12 @@ from agent_runtime.grpc_calls import TUNNEL_COMPRESSION, EstablishedProbe
 from agent_runtime.local_rpc import CallEndedError, LocalHandler, RpcStatusError
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.reverse_tunnel import frames
+from agent_runtime.modules.reverse_tunnel.budget import ByteBudget, Inbox
 from agent_runtime.modules.reverse_tunnel.pool import Outcome, Slot
 from agent_runtime.worker_state import Component
 
 _STREAM_OVER = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)
 """What grpc.aio raises on a write or half-close of a call that has ended."""
-_QUEUE_DEPTH = 8
-"""Request messages buffered ahead of the handler; keeps gRPC flow control meaningful."""
 
 Status = tuple[grpc.StatusCode, str]
 _Call = grpc.aio.StreamStreamCall[bytes, bytes]
@@ -38,11 +38,11 @@ _Call = grpc.aio.StreamStreamCall[bytes, bytes]
 class _Stream:
     """The LocalCall a handler sees, backed by one Connect stream."""
 
-    def __init__(self, call: _Call, method: str, metadata: dict[str, list[str]]) -> None:
+    def __init__(self, call: _Call, method: str, metadata: dict[str, list[str]], budget: ByteBudget) -> None:
         self._call = call
         self._method = method
         self._metadata = metadata
-        self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_DEPTH)
+        self._inbox = Inbox(budget)
         self._write_lock = asyncio.Lock()
         self.first_delivered = asyncio.Event()
         """The reader has handed the handler its first request message (or the end, or given up)."""
@@ -58,19 +58,24 @@ class _Stream:
         return self._metadata
 
     async def recv(self) -> bytes | None:
-        item = await self._inbox.get()
-        if item is None:
-            self._inbox.put_nowait(None)  # keep answering None after the end
-        return item
+        return await self._inbox.get()
 
-    async def deliver(self, item: bytes | None) -> None:
-        if not self.half_closed:  # after our half-close nobody reads: drop instead of blocking
-            await self._inbox.put(item)
+    def has_room(self) -> bool:
+        """Another frame may be read from kas now (see budget.py)."""
+        return self._inbox.has_room()
+
+    async def wait_room(self) -> None:
+        """Return once another frame may be read from kas."""
+        await self._inbox.wait_room()
+
+    def deliver(self, item: bytes | None, size: int) -> None:
+        """Hand `item` (read as a `size`-byte frame) to the handler."""
+        if not self.half_closed:  # after our half-close nobody reads: drop instead of holding it
+            self._inbox.put(item, size)
         self.first_delivered.set()
 
     def discard_inbox(self) -> None:
-        while not self._inbox.empty():
-            self._inbox.get_nowait()
+        self._inbox.clear()
 
     async def send_header(self, meta: Mapping[str, Sequence[str]]) -> None:
         if self.header_sent:
@@ -113,11 +118,14 @@ class _Stream:
 class TunnelAttempt:
     """Runs one Connect call for one pool slot."""
 
-    def __init__(self, ctx: ModuleContext, slot: Slot, metrics: WorkerMetrics) -> None:
+    def __init__(self, ctx: ModuleContext, slot: Slot, metrics: WorkerMetrics, budget: ByteBudget) -> None:
         self._ctx = ctx
         self._slot = slot
         self._metrics = metrics
+        self._budget = budget
         self._reader = frames.ResponseReader()
+        self._call_ended = asyncio.Event()
+        """Set by grpc when the call is over: a read waiting for room must not wait any longer."""
         self._ended_with: grpc.StatusCode | None = None
         """The gRPC code the call failed with (None: it ended OK or was cancelled by us)."""
 
@@ -146,10 +154,12 @@ class TunnelAttempt:
             ctx.kas.wire.connect_path
         )
         call = connect(metadata=ctx.kas.call_metadata(), wait_for_ready=True, compression=TUNNEL_COMPRESSION)
+        call.add_done_callback(lambda _call: self._call_ended.set())
         probe = EstablishedProbe(TUNNEL_ESTABLISHED_AFTER_S, self._established)
         try:
             await call.write(frames.descriptor(ctx.kas.wire))
             probe.start()
+            await self._room_or_end(self._budget.wait_room)
             first = await self._read(call)
             probe.stop()
             self._slot.set_established(False)
@@ -175,12 +185,32 @@ class TunnelAttempt:
         self._ctx.state.ok(Component.TUNNELS)
 
     async def _read(self, call: _Call) -> ConnectResponse | None:
+        raw = await self._read_raw(call)
+        return None if raw is None else self._reader.decode(raw)
+
+    async def _read_raw(self, call: _Call) -> bytes | None:
+        """The next frame undecoded (its size is what it costs); None at the end of the stream."""
         raw = await call.read()
         if raw is grpc.aio.EOF:
             self._reader.end()
             return None
         assert isinstance(raw, bytes)
-        return self._reader.decode(raw)
+        return raw
+
+    async def _room_or_end(self, room: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Wait for `room()` (budget.py), or until the call is over (the next read then says so)."""
+        if self._call_ended.is_set():
+            return
+        waits = {
+            asyncio.create_task(room(), name="tunnel-room"),
+            asyncio.create_task(self._call_ended.wait(), name="tunnel-ended"),
+        }
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     def _rpc_failed(self, code: grpc.StatusCode, details: str | None) -> Outcome:
         self._ended_with = code
@@ -199,7 +229,7 @@ class TunnelAttempt:
         self._ctx.state.ok(Component.TUNNELS)
 
     async def _serve(self, call: _Call, method: str, meta: dict[str, list[str]]) -> Outcome:
-        stream = _Stream(call, method, meta)
+        stream = _Stream(call, method, meta, self._budget)
         handler = self._ctx.handlers.lookup(method)
         if handler is None:
             self._activated()
@@ -225,13 +255,14 @@ class TunnelAttempt:
                 status = fault
             await self._finish(stream, status)
             stream.discard_inbox()
-            faulted = await pump is not None
+            fault = await pump
         finally:
             for task in (work, pump):
                 task.cancel()
             await asyncio.gather(work, pump, return_exceptions=True)
-        if faulted:
-            self._ended_with = grpc.StatusCode.INVALID_ARGUMENT
+            stream.discard_inbox()  # whatever is still queued goes back to the agent's budget
+        if fault is not None:
+            self._ended_with = fault[0]
             return Outcome.ERROR
         return Outcome.DONE
 
@@ -258,24 +289,31 @@ class TunnelAttempt:
     async def _feed(self, call: _Call, stream: _Stream, work: asyncio.Task[Status]) -> Status | None:
         try:
             while True:
-                frame = await self._read(call)
-                if frame is None:
+                if not stream.has_room():
+                    await self._room_or_end(stream.wait_room)
+                raw = await self._read_raw(call)
+                if raw is None:
                     if not stream.half_closed:
                         work.cancel()  # kas ended the call: the caller went away
-                    await stream.deliver(None)
+                    stream.deliver(None, 0)
                     return None
+                frame = self._reader.decode(raw)
                 which = frame.WhichOneof("msg")
                 if which == "message":
-                    await stream.deliver(frame.message.data)
+                    stream.deliver(frame.message.data, len(raw))
                 elif which == "close_send":
-                    await stream.deliver(None)
+                    stream.deliver(None, 0)
         except StreamOrderError as e:
             work.cancel()
             return grpc.StatusCode.INVALID_ARGUMENT, str(e)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as e:
             work.cancel()
             stream.discard_inbox()
-            await stream.deliver(None)
+            stream.deliver(None, 0)
+            if e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # grpc refused a frame above the channel's receive limit and ended this call (only).
+                self._ctx.logger.warning("kas sent a frame over the size limit: %s", e.details())
+                return e.code(), e.details() or ""
             return None
 
     async def _finish(self, stream: _Stream, status: Status) -> None:
@@ -298,7 +336,7 @@ class TunnelAttempt:
 
     async def _fail_stream(self, call: _Call, stream: _Stream | None, text: str) -> None:
         self._ctx.logger.warning("invalid frame from kas: %s", text)
-        target = stream or _Stream(call, "", {})
+        target = stream or _Stream(call, "", {}, self._budget)
         await self._finish(target, (grpc.StatusCode.INVALID_ARGUMENT, text))
 
 

@@ -12,6 +12,7 @@ from agent_runtime import constants as c
 from agent_runtime.backoff import TUNNEL_BACKOFF
 from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.module_context import ModuleContext
+from agent_runtime.modules.reverse_tunnel.budget import ByteBudget
 from agent_runtime.modules.reverse_tunnel.connection import TunnelAttempt
 from agent_runtime.modules.reverse_tunnel.pool import Outcome, PoolSettings, Slot, TunnelPool
 
@@ -22,6 +23,8 @@ class ReverseTunnelModule:
     def __init__(self, ctx: ModuleContext, settings: PoolSettings, metrics: WorkerMetrics) -> None:
         self._ctx = ctx
         self._metrics = metrics
+        self.budget = ByteBudget(ctx.policy.budget.max_buffered_bytes)
+        """Request bytes from kas held by this agent's tunnels (`--max-buffered-bytes-per-agent`)."""
         self.pool = TunnelPool(
             self._attempt,
             settings,
@@ -32,7 +35,7 @@ class ReverseTunnelModule:
         )
 
     async def _attempt(self, slot: Slot) -> Outcome:
-        return await TunnelAttempt(self._ctx, slot, self._metrics).run()
+        return await TunnelAttempt(self._ctx, slot, self._metrics, self.budget).run()
 
     async def run(self) -> None:
         """Run the pool; token changes recycle idle streams, draining stops it gracefully."""
@@ -62,10 +65,13 @@ class ReverseTunnelModule:
 def build(ctx: ModuleContext, metrics: WorkerMetrics | None = None) -> ReverseTunnelModule:
     """Factory used by the composition root; pool shape from the spec, timings from §8.
 
-    `metrics` counts Connect attempts by outcome (and calls to methods nobody serves)."""
+    At most `--max-inflight-requests-per-agent` streams are open at once (idle or serving), so kas, which
+    routes a request only to an idle stream, never has more of this agent's requests served at once; the
+    rest wait in kas for a stream. `metrics` counts Connect attempts by outcome (and calls to methods
+    nobody serves)."""
     settings = PoolSettings(
         min_idle=ctx.tunnels.min_idle,
-        max=ctx.tunnels.max,
+        max=min(ctx.tunnels.max, ctx.policy.budget.max_inflight_requests),
         scale_up_step=c.TUNNEL_SCALE_UP_STEP,
         max_idle_s=c.TUNNEL_MAX_IDLE_S,
         backoff=TUNNEL_BACKOFF,

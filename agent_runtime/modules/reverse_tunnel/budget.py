@@ -1,0 +1,116 @@
+"""How many request bytes from kas an agent's tunnels may hold at once (docs/security.md, budgets).
+
+kas can be a tenant, and a request whose body the API server never reads (a blocked upload) must not
+make the process buffer whatever kas sends. Each tunnel has a small inbox, bounded in bytes; all the
+tunnels of one agent share a `ByteBudget` (`--max-buffered-bytes-per-agent`). A tunnel reads its next
+frame from kas only while both have room, so when they are full the reads stop and HTTP/2 flow control
+pushes back on kas instead of the process filling up.
+
+A read in progress holds at most one frame (the channel's receive limit, `MAX_RECEIVE_MESSAGE` in
+agent_runtime.transport.channel), so an agent holds at most its budget plus one frame per open tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Final
+
+INBOX_BYTES: Final = 64 * 1024
+"""Per tunnel: a new frame is read only while less than this is queued for the handler. Two of kas's
+32 KiB body chunks: enough to keep an upload streaming, small enough that 200 tunnels hold ~13 MiB."""
+
+
+class ByteBudget:
+    """Bytes read from kas and not yet taken by a handler, across all the tunnels of one agent."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        """Reading pauses while `used` is at or above this."""
+        self.used = 0
+        """Bytes held now."""
+        self.peak = 0
+        """The most ever held at once (for tests and diagnostics)."""
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def charge(self, size: int) -> None:
+        """`size` more bytes are held (the frame was read already: this may go past the limit)."""
+        self.used += size
+        self.peak = max(self.peak, self.used)
+        if self.used >= self.limit:
+            self._room.clear()
+
+    def release(self, size: int) -> None:
+        """`size` bytes were handed on or dropped."""
+        self.used -= size
+        if self.used < self.limit:
+            self._room.set()
+
+    async def wait_room(self) -> None:
+        """Return once the agent holds less than its limit."""
+        while self.used >= self.limit:
+            await self._room.wait()
+
+
+class Inbox:
+    """Request messages of one tunnelled call, waiting for its handler; `None` marks the end."""
+
+    def __init__(self, budget: ByteBudget, limit: int = INBOX_BYTES) -> None:
+        self._budget = budget
+        self._limit = limit
+        self._items: deque[tuple[bytes | None, int]] = deque()
+        self._bytes = 0
+        self._arrived = asyncio.Event()
+        self._taken = asyncio.Event()
+        self._ended = False
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting for the handler."""
+        return self._bytes
+
+    def has_room(self) -> bool:
+        """This inbox and the agent's budget both take another frame now."""
+        return self._bytes < self._limit and self._budget.used < self._budget.limit
+
+    async def wait_room(self) -> None:
+        """Return once this inbox and the agent's budget both have room for another frame."""
+        while not self.has_room():
+            while self._bytes >= self._limit:
+                self._taken.clear()
+                await self._taken.wait()
+            await self._budget.wait_room()
+
+    def put(self, item: bytes | None, charged: int) -> None:
+        """Queue `item`, holding `charged` bytes of the budget until the handler takes it."""
+        self._items.append((item, charged))
+        self._bytes += charged
+        self._budget.charge(charged)
+        self._arrived.set()
+
+    async def get(self) -> bytes | None:
+        """The next message; None at the end, and again on every later call."""
+        while not self._items:
+            if self._ended:
+                return None
+            self._arrived.clear()
+            await self._arrived.wait()
+        item, charged = self._items.popleft()
+        self._give_back(charged)
+        if item is None:
+            self._ended = True
+        return item
+
+    def clear(self) -> None:
+        """Drop everything queued (nobody will read it) and give its bytes back."""
+        while self._items:
+            item, charged = self._items.popleft()
+            self._give_back(charged)
+            if item is None:
+                self._ended = True
+
+    def _give_back(self, charged: int) -> None:
+        self._bytes -= charged
+        self._budget.release(charged)
+        self._taken.set()
