@@ -21,10 +21,16 @@ BASE = str(ROOT / "manifests")
 @pytest.fixture(scope="module")
 def operator_namespace(k8s_cluster: LocalCluster, gitlabagent_crd: str) -> Iterator[str]:
     """The base's namespace, existing beforehand: a server-side dry run creates nothing, so the
-    namespaced objects of the same apply would otherwise find no namespace to be checked in."""
-    k8s_cluster.create_namespace(NAMESPACE)
+    namespaced objects of the same apply would otherwise find no namespace to be checked in.
+
+    The e2e fixtures of the same session may have applied manifests/ already (the operator they run
+    uses its ServiceAccount): then the namespace is theirs, and stays."""
+    created = k8s_cluster.request("GET", f"/api/v1/namespaces/{NAMESPACE}")[0] == 404
+    if created:
+        k8s_cluster.create_namespace(NAMESPACE)
     yield NAMESPACE
-    k8s_cluster.delete_namespace(NAMESPACE)
+    if created:
+        k8s_cluster.delete_namespace(NAMESPACE)
 
 
 def test_base_builds_the_expected_objects(kubectl: Kubectl) -> None:
@@ -82,13 +88,13 @@ def test_deployment_is_hardened(kubectl: Kubectl) -> None:
 
 
 @pytest.fixture(scope="module")
-def installed_base(kubectl: Kubectl, operator_namespace: str) -> Iterator[None]:
-    """The base applied for real (nothing schedules the pod: there is no scheduler), to ask RBAC."""
+def installed_base(kubectl: Kubectl, operator_namespace: str) -> None:
+    """The base applied for real (nothing schedules the pod: there is no scheduler), to ask RBAC.
+
+    Left applied afterwards: the e2e, interop and security fixtures of the same session apply the
+    same base once and run the operator under its ClusterRole, which must not vanish under them."""
     applied = kubectl("apply", "--server-side", "--force-conflicts", "-k", BASE)
     assert applied.returncode == 0, applied.stderr
-    yield
-    for kind in ("clusterrolebinding", "clusterrole"):
-        kubectl("delete", kind, "gitlab-agent-operator", "--ignore-not-found")
 
 
 ALLOWED = [
