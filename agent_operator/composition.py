@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from agent_operator.controller import AgentController
 from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
-from agent_operator.label_sweep import ListError, list_agents, sweep_unreferenced
+from agent_operator.label_sweep import ListError, list_agents, sweep_periodically
 from agent_operator.mapping import AgentKey
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.service_accounts import ServiceAccounts
@@ -131,11 +131,8 @@ class Composition:
             tg.create_task(self._sweep_labels(), name="label-sweep")
 
     async def _sweep_labels(self) -> None:
-        """Once per start (see label_sweep.py); a failure is logged, the operator goes on without it."""
-        try:
-            await sweep_unreferenced(self.api, self.sources)
-        except Exception:
-            log.exception("start-up label sweep failed")
+        """At start and then periodically (see label_sweep.py); a failed pass is logged and retried later."""
+        await sweep_periodically(self.api, self.sources)
 
     async def stop(self) -> None:
         """Stop writing, drain every worker, close the API session."""

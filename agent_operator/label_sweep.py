@@ -1,9 +1,10 @@
-"""The start-up sweep: take the watch label off objects that no GitLabAgent refers to any more.
+"""The label sweep: take the watch label off objects that no GitLabAgent refers to any more.
 
 While the operator runs, the controller unlabels an object as soon as the last GitLabAgent stops
 referring to it. What changed while no operator ran (a GitLabAgent deleted, or its spec pointed at
-another Secret) leaves labels behind, and the caches would keep those objects for good; this pass, once
-per start, removes them.
+another Secret) leaves labels behind, and anyone who may label a Secret or ConfigMap can add one; this
+pass removes them at start and then every `SWEEP_INTERVAL_S`. The caches keep no data of such objects
+anyway (agent_operator.sources); the sweep keeps them from holding even their names for long.
 
 It compares the labelled objects in the caches with the references of every GitLabAgent listed from the
 API server, not with the controller's index (which fills only as kopf gets to each resource), so it can
@@ -15,6 +16,7 @@ not parse is skipped: its references are not known.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 500
 """GitLabAgents per list page."""
+SWEEP_INTERVAL_S: Final = 300.0
+"""Between sweeps: one list of GitLabAgents per 5 minutes is cheap, and a label left by someone else
+stays at most that long."""
 
 
 class ListError(Exception):
@@ -47,7 +52,7 @@ async def sweep_unreferenced(api: KubeApi, sources: Sources) -> int:
     try:
         referenced, unknown_namespaces = await _references(api, sources.namespaces)
     except ListError as exc:
-        log.warning("start-up label sweep skipped: %s", exc)
+        log.warning("label sweep skipped: %s", exc)
         return 0
     orphans = sorted(
         (s for s in watched if s not in referenced and s.namespace not in unknown_namespaces),
@@ -61,6 +66,17 @@ async def sweep_unreferenced(api: KubeApi, sources: Sources) -> int:
             extra={"count": len(removed), "objects": names},
         )
     return len(removed)
+
+
+async def sweep_periodically(api: KubeApi, sources: Sources, interval: float = SWEEP_INTERVAL_S) -> None:
+    """Sweep now and then every `interval` seconds, until cancelled; a failed pass is logged and the next
+    one comes as planned."""
+    while True:
+        try:
+            await sweep_unreferenced(api, sources)
+        except Exception:
+            log.exception("label sweep failed")
+        await asyncio.sleep(interval)
 
 
 async def _references(

@@ -5,10 +5,16 @@ a GitLabAgent names gets the label `agentk.dev/watched: "true"` (a merge patch, 
 first read), and one informer per kind watches only labelled objects. `SourceIndex` maps each object to
 the agents that use it, so a change re-maps exactly those agents. When the last GitLabAgent stops
 referring to an object (spec changed, resource deleted), the label comes off again.
+
+Anyone who may label a Secret can put it into the watch, so the cache keeps an object's data only while a
+GitLabAgent refers to it (it was read for one: `read`) and only up to `MAX_KEPT_DATA_BYTES`; every other
+labelled object is kept as its name alone (`DATA_WITHHELD`), and `read` goes to the API server for it.
+The label sweep (label_sweep.py) runs periodically and takes the label off objects nobody refers to.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
@@ -17,7 +23,7 @@ import aiohttp
 
 from agent_operator.kube_api import KubeApi, core_path
 from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, AgentKey, KubeObject, SourceKind, SourceRef
-from agent_runtime.informer import EventType, Informer, ResourceKind, Transform
+from agent_runtime.informer import EventType, Informer, ResourceKind, Transform, object_key
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,14 @@ WATCHED_LABEL: Final = "agentk.dev/watched"
 WATCHED_SELECTOR: Final = f"{WATCHED_LABEL}=true"
 
 _KEPT_METADATA: Final = ("name", "namespace", "uid", "resourceVersion", "labels")
+_NAME_METADATA: Final = ("name", "namespace", "uid", "resourceVersion")
+
+MAX_KEPT_DATA_BYTES: Final = 1024 * 1024
+"""The most of one referenced object's `data` + `binaryData` (keys and values as the API server sends
+them: base64 for Secrets) the cache keeps; a larger object is kept without its data and read from the
+API server when needed. Agents need a token and a CA bundle, far below this."""
+DATA_WITHHELD: Final = "dataWithheld"
+"""Top-level key (True) of a cached object whose data the cache does not keep."""
 
 
 def kept_of_source(obj: dict[str, Any]) -> KubeObject:
@@ -43,6 +57,30 @@ def kept_of_source(obj: dict[str, Any]) -> KubeObject:
         if field in obj:
             kept[field] = obj[field]
     return kept
+
+
+def _data_size(obj: KubeObject) -> int:
+    total = 0
+    for field in ("data", "binaryData"):
+        values = obj.get(field)
+        if isinstance(values, dict):
+            total += sum(len(str(k)) + len(str(v)) for k, v in values.items())
+    return total
+
+
+def name_only(obj: KubeObject) -> KubeObject:
+    """What the cache keeps of a labelled object no GitLabAgent refers to: who it is, no data, no labels
+    but ours, no annotations (all of which its owner may make as big as the object)."""
+    meta = obj.get("metadata") or {}
+    kept_meta: dict[str, Any] = {k: meta[k] for k in _NAME_METADATA if k in meta}
+    if WATCHED_LABEL in (meta.get("labels") or {}):
+        kept_meta["labels"] = {WATCHED_LABEL: meta["labels"][WATCHED_LABEL]}
+    return {"metadata": kept_meta, DATA_WITHHELD: True}
+
+
+def withheld(obj: KubeObject) -> bool:
+    """The cached copy carries no data (see `name_only`)."""
+    return bool(obj.get(DATA_WITHHELD))
 
 
 class InformerFactory(Protocol):
@@ -116,12 +154,14 @@ class Sources:
         self._kinds = watched_kinds(namespaces)
         self._informers: dict[tuple[SourceKind, str | None], Informer] = {}
         self._cluster_wide = namespaces is None
+        self._referenced: set[SourceRef] = set()
+        """Objects read for a GitLabAgent and not released since: the cache keeps their data."""
 
     def start(self, informer: InformerFactory, changed: SourceChanged) -> None:
         """Create the informers (through the runtime) and report every change of a watched object."""
         for kind in self._kinds:
             source_kind = SourceKind(kind.plural)
-            watcher = informer(kind, transform=kept_of_source)
+            watcher = informer(kind, transform=functools.partial(self._keep, source_kind))
             self._informers[(source_kind, kind.namespace)] = watcher
 
             def on_change(
@@ -156,10 +196,38 @@ class Sources:
             return None
         return tuple(sorted({ns for _, ns in self._informers if ns is not None}))
 
-    def _cached(self, source: SourceRef) -> KubeObject | None:
+    def referenced(self) -> frozenset[SourceRef]:
+        """The objects whose data the cache keeps."""
+        return frozenset(self._referenced)
+
+    def _keep(self, kind: SourceKind, obj: dict[str, Any]) -> KubeObject:
+        """The informers' transform: data only for referenced objects, and only up to the cap."""
+        meta = obj.get("metadata") or {}
+        source = SourceRef(kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if source in self._referenced and _data_size(obj) <= MAX_KEPT_DATA_BYTES:
+            return kept_of_source(obj)
+        return name_only(obj)
+
+    def _informer(self, source: SourceRef) -> Informer | None:
         scope = None if self._cluster_wide else source.namespace
-        informer = self._informers.get((source.kind, scope))
+        return self._informers.get((source.kind, scope))
+
+    def _cached(self, source: SourceRef) -> KubeObject | None:
+        informer = self._informer(source)
         return informer.store.get(source.store_key) if informer is not None else None
+
+    def _refill(self, source: SourceRef, fresh: dict[str, Any]) -> None:
+        """The cache holds `source` without data, and we just read it whole: keep its data from now."""
+        informer = self._informer(source)
+        if informer is not None and object_key(fresh) == source.store_key:
+            informer.refill(fresh)
+
+    def release(self, source: SourceRef) -> None:
+        """No GitLabAgent refers to `source` any more: the cache drops its data now (label or not)."""
+        self._referenced.discard(source)
+        informer = self._informer(source)
+        if informer is not None:
+            informer.retransform(source.store_key)
 
     async def read(self, source: SourceRef, admit: Admit | None = None) -> KubeObject | None:
         """The object (None when it does not exist); labels it for the watch when it is not cached yet.
@@ -168,7 +236,7 @@ class Sources:
         opted in to the agent is neither changed nor cached (the caller re-reads it later).
         """
         cached = self._cached(source)
-        if cached is not None:
+        if cached is not None and not withheld(cached):
             return cached
         path = core_path(source.namespace, source.kind.value, source.name)
         if admit is not None:
@@ -182,6 +250,7 @@ class Sources:
                 )
             if not admit(kept_of_source(current.body)):
                 return kept_of_source(current.body)
+        self._referenced.add(source)  # before the label: the watch event that follows keeps the data
         answer = await self._api.merge_patch(path, {"metadata": {"labels": {WATCHED_LABEL: "true"}}})
         if answer.status == 404:
             return None
@@ -190,11 +259,15 @@ class Sources:
             raise SourceError(
                 answer.status, f"cannot {verb} {source.namespace}/{source.name}: {answer.reason()}"
             )
+        if cached is not None:
+            self._refill(source, answer.body)
         return answer.body
 
     async def unwatch(self, source: SourceRef) -> bool:
         """No GitLabAgent refers to `source` any more: take the watch label off (a JSON merge patch with
-        null). Best effort: a missing object is fine, a refusal is logged and the label stays (False)."""
+        null). Best effort: a missing object is fine, a refusal is logged and the label stays (False).
+        Either way the cache drops its data at once."""
+        self.release(source)
         path = core_path(source.namespace, source.kind.value, source.name)
         unlabel = {"metadata": {"labels": {WATCHED_LABEL: None}}}
         try:

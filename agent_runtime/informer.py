@@ -229,6 +229,29 @@ class Informer:
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback)
 
+    def refill(self, obj: dict[str, Any]) -> bool:
+        """Store what the transform keeps of `obj`, read from the API server outside the watch, if the store
+        holds that very version of it (same resourceVersion): a transform that now keeps more (see
+        agent_operator.sources) gets it without waiting for the object to change. Nothing changed, so no
+        handler is called. Returns whether it was stored. The transform receives `obj` itself."""
+        key = object_key(obj)
+        cached = self.store.get(key)
+        if (
+            cached is None
+            or _resource_version(cached) != _resource_version(obj)
+            or not _resource_version(obj)
+        ):
+            return False
+        self.store._put(self._transform(obj))
+        return True
+
+    def retransform(self, key: str) -> None:
+        """Apply the transform again to the stored copy of `key` (what it keeps has changed: it may keep
+        less now); no handler is called."""
+        cached = self.store.get(key)
+        if cached is not None:
+            self.store._put(self._transform(dict(cached)))
+
     async def wait_synced(self) -> None:
         """Return once the first list has filled the store."""
         await self._synced.wait()
