@@ -1,7 +1,8 @@
-"""Latency of unary gRPC calls to kas: direct (grpc://) vs through the WebSocket bridge (ws://), same run.
+"""Latency of unary gRPC calls to kas: grpc:// ("direct") vs ws:// ("bridge"), same run.
 
-Both paths reach the same grpc.aio echo server on loopback; the ws path goes through the agent's
-WsBridge and a kas-like ws-tunnel endpoint (tests/integration/transport/peers.py, built on the same
+Both paths reach the same grpc.aio echo server on loopback, and both go through the agent's WsBridge
+(the destination policy is applied there): grpc:// as a raw pipe, ws:// as WebSocket to a kas-like
+ws-tunnel endpoint (tests/integration/transport/peers.py, built on the same
 agent_proto.wstunnel codec kas uses). Prints p50/p99 per path and the ratios. Bounded: --calls per path
 (default 2000), after --warmup calls, and a 120 s overall limit.
 

@@ -192,7 +192,8 @@ class DestinationGuard:
         category = ip_category(ip)
         if category is None or self.policy.allow_private:
             return None
-        return f"a {category} address"
+        article = "an" if category[0] in "aeiou" else "a"
+        return f"{article} {category} address"
 
     async def resolve(self, dest: Destination, *, within: float) -> list[IPAddress]:
         """The addresses of `dest` that may be dialed, in resolver order.

@@ -139,10 +139,25 @@ async def test_the_cloud_metadata_address_is_refused(kube: KubeAccess, address: 
     _assert_refused(error, "is a link-local address", "--allow-private-kas")
 
 
-async def test_a_name_resolving_to_loopback_is_refused_at_the_dial(kube: KubeAccess, v4: Listener) -> None:
-    """`localhost` passes every check that needs no DNS; its resolved address is what is refused."""
-    error = await _run(kube, _spec(f"wss://localhost:{v4.port}/"), TenantPolicy(), settle=0.5)
-    _assert_refused(error, f"localhost:{v4.port} resolves to a loopback address", "--allow-private-kas")
+@pytest.mark.parametrize(
+    ("host", "category"),
+    [
+        ("localhost", "a loopback"),
+        ("LOCALHOST", "a loopback"),
+        ("2130706433", "a loopback"),  # 127.0.0.1 as one decimal number: a "name" to the URL parser
+        ("127.1", "a loopback"),
+        ("0x7f000001", "a loopback"),
+        ("0177.0.0.1", "a loopback"),
+        ("0", "an unspecified"),  # 0.0.0.0: connecting to it reaches the pod's own listeners
+    ],
+)
+async def test_a_name_resolving_to_loopback_is_refused_at_the_dial(
+    kube: KubeAccess, v4: Listener, host: str, category: str
+) -> None:
+    """Names (and numbers the URL parser takes for names) pass every check that needs no DNS; what
+    they resolve to is refused."""
+    error = await _run(kube, _spec(f"wss://{host}:{v4.port}/"), TenantPolicy(), settle=0.5)
+    _assert_refused(error, f"{host.lower()}:{v4.port} resolves to {category} address", "--allow-private-kas")
     assert v4.accepted == 0
 
 
