@@ -182,6 +182,11 @@ def test_a_missing_service_account_degrades_the_agent_until_it_exists(
     assert (condition(body, "ServiceAccountFound") or {}).get("status") == "True"
     assert (condition(body, "Ready") or {}).get("status") == "True"
 
+    kubectl_ok(kube.kubectl("delete", "serviceaccount", "ghost", "-n", ns))
+
+    body = wait_for("Degraded again", lambda: _in_phase(kube, ns, "lost", "Degraded"), timeout=20)
+    assert (condition(body, "ServiceAccountFound") or {}).get("reason") == "ServiceAccountNotFound"
+
 
 def test_the_first_tunnels_show_right_after_connecting(
     kube: Kube, kas: KasProcess, operator: OperatorProcess
