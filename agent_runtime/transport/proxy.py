@@ -1,6 +1,6 @@
 """Which HTTP CONNECT proxy (if any) carries the connection to kas.
 
-As agentk (Go's ProxyFromEnvironment): HTTPS_PROXY for encrypted addresses, HTTP_PROXY otherwise, NO_PROXY
+As agentk (Go's ProxyFromEnvironment): HTTPS_PROXY for wss, grpcs and grpc, HTTP_PROXY for ws, NO_PROXY
 exempts hosts, and loopback destinations are never proxied. An explicit ProxySettings replaces the
 environment. Proxy URLs may carry credentials: only `display` (host:port) is ever shown.
 """
@@ -74,7 +74,9 @@ def proxy_for(
     if explicit is not None:
         url, no_proxy = explicit.url, explicit.no_proxy
     else:
-        names = ("HTTPS_PROXY", "https_proxy") if address.tls else ("HTTP_PROXY", "http_proxy")
+        # grpc-go (agentk's grpc:// and grpcs://) asks for the proxy of an https URL whatever the scheme.
+        https = address.tls or not address.websocket
+        names = ("HTTPS_PROXY", "https_proxy") if https else ("HTTP_PROXY", "http_proxy")
         url = next((environ[n] for n in names if environ.get(n)), "")
         no_proxy = environ.get("NO_PROXY") or environ.get("no_proxy") or ""
     if not url or bypasses_proxy(address.host, address.port, no_proxy):

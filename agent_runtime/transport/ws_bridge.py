@@ -38,6 +38,8 @@ HIGH_WATER: Final = 1 << 20
 _LOW_WATER: Final = HIGH_WATER // 4
 _MAX_FRAME: Final = 1 << 20
 """Largest binary message we send (kas accepts up to 10 MiB)."""
+_MAX_DIRECTORY: Final = 90
+"""Longest socket directory path (bytes): a Unix socket path must fit in 108 bytes with "/kas.sock"."""
 
 
 class _LocalSide(asyncio.Protocol):
@@ -217,6 +219,9 @@ class WsBridge:
         """Listen on a Unix socket in a fresh private directory."""
         loop = asyncio.get_running_loop()
         self._directory = tempfile.mkdtemp(prefix="gao-kas-")  # mode 0700: this user only
+        if len(os.fsencode(self._directory)) > _MAX_DIRECTORY:  # a long $TMPDIR: sun_path has 108 bytes
+            os.rmdir(self._directory)
+            self._directory = tempfile.mkdtemp(prefix="gao-kas-", dir="/tmp")
         self._path = os.path.join(self._directory, "kas.sock")
         try:
             self._server = await loop.create_unix_server(lambda: _LocalSide(self), self._path)

@@ -137,7 +137,9 @@ async def test_grpc_direct_sends_kas_headers_as_metadata(grpc_peer: GrpcPeer) ->
 
 
 async def test_large_stream_through_the_bridge(ws_peer: WsTunnelPeer) -> None:
-    conn = await _connect(_spec(f"ws://127.0.0.1:{ws_peer.port}/"))
+    # 1 MiB messages: above the default receive limit (sized to the tunnel's chunks), not the point here.
+    settings = ChannelSettings(max_receive_message_length=2 << 20)
+    conn = await _connect(_spec(f"ws://127.0.0.1:{ws_peer.port}/"), settings=settings)
     total = 20 * 1024 * 1024
     received = 0
     try:

@@ -144,6 +144,10 @@ def test_proxy_from_environment() -> None:
     plain = proxy_for(ws, None, env)
     assert plain is not None
     assert plain.display == "proxy2:8080"
+    for grpc_address in ("grpc://kas.example.com", "grpcs://kas.example.com"):  # as grpc-go: https's proxy
+        through = proxy_for(parse_kas_address(grpc_address), None, env)
+        assert through is not None
+        assert through.display == "proxy.internal:3128"
     assert proxy_for(wss, None, {**env, "NO_PROXY": ".gitlab.com"}) is None
     assert proxy_for(parse_kas_address("wss://127.0.0.1:8150"), None, env) is None
 
