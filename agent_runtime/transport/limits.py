@@ -1,4 +1,4 @@
-"""Raising the open-files limit: every ws/wss agent holds several descriptors."""
+"""Raising the open-files limit: every agent holds several descriptors (all go through their bridge)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from typing import Final
 
 _log = logging.getLogger(__name__)
 
-FDS_PER_WEBSOCKET_AGENT: Final = 4
-"""grpc's socket to the bridge, the bridge's accepted socket, the socket to kas, and the listener."""
+FDS_PER_AGENT: Final = 4
+"""grpc's socket to the bridge, the bridge's accepted socket, the socket to kas, and the listener: every
+scheme goes through the bridge (the destination policy is applied there)."""
 FDS_RESERVE: Final = 256
 """Descriptors for everything else in the process (API server connections, logs, metrics)."""
 
 
 def fds_needed(agents: int) -> int:
-    """Descriptors a pod running `agents` WebSocket agents should be allowed."""
-    return FDS_RESERVE + FDS_PER_WEBSOCKET_AGENT * max(agents, 0)
+    """Descriptors a pod running `agents` agents should be allowed."""
+    return FDS_RESERVE + FDS_PER_AGENT * max(agents, 0)
 
 
 def raise_nofile_limit(wanted: int | None = None) -> int:
