@@ -19,7 +19,7 @@ async def _blocked(waiting: Coroutine[Any, Any, None]) -> bool:
     return blocked
 
 
-async def test_inbox_full_in_bytes_stops_reading_until_the_handler_takes() -> None:
+async def test_inbox_full_in_bytes_stops_reading_until_the_handler_asks_again() -> None:
     budget = ByteBudget(1 << 20)
     inbox = Inbox(budget, limit=100)
     inbox.put(b"a" * 60, 60)
@@ -28,15 +28,18 @@ async def test_inbox_full_in_bytes_stops_reading_until_the_handler_takes() -> No
     assert not inbox.has_room()
     assert await _blocked(inbox.wait_room())
     assert await inbox.get() == b"a" * 60
-    assert inbox.has_room()
-    await asyncio.wait_for(inbox.wait_room(), 1)
+    assert budget.used == 120  # the handler is still sending "a" upstream
+    assert not inbox.has_room()
+    assert await inbox.get() == b"b" * 60  # done with "a"
     assert budget.used == 60
+    await asyncio.wait_for(inbox.wait_room(), 1)
 
 
 async def test_agent_budget_is_shared_by_every_tunnel() -> None:
     budget = ByteBudget(100)
     first, second = Inbox(budget, limit=1000), Inbox(budget, limit=1000)
     first.put(b"x" * 70, 70)
+    first.put(None, 0)
     second.put(b"y" * 40, 40)
     assert budget.used == 110
     assert not first.has_room()
@@ -44,7 +47,8 @@ async def test_agent_budget_is_shared_by_every_tunnel() -> None:
     assert await _blocked(second.wait_room())
     waiting = asyncio.create_task(second.wait_room(), name="wait-room")
     await asyncio.sleep(0)
-    await first.get()
+    assert await first.get() == b"x" * 70
+    assert await first.get() is None
     await asyncio.wait_for(waiting, 1)
     assert budget.used == 40
     assert budget.peak == 110
@@ -53,8 +57,10 @@ async def test_agent_budget_is_shared_by_every_tunnel() -> None:
 async def test_clear_gives_everything_back_and_the_end_stays() -> None:
     budget = ByteBudget(100)
     inbox = Inbox(budget)
+    inbox.put(b"w" * 30, 30)
     inbox.put(b"x" * 50, 50)
     inbox.put(None, 0)
+    assert await inbox.get() == b"w" * 30
     inbox.clear()
     assert budget.used == 0
     assert inbox.queued_bytes == 0
