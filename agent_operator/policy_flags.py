@@ -81,9 +81,21 @@ def add_policy_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]
         "system:* is always refused (default gitlab:; GAO_IMPERSONATION_PREFIXES)",
     )
     _int_flag(
-        group, environ, "--max-inflight-requests-per-agent", _DEFAULT_BUDGET.max_inflight_requests, "requests"
+        group,
+        environ,
+        "--max-inflight-requests-per-agent",
+        _DEFAULT_BUDGET.max_inflight_requests,
+        "requests from kas one agent serves at once: it offers kas at most this many tunnels "
+        "(spec.tunnels.max is capped to it), the rest wait in kas; also its API server connections",
     )
-    _int_flag(group, environ, "--max-buffered-bytes-per-agent", _DEFAULT_BUDGET.max_buffered_bytes, "bytes")
+    _int_flag(
+        group,
+        environ,
+        "--max-buffered-bytes-per-agent",
+        _DEFAULT_BUDGET.max_buffered_bytes,
+        "request bytes from kas one agent holds for the API server, over all its tunnels; "
+        "when reached, reading from kas pauses",
+    )
     _int_flag(
         group, environ, "--max-agents-per-namespace", DEFAULT_MAX_AGENTS_PER_NAMESPACE, "count, 0 = no cap"
     )

@@ -38,7 +38,9 @@ class TunnelBudget:
     """Requests from kas served at once per agent; further Connect streams wait for one to end. Also the
     size of the agent's own pool of API server connections (agent_runtime.kube.PrivatePool)."""
     max_buffered_bytes: int = 16 * 1024 * 1024
-    """Request bytes queued from kas but not yet sent to the API server, per agent."""
+    """Request bytes read from kas but not yet sent to the API server, over all the agent's tunnels; when
+    reached, the tunnels stop reading and HTTP/2 flow control pushes back on kas (reverse_tunnel/budget.py).
+    Each open tunnel may hold one more message (≤ 256 KiB) on top."""
 
 
 @dataclass(frozen=True)
