@@ -26,6 +26,7 @@ from tests.interop.helpers import (
     started_runtime,
 )
 from tests.support.gitlab_api import CiJob, GitLabApi
+from tests.support.gitlab_kas import NEWER_KAS_VERSION, GitLabPeers
 from tests.support.k8s_cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -179,3 +180,24 @@ async def test_no_ci_request_fails_across_goaway_rotations(
     assert not failed, failed[:10]
     # kas ended the configuration stream at every rotation (~6 s apart with a 20 s age)
     assert rotations >= ROTATION_SECONDS / 10, f"only {rotations} rotations"
+
+
+async def test_runtime_sees_a_newer_gitlab_kas_and_still_serves(
+    start_gitlab_kas: KasFactory,
+    gitlab_peers: GitLabPeers,
+    gitlab_api: GitLabApi,
+    admin_kubeconfig: Path,
+    life_namespace: str,
+    tmp_path: Path,
+) -> None:
+    """kas stamped v18.6.0 (same wire): the runtime reads the version from the ws handshake and serves."""
+    kas = start_gitlab_kas(binary=gitlab_peers.kas_newer)
+    kubeconfig = kas.kubeconfig(_ci_bearer(gitlab_api), tmp_path / "kubeconfig", life_namespace)
+    async with started_runtime(admin_kubeconfig) as runtime:
+        spec = _spec(kas.ws_url, life_namespace)
+        runtime.apply(spec)
+        await first_success(kubeconfig, 30)
+        snapshot = runtime.snapshot(spec.id)
+        assert snapshot is not None
+        assert snapshot.kas_version is not None
+        assert NEWER_KAS_VERSION in snapshot.kas_version, snapshot

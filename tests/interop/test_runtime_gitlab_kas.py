@@ -298,3 +298,11 @@ async def test_a_10_mb_list_arrives_intact(
         }
 
     assert contents(through) == contents(direct)
+
+
+async def test_kas_reports_usage_to_rails_with_its_jwt(tunnel: Tunnel, gitlab_api: GitLabApi) -> None:
+    """After proxied requests kas POSTs usage counters (every 2 s here), signed like every other call."""
+    reports = await wait_until_async("a usage_metrics report", gitlab_api.usage_reports, within=20)
+    counters = {name for report in reports for name in report.get("counters", {})}
+    assert counters, reports
+    assert gitlab_api.jwt_failures == 0
