@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from agent_runtime.spec import ErrorReason, WorkerError
+from agent_runtime.transport.errors import GRPC_CONNECT_FAILED, classify_unavailable
 
 FATAL_REASONS = frozenset(
     {
@@ -69,6 +70,10 @@ def classify_rpc_error(rpc: str, code: grpc.StatusCode, details: str | None) -> 
         )
     if code is grpc.StatusCode.FAILED_PRECONDITION and rpc == "GetConfiguration":
         reason = ErrorReason.CONFIGURATION_REJECTED
+    if code is grpc.StatusCode.UNAVAILABLE and text.startswith(GRPC_CONNECT_FAILED):
+        # grpc core could not connect: its text names the worker's bridge socket, not kas; the transport
+        # reads it (e.g. grpcs certificate failures) without repeating it.
+        return classify_unavailable(text)
     return WorkerError(reason=reason, message=f"{rpc}: {code.name}: {text}", hint=hint_for(reason))
 
 

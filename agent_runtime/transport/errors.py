@@ -105,12 +105,21 @@ def handshake_status_error(status: int, location: str | None, address: KasAddres
     )
 
 
+GRPC_CONNECT_FAILED: Final = "failed to connect to all addresses"
+"""How grpc core's details start when it could not connect (as opposed to kas answering UNAVAILABLE)."""
+
+
 def classify_rpc_error(err: grpc.RpcError) -> WorkerError | None:
     """A transport-level reading of a failed RPC (grpc/grpcs), or None when it is not transport-level."""
     code = err.code() if isinstance(err, grpc.aio.AioRpcError | grpc.Call) else None
     details = (err.details() if isinstance(err, grpc.aio.AioRpcError | grpc.Call) else None) or ""
     if code != grpc.StatusCode.UNAVAILABLE:
         return None
+    return classify_unavailable(details)
+
+
+def classify_unavailable(details: str) -> WorkerError:
+    """The transport's reading of grpc's UNAVAILABLE `details`, which are never shown themselves."""
     lowered = details.lower()
     if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
         if "hostname" in lowered or "name mismatch" in lowered:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -23,7 +24,8 @@ from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, ProxySettings, WorkerError, WorkerSpec
 from agent_runtime.transport import KasConnection, open_kas_connection
 from agent_runtime.worker import Worker
-from tests.integration.transport.grpc_peer import ECHO
+from tests.integration.transport.grpc_peer import ECHO, GrpcPeer
+from tests.integration.transport.peers import make_tls_files
 
 ADMIN_ALLOWS_LOOPBACK = DestinationPolicy(allow_private=True, allow_plaintext=True)
 BANNER = "internal-banner-7f3a"
@@ -133,17 +135,12 @@ async def test_closed_ports_and_unknown_names_read_the_same(scheme: str) -> None
     assert refused.hint == unknown.hint
 
 
-async def test_the_workers_status_says_cannot_connect_not_what_grpc_says() -> None:
-    """The worker's own status, not just the connection: grpc's details (socket paths, "refused",
-    resolver errors) never replace the transport's one sentence."""
-    async with _answering(b"") as closed_port:
-        pass
+async def _worker_error(address: str) -> WorkerError:
+    """The status error of a worker dialing `address` once every module has failed (bounded)."""
     configuration = k8s_client.Configuration()
     configuration.host = "https://127.0.0.1:1"  # never reached: no kas, no tunnel requests
     kube = KubeAccess(configuration)
-    spec = WorkerSpec(
-        id="tenant/agent", kas_address=f"grpc://127.0.0.1:{closed_port}", token=Secret("t" * 50)
-    )
+    spec = WorkerSpec(id="tenant/agent", kas_address=address, token=Secret("t" * 50))
     worker = Worker(
         spec, WorkerEnvironment(kube=kube, policy=TenantPolicy(destinations=ADMIN_ALLOWS_LOOPBACK))
     )
@@ -160,5 +157,29 @@ async def test_the_workers_status_says_cannot_connect_not_what_grpc_says() -> No
             await task
         await kube.close()
     assert error is not None
+    return error
+
+
+async def test_the_workers_status_says_cannot_connect_not_what_grpc_says() -> None:
+    """The worker's own status, not just the connection: grpc's details (socket paths, "refused",
+    resolver errors) never replace the transport's one sentence."""
+    async with _answering(b"") as closed_port:
+        pass
+    error = await _worker_error(f"grpc://127.0.0.1:{closed_port}")
     assert error.reason is ErrorReason.KAS_UNREACHABLE
     assert error.message == f"cannot connect to kas at 127.0.0.1:{closed_port}"
+
+
+async def test_a_grpcs_certificate_failure_is_read_not_quoted(tmp_path: Path) -> None:
+    """grpc does the TLS of grpcs inside the bridge's pipe: its failure text names the bridge's socket.
+    The status gives the transport's reading (and the caCert hint) instead."""
+    tls = make_tls_files(tmp_path)
+    credentials = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
+    peer = await GrpcPeer(credentials=credentials).start()
+    try:
+        error = await _worker_error(f"grpcs://127.0.0.1:{peer.port}")
+    finally:
+        await peer.close()
+    assert error.reason is ErrorReason.TLS_UNKNOWN_AUTHORITY
+    assert "caCert" in error.hint
+    assert "unix:" not in _shown(error)
