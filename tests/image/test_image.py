@@ -49,6 +49,18 @@ def _termination_grace() -> float:
     return float(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
 
 
+def _readable_by_nonroot(directory: Path, file: Path) -> None:
+    """The container's user must read the mounted kubeconfig: as root, hand the copy (mode 0600 kept) to
+    that user, as the kubelet does with fsGroup; otherwise (rootless engines map uids their own way) open
+    the test's private copy to everyone."""
+    try:
+        for path in (directory, file):
+            shutil.chown(path, NONROOT, NONROOT)
+    except PermissionError:
+        directory.chmod(0o755)
+        file.chmod(0o644)
+
+
 def engine(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """The container engine scripts/image built with (its private store and runtime)."""
     return subprocess.run(
@@ -65,10 +77,8 @@ class OperatorContainer:
         self.log_path = work_dir / "container.log"
         self.config_dir = work_dir / "config"
         self.config_dir.mkdir()
-        # The container's user must read the kubeconfig; it is a copy owned by that user (mode 0600 kept).
         shutil.copy(kubeconfig, self.config_dir / "kubeconfig")
-        for path in (self.config_dir, self.config_dir / "kubeconfig"):
-            shutil.chown(path, NONROOT, NONROOT)
+        _readable_by_nonroot(self.config_dir, self.config_dir / "kubeconfig")
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         self.argv = [
             IMAGE_SCRIPT, "engine", "run", "--name", self.name,
