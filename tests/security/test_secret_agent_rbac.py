@@ -247,7 +247,8 @@ def test_constrained_impersonation_confines_the_impersonator_to_the_tenant_names
     sa = [("Impersonate-User", powerful)]
     job = [("Impersonate-User", "gitlab:ci_job:1"), ("Impersonate-Group", f"gitlab:project:{suffix}")]
     # A ServiceAccount name with explicit groups is neither mode: only the legacy `impersonate` verb
-    # allows it, so an impersonator that sends them (as the operator does today) keeps needing that.
+    # allows it, so an impersonator that sends them (as the operator did before it sent the name alone)
+    # keeps needing that.
     groups = ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"]
     sa_with_groups = [*sa, *(("Impersonate-Group", g) for g in groups)]
     crb = _binding(

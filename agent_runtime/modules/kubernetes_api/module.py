@@ -24,7 +24,6 @@ from agent_runtime.modules.kubernetes_api.identity import (
     checks_for,
     impersonation_headers,
     policy_refusal,
-    service_account_groups,
 )
 from agent_runtime.modules.kubernetes_api.outgoing import build_request, response_via
 
@@ -131,8 +130,10 @@ class KubernetesApiModule:
         if client_impersonates:
             raise nested
         if imp is None:
-            own = ImpersonationConfig(username=sa.username, groups=service_account_groups(sa))
-            return impersonation_headers(own)
+            # The name alone: the API server adds a ServiceAccount's groups itself, and a name without
+            # groups is what constrained impersonation (KEP-5284, `impersonate:serviceaccount`) can grant,
+            # so the operator's own role can be confined to the tenants' namespaces.
+            return impersonation_headers(ImpersonationConfig(username=sa.username))
         self._check_policy(imp)
         for check in checks_for(imp):
             try:
