@@ -36,6 +36,8 @@ INSECURE_WARNING: Final = (
     "network path can impersonate kas; set spec.caCert instead"
 )
 SERVICE_ACCOUNT_NOT_FOUND: Final = "ServiceAccountNotFound"
+VERSION_SKEW_EVENT: Final = "VersionIncompatible"
+"""The Warning Event's reason when kas is outside GitLab's skew policy (advice: the agent keeps working)."""
 _T = TypeVar("_T")
 
 
@@ -128,7 +130,7 @@ def refine_error(error: WorkerError, kas_address: str) -> WorkerError:
 
 
 def phase_of(facts: AgentFacts, snapshot: WorkerSnapshot | None) -> Phase:
-    """The resource's phase (without the version checks that can turn Connected into Degraded)."""
+    """The resource's phase (before a missing ServiceAccount turns Connected into Degraded)."""
     if facts.problem is not None:
         return Phase.FAILED
     if facts.suspended:
@@ -204,28 +206,24 @@ def compute_status(
     kas_verdict = check_kas_version(learnt.kas_version, agent_version)
     k8s_verdict = facts.kubernetes_support.check(learnt.kubernetes_version or facts.cluster_version)
     connected = phase in (Phase.CONNECTED, Phase.DEGRADED)
-    versions_ok = kas_verdict.compatible is not False and k8s_verdict.compatible is not False
-    if phase is Phase.CONNECTED and (not versions_ok or facts.service_account_found is False):
+    # Version skew is advice (GitLab's kas keeps accepting older agents): it never changes the phase.
+    # A missing ServiceAccount does: every request through the agent fails.
+    if phase is Phase.CONNECTED and facts.service_account_found is False:
         phase = Phase.DEGRADED
 
     conditions = _Conditions(previous, facts.generation, now)
     not_running = _not_running(facts)
     _ready(conditions, facts, phase, error, kas_verdict.compatible, not_running)
+    _kstatus(conditions, phase, error, not_running)
     _connected(conditions, facts, connected, error, learnt, not_running)
     _configuration(conditions, snap, error, learnt, not_running)
     _registered(conditions, snap, not_running)
-    conditions.add(
-        ConditionType.VERSION_COMPATIBLE,
-        _verdict_status(kas_verdict.compatible),
-        kas_verdict.reason,
-        kas_verdict.message,
-    )
-    conditions.add(
-        ConditionType.KUBERNETES_VERSION_SUPPORTED,
-        _verdict_status(k8s_verdict.compatible),
-        k8s_verdict.reason,
-        k8s_verdict.message,
-    )
+    for type_, verdict in (
+        (ConditionType.VERSION_COMPATIBLE, kas_verdict),
+        (ConditionType.KUBERNETES_VERSION_SUPPORTED, k8s_verdict),
+    ):
+        status = _verdict_status(verdict.compatible)
+        conditions.add(type_, status, verdict.reason, _with_hint(verdict.message, verdict.hint))
     _token(conditions, facts)
     _service_account(conditions, facts)
 
@@ -282,8 +280,16 @@ def _ready(
     if not_running is not None:
         c.add(ConditionType.READY, ConditionStatus.FALSE, *not_running)
     elif phase is Phase.CONNECTED:
+        skew = (
+            " kas is outside GitLab's version skew policy: see VersionCompatible."
+            if kas_compatible is False
+            else ""
+        )
         c.add(
-            ConditionType.READY, ConditionStatus.TRUE, "Connected", f"the agent is connected to kas.{warning}"
+            ConditionType.READY,
+            ConditionStatus.TRUE,
+            "Connected",
+            f"the agent is connected to kas.{skew}{warning}",
         )
     elif error is not None:
         c.add(
@@ -292,18 +298,37 @@ def _ready(
             error.reason.value,
             _with_hint(error.message, error.hint),
         )
-    elif phase is Phase.DEGRADED and facts.service_account_found is False:
+    elif phase is Phase.DEGRADED:
         c.add(
             ConditionType.READY,
             ConditionStatus.FALSE,
             SERVICE_ACCOUNT_NOT_FOUND,
             f"connected, but every request through the agent is forbidden: {_missing_sa(facts)}",
         )
-    elif phase is Phase.DEGRADED:
-        reason = "VersionIncompatible" if kas_compatible is False else "KubernetesVersionUnsupported"
-        c.add(ConditionType.READY, ConditionStatus.FALSE, reason, "connected, but see the version conditions")
     else:
         c.add(ConditionType.READY, ConditionStatus.FALSE, "Connecting", "connecting to kas")
+
+
+def _kstatus(
+    c: _Conditions, phase: Phase, error: WorkerError | None, not_running: tuple[str, str] | None
+) -> None:
+    """kstatus's abnormal-true pair: Reconciling while connecting, Stalled while only a change can heal.
+
+    kstatus (Flux, Argo CD, cli-utils) reads only these two and observedGeneration on a custom resource:
+    Reconciling=True is InProgress, Stalled=True is Failed, neither is Current. Never both True.
+    """
+    why = _with_hint(error.message, error.hint) if error is not None else ""
+    if phase is Phase.FAILED:
+        reason, message = not_running or (error.reason.value if error else "Failed", why)
+        c.add(ConditionType.RECONCILING, ConditionStatus.FALSE, reason, "stopped: see Stalled")
+        c.add(ConditionType.STALLED, ConditionStatus.TRUE, reason, message)
+        return
+    if phase is Phase.CONNECTING:
+        reason = error.reason.value if error is not None else "Connecting"
+        c.add(ConditionType.RECONCILING, ConditionStatus.TRUE, reason, why or "connecting to kas")
+    else:
+        c.add(ConditionType.RECONCILING, ConditionStatus.FALSE, phase.value, f"the agent is {phase.value}")
+    c.add(ConditionType.STALLED, ConditionStatus.FALSE, phase.value, "nothing needs a change to work")
 
 
 def _connected(
@@ -417,7 +442,8 @@ def _is_false(status: GitLabAgentStatus | None, type_: ConditionType) -> bool:
 def transition_events(
     old: GitLabAgentStatus | None, new: GitLabAgentStatus, facts: AgentFacts
 ) -> list[EventSpec]:
-    """Events for the transitions from `old` to `new` (Connected, Disconnected, VersionIncompatible)."""
+    """Events for the transitions from `old` to `new` (Connected, Disconnected, VersionIncompatible,
+    ServiceAccountNotFound)."""
     events: list[EventSpec] = []
     was, now_connected = _is_true(old, ConditionType.CONNECTED), _is_true(new, ConditionType.CONNECTED)
     if now_connected and not was:
@@ -430,12 +456,9 @@ def transition_events(
         condition = new.condition(ConditionType.CONNECTED)
         why = f": {condition.reason}: {condition.message}" if condition is not None else ""
         events.append(EventSpec("Warning", "Disconnected", _cut(f"disconnected from kas{why}")))
-    if _is_false(new, ConditionType.VERSION_COMPATIBLE) and not _is_false(
-        old, ConditionType.VERSION_COMPATIBLE
-    ):
-        condition = new.condition(ConditionType.VERSION_COMPATIBLE)
-        message = condition.message if condition is not None else "kas version is incompatible"
-        events.append(EventSpec("Warning", "VersionIncompatible", message))
+    skew = _skew_warning(old, new)
+    if skew is not None:
+        events.append(skew)
     if _is_false(new, ConditionType.SERVICE_ACCOUNT_FOUND) and not _is_false(
         old, ConditionType.SERVICE_ACCOUNT_FOUND
     ):
@@ -443,3 +466,18 @@ def transition_events(
         message = condition.message if condition is not None else "the ServiceAccount does not exist"
         events.append(EventSpec("Warning", SERVICE_ACCOUNT_NOT_FOUND, message))
     return events
+
+
+def _skew_warning(old: GitLabAgentStatus | None, new: GitLabAgentStatus) -> EventSpec | None:
+    """A Warning once per change of the skew verdict (another kas version, another direction)."""
+    condition = new.condition(ConditionType.VERSION_COMPATIBLE)
+    if condition is None or condition.status is not ConditionStatus.FALSE:
+        return None
+    before = old.condition(ConditionType.VERSION_COMPATIBLE) if old is not None else None
+    if before is not None and (before.status, before.reason, before.message) == (
+        condition.status,
+        condition.reason,
+        condition.message,
+    ):
+        return None
+    return EventSpec("Warning", VERSION_SKEW_EVENT, condition.message)

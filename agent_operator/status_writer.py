@@ -60,8 +60,12 @@ Clock = Callable[[], datetime]
 
 
 def parse_status(raw: object) -> GitLabAgentStatus | None:
-    """The status stored on a resource, or None when absent or not ours (e.g. written by hand)."""
-    if not isinstance(raw, dict) or not raw:
+    """The status stored on a resource, or None when absent or not ours (e.g. written by hand).
+
+    A status without a phase is the CRD's default for a new resource (api.NEW_RESOURCE_STATUS), never
+    one the operator wrote: the resource counts as new (its first Connecting status is held).
+    """
+    if not isinstance(raw, dict) or "phase" not in raw:
         return None
     try:
         return GitLabAgentStatus.model_validate(raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 _VERSION = re.compile(r"^v?(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<patch>\d+))?")
 
@@ -39,32 +40,74 @@ class Verdict:
     """Outcome of a version check, ready to become a status condition."""
 
     compatible: bool | None
-    """True/False, or None when a version is unknown yet."""
+    """True/False, or None when a version is unknown (never guessed)."""
     reason: str
     """CamelCase condition reason."""
     message: str
     """Human-readable explanation with the versions involved."""
+    hint: str = ""
+    """What to do about it, when anything."""
+
+
+SKEW_POLICY: Final = (
+    "GitLab's policy: the agent should run the same minor as GitLab, one minor older or newer is "
+    "supported, and a newer GitLab keeps accepting older agents"
+)
+"""PROTOCOL.md §13.1 and §18, quoted in every version verdict."""
+_DEV_BUILD: Final = re.compile(r"-(?:\d+-g[0-9a-f]+|.*\b(?:dev|pre)\b.*)$", re.IGNORECASE)
+"""`v17.0.0-12-gabc123` (git describe) or `v17.0.0-dev`/`-pre`: a development build, no release."""
+
+
+def _release_of(version: str) -> MinorVersion | None:
+    """The release a kas version names; None for no release (v0.0.0 = unstamped, dev builds)."""
+    text = version.strip()
+    found = parse_minor(text)
+    if found is None or found.major == 0 or _DEV_BUILD.search(text):
+        return None
+    return found
 
 
 def check_kas_version(kas_version: str | None, agent_version: str) -> Verdict:
-    """Apply GitLab's skew policy: same major, minor within one either side."""
+    """Apply GitLab's skew policy as advice: same major, minor within one either side.
+
+    A kas that says nothing about its release (no version: gRPC to GitLab's kas; `v0.0.0`: an unstamped
+    build; a development build) gives None, never False: nothing is known to be wrong.
+    """
     if not kas_version:
-        return Verdict(None, "KasVersionUnknown", "kas has not reported its version yet")
-    kas, agent = parse_minor(kas_version), parse_minor(agent_version)
+        return Verdict(
+            None,
+            "KasVersionUnknown",
+            "kas has not told its version (GitLab's kas sends it "
+            "only in the WebSocket handshake, not over grpc/grpcs)",
+        )
+    kas, agent = _release_of(kas_version), parse_minor(agent_version)
     if kas is None or agent is None:
         return Verdict(
-            None, "VersionUnparseable", f"cannot compare kas {kas_version} with agent {agent_version}"
+            None,
+            "KasVersionUnknown",
+            f"kas reports {kas_version!r}, which names no GitLab release (an unstamped or development "
+            f"build), so its skew to agent protocol {agent_version} cannot be judged",
         )
     if kas.major == agent.major and abs(kas.minor - agent.minor) <= 1:
         return Verdict(
-            True, "WithinSupportedSkew", f"kas {kas_version} supports agent protocol {agent_version}"
+            True,
+            "WithinSupportedSkew",
+            f"kas {kas_version} and agent protocol {agent_version} are within {SKEW_POLICY}",
         )
-    direction = "newer" if kas > agent else "older"
+    if kas > agent:
+        return Verdict(
+            False,
+            "KasTooNew",
+            f"kas {kas_version} is newer than agent protocol {agent_version} by more than one minor; "
+            f"{SKEW_POLICY}. Everything that works keeps working (this is advice, not a failure)",
+            "upgrade the operator to a release whose agent protocol is within one minor of kas",
+        )
     return Verdict(
         False,
-        "KasTooNew" if kas > agent else "KasTooOld",
-        f"kas {kas_version} is {direction} than agent protocol {agent_version} allows "
-        "(GitLab supports the same minor and one minor either side); calls may fail with UNIMPLEMENTED",
+        "KasTooOld",
+        f"kas {kas_version} is older than agent protocol {agent_version} by more than one minor; "
+        f"{SKEW_POLICY}. Calls kas does not know fail with UNIMPLEMENTED and show as Degraded",
+        "GitLab is older than this agent: upgrade GitLab, or run an operator release matching it",
     )
 
 

@@ -45,6 +45,10 @@ class ConditionType(enum.StrEnum):
     """The Secret named by spec.tokenSecretRef exists and holds a non-empty token."""
     SERVICE_ACCOUNT_FOUND = "ServiceAccountFound"
     """The ServiceAccount named by spec.serviceAccountName exists (every tunnelled request runs as it)."""
+    RECONCILING = "Reconciling"
+    """kstatus: True while the agent connects (or reconnects after a change); kstatus reads InProgress."""
+    STALLED = "Stalled"
+    """kstatus: True while the agent cannot work until its spec, a Secret or GitLab changes (Failed)."""
 
 
 class ConditionStatus(enum.StrEnum):

@@ -24,7 +24,7 @@ class Condition(ApiModel):
 
     type: Annotated[str, Field(pattern=base.CONDITION_TYPE, max_length=316)]
     """Which aspect this is: Ready, Connected, ConfigurationReceived, Registered, VersionCompatible,
-    KubernetesVersionSupported, TokenAvailable or ServiceAccountFound."""
+    KubernetesVersionSupported, TokenAvailable, ServiceAccountFound, Reconciling or Stalled."""
     status: ConditionStatus
     """Whether the condition holds: True, False or Unknown."""
     reason: Reason
@@ -57,6 +57,14 @@ class LastError(ApiModel):
     """What to do about it, e.g. `set spec.caCert` or `the token was revoked: create a new one`."""
 
 
+NEW_RESOURCE_STATUS: dict[str, Any] = {"observedGeneration": 0}
+"""The CRD's schema default for `status`, what a GitLabAgent shows before the operator's first write.
+
+kstatus (Flux, Argo CD's health, `kubectl wait --for=jsonpath`) counts a custom resource without a status
+as ready at once. A generation always starts at 1, so this observedGeneration lags, and kstatus reads
+`InProgress` from the moment of creation until the operator writes a status of its own."""
+
+
 def tunnels_summary(idle: int, active: int) -> str:
     """The TUNNELS column text, e.g. `2 idle/0 active`."""
     return f"{idle} idle/{active} active"
@@ -66,7 +74,7 @@ class GitLabAgentStatus(ApiModel):
     """Observed state of the agent, as reported by the operator."""
 
     observed_generation: Annotated[int, Field(ge=0, json_schema_extra=_INT64)] | None = None
-    """The metadata.generation of the spec this status describes."""
+    """The metadata.generation of the spec this status describes; 0 until the operator's first write."""
     phase: Phase | None = None
     """Coarse state: Connecting, Connected, Degraded (connected, but something needs attention),
     Suspended (spec.suspend) or Failed (cannot work until the spec or its Secret is fixed)."""
@@ -78,7 +86,8 @@ class GitLabAgentStatus(ApiModel):
         ),
     ] = Field(default_factory=list)
     """Detailed state, one entry per type: Ready, Connected, ConfigurationReceived, Registered,
-    VersionCompatible, KubernetesVersionSupported, TokenAvailable, ServiceAccountFound."""
+    VersionCompatible, KubernetesVersionSupported, TokenAvailable, ServiceAccountFound, and kstatus's
+    Reconciling (True while connecting) and Stalled (True when a change is needed to heal)."""
     agent_id: Annotated[int, Field(ge=0, json_schema_extra=_INT64)] | None = None
     """The agent's id in GitLab, as kas reported it."""
     config_commit: Annotated[str, Field(max_length=256)] | None = None

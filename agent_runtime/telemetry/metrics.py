@@ -13,6 +13,8 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 
 from agent_runtime.spec import Phase, WorkerSnapshot
+from agent_runtime.version import AGENT_VERSION
+from agent_runtime.versions import check_kas_version
 
 _PREFIX: Final = "agentk"
 
@@ -95,6 +97,13 @@ class RuntimeMetrics:
             ["agent", "direction"],
             registry=registry,
         )
+        self._version_compatible = Gauge(
+            f"{p}_kas_version_compatible",
+            "1 while kas is within GitLab's version skew policy for this agent, 0 outside it "
+            "(advice: the agent keeps working); no series while kas's version is unknown",
+            ["agent"],
+            registry=registry,
+        )
         self._build = Info(f"{p}_build", "Version of this engine", registry=registry)
         self._build.info({"version": version, "commit": commit})
         self._connected_since: dict[str, datetime] = {}
@@ -127,6 +136,11 @@ class RuntimeMetrics:
         self._connected.labels(agent).set(1 if connected else 0)
         self._tunnels_idle.labels(agent).set(snapshot.tunnels_idle)
         self._tunnels_active.labels(agent).set(snapshot.tunnels_active)
+        verdict = check_kas_version(snapshot.kas_version, snapshot.agent_version or AGENT_VERSION)
+        if verdict.compatible is None:
+            self._version_compatible.remove(agent)
+        else:
+            self._version_compatible.labels(agent).set(1 if verdict.compatible else 0)
         since = snapshot.connected_since
         if since is not None:
             previous = self._connected_since.get(agent)
@@ -145,6 +159,7 @@ class RuntimeMetrics:
             self._tunnels_active,
             self._request_seconds,
             self._reconnects,
+            self._version_compatible,
         ):
             family.remove(worker_id)  # no-op when the series does not exist
         for code in (*_GRPC_CODES, "1xx", "2xx", "3xx", "4xx", "5xx", "other"):

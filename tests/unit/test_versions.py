@@ -30,7 +30,11 @@ def test_parse_minor(text: str, expected: MinorVersion | None) -> None:
         ("16.11.0", "v17.6.0", False, "KasTooOld"),
         ("18.6.0", "v17.6.0", False, "KasTooNew"),
         (None, "v17.6.0", None, "KasVersionUnknown"),
-        ("dev", "v17.6.0", None, "VersionUnparseable"),
+        ("dev", "v17.6.0", None, "KasVersionUnknown"),
+        ("v0.0.0", "v16.5.0", None, "KasVersionUnknown"),
+        ("v18.6.0-12-g0123abc", "v16.5.0", None, "KasVersionUnknown"),
+        ("v18.7.0-pre", "v16.5.0", None, "KasVersionUnknown"),
+        ("v16.6.0-rc2", "v16.5.0", True, "WithinSupportedSkew"),
     ],
 )
 def test_kas_skew_policy(kas: str | None, agent: str, compatible: bool | None, reason: str) -> None:
@@ -53,3 +57,14 @@ def test_kubernetes_range() -> None:
 def test_kubernetes_range_rejects_bad_input(bad: str) -> None:
     with pytest.raises(ValueError, match="must look like"):
         KubernetesSupport.parse(bad)
+
+
+def test_skew_verdicts_carry_the_policy_and_a_hint() -> None:
+    newer = check_kas_version("v18.6.0", "v16.5.0")
+    older = check_kas_version("v15.11.0", "v16.5.0")
+    for verdict in (newer, older):
+        assert "v16.5.0" in verdict.message
+        assert "one minor older or newer is supported" in verdict.message
+    assert "upgrade the operator" in newer.hint
+    assert "GitLab is older than this agent" in older.hint
+    assert check_kas_version("v16.6.0", "v16.5.0").hint == ""

@@ -70,8 +70,10 @@ def test_connected_worker() -> None:
     assert (status.tunnels.idle, status.tunnels.active) == (2, 1)
     assert status.tunnels_summary == "2 idle/1 active"
     assert status.last_error is None
+    abnormal_true = {ConditionType.RECONCILING, ConditionType.STALLED}  # kstatus: False when all is well
     for type_ in ConditionType:
-        assert cond(status, type_)[0] is ConditionStatus.TRUE, type_
+        expected = ConditionStatus.FALSE if type_ in abnormal_true else ConditionStatus.TRUE
+        assert cond(status, type_)[0] is expected, type_
     assert {c.type for c in status.conditions} == {t.value for t in ConditionType}
     assert all(c.observed_generation == 3 for c in status.conditions)
 
@@ -108,6 +110,8 @@ def test_no_snapshot_yet_is_connecting() -> None:
     assert cond(status, ConditionType.CONNECTED) == (ConditionStatus.UNKNOWN, "Connecting")
     assert cond(status, ConditionType.VERSION_COMPATIBLE)[0] is ConditionStatus.UNKNOWN
     assert cond(status, ConditionType.KUBERNETES_VERSION_SUPPORTED)[0] is ConditionStatus.TRUE
+    assert cond(status, ConditionType.RECONCILING) == (ConditionStatus.TRUE, "Connecting")
+    assert cond(status, ConditionType.STALLED)[0] is ConditionStatus.FALSE
     assert status.connected_since is None
 
 
@@ -134,6 +138,17 @@ def test_worker_errors_become_typed_reasons_with_hints(reason: ErrorReason, phas
     assert ready.reason == reason.value
     assert "do this" in ready.message
     assert cond(status, ConditionType.CONNECTED) == (ConditionStatus.FALSE, reason.value)
+    # kstatus: a failure only a change heals is Stalled (Failed); one that retrying may heal, Reconciling.
+    stalled = phase is WorkerPhase.FAILED
+    assert cond(status, ConditionType.STALLED) == (
+        ConditionStatus.TRUE if stalled else ConditionStatus.FALSE,
+        reason.value if stalled else "Connecting",
+    )
+    assert cond(status, ConditionType.RECONCILING) == (
+        ConditionStatus.FALSE if stalled else ConditionStatus.TRUE,
+        reason.value,
+    )
+    assert not (stalled and cond(status, ConditionType.RECONCILING)[0] is ConditionStatus.TRUE)
 
 
 def test_degraded_keeps_connected_true() -> None:
@@ -153,24 +168,51 @@ def test_degraded_keeps_connected_true() -> None:
     assert cond(status, ConditionType.READY) == (ConditionStatus.FALSE, "ConfigurationRejected")
 
 
-def test_incompatible_kas_version_degrades_and_is_an_event() -> None:
+@pytest.mark.parametrize(
+    ("minors", "reason", "hint"),
+    [(-3, "KasTooOld", "GitLab is older than this agent"), (+3, "KasTooNew", "upgrade the operator")],
+)
+def test_version_skew_is_advice_and_one_event_per_change(minors: int, reason: str, hint: str) -> None:
     old = compute_status(FACTS, CONNECTED, None, T0)
-    new = compute_status(
-        FACTS, replace(CONNECTED, kas_version=f"v{_MINOR.major}.{_MINOR.minor - 3}.0"), old, T1
-    )
+    skewed = replace(CONNECTED, kas_version=f"v{_MINOR.major}.{_MINOR.minor + minors}.0")
+    new = compute_status(FACTS, skewed, old, T1)
 
-    assert new.phase is Phase.DEGRADED
-    assert cond(new, ConditionType.VERSION_COMPATIBLE) == (ConditionStatus.FALSE, "KasTooOld")
-    assert cond(new, ConditionType.READY) == (ConditionStatus.FALSE, "VersionIncompatible")
-    reasons = [e.reason for e in transition_events(old, new, FACTS)]
-    assert reasons == ["VersionIncompatible"]
+    assert new.phase is Phase.CONNECTED
+    assert cond(new, ConditionType.READY) == (ConditionStatus.TRUE, "Connected")
+    assert cond(new, ConditionType.STALLED)[0] is ConditionStatus.FALSE
+    assert cond(new, ConditionType.RECONCILING)[0] is ConditionStatus.FALSE
+    assert cond(new, ConditionType.VERSION_COMPATIBLE) == (ConditionStatus.FALSE, reason)
+    version = new.condition(ConditionType.VERSION_COMPATIBLE)
+    assert version is not None
+    assert skewed.kas_version is not None
+    for text in (skewed.kas_version, AGENT_VERSION, "one minor older or newer is supported", hint):
+        assert text in version.message
+    events = transition_events(old, new, FACTS)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "VersionIncompatible")]
+    assert hint in events[0].message
+    again = compute_status(FACTS, replace(skewed, tunnels_idle=5), new, T1)
+    assert transition_events(new, again, FACTS) == []  # no new Event while nothing changed
+    further = minors + (1 if minors > 0 else -1)
+    other = replace(skewed, kas_version=f"v{_MINOR.major}.{_MINOR.minor + further}.0")
+    moved = compute_status(FACTS, other, again, T1)
+    assert [e.reason for e in transition_events(again, moved, FACTS)] == ["VersionIncompatible"]
+
+
+@pytest.mark.parametrize("kas", ["v0.0.0", "v18.7.0-pre", None])
+def test_a_kas_that_names_no_release_is_unknown_never_false(kas: str | None) -> None:
+    status = compute_status(FACTS, replace(CONNECTED, kas_version=kas), None, T0)
+
+    assert cond(status, ConditionType.VERSION_COMPATIBLE) == (ConditionStatus.UNKNOWN, "KasVersionUnknown")
+    assert cond(status, ConditionType.READY) == (ConditionStatus.TRUE, "Connected")
+    assert transition_events(None, status, FACTS)[-1].reason == "Connected"
 
 
 def test_cluster_outside_the_supported_range() -> None:
     facts = replace(FACTS, kubernetes_support=KubernetesSupport(MinorVersion(1, 30), MinorVersion(1, 32)))
     status = compute_status(facts, CONNECTED, None, T0)
     assert cond(status, ConditionType.KUBERNETES_VERSION_SUPPORTED) == (ConditionStatus.FALSE, "Unsupported")
-    assert status.phase is Phase.DEGRADED
+    assert status.phase is Phase.CONNECTED  # advice, like the kas version skew
+    assert cond(status, ConditionType.READY)[0] is ConditionStatus.TRUE
 
 
 @pytest.mark.parametrize(
@@ -192,6 +234,11 @@ def test_operator_problems_fail_with_their_reason(kind: ProblemKind, token_statu
     assert status.last_error is not None
     assert status.last_error.reason == "SomethingMissing"
     assert cond(status, ConditionType.READY) == (ConditionStatus.FALSE, "SomethingMissing")
+    assert cond(status, ConditionType.STALLED) == (ConditionStatus.TRUE, "SomethingMissing")
+    assert cond(status, ConditionType.RECONCILING)[0] is ConditionStatus.FALSE
+    stalled = status.condition(ConditionType.STALLED)
+    assert stalled is not None
+    assert "how to fix" in stalled.message
     assert cond(status, ConditionType.TOKEN_AVAILABLE)[0] is token_status
     assert status.connected_since is None
     assert status.tunnels_summary == "0 idle/0 active"

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import aiohttp
@@ -170,3 +171,22 @@ def test_json_logs_adapter_exceptions_and_secrets() -> None:
     assert line["level"] == "error"
     assert "ValueError" in line["error"]
     assert "glagent-super-secret-value" not in stream.getvalue()
+
+
+def test_version_skew_is_a_per_agent_gauge_absent_while_unknown() -> None:
+    registry = CollectorRegistry()
+    metrics = RuntimeMetrics(registry)
+
+    def value() -> float | None:
+        return registry.get_sample_value("agentk_kas_version_compatible", {"agent": "ns/a"})
+
+    base = WorkerSnapshot(id="ns/a", phase=Phase.CONNECTED, agent_version="v16.5.0")
+    metrics.observe_snapshot(replace(base, kas_version="v16.6.0"))
+    assert value() == 1
+    metrics.observe_snapshot(replace(base, kas_version="v18.6.0"))
+    assert value() == 0
+    metrics.observe_snapshot(replace(base, kas_version="v0.0.0"))  # an unstamped kas: no verdict
+    assert value() is None
+    metrics.observe_snapshot(replace(base, kas_version="v18.6.0"))
+    metrics.forget("ns/a")
+    assert value() is None
