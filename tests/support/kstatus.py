@@ -1,6 +1,6 @@
 """kstatus, the library Flux, Argo CD's health checks and `kubectl wait` build on, as a test oracle.
 
-`tests/support/kstatus/` is a small Go program around `sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute`
+`tests/support/kstatus_go/` is a small Go program around `sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute`
 (the release go.mod pins). It is built once into `.cache/kstatus/<release>/kstatus`, the first time a
 test asks for it (about a minute cold, from the Go module proxy); without Go the tests that need it skip,
 and fail with REQUIRE_K8S=1 (CI), like the other built test substrate.
@@ -22,7 +22,7 @@ from typing import Any, Final
 import pytest
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
-SOURCE: Final = Path(__file__).resolve().parent / "kstatus"
+SOURCE: Final = Path(__file__).resolve().parent / "kstatus_go"
 BUILD_TIMEOUT_S: Final = 600.0
 """A cold build fetches cli-utils and apimachinery through the module proxy: about a minute here."""
 
@@ -45,7 +45,9 @@ def release() -> str:
     """The cli-utils release go.mod pins, e.g. `v0.37.2` (the cache key)."""
     found = re.search(r"sigs\.k8s\.io/cli-utils (v\S+)", (SOURCE / "go.mod").read_text())
     if found is None:
-        raise KstatusUnavailableError("tests/support/kstatus/go.mod does not require sigs.k8s.io/cli-utils")
+        raise KstatusUnavailableError(
+            "tests/support/kstatus_go/go.mod does not require sigs.k8s.io/cli-utils"
+        )
     return found.group(1)
 
 
@@ -56,7 +58,7 @@ def binary() -> Path:
         return target
     go = shutil.which("go")
     if go is None:
-        raise KstatusUnavailableError("the kstatus checker needs Go to build (tests/support/kstatus)")
+        raise KstatusUnavailableError("the kstatus checker needs Go to build (tests/support/kstatus_go)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staging = Path(tmp) / "kstatus"
@@ -70,7 +72,7 @@ def binary() -> Path:
             check=False,
         )
         if done.returncode != 0:
-            raise KstatusUnavailableError(f"building tests/support/kstatus failed: {done.stderr[-2000:]}")
+            raise KstatusUnavailableError(f"building tests/support/kstatus_go failed: {done.stderr[-2000:]}")
         os.replace(staging, target)  # atomic: a concurrent or interrupted build never leaves half a file
     return target
 
