@@ -43,10 +43,21 @@ MOUNT = "/var/run/gitlab-agent-operator"
 DRAIN_GRACE = 2
 
 
+def _pod_spec() -> dict[str, Any]:
+    deployment = yaml.safe_load((REPO_ROOT / "manifests/deployment.yaml").read_text())
+    return dict(deployment["spec"]["template"]["spec"])
+
+
 def _termination_grace() -> float:
     """terminationGracePeriodSeconds of manifests/deployment.yaml: the time a pod gets before SIGKILL."""
-    deployment = yaml.safe_load((REPO_ROOT / "manifests/deployment.yaml").read_text())
-    return float(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+    return float(_pod_spec()["terminationGracePeriodSeconds"])
+
+
+def _memory_limit_kib() -> int:
+    """The operator container's memory limit in manifests/deployment.yaml (a Mi or Gi quantity), in KiB."""
+    quantity = str(_pod_spec()["containers"][0]["resources"]["limits"]["memory"])
+    units = {"Mi": 1024, "Gi": 1024 * 1024}
+    return int(quantity[:-2]) * units[quantity[-2:]]
 
 
 def _readable_by_nonroot(directory: Path, file: Path) -> None:
@@ -191,8 +202,10 @@ def test_container_connects_serves_ci_and_drains(
 
     # As deployed: not root, and nothing outside /tmp is writable.
     status = container.python("print(open('/proc/1/status').read())")
-    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-    assert uid_line.split()[1:] == [str(NONROOT)] * 4, uid_line
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Uid"].split() == [str(NONROOT)] * 4, fields["Uid"]
+    rss_kib = int(fields["VmRSS"].split()[0])
+    assert rss_kib < _memory_limit_kib()  # the Deployment's limit leaves room beyond two idle agents
     errno = container.python(
         "import errno\n"
         "try:\n open('/opt/venv/probe', 'w')\n"
@@ -207,6 +220,7 @@ def test_container_connects_serves_ci_and_drains(
         f"exit code {exit_code} after {seconds:.1f}s (None: still running):\n{container.log()}"
     )
     assert seconds < grace
+    print(f"operator RSS with two agents {rss_kib / 1024:.0f} MiB; SIGTERM to exit {seconds:.1f}s")
     log = container.log()
     assert "draining agents" in log
     assert "operator stopped" in log
