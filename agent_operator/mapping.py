@@ -243,7 +243,7 @@ def _single_line(secret: KubeObject, where: str, key: str, what: str) -> str | M
 
 
 def token_from_secret(secret: KubeObject | None, agent: AgentKey, spec: GitLabAgentSpec) -> Secret | Missing:
-    """The agent token from its opted-in Secret: `data[key]`, base64-decoded, one trailing newline ignored."""
+    """The agent token from its opted-in Secret: `data[key]`, base64-decoded, whitespace around it ignored."""
     name, key = spec.token_secret_ref.name, spec.token_secret_ref.key
     create = (
         f"create it with the agent token under key {key!r} "
@@ -257,6 +257,13 @@ def token_from_secret(secret: KubeObject | None, agent: AgentKey, spec: GitLabAg
     text = _single_line(secret, where, key, "agent token")
     if isinstance(text, Missing):
         return _token_reason(text)
+    # Tokens are opaque (GitLab 18's structured `glagent-<base64>.01.<suffix>` too): only the whitespace
+    # around one, as an editor or `echo` leaves it, is not part of it (PROTOCOL.md §18).
+    text = text.strip()
+    if not text:
+        return Missing(
+            "TokenEmpty", f"{where} key {key!r} holds only whitespace", "put the agent token into it"
+        )
     if any(c.isspace() for c in text):
         return Missing(
             "TokenInvalid",

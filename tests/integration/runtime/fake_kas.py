@@ -65,6 +65,8 @@ class FakeKas:
     rpc_count: int = 0
     rejected: int = 0
     config_requests: list[config_rpc.ConfigurationRequest] = field(default_factory=list)
+    config_responses: list[bytes] = field(default_factory=list)
+    """Raw ConfigurationResponse messages to send instead of the default one (what a newer kas sends)."""
 
     async def start(self) -> None:
         self.server = grpc.aio.server()
@@ -108,7 +110,9 @@ class FakeKas:
         await self._auth(context)
         self.config_requests.append(config_rpc.ConfigurationRequest.FromString(request))
         config = agentcfg_pb2.AgentConfiguration(agent_id=AGENT_ID, project_path="group/agents")
-        yield config_rpc.ConfigurationResponse(configuration=config, commit_id="c0ffee").SerializeToString()
+        default = config_rpc.ConfigurationResponse(configuration=config, commit_id="c0ffee")
+        for response in self.config_responses or [default.SerializeToString()]:
+            yield response
         await asyncio.Event().wait()
 
     async def _connect(
