@@ -10,9 +10,11 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import Iterable
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Final, Protocol
 
 import grpc
 
@@ -28,6 +30,9 @@ from agent_runtime.local_rpc import HandlerTable
 from agent_runtime.policy import TenantPolicy
 from agent_runtime.spec import ServiceAccountRef, TunnelSettings
 from agent_runtime.worker_state import StateReporter
+
+SERVICE_ACCOUNT_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+"""Where a pod's mounted ServiceAccount token says its namespace (when POD_NAMESPACE is unset)."""
 
 
 class KasLink(Protocol):
@@ -68,13 +73,32 @@ class AgentInfo:
     """Random non-negative 63-bit id, one per worker (each worker is one agentk "pod" to kas)."""
 
     @classmethod
-    def for_this_process(cls, version: str, commit_id: str) -> AgentInfo:
-        """POD_NAMESPACE/POD_NAME from the environment (downward API) and a fresh pod_id."""
+    def for_this_process(
+        cls,
+        version: str,
+        commit_id: str,
+        environ: Mapping[str, str] | None = None,
+        namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE_FILE,
+    ) -> AgentInfo:
+        """Who this process is to GitLab, and a fresh pod_id.
+
+        The pod is the one the downward API names (POD_NAMESPACE, POD_NAME: manifests/ set both). Where
+        they are unset: the namespace of the mounted ServiceAccount, else empty (outside a cluster); the
+        host name, which in a pod is the pod's name.
+        """
+        env = os.environ if environ is None else environ
+        namespace = env.get("POD_NAMESPACE", "").strip()
+        if not namespace:
+            try:
+                namespace = namespace_file.read_text().strip()
+            except OSError:
+                namespace = ""
+        name = env.get("POD_NAME", "").strip() or env.get("HOSTNAME", "").strip() or socket.gethostname()
         return cls(
             version=version,
             commit_id=commit_id,
-            pod_namespace=os.environ.get("POD_NAMESPACE", ""),
-            pod_name=os.environ.get("POD_NAME", "") or os.environ.get("HOSTNAME", ""),
+            pod_namespace=namespace,
+            pod_name=name,
             pod_id=secrets.randbits(POD_ID_BITS),
         )
 
