@@ -48,9 +48,13 @@ class ByteBudget:
         if self.used < self.limit:
             self._room.set()
 
+    def has_room(self) -> bool:
+        """The agent holds less than its limit."""
+        return self.used < self.limit
+
     async def wait_room(self) -> None:
         """Return once the agent holds less than its limit."""
-        while self.used >= self.limit:
+        while not self.has_room():
             await self._room.wait()
 
 
@@ -76,7 +80,7 @@ class Inbox:
 
     def has_room(self) -> bool:
         """This inbox and the agent's budget both take another frame now."""
-        return self._bytes < self._limit and self._budget.used < self._budget.limit
+        return self._bytes < self._limit and self._budget.has_room()
 
     async def wait_room(self) -> None:
         """Return once this inbox and the agent's budget both have room for another frame."""

@@ -159,7 +159,8 @@ class TunnelAttempt:
         try:
             await call.write(frames.descriptor(ctx.kas.wire))
             probe.start()
-            await self._room_or_end(self._budget.wait_room)
+            if not self._budget.has_room():
+                await self._room_or_end(self._budget.wait_room)
             first = await self._read(call)
             probe.stop()
             self._slot.set_established(False)
