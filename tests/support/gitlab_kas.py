@@ -35,6 +35,9 @@ from tests.support.ports import free_port
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 PEERS_DIR: Final = REPO_ROOT / ".cache" / "gitlab-peers"
 NEWER_KAS_VERSION: Final = "v18.6.0"
+LISTEN_GRACE: Final = "0.1s"
+"""How long kas keeps accepting connections after SIGTERM (default 5 s, for load balancers to notice);
+nothing balances here, and the default makes every test's teardown wait."""
 PEERS_HINT: Final = "GitLab's kas/agentk not built: run scripts/gitlab-peers (make gitlab-peers)"
 
 
@@ -146,6 +149,7 @@ class GitLabKas:
             "network": "tcp",
             "address": f"127.0.0.1:{self.agent_port}",
             "websocket": True,
+            "listen_grace_period": LISTEN_GRACE,
         }
         if max_connection_age:
             agent_listen["max_connection_age"] = max_connection_age
@@ -161,6 +165,7 @@ class GitLabKas:
                         "certificate_file": str(self.secrets.cert),
                         "key_file": str(self.secrets.key),
                         "shutdown_grace_period": "2s",
+                        "listen_grace_period": LISTEN_GRACE,
                     },
                     "url_path_prefix": "/",
                     "allowed_agent_cache_ttl": "10s",
@@ -176,6 +181,7 @@ class GitLabKas:
                 "listen": {
                     "network": "tcp",
                     "address": f"127.0.0.1:{self.api_port}",
+                    "listen_grace_period": LISTEN_GRACE,
                     "authentication_secret_file": str(self.secrets.gitlab_secret),
                 }
             },
@@ -183,6 +189,7 @@ class GitLabKas:
                 "listen": {
                     "network": "tcp",
                     "address": f"127.0.0.1:{self.private_api_port}",
+                    "listen_grace_period": LISTEN_GRACE,
                     "authentication_secret_file": str(self.secrets.private_api_secret),
                 }
             },
