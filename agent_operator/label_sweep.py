@@ -54,6 +54,7 @@ async def sweep_unreferenced(api: KubeApi, sources: Sources) -> int:
     except ListError as exc:
         log.warning("label sweep skipped: %s", exc)
         return 0
+    sources.keep_data_of(referenced, unknown_namespaces)
     orphans = sorted(
         (s for s in watched if s not in referenced and s.namespace not in unknown_namespaces),
         key=lambda s: (s.namespace, s.kind.value, s.name),

@@ -222,6 +222,14 @@ class Sources:
         if informer is not None and object_key(fresh) == source.store_key:
             informer.refill(fresh)
 
+    def keep_data_of(self, referenced: frozenset[SourceRef], unknown_namespaces: frozenset[str]) -> None:
+        """The sweep's view (every GitLabAgent listed): release what none refers to, except in namespaces
+        whose references are unknown. An object read for a GitLabAgent created meanwhile may be released
+        too; `read` then fetches it again."""
+        for source in list(self._referenced):
+            if source not in referenced and source.namespace not in unknown_namespaces:
+                self.release(source)
+
     def release(self, source: SourceRef) -> None:
         """No GitLabAgent refers to `source` any more: the cache drops its data now (label or not)."""
         self._referenced.discard(source)

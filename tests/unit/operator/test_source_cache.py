@@ -72,3 +72,12 @@ def test_refill_takes_only_the_cached_version_and_retransform_drops_data() -> No
     sources._referenced.discard(REF)
     informer.retransform(key)
     assert DATA_WITHHELD in informer.store.get(key)  # type: ignore[operator]
+
+
+def test_the_sweep_releases_what_no_gitlabagent_refers_to_except_where_unknown() -> None:
+    sources = _sources()
+    elsewhere = SourceRef(SourceKind.SECRET, "team-b", "token")
+    gone = SourceRef(SourceKind.CONFIG_MAP, REF.namespace, "ca")
+    sources._referenced.update({REF, elsewhere, gone})
+    sources.keep_data_of(frozenset({REF}), unknown_namespaces=frozenset({"team-b"}))
+    assert sources.referenced() == frozenset({REF, elsewhere})
