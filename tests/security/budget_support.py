@@ -61,19 +61,20 @@ async def kas() -> AsyncIterator[FakeKas]:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    kas: FakeKas,
+    kas: FakeKas | str,
     kube: KubeAccess,
     budget: TunnelBudget,
     *,
     tunnels: TunnelSettings | None = None,
     metrics: RecordingMetrics | None = None,
 ) -> AsyncIterator[Worker]:
-    """A worker of the kas double with `budget` (destinations: loopback allowed, as in the CLI)."""
+    """A worker of the kas double (or of a kas address, with the double's token) with `budget`
+    (destinations: loopback allowed, as in the CLI)."""
     policy = TenantPolicy(destinations=PERMISSIVE_POLICY.destinations, budget=budget)
     spec = WorkerSpec(
         id="tenant/hostile",
-        kas_address=kas.address,
-        token=Secret(kas.token),
+        kas_address=kas if isinstance(kas, str) else kas.address,
+        token=Secret(FakeKas.token),
         tunnels=tunnels or TunnelSettings(),
     )
     worker = Worker(spec, WorkerEnvironment(kube=kube, metrics=metrics, policy=policy))
