@@ -11,6 +11,7 @@ from typing import Protocol
 
 from agent_runtime.kube import KubeAccess
 from agent_runtime.policy import TenantPolicy
+from agent_runtime.transport.channel import ChannelSettings
 
 
 class WorkerMetrics(Protocol):
@@ -63,3 +64,5 @@ class WorkerEnvironment:
     """HTTP/gRPC user agent; empty = the runtime's default (agentk-compatible version + commit)."""
     policy: TenantPolicy = field(default_factory=TenantPolicy)
     """The process's tenant-isolation policy (agent_runtime.policy)."""
+    channel: ChannelSettings = field(default_factory=ChannelSettings)
+    """Tuning of every worker's kas channel (keepalive, message limit, dial timeouts); agentk's defaults."""

@@ -31,6 +31,7 @@ from agent_runtime.policy import TenantPolicy
 from agent_runtime.spec import Phase, WorkerSnapshot, WorkerSpec
 from agent_runtime.telemetry.endpoints import ObservabilityServer, ReadinessProbe
 from agent_runtime.telemetry.metrics import RuntimeMetrics
+from agent_runtime.transport.channel import ChannelSettings
 from agent_runtime.transport.limits import raise_nofile_limit
 from agent_runtime.version import AGENT_COMMIT, AGENT_VERSION
 
@@ -51,6 +52,8 @@ class RuntimeSettings:
     """User agent towards kas; empty = the runtime's default (`gitlab-agent/<version>/<commit>`)."""
     policy: TenantPolicy = field(default_factory=TenantPolicy)
     """What each tenant's agent may do in this process (destinations, budgets, impersonation)."""
+    channel: ChannelSettings = field(default_factory=ChannelSettings)
+    """Tuning of every worker's kas channel; agentk's defaults. Tests shorten the keepalive with it."""
 
 
 class Runtime:
@@ -80,6 +83,7 @@ class Runtime:
             logger=logger or logging.getLogger("agent_runtime"),
             user_agent=self.settings.user_agent,
             policy=self.settings.policy,
+            channel=self.settings.channel,
         )
         self.manager = WorkerManager(env, worker_factory=worker_factory, stop_grace=self.settings.stop_grace)
         """The workers."""

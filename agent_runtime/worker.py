@@ -129,6 +129,7 @@ class Worker:
                     self._spec,
                     user_agent=self._env.user_agent or AGENT_PRODUCT,
                     policy=self._env.policy.destinations,
+                    settings=self._env.channel,
                 )
             except TransportConfigError as e:
                 self._state.failed(Component.TUNNELS, e.as_worker_error())

@@ -27,6 +27,10 @@ def server_options(agent: AgentConfig) -> list[tuple[str, Any]]:
     return [
         ("grpc.keepalive_time_ms", int(agent.keepalive_time * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # The ack deadline grpcio 1.85 actually enforces (agent_runtime/transport/channel.py): without it a
+        # dead agent connection (black-holed, half-open) is noticed after ~60 s, and a request kas routed
+        # into one of its tunnels hangs that long instead of getting its 502 after 20 s.
+        ("grpc.http2.ping_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(agent.keepalive_min_ping_interval * 1000)),
         ("grpc.http2.max_ping_strikes", 2),
