@@ -125,7 +125,9 @@ class TunnelAttempt:
         self._budget = budget
         self._reader = frames.ResponseReader()
         self._call_ended = asyncio.Event()
-        """Set by grpc when the call is over: a read waiting for room must not wait any longer."""
+        """Set by grpc when the call is over, so a read waiting for room stops waiting. grpc reports the end
+        only once no received message is left unread: a reader paused with one pending learns of it when
+        the handler makes room (or the worker stops), as with the bounded queue before."""
         self._ended_with: grpc.StatusCode | None = None
         """The gRPC code the call failed with (None: it ended OK or was cancelled by us)."""
 
