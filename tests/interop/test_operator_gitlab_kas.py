@@ -84,4 +84,5 @@ def test_gitlab_agent_on_gitlab_kas_connects_and_serves_ci(
         denied = kubectl_sync(kubeconfig, "get", "secrets")
         assert f'User "{user}" cannot list resource "secrets"' in denied.stderr, denied.stderr
     registered = condition(kube.gla(ns, "gitlab"), "Registered")
-    print(f"[interop] operator over {scheme}: Registered condition {registered}")
+    assert registered is not None, kube.gla(ns, "gitlab")
+    assert registered["status"] == "True", registered
