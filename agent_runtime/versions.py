@@ -106,7 +106,8 @@ def check_kas_version(kas_version: str | None, agent_version: str) -> Verdict:
         False,
         "KasTooOld",
         f"kas {kas_version} is older than agent protocol {agent_version} by more than one minor; "
-        f"{SKEW_POLICY}. Calls kas does not know fail with UNIMPLEMENTED and show as Degraded",
+        f"{SKEW_POLICY}. kas answers calls it does not know with UNIMPLEMENTED; the agent goes on "
+        "without them",
         "GitLab is older than this agent: upgrade GitLab, or run an operator release matching it",
     )
 

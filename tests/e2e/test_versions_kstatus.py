@@ -86,9 +86,15 @@ def test_kstatus_connecting_connected_revoked_fixed(
     replacement = "rotated-token-" + "k" * 40
     try:
         kas.write_agents({agent.id: [replacement]})  # GitLab revokes the token the agent holds
-        code, _ = kas.proxy_get(agent.id, "/version")  # spends a tunnel: its replacement meets kas
-        assert code == 200
-        verdict, body = _when(kube, kstatus_checker, ns, "live", "Failed")
+
+        def failed() -> tuple[Kstatus, dict[str, Any]] | None:
+            # Each CI request spends a tunnel; its replacement meets kas with the token, once kas has
+            # reloaded its agents file (every 0.2 s), and is refused.
+            kas.proxy_get(agent.id, "/version")
+            found = _kstatus(kube, kstatus_checker, ns, "live")
+            return found if found[0].status == "Failed" else None
+
+        verdict, body = wait_for("kstatus Failed for live", failed, timeout=30, interval=0.5)
         stalled = condition(body, "Stalled") or {}
         assert (stalled.get("status"), stalled.get("reason")) == ("True", "Unauthenticated"), body["status"]
         assert body["status"]["lastError"]["reason"] == "Unauthenticated"
