@@ -16,9 +16,9 @@ $(VENV_STAMP): pyproject.toml constraints.txt
 
 venv: $(VENV_STAMP)  ## virtualenv with pinned dependencies
 
-system-deps:  ## Debian packages the tests and the demo use (redis-server; openssl for the test cluster's keys)
-	@command -v redis-server >/dev/null && command -v openssl >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl >/dev/null; }
+system-deps:  ## Debian packages the tests and the demo use (redis-server; openssl for the test cluster's keys; prometheus + promtool for tests/monitoring)
+	@command -v redis-server >/dev/null && command -v openssl >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl prometheus >/dev/null; }
 
 assets:  ## build (or reuse) kube-apiserver + etcd from Go modules into .cache/k8s-assets
 	scripts/k8s-assets

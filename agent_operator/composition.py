@@ -18,7 +18,7 @@ import logging
 from typing import Any, Final
 
 import kopf
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from agent_operator.controller import AgentController
 from agent_operator.events import EventRecorder
@@ -54,6 +54,10 @@ events wait in kopf's per-resource queues. Each one in flight holds kopf's proce
 operator's reconciliation: with 1000 resources applied at once all were in flight together, and the
 small-object heap they left behind stayed fragmented (docs/benchmarks.md, Density). 64 still connects
 1000 agents within the 30 s target."""
+READINESS_METRIC_INTERVAL_S: Final = 5.0
+"""How often agentk_operator_ready is refreshed (our choice; Prometheus scrapes every 30 s by default).
+The value is computed on the event loop, never during a scrape: /metrics collects in a thread, and the
+controller's records are not safe to walk from one."""
 
 
 class Composition:
@@ -65,6 +69,9 @@ class Composition:
         self.registry = CollectorRegistry()
         """Served on /metrics: the runtime's per-agent families and the operator's own."""
         self.metrics = OperatorMetrics(self.registry)
+        # process_cpu_seconds_total, process_resident_memory_bytes, open fds: the dashboard's CPU/RSS
+        # panels work without cAdvisor (outside a cluster too).
+        ProcessCollector(registry=self.registry)
         self.api = KubeApi(kube)
         self.events = EventRecorder(self.api, settings.instance)
         self.runtime = Runtime(
@@ -129,6 +136,13 @@ class Composition:
             tg.create_task(self.writer.run(), name="status-writer")
             tg.create_task(self.controller.run(), name="agent-remapper")
             tg.create_task(self._sweep_labels(), name="label-sweep")
+            tg.create_task(self._publish_readiness(), name="readiness-metric")
+
+    async def _publish_readiness(self) -> None:
+        """Keep agentk_operator_ready equal to what /readiness would answer, until cancelled."""
+        while True:
+            self.metrics.ready.set(1 if self._ready() else 0)
+            await asyncio.sleep(READINESS_METRIC_INTERVAL_S)
 
     async def _sweep_labels(self) -> None:
         """At start and then periodically (see label_sweep.py); a failed pass is logged and retried later."""

@@ -152,6 +152,7 @@ class StatusWriter:
     def forget(self, key: AgentKey) -> None:
         """Stop writing the status of a resource (deleted, or handed over to another operator)."""
         entry = self._entries.pop(key, None)
+        self._metrics.forget_agent(key.worker_id)
         if entry is not None and entry.wake is not None:
             entry.wake.cancel()
 
@@ -216,6 +217,7 @@ class StatusWriter:
             return None
         written = _from_json(entry.written_json)
         status = compute_status(entry.facts, self._snapshots(key.worker_id), written, self._clock())
+        self._metrics.observe_status(key.worker_id, status)  # also when unchanged: e.g. after a restart
         if (
             status == written
             or self._held(key, entry, status)
@@ -244,6 +246,7 @@ class StatusWriter:
             log.info("resource is gone; no more status for it", extra=extra)
             if self._entries.get(key) is entry:
                 del self._entries[key]
+                self._metrics.forget_agent(key.worker_id)
             return None
         if answer is not None and code not in _RETRYABLE:
             log.error("status patch rejected: %s", answer.reason(), extra=extra)

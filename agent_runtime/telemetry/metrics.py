@@ -97,6 +97,12 @@ class RuntimeMetrics:
             ["agent", "direction"],
             registry=registry,
         )
+        self._configuration_received = Gauge(
+            f"{p}_configuration_received",
+            "1 once kas has sent the agent configuration on the current worker, 0 before",
+            ["agent"],
+            registry=registry,
+        )
         self._version_compatible = Gauge(
             f"{p}_kas_version_compatible",
             "1 while kas is within GitLab's version skew policy for this agent, 0 outside it "
@@ -136,6 +142,7 @@ class RuntimeMetrics:
         self._connected.labels(agent).set(1 if connected else 0)
         self._tunnels_idle.labels(agent).set(snapshot.tunnels_idle)
         self._tunnels_active.labels(agent).set(snapshot.tunnels_active)
+        self._configuration_received.labels(agent).set(1 if snapshot.configuration_received else 0)
         verdict = check_kas_version(snapshot.kas_version, snapshot.agent_version or AGENT_VERSION)
         if verdict.compatible is None:
             self._version_compatible.remove(agent)
@@ -157,6 +164,7 @@ class RuntimeMetrics:
             self._connected,
             self._tunnels_idle,
             self._tunnels_active,
+            self._configuration_received,
             self._request_seconds,
             self._reconnects,
             self._version_compatible,
