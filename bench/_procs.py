@@ -187,9 +187,11 @@ class KasProcess(KasEndpoints):
 class RuntimeChild:
     """bench/_runtime_child.py: a Runtime in its own process, driven by JSON lines on stdin/stdout."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, child: Path | None = None) -> None:
+        """`child`: another checkout's bench/_runtime_child.py (its runtime code), e.g. a git worktree."""
         self._kubeconfig = kubeconfig
         self._log_path = log_path
+        self._child = child or RUNTIME_CHILD
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -201,7 +203,7 @@ class RuntimeChild:
         with self._log_path.open("ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
-                str(RUNTIME_CHILD),
+                str(self._child),
                 "--kubeconfig",
                 str(self._kubeconfig),
                 stdin=asyncio.subprocess.PIPE,

@@ -1,0 +1,555 @@
+"""Our runtime vs GitLab's agentk, side by side through the same GitLab kas, in one run.
+
+    .venv/bin/python bench/vs_agentk.py [--quick] [--scheme ws|grpc|both] [--rounds R] [--requests N]
+        [--list-mb MB] [--concurrent C] [--density 1,10,100] [--runtime-tree DIR] [--only WHAT,...]
+
+One apiserver (etcd + kube-apiserver from .cache/k8s-assets), one Redis, our GitLab Rails stand-in
+(tests/support/gitlab_api.py) and ONE GitLab kas (tests/support/gitlab_kas.py, binaries from
+scripts/gitlab-peers). Per scheme (ws://, grpc://) two agents connect to that kas, each its own process:
+GitLab's agentk (one process per agent, as it ships) and our runtime (bench/_runtime_child.py, one worker).
+Both use the apiserver's admin kubeconfig, and the CI job's `ci_access` entry has no `access_as`, so
+neither impersonates and the apiserver does the same work for both. The client is this process (aiohttp),
+and sends CI requests (`Authorization: Bearer ci:<agent id>:<job token>`) to kas's Kubernetes API proxy.
+
+Measurements, each in R rounds; within a round the contenders take turns (agentk first in even rounds,
+ours first in odd ones), so the machine's load hits both alike, and each round gives a ratio ours/agentk:
+  - latency: N GETs of a small ConfigMap through the agent, each paired with a direct GET in random order;
+    added p50/p99 = tunnel pXX - direct pXX of the same block. CPU per request = the agent process's CPU
+    time over the block / tunnelled requests (also kas's);
+  - LIST: one LIST of a namespace holding ~--list-mb MB of ConfigMaps (uncompressed), MB/s;
+  - concurrency: C simultaneous GETs (one wave, after one warm-up wave per contender): completed, p50, p99;
+  - RSS (VmRSS): of each contender's process after the rounds, and of fresh runtime processes with
+    N = 1, 10, 100 agents connected to the same kas (--density), against agentk's one-agent process.
+`--runtime-tree DIR` adds a third contender: the runtime of another checkout (a git worktree), run from
+DIR/bench/_runtime_child.py, e.g. the commit before the grpc:// bridge. Prints the load average
+(/proc/loadavg) at each round. Bounded: every wait has a limit, the whole run --time-limit seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import ssl
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import _bootstrap  # noqa: F401 - repository root on sys.path
+import aiohttp
+from _procs import RuntimeChild, process_cpu, process_rss
+from _stack import Endpoint, direct_endpoint, local_cluster, machine_description, work_directory
+from _stats import percentile, ratio, table
+
+from tests.support.gitlab_api import AccessAs, Agent, CiJob, GitLabApi
+from tests.support.gitlab_kas import GitLabAgentk, GitLabKas, find_gitlab_peers, make_kas_secrets
+from tests.support.k8s_cluster import LocalCluster
+from tests.support.redis_server import RedisServer, find_redis_server
+
+CONFIGMAP = "/api/v1/namespaces/default/configmaps/bench-vs-agentk"
+LIST_NAMESPACE = "bench-vs-agentk"
+VALUE_BYTES = 2300
+CREATE_CONCURRENCY = 16
+CHUNK = 256 * 1024
+JOB_TOKEN = "bench-vs-agentk-job-" + "j" * 30
+SETTLE_S = 5.0
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+@dataclass
+class Contender:
+    """One agent process connected to the GitLab kas, and the CI endpoint that reaches it."""
+
+    name: str
+    scheme: str
+    pid: int
+    endpoint: Endpoint
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.scheme}"
+
+
+@dataclass
+class Results:
+    """Per (metric, scheme, contender name): one value per round; loads per round."""
+
+    values: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    loads: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, metric: str, contender: Contender, value: float) -> None:
+        self.values.setdefault((metric, contender.scheme, contender.name), []).append(value)
+
+    def get(self, metric: str, scheme: str, name: str) -> list[float]:
+        return self.values.get((metric, scheme, name), [])
+
+
+# --- the stack ------------------------------------------------------------------------------------
+
+
+@dataclass
+class GitLabSide:
+    cluster: LocalCluster
+    api: GitLabApi
+    kas: GitLabKas
+    work_dir: Path
+    kas_ssl: ssl.SSLContext
+    next_agent_id: int = 100
+    ci_agents: dict[int, AccessAs] = field(default_factory=dict)
+
+    def new_agent(self, name: str) -> Agent:
+        agent = Agent(
+            id=self.next_agent_id, name=name, token=f"glagent-bench-{self.next_agent_id}-" + "t" * 30
+        )
+        self.next_agent_id += 1
+        self.api.add_agent(agent)
+        return agent
+
+    def allow_ci(self, agents: Sequence[Agent]) -> None:
+        """The one CI job may use these agents too, without access_as (kas treats that as `agent`)."""
+        self.ci_agents.update({a.id: {} for a in agents})
+        self.api.add_job(CiJob(token=JOB_TOKEN, agents=dict(self.ci_agents)))
+
+    def endpoint(self, agent: Agent) -> Endpoint:
+        headers = {"Authorization": f"Bearer ci:{agent.id}:{JOB_TOKEN}"}
+        return Endpoint(f"agent {agent.id}", self.kas.proxy_url, self.kas_ssl, headers)
+
+
+@asynccontextmanager
+async def gitlab_side(work_dir: Path) -> AsyncIterator[GitLabSide]:
+    peers = find_gitlab_peers()
+    print(f"GitLab peers: {peers.directory} ({peers.version})")
+    async with local_cluster() as cluster:
+        redis = RedisServer(find_redis_server())
+        await asyncio.to_thread(redis.start)
+        secrets_ = make_kas_secrets(work_dir / "secrets")
+        api = GitLabApi(secrets_.gitlab_secret)
+        api.start()
+        kas = GitLabKas(
+            peers.kas,
+            work_dir / "kas",
+            gitlab_url=api.url,
+            secrets=secrets_,
+            redis_port=redis.port,
+            key_prefix=f"bench-{secrets.token_hex(3)}",
+        )
+        try:
+            await asyncio.to_thread(kas.start)
+            yield GitLabSide(cluster, api, kas, work_dir, ssl.create_default_context(cafile=str(secrets_.ca)))
+        finally:
+            await asyncio.to_thread(kas.stop)
+            api.stop()
+            await asyncio.to_thread(redis.stop)
+
+
+async def _wait_serving(endpoint: Endpoint, what: str, limit: float = 90.0) -> None:
+    """Until a GET through the agent answers 200."""
+    last = ""
+    deadline = time.monotonic() + limit
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(
+                    endpoint.base_url + CONFIGMAP, ssl=endpoint.ssl, headers=endpoint.headers
+                ) as r:
+                    await r.read()
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}"
+            except aiohttp.ClientError as err:
+                last = repr(err)
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"{what} does not serve through GitLab kas after {limit:.0f}s: {last}")
+
+
+class Agentk:
+    def __init__(self, side: GitLabSide, scheme: str) -> None:
+        self.agent = side.new_agent(f"agentk-{scheme}")
+        self.process = GitLabAgentk(
+            find_gitlab_peers().agentk,
+            side.work_dir / f"agentk-{scheme}",
+            kas_address=side.kas.agent_url(scheme),
+            token=self.agent.token,
+            kubeconfig=side.cluster.admin_kubeconfig,
+            namespace="default",
+            pod_name=f"agentk-bench-{scheme}",
+        )
+
+    def start(self) -> int:
+        self.process.start()
+        assert self.process.proc is not None
+        return self.process.proc.pid  # `env` execs agentk: the same pid
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class OurRuntime:
+    def __init__(self, side: GitLabSide, scheme: str, name: str, tree: Path | None, agents: int = 1) -> None:
+        self.side, self.scheme = side, scheme
+        self.agents = [side.new_agent(f"{name}-{scheme}-{i}") for i in range(agents)]
+        child = (tree / "bench" / "_runtime_child.py") if tree else None
+        self.child = RuntimeChild(
+            side.cluster.admin_kubeconfig, side.work_dir / f"{name}-{scheme}-{agents}.log", child=child
+        )
+
+    async def start(self) -> int:
+        await self.child.start()
+        return self.child.pid
+
+    async def connect(self, limit: float = 120.0) -> float:
+        """Apply every agent, wait until all are Connected; seconds it took."""
+        began = time.monotonic()
+        await self.child.command(
+            cmd="apply",
+            kas=self.side.kas.agent_url(self.scheme),
+            agents=[[a.id, a.token] for a in self.agents],
+        )
+        waited = await self.child.command(cmd="wait", timeout=limit, time_limit=limit + 10)
+        if not waited["ok"]:
+            raise RuntimeError(f"our agents did not connect to GitLab kas: {waited['phases']}")
+        return time.monotonic() - began
+
+    async def stop(self) -> None:
+        await self.child.stop()
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+async def _get(session: aiohttp.ClientSession, endpoint: Endpoint) -> float:
+    began = time.perf_counter()
+    async with session.get(endpoint.base_url + CONFIGMAP, ssl=endpoint.ssl, headers=endpoint.headers) as r:
+        await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{endpoint.name}: GET answered {r.status}")
+    return time.perf_counter() - began
+
+
+async def latency_block(
+    direct: Endpoint, who: Contender, kas_pid: int, requests: int, results: Results, seed: int
+) -> None:
+    """`requests` pairs (direct, through `who`) in random order; added p50/p99 and CPU per request."""
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {"direct": [], "tunnel": []}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(min(50, requests // 5)):
+            await _get(session, who.endpoint)
+            await _get(session, direct)
+        cpu_before = process_cpu(who.pid), process_cpu(kas_pid)
+        for _ in range(requests):
+            pair = [("direct", direct), ("tunnel", who.endpoint)]
+            rng.shuffle(pair)
+            for name, endpoint in pair:
+                samples[name].append(await _get(session, endpoint))
+        cpu_agent = process_cpu(who.pid) - cpu_before[0]
+        cpu_kas = process_cpu(kas_pid) - cpu_before[1]
+    for q in (50, 99):
+        added = percentile(samples["tunnel"], q) - percentile(samples["direct"], q)
+        results.add(f"added p{q} ms", who, added * 1e3)
+    results.add("direct p50 ms", who, percentile(samples["direct"], 50) * 1e3)
+    results.add("agent CPU ms/request", who, cpu_agent / requests * 1e3)
+    results.add("kas CPU ms/request", who, cpu_kas / requests * 1e3)
+
+
+async def create_list_objects(cluster: LocalCluster, direct: Endpoint, megabytes: float) -> int:
+    await asyncio.to_thread(cluster.create_namespace, LIST_NAMESPACE)
+    count = int(megabytes * 1e6 / (VALUE_BYTES * 1.13))
+    url = f"{direct.base_url}/api/v1/namespaces/{LIST_NAMESPACE}/configmaps"
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def creator(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            value = os.urandom(VALUE_BYTES * 3 // 4).hex()[:VALUE_BYTES]
+            body = {"metadata": {"name": f"cm-{i:06d}"}, "data": {"v": value}}
+            async with session.post(url, json=body, ssl=direct.ssl, headers=direct.headers) as r:
+                if r.status != 201:
+                    raise RuntimeError(f"creating ConfigMap {i}: {r.status}")
+
+    async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+        for _ in range(CREATE_CONCURRENCY):
+            group.create_task(creator(session))
+    return count
+
+
+async def list_once(endpoint: Endpoint) -> tuple[int, float]:
+    """(bytes, seconds) of one uncompressed LIST, on a fresh connection."""
+    url = f"{endpoint.base_url}/api/v1/namespaces/{LIST_NAMESPACE}/configmaps"
+    headers = {**endpoint.headers, "Accept-Encoding": "identity"}
+    total = 0
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        began = time.perf_counter()
+        async with session.get(url, ssl=endpoint.ssl, headers=headers) as r:
+            if r.status != 200:
+                raise RuntimeError(f"{endpoint.name}: LIST answered {r.status}")
+            async for chunk in r.content.iter_chunked(CHUNK):
+                total += len(chunk)
+        return total, time.perf_counter() - began
+
+
+async def list_block(who: Contender, results: Results) -> None:
+    cpu_before = process_cpu(who.pid)
+    size, seconds = await list_once(who.endpoint)
+    results.add("LIST MB/s", who, size / seconds / 1e6)
+    results.add("LIST agent CPU s", who, process_cpu(who.pid) - cpu_before)
+
+
+async def _one(session: aiohttp.ClientSession, endpoint: Endpoint, start: asyncio.Event) -> float | None:
+    await start.wait()
+    began = time.perf_counter()
+    try:
+        async with session.get(
+            endpoint.base_url + CONFIGMAP, ssl=endpoint.ssl, headers=endpoint.headers
+        ) as r:
+            await r.read()
+            ok = r.status == 200
+    except aiohttp.ClientError:
+        ok = False
+    return time.perf_counter() - began if ok else None
+
+
+async def wave(endpoint: Endpoint, count: int) -> tuple[list[float], float]:
+    """Latencies of the successes of `count` simultaneous GETs (fresh connections), and the wall time."""
+    start = asyncio.Event()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_one(session, endpoint, start)) for _ in range(count)]
+            await asyncio.sleep(0.05)
+            began = time.perf_counter()
+            start.set()
+        wall = time.perf_counter() - began
+    return [r for t in tasks if (r := t.result()) is not None], wall
+
+
+async def concurrency_block(who: Contender, count: int, results: Results) -> None:
+    cpu_before = process_cpu(who.pid)
+    ok, wall = await wave(who.endpoint, count)
+    results.add("500: completed", who, len(ok))
+    results.add("500: p50 ms", who, percentile(ok, 50) * 1e3)
+    results.add("500: p99 ms", who, percentile(ok, 99) * 1e3)
+    results.add("500: wall ms", who, wall * 1e3)
+    results.add("500: agent CPU ms/request", who, (process_cpu(who.pid) - cpu_before) / count * 1e3)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def _turns(contenders: Sequence[Contender], round_no: int) -> list[Contender]:
+    """agentk first in even rounds, last in odd ones (the others keep their order)."""
+    return list(contenders) if round_no % 2 == 0 else list(reversed(contenders))
+
+
+async def run(args: argparse.Namespace) -> None:
+    print(f"machine: {machine_description()}; loadavg {loadavg()}")
+    results = Results()
+    rss: dict[str, float] = {}
+    density_rows: list[tuple[object, ...]] = []
+    async with (
+        asyncio.timeout(args.time_limit),
+        work_directory("bench-vs-agentk-") as work_dir,
+        gitlab_side(work_dir) as side,
+    ):
+        direct = direct_endpoint(side.cluster)
+        body = {"metadata": {"name": CONFIGMAP.rsplit("/", 1)[1]}, "data": {"key": "value" * 20}}
+        status, _ = await asyncio.to_thread(
+            side.cluster.request, "POST", "/api/v1/namespaces/default/configmaps", body
+        )
+        if status != 201:
+            raise RuntimeError(f"creating the ConfigMap answered {status}")
+        by_scheme: dict[str, list[Contender]] = {}
+        stoppers: list[Agentk | OurRuntime] = []
+        try:
+            for scheme in args.schemes:
+                agentk = Agentk(side, scheme)
+                ours = OurRuntime(side, scheme, "runtime", None)
+                found: list[tuple[Agentk | OurRuntime, str]] = [(agentk, "agentk"), (ours, "runtime")]
+                if args.runtime_tree:
+                    found.append((OurRuntime(side, scheme, "before", args.runtime_tree), "before"))
+                side.allow_ci(
+                    [a for c, _ in found for a in ([c.agent] if isinstance(c, Agentk) else c.agents)]
+                )
+                contenders = []
+                for contender, name in found:
+                    if isinstance(contender, Agentk):
+                        pid = contender.start()
+                        agent = contender.agent
+                    else:
+                        pid = await contender.start()
+                        await contender.connect()
+                        agent = contender.agents[0]
+                    stoppers.append(contender)
+                    who = Contender(name, scheme, pid, side.endpoint(agent))
+                    await _wait_serving(who.endpoint, who.label)
+                    contenders.append(who)
+                by_scheme[scheme] = contenders
+            kas_pid = side.kas.proc.pid if side.kas.proc else 0
+            for who in (c for cs in by_scheme.values() for c in cs):
+                rss[f"{who.label} at start"] = process_rss(who.pid) / 2**20
+
+            if "latency" in args.only:
+                for r in range(args.rounds):
+                    results.loads.setdefault("latency", []).append(loadavg())
+                    for contenders in by_scheme.values():
+                        for who in _turns(contenders, r):
+                            await latency_block(direct, who, kas_pid, args.requests, results, seed=r)
+            if "list" in args.only:
+                count = await create_list_objects(side.cluster, direct, args.list_mb)
+                print(f"LIST: {count} ConfigMaps in {LIST_NAMESPACE}")
+                size, _ = await list_once(direct)
+                print(f"LIST size: {size / 1e6:.1f} MB")
+                for r in range(args.rounds):
+                    results.loads.setdefault("list", []).append(loadavg())
+                    for contenders in by_scheme.values():
+                        for who in _turns(contenders, r):
+                            await list_block(who, results)
+            if "concurrency" in args.only:
+                for contenders in by_scheme.values():
+                    for who in contenders:
+                        await wave(who.endpoint, args.concurrent)  # warm-up: tunnels, connections
+                for r in range(args.rounds):
+                    results.loads.setdefault("concurrency", []).append(loadavg())
+                    for contenders in by_scheme.values():
+                        for who in _turns(contenders, r):
+                            await concurrency_block(who, args.concurrent, results)
+            for who in (c for cs in by_scheme.values() for c in cs):
+                rss[f"{who.label} after the rounds"] = process_rss(who.pid) / 2**20
+        finally:
+            for contender in reversed(stoppers):
+                if isinstance(contender, Agentk):
+                    await asyncio.to_thread(contender.stop)
+                else:
+                    await contender.stop()
+
+        if "density" in args.only:
+            for n in args.density:
+                ours = OurRuntime(side, args.schemes[0], "density", None, agents=n)
+                try:
+                    pid = await ours.start()
+                    base = process_rss(pid) / 2**20
+                    connected = await ours.connect()
+                    await asyncio.sleep(SETTLE_S)
+                    total = process_rss(pid) / 2**20
+                finally:
+                    await ours.stop()
+                density_rows.append(
+                    (
+                        n,
+                        args.schemes[0],
+                        f"{connected:.2f}",
+                        base,
+                        total,
+                        total / n * 1024,
+                        (total - base) / n * 1024,
+                    )
+                )
+
+    report(args, results, rss, density_rows)
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report(
+    args: argparse.Namespace,
+    results: Results,
+    rss: dict[str, float],
+    density_rows: list[tuple[object, ...]],
+) -> None:
+    names = ["agentk", "runtime"] + (["before"] if args.runtime_tree else [])
+    for what, loads in results.loads.items():
+        print(f"loadavg at each {what} round: {' | '.join(loads)}")
+    metrics = sorted({m for m, _, _ in results.values}, key=_metric_order)
+    print(f"\n## per round ({args.rounds} rounds; ratio = ours / agentk; GitLab kas in the middle of both)")
+    rows = []
+    for metric in metrics:
+        for scheme in args.schemes:
+            agentk = results.get(metric, scheme, "agentk")
+            for name in names[1:]:
+                ours = results.get(metric, scheme, name)
+                per_round = " / ".join(
+                    f"{a:.2f}→{o:.2f} (x{ratio(o, a):.2f})" for a, o in zip(agentk, ours, strict=False)
+                )
+                rows.append(
+                    (
+                        metric,
+                        scheme,
+                        name,
+                        _median(agentk),
+                        _median(ours),
+                        ratio(_median(ours), _median(agentk)),
+                        per_round,
+                    )
+                )
+    print(
+        table(
+            ["metric", "scheme", "ours", "agentk median", "ours median", "ratio", "per round agentk→ours"],
+            rows,
+        )
+    )
+    print("\n## RSS (MiB)")
+    print(table(["process", "RSS MiB"], sorted(rss.items())))
+    if density_rows:
+        print("\n## our runtime with N agents on GitLab kas (RSS 5 s after all Connected)")
+        header = [
+            "N",
+            "scheme",
+            "connect s",
+            "RSS 0 agents MiB",
+            "RSS MiB",
+            "KiB per agent (total/N)",
+            "KiB per agent (marginal)",
+        ]
+        print(table(header, density_rows))
+        agentk_rss = [v for k, v in rss.items() if k.startswith("agentk") and k.endswith("after the rounds")]
+        if agentk_rss:
+            print(
+                f"agentk, one agent per process: {max(agentk_rss):.1f} MiB; "
+                f"1/100 of it: {max(agentk_rss) / 100 * 1024:.0f} KiB"
+            )
+
+
+def _metric_order(metric: str) -> tuple[int, str]:
+    order = ["added p50", "added p99", "direct", "agent CPU", "kas CPU", "LIST", "500"]
+    return next((i for i, prefix in enumerate(order) if metric.startswith(prefix)), len(order)), metric
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 150 GETs, a 3 MB LIST, N = 1, 10")
+    parser.add_argument("--scheme", choices=("ws", "grpc", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=None, help="GET pairs per contender and round")
+    parser.add_argument("--list-mb", type=float, default=None)
+    parser.add_argument("--concurrent", type=int, default=500)
+    parser.add_argument("--density", default=None, help="comma-separated N (our runtime only)")
+    parser.add_argument("--runtime-tree", type=Path, default=None, help="also run the runtime of DIR")
+    parser.add_argument("--only", default="latency,list,concurrency,density")
+    parser.add_argument("--time-limit", type=float, default=1800.0)
+    args = parser.parse_args()
+    args.schemes = ["ws", "grpc"] if args.scheme == "both" else [args.scheme]
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    args.requests = args.requests or (150 if args.quick else 600)
+    args.list_mb = args.list_mb or (3.0 if args.quick else 10.0)
+    args.density = [int(n) for n in (args.density or ("1,10" if args.quick else "1,10,100")).split(",")]
+    args.only = set(args.only.split(","))
+    if args.runtime_tree:
+        args.runtime_tree = args.runtime_tree.resolve()
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
