@@ -1,7 +1,7 @@
 """A real Prometheus (Debian's) scrapes the operator on loopback with the shipped rules and dashboard.
 
 The operator runs as in tests/e2e (its own ServiceAccount, the reference kas). Prometheus scrapes and
-evaluates every second under the job name the ServiceMonitor gives the target (the Service's name), with
+evaluates every second under the job name the ServiceMonitor gives the target (its jobLabel), with
 manifests/monitoring/prometheusrule.yaml unchanged: the token alert has no `for:`, so nothing needs
 scaling. The test proves: the scrape passes `promtool check metrics`; every dashboard panel's
 expression returns data; GitLab revoking the agent's token makes GitLabAgentTokenRejected fire, naming
@@ -25,8 +25,9 @@ from tests.monitoring.conftest import require
 from tests.monitoring.test_rules import dashboard, write_rules
 from tests.support.prometheus import PrometheusServer, promtool
 
-JOB = "gitlab-agent-operator-metrics"
-"""The job name the ServiceMonitor gives the target (the Service's name); the rules use it."""
+JOB = "gitlab-agent-operator"
+"""The job name the ServiceMonitor gives the target (its jobLabel: the Service's app.kubernetes.io/name);
+the rules use it."""
 RATE_INTERVAL = "5m"
 """What the test puts for Grafana's $__rate_interval: wider than the test, so every rate has samples."""
 

@@ -90,6 +90,8 @@ def test_kustomize_builds_the_component() -> None:
     monitor = objects[("ServiceMonitor", "gitlab-agent-operator")]["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert [e["port"] for e in monitor["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+    job = service["metadata"]["labels"][monitor["jobLabel"]]
+    assert f'up{{job="{job}"}}' in (MONITORING / "prometheusrule.yaml").read_text()
 
 
 def test_kustomize_builds_the_operator_with_the_component(tmp_path: Path) -> None:
