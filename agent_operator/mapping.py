@@ -447,4 +447,5 @@ def worker_spec(
         identity=ServiceAccountRef(key.namespace, spec.service_account_name),
         tunnels=TunnelSettings(min_idle=spec.tunnels.min_idle, max=spec.tunnels.max),
         flavor=WireFlavor(spec.wire_flavor.value),
+        tenant=key.namespace,  # every agent of a namespace shares its caps (policy.TenantBudget)
     )

@@ -16,6 +16,7 @@ from agent_runtime.policy import (
     DEFAULT_IMPERSONATION_PREFIXES,
     DestinationPolicy,
     ImpersonationPolicy,
+    TenantBudget,
     TenantPolicy,
     TunnelBudget,
 )
@@ -23,6 +24,7 @@ from agent_runtime.policy import (
 DEFAULT_MAX_AGENTS_PER_NAMESPACE: Final = 50
 """Our choice: one team rarely needs more; an admin raises it with --max-agents-per-namespace."""
 _DEFAULT_BUDGET = TunnelBudget()
+_DEFAULT_TENANT_BUDGET = TenantBudget()
 
 
 class PolicyFlagError(ValueError):
@@ -97,6 +99,22 @@ def add_policy_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]
         "when reached, reading from kas pauses",
     )
     _int_flag(
+        group,
+        environ,
+        "--max-inflight-requests-per-namespace",
+        _DEFAULT_TENANT_BUDGET.max_inflight_requests,
+        "tunnels (idle or serving) all the agents of one namespace hold open at once; "
+        "each agent keeps its minIdle of them, the rest wait in kas",
+    )
+    _int_flag(
+        group,
+        environ,
+        "--max-buffered-bytes-per-namespace",
+        _DEFAULT_TENANT_BUDGET.max_buffered_bytes,
+        "request bytes from kas all the agents of one namespace hold for the API server; "
+        "when reached, reading pauses for every agent of that namespace",
+    )
+    _int_flag(
         group, environ, "--max-agents-per-namespace", DEFAULT_MAX_AGENTS_PER_NAMESPACE, "count, 0 = no cap"
     )
 
@@ -167,6 +185,10 @@ def parse_policy(args: argparse.Namespace) -> tuple[TenantPolicy, AdmissionLimit
         budget=TunnelBudget(
             max_inflight_requests=_positive(args, "--max-inflight-requests-per-agent"),
             max_buffered_bytes=_positive(args, "--max-buffered-bytes-per-agent"),
+        ),
+        tenant_budget=TenantBudget(
+            max_inflight_requests=_positive(args, "--max-inflight-requests-per-namespace"),
+            max_buffered_bytes=_positive(args, "--max-buffered-bytes-per-namespace"),
         ),
         impersonation=ImpersonationPolicy(allowed_prefixes=prefixes),
     )

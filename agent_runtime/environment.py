@@ -11,6 +11,7 @@ from typing import Protocol
 
 from agent_runtime.kube import KubeAccess
 from agent_runtime.policy import TenantPolicy
+from agent_runtime.tenancy import TenantRegistry
 from agent_runtime.transport.channel import ChannelSettings
 
 
@@ -66,3 +67,5 @@ class WorkerEnvironment:
     """The process's tenant-isolation policy (agent_runtime.policy)."""
     channel: ChannelSettings = field(default_factory=ChannelSettings)
     """Tuning of every worker's kas channel (keepalive, message limit, dial timeouts); agentk's defaults."""
+    tenants: TenantRegistry = field(default_factory=TenantRegistry)
+    """What the workers of each tenant share (WorkerSpec.tenant, policy.tenant_budget)."""

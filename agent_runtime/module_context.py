@@ -29,6 +29,7 @@ from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
 from agent_runtime.policy import TenantPolicy
 from agent_runtime.spec import ServiceAccountRef, TunnelSettings
+from agent_runtime.tenancy import TenantShare
 from agent_runtime.worker_state import StateReporter
 
 SERVICE_ACCOUNT_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -133,6 +134,8 @@ class ModuleContext:
     """Reverse-tunnel pool size."""
     policy: TenantPolicy
     """The process's tenant-isolation policy: budgets and impersonation limits."""
+    tenant: TenantShare
+    """What this agent shares with the other agents of its tenant (caps on tunnels and bytes)."""
     state: StateReporter
     """Where the module reports health and facts."""
     auth_gate: AuthGate

@@ -44,6 +44,23 @@ class TunnelBudget:
 
 
 @dataclass(frozen=True)
+class TenantBudget:
+    """How much of the process all the agents of one tenant (the operator: one namespace) may hold at once,
+    whatever their number (agent_runtime.tenancy). A stuck request costs ≈0.7 MiB of worker memory
+    (measured, tests/security/test_budget_tunnel.py), so a tenant at both defaults holds ≈140 MiB of
+    streams plus 32 MiB of bytes: two hostile tenants at their caps still fit, with the process's own
+    ~75 MiB, in the Deployment's 512 Mi."""
+
+    max_inflight_requests: int = 200
+    """Connect streams (idle or serving) open at once over all the tenant's agents. Each agent keeps its
+    `min_idle` of them reserved (50 agents at the default 2 leave 100 to share); the others wait."""
+    max_buffered_bytes: int = 32 * 1024 * 1024
+    """Request bytes from kas held for the API server over all the tenant's agents (on top of each
+    agent's own `TunnelBudget.max_buffered_bytes`): when reached, every tunnel of the tenant stops
+    reading. Each open tunnel may hold one more message (≤ 256 KiB) on top."""
+
+
+@dataclass(frozen=True)
 class ImpersonationPolicy:
     """Which identities kas may ask an agent to impersonate (on top of the ServiceAccount's RBAC)."""
 
@@ -61,6 +78,8 @@ class TenantPolicy:
     """Where workers may dial."""
     budget: TunnelBudget = field(default_factory=TunnelBudget)
     """Per-agent resource caps."""
+    tenant_budget: TenantBudget = field(default_factory=TenantBudget)
+    """Per-tenant resource caps, shared by all the agents of one tenant."""
     impersonation: ImpersonationPolicy = field(default_factory=ImpersonationPolicy)
     """Which identities may be impersonated for kas."""
 

@@ -85,6 +85,10 @@ class WorkerSpec:
     """Reverse-tunnel pool size."""
     flavor: WireFlavor = WireFlavor.GITLAB
     """Proto package prefix on the wire (PROTOCOL.md §2.3)."""
+    tenant: str | None = None
+    """Whose share of the process this worker uses: the workers of one tenant share its caps on open
+    tunnels and buffered bytes (policy.TenantBudget). The operator sets the GitLabAgent's namespace;
+    None = a tenant of its own (the single-agent CLI)."""
 
     def same_connection_as(self, other: WorkerSpec) -> bool:
         """True when only the token differs: the worker can reconnect in place."""

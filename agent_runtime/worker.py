@@ -35,6 +35,7 @@ from agent_runtime.module_context import AgentInfo, ModuleContext
 from agent_runtime.modules import agent_configuration, agent_registrar, kubernetes_api, reverse_tunnel
 from agent_runtime.secret import Secret
 from agent_runtime.spec import Phase, WorkerError, WorkerSnapshot, WorkerSpec
+from agent_runtime.tenancy import TenantShare
 from agent_runtime.transport.channel import KasConnection, open_kas_connection
 from agent_runtime.transport.config_error import TransportConfigError
 from agent_runtime.version import AGENT_COMMIT, AGENT_PRODUCT, AGENT_VERSION
@@ -154,7 +155,9 @@ class Worker:
             await self._stopped.wait()
 
     # --- composition ----------------------------------------------------------------------------------
-    def _context(self, connection: KasConnection, api_pool: PrivatePool) -> ModuleContext:
+    def _context(
+        self, connection: KasConnection, api_pool: PrivatePool, tenant: TenantShare
+    ) -> ModuleContext:
         return ModuleContext(
             worker_id=self._spec.id,
             kas=_KasLink(connection, wire_names(self._spec.flavor)),
@@ -164,6 +167,7 @@ class Worker:
             identity=self._spec.identity,
             tunnels=self._spec.tunnels,
             policy=self._env.policy,
+            tenant=tenant,
             state=self._state,
             auth_gate=self._auth_gate,
             reconnect=self._reconnect,
@@ -177,7 +181,8 @@ class Worker:
     async def _run_modules(self, connection: KasConnection) -> None:
         api_pool = PrivatePool(self._env.kube, self._env.policy.budget.max_inflight_requests)
         try:
-            await self._run_module_group(connection, self._context(connection, api_pool))
+            with self._env.tenants.joined(self._spec.tenant, self._env.policy.tenant_budget) as tenant:
+                await self._run_module_group(connection, self._context(connection, api_pool, tenant))
         finally:
             await asyncio.shield(api_pool.close())
 

@@ -3,9 +3,10 @@
 kas can be a tenant, and a request whose body the API server never reads (a blocked upload) must not
 make the process buffer whatever kas sends. Each tunnel has a small inbox, bounded in bytes, that counts
 a message until the handler asks for the next one (so the chunk the HTTP client is still writing counts
-too); all the tunnels of one agent share a `ByteBudget` (`--max-buffered-bytes-per-agent`). A tunnel
-reads its next frame from kas only while both have room, so when they are full the reads stop and HTTP/2
-flow control pushes back on kas instead of the process filling up.
+too); all the tunnels of one agent share a `ByteBudget` (`--max-buffered-bytes-per-agent`), whose
+parent all the agents of the tenant share (`--max-buffered-bytes-per-namespace`, agent_runtime.tenancy).
+A tunnel reads its next frame from kas only while all three have room, so when one is full the reads stop
+and HTTP/2 flow control pushes back on kas instead of the process filling up.
 
 A read in progress holds at most one frame (the channel's receive limit, `MAX_RECEIVE_MESSAGE` in
 agent_runtime.transport.channel), so an agent holds at most its budget plus one frame per open tunnel.
@@ -17,45 +18,13 @@ import asyncio
 from collections import deque
 from typing import Final
 
+from agent_runtime.tenancy import ByteBudget
+
+__all__ = ["INBOX_BYTES", "ByteBudget", "Inbox"]
+
 INBOX_BYTES: Final = 64 * 1024
 """Per tunnel: a new frame is read only while less than this is queued for the handler. Two of kas's
 32 KiB body chunks: enough to keep an upload streaming, small enough that 200 tunnels hold ~13 MiB."""
-
-
-class ByteBudget:
-    """Bytes read from kas and not yet taken by a handler, across all the tunnels of one agent."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        """Reading pauses while `used` is at or above this."""
-        self.used = 0
-        """Bytes held now."""
-        self.peak = 0
-        """The most ever held at once (for tests and diagnostics)."""
-        self._room = asyncio.Event()
-        self._room.set()
-
-    def charge(self, size: int) -> None:
-        """`size` more bytes are held (the frame was read already: this may go past the limit)."""
-        self.used += size
-        self.peak = max(self.peak, self.used)
-        if self.used >= self.limit:
-            self._room.clear()
-
-    def release(self, size: int) -> None:
-        """`size` bytes were handed on or dropped."""
-        self.used -= size
-        if self.used < self.limit:
-            self._room.set()
-
-    def has_room(self) -> bool:
-        """The agent holds less than its limit."""
-        return self.used < self.limit
-
-    async def wait_room(self) -> None:
-        """Return once the agent holds less than its limit."""
-        while not self.has_room():
-            await self._room.wait()
 
 
 class Inbox:
