@@ -194,19 +194,33 @@ async def test_wrong_token_fails_without_retry_storm(kas: FakeKas, start_worker:
 
 
 async def test_graceful_stop_lets_inflight_finish(
-    kas: FakeKas, start_worker: WorkerFactory, namespace: str
+    kas: FakeKas, start_worker: WorkerFactory, k8s_cluster: LocalCluster, namespace: str
 ) -> None:
+    """An in-flight watch keeps being served after the stop begins, until the API server ends it.
+
+    A watch, not a quick GET: a GET ends before the stop starts, so it passed with no drain at all.
+    The ConfigMap is created only after stop() began; its event arrives only if the tunnel still runs.
+    """
     worker = start_worker()
-    tunnel = await start_request(kas, http_request_frames("GET", "/version"))
+    watch = f"/api/v1/namespaces/{namespace}/configmaps"
+    query = {"watch": ["true"], "timeoutSeconds": ["3"]}
+    tunnel = await start_request(kas, http_request_frames("GET", watch, query=query))
     # Stop only once the worker has taken the request: a request kas pushes onto an idle tunnel in the
     # very instant the worker drains is lost (as with GitLab's agentk), which is not what this tests.
     async with asyncio.timeout(10):
         while worker.snapshot.tunnels_active < 1:  # noqa: ASYNC110 - observing from outside, no event
             await asyncio.sleep(0.01)
-    stop = asyncio.create_task(worker.stop(5.0), name="stop")
-    result = await read_response(tunnel)
+    stop = asyncio.create_task(worker.stop(10.0), name="stop")
+    await asyncio.sleep(0.2)  # the worker is draining now
+    assert not stop.done()
+    created = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "made-while-draining"}}
+    status, answer = await asyncio.to_thread(k8s_cluster.request, "POST", watch, created)
+    assert status == 201, answer
+    result = await asyncio.wait_for(read_response(tunnel), 15)
+    assert result.error is None, result.error
     assert result.status == 200
-    await asyncio.wait_for(stop, 10)
+    assert b'"made-while-draining"' in result.body
+    await asyncio.wait_for(stop, 15)
 
 
 FRAME = st.one_of(st.binary(max_size=30), st.sampled_from(["info", "msg", "close"]))
