@@ -217,6 +217,18 @@ class LocalCluster:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
                 self.work_dir = None
 
+    def stop_apiserver(self) -> None:
+        """Stop only the kube-apiserver (SIGTERM); etcd keeps the data. See `start_apiserver()`."""
+        process.stop(self._apiserver, self.stop_grace)
+        self._apiserver = None
+
+    def start_apiserver(self) -> None:
+        """Start the kube-apiserver again after `stop_apiserver()`: same port, keys, certificate, tokens,
+        so clients holding the old URL and credentials reconnect as to a restarted apiserver."""
+        port = urllib.parse.urlsplit(self.url).port
+        assert port is not None
+        self._start_apiserver(port)
+
     def _start_etcd(self) -> None:
         client_port, peer_port = free_port(), free_port()
         client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
@@ -243,16 +255,17 @@ class LocalCluster:
             lambda: _http_ok(f"{client_url}/health", None, lambda body: b'"health":"true"' in body),
         )
 
-    def _start_apiserver(self) -> None:
+    def _start_apiserver(self, port: int | None = None) -> None:
         tokens = self._path("tokens.csv")
         tokens.write_text(
             f'{ADMIN_TOKEN},{ADMIN_USER},uid-admin,"system:masters"\n{USER_TOKEN},{USER_NAME},uid-alice\n'
         )
         tokens.chmod(0o600)
         sa_key, sa_pub = self._path("sa.key"), self._path("sa.pub")
-        _generate_rsa_key(sa_key, sa_pub)
+        if not sa_key.exists():  # a restart keeps the key: issued ServiceAccount tokens stay valid
+            _generate_rsa_key(sa_key, sa_pub)
         cert_dir = self._path("pki")
-        port = free_port()
+        port = port or free_port()
         self.url = f"https://127.0.0.1:{port}"
         self._apiserver = process.start(
             [
