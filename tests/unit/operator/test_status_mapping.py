@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent_operator.api import ConditionStatus, ConditionType, GitLabAgentStatus, Phase
+from agent_operator.api import ConditionStatus, ConditionType, GitLabAgentSpec, GitLabAgentStatus, Phase
+from agent_operator.mapping import AgentKey, Missing, token_from_secret
 from agent_operator.status_mapping import (
     INSECURE_WARNING,
     AgentFacts,
@@ -341,14 +343,38 @@ def test_long_messages_are_cut() -> None:
     assert all(len(c.message) <= 4096 for c in status.conditions)
 
 
-def test_the_token_never_reaches_the_status() -> None:
-    facts = replace(
-        FACTS,
-        problem=Problem(ProblemKind.TOKEN, "TokenInvalid", "Secret ns/tok key 'token' is invalid", "fix it"),
+@pytest.mark.parametrize(
+    "stored",
+    [
+        f"{TOKEN} {TOKEN}",  # whitespace inside
+        f"{TOKEN}\x00",  # a control character
+        f"{TOKEN}\n\n",  # more than the one trailing newline
+        f"{TOKEN}\udcff",  # not UTF-8 once encoded
+    ],
+    ids=["inner-space", "nul", "extra-newline", "not-utf8"],
+)
+def test_the_token_never_reaches_the_status(stored: str) -> None:
+    """A Secret holding a token the operator refuses: the Problem the controller builds from it, the
+    status and the Events show why, never the value."""
+    key = AgentKey("ns", "a")
+    agent = GitLabAgentSpec.model_validate(
+        {"kasAddress": "wss://kas.example.com", "tokenSecretRef": {"name": "tok"}}
     )
-    rendered = str(compute_status(facts, None, None, T0).to_dict())
-    rendered += str(compute_status(FACTS, CONNECTED, None, T0).to_merge_patch())
-    assert TOKEN not in rendered
+    data = base64.b64encode(stored.encode("utf-8", "surrogateescape")).decode()
+    secret = {
+        "metadata": {"name": "tok", "namespace": "ns", "annotations": {"agentk.dev/allowed-agents": "a"}},
+        "data": {"token": data},
+    }
+    missing = token_from_secret(secret, key, agent)
+    assert isinstance(missing, Missing), "the test needs a token the operator refuses"
+    facts = replace(FACTS, problem=Problem(ProblemKind.TOKEN, missing.reason, missing.message, missing.hint))
+    before = compute_status(FACTS, CONNECTED, None, T0)
+    status = compute_status(facts, None, before, T1)
+    assert status.phase is Phase.FAILED
+    rendered = str(status.to_dict()) + str(status.to_merge_patch())
+    rendered += str(transition_events(before, status, facts))
+    assert missing.reason in rendered
+    assert "q" * 40 not in rendered
 
 
 def test_a_missing_service_account_degrades_a_connected_agent_with_a_hint_and_an_event() -> None:
