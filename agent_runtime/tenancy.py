@@ -7,10 +7,11 @@ joins its tenant's `TenantShare` (the operator's tenant is the GitLabAgent's nam
 
 - Tunnels: the tenant's agents hold at most `max_inflight_requests` Connect streams (idle or serving) in
   all. Each agent first gets its floor (`min_idle`, the streams kas needs to reach it at all) reserved,
-  in the order the agents joined; the rest of the cap is shared first come, first served, and a stream
-  above the floor gives its permit back when it ends. Freed permits go to agents still short of their
-  floor before anyone gets one more, so an agent of a busy tenant gets its floor back as soon as the
-  other agents' requests end, and never loses it to them afterwards.
+  one stream per agent in turn (so with at least as many permits as agents, each agent has one); the
+  rest of the cap is shared first come, first served, and a stream above the floor gives its permit
+  back when it ends. Freed permits go to agents still short of their floor before anyone gets one
+  more, so an agent of a busy tenant gets its floor as soon as the other agents' requests end, and
+  never loses it to them afterwards.
 - Bytes: each agent's ByteBudget has the tenant's ByteBudget as its parent; a tunnel reads from kas only
   while both have room.
 
@@ -77,7 +78,7 @@ class TunnelSeat:
 
     def __init__(self, number: int, floor: int) -> None:
         self.number = number
-        """Join order: floors are reserved first come, first served."""
+        """Join order: of two agents short of their floor, the older gets a free permit first."""
         self.floor = floor
         """Permits kept even while not in use (the agent's min_idle)."""
         self.granted = 0
@@ -165,12 +166,15 @@ class TunnelShare:
             self.closed(seat)
 
     def _grant_floors(self) -> None:
-        """Reserve free permits for agents short of their floor, oldest agent first."""
-        for seat in self._seats.values():  # dicts keep insertion (join) order
-            take = min(seat.floor - seat.granted, self.limit - self._granted)
-            if take > 0:
-                seat.granted += take
-                self._granted += take
+        """Reserve free permits for agents short of their floor, one at a time to the agent holding the
+        fewest (the oldest of those): every agent gets its first stream before any gets its second."""
+        while self._granted < self.limit:  # at most `limit` rounds
+            short = [seat for seat in self._seats.values() if seat.granted < seat.floor]
+            if not short:
+                return
+            neediest = min(short, key=lambda seat: (seat.granted, seat.number))
+            neediest.granted += 1
+            self._granted += 1
 
     def _notify(self) -> None:
         # A fresh event per change: every waiter re-checks once, none misses a change made meanwhile.

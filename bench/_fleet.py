@@ -82,6 +82,7 @@ class OperatorProcess:
                 "--drain-grace=1",
                 "--log-level=WARNING",
                 "--max-agents-per-namespace=0",  # the fleets are up to 1000 agents in one namespace
+                "--max-inflight-requests-per-namespace=100000",  # ... each with its minIdle streams
                 # The bench kas listens on loopback, in plain text: what the default policy refuses.
                 "--allow-private-kas",
                 "--allow-plaintext-kas",

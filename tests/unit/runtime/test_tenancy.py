@@ -63,6 +63,16 @@ def test_a_late_agent_gets_its_floor_before_anyone_gets_more() -> None:
     assert share.open == 4
 
 
+def test_freed_permits_go_one_at_a_time_to_the_agents_short_of_their_floor() -> None:
+    share = TunnelShare(2)
+    first = share.join(floor=0)
+    assert _open_all(share, first, 5) == 2
+    second, third = share.join(floor=2), share.join(floor=2)
+    share.closed(first)
+    share.closed(first)
+    assert (second.granted, third.granted) == (1, 1)  # each can be reached, rather than one twice
+
+
 def test_floors_beyond_the_cap_are_reserved_oldest_first() -> None:
     share = TunnelShare(5)
     seats = [share.join(floor=2) for _ in range(3)]
