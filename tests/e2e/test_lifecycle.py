@@ -311,7 +311,11 @@ def test_tunnel_traffic_does_not_turn_into_status_writes(
 
 
 def _status_patches(operator: OperatorProcess) -> float:
-    return metric_value(operator.metrics(), "agentk_operator_status_patches_total", {"result": "2xx"}) or 0.0
+    # The series exists once the operator wrote any status (Connected was written): None means the name
+    # or labels drifted, and `0 - 0 <= 1` would pass without counting anything.
+    value = metric_value(operator.metrics(), "agentk_operator_status_patches_total", {"result": "2xx"})
+    assert value is not None, "agentk_operator_status_patches_total{result=2xx} is not exported"
+    return value
 
 
 def _steady(read: Callable[[], float]) -> bool:

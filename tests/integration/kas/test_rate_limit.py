@@ -37,7 +37,9 @@ async def _refused(call: Any) -> grpc.aio.AioRpcError:
 
 
 def _limited_count(kas: KasServer) -> float:
-    return kas.metrics.registry.get_sample_value("agent_server_rate_limited_total") or 0.0
+    value = kas.metrics.registry.get_sample_value("agent_server_rate_limited_total")
+    assert value is not None, "kas exports no agent_server_rate_limited_total"  # else `== 0` holds vacuously
+    return value
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])

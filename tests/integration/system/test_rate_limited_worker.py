@@ -17,7 +17,9 @@ MAX_REFUSALS_OBSERVED = 30
 
 
 def _refusals(kas: KasServer) -> float:
-    return kas.metrics.registry.get_sample_value("agent_server_rate_limited_total") or 0.0
+    value = kas.metrics.registry.get_sample_value("agent_server_rate_limited_total")
+    assert value is not None, "kas exports no agent_server_rate_limited_total"  # else the delta is 0 - 0
+    return value
 
 
 def _rate_limited(snapshot: WorkerSnapshot) -> bool:
@@ -37,6 +39,7 @@ async def test_worker_shows_rate_limited_and_backs_off(
         assert snapshot.last_error.hint
 
         before = _refusals(kas)
+        assert before >= 1, "RateLimited without a refusal counted: the delta below would measure nothing"
         await asyncio.sleep(OBSERVED_SECONDS)
         refused = _refusals(kas) - before
         assert refused <= MAX_REFUSALS_OBSERVED, f"{refused} refused RPCs in {OBSERVED_SECONDS}s: no backoff"
