@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -60,8 +61,36 @@ def test_server_side_dry_run_of_the_base_succeeds(kubectl: Kubectl, operator_nam
     applied = kubectl("apply", "--dry-run=server", "-k", BASE)
     assert applied.returncode == 0, applied.stderr
     assert "deployment.apps/gitlab-agent-operator" in applied.stdout
-    # The namespace enforces the restricted Pod Security Standard; the pod template must satisfy it.
-    assert "PodSecurity" not in applied.stderr, applied.stderr
+
+
+def _pod_security_verdict(k8s_cluster: LocalCluster, namespace: str, pod_spec: dict[str, object]) -> int:
+    """HTTP status of a dry-run create of a Pod with `pod_spec` in `namespace`."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "operator"}, "spec": pod_spec}
+    status, answer = k8s_cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod)
+    assert status in (201, 403), answer
+    if status == 403:
+        assert "violates PodSecurity" in answer["message"], answer
+    return status
+
+
+def test_the_pod_template_meets_the_namespaces_pod_security_standard(
+    kubectl: Kubectl, k8s_cluster: LocalCluster
+) -> None:
+    """PodSecurity admission judges Pods, not Deployments (a Deployment's dry run passes whatever its
+    template says), so the template is created as a Pod in a namespace labelled as manifests/ label it.
+    A hostNetwork/hostPID variant must be refused there, or the check checks nothing."""
+    built = list(yaml.safe_load_all(kubectl("kustomize", BASE).stdout))
+    labels = next(o for o in built if o["kind"] == "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    template = next(o for o in built if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    namespace = f"pod-security-{secrets.token_hex(3)}"
+    k8s_cluster.create_namespace(namespace, labels=labels)
+    try:
+        assert _pod_security_verdict(k8s_cluster, namespace, template) == 201
+        for loosened in ({"hostNetwork": True}, {"hostPID": True}):
+            assert _pod_security_verdict(k8s_cluster, namespace, {**template, **loosened}) == 403, loosened
+    finally:
+        k8s_cluster.delete_namespace(namespace)
 
 
 def test_deployment_is_hardened(kubectl: Kubectl) -> None:
