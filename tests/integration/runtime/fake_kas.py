@@ -67,6 +67,9 @@ class FakeKas:
     config_requests: list[config_rpc.ConfigurationRequest] = field(default_factory=list)
     config_responses: list[bytes] = field(default_factory=list)
     """Raw ConfigurationResponse messages to send instead of the default one (what a newer kas sends)."""
+    refusal: tuple[grpc.StatusCode, str] | None = None
+    """Every call of the right token ends with this status, as GitLab's kas ends them for an agent that
+    GitLab forbids (PERMISSION_DENIED) or deleted (NOT_FOUND, "agent not found")."""
 
     async def start(self) -> None:
         self.server = grpc.aio.server()
@@ -98,6 +101,9 @@ class FakeKas:
         if meta.get("authorization") != f"Bearer {self.token}":
             self.rejected += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
+        if self.refusal is not None:
+            self.rejected += 1
+            await context.abort(*self.refusal)
 
     async def _register(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         await self._auth(context)
