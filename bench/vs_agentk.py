@@ -44,6 +44,7 @@ from pathlib import Path
 import _bootstrap  # noqa: F401 - repository root on sys.path
 import aiohttp
 from _procs import RuntimeChild, process_cpu, process_rss
+from _profile import PySpy, summarise
 from _stack import Endpoint, direct_endpoint, local_cluster, machine_description, work_directory
 from _stats import percentile, ratio, table
 
@@ -356,6 +357,7 @@ async def run(args: argparse.Namespace) -> None:
     results = Results()
     rss: dict[str, float] = {}
     density_rows: list[tuple[object, ...]] = []
+    spies: list[PySpy] = []
     async with (
         asyncio.timeout(args.time_limit),
         work_directory("bench-vs-agentk-") as work_dir,
@@ -403,7 +405,16 @@ async def run(args: argparse.Namespace) -> None:
                     results.loads.setdefault("latency", []).append(loadavg())
                     for contenders in by_scheme.values():
                         for who in _turns(contenders, r):
+                            spy = None
+                            if args.profile and r == 0 and who.name != "agentk":
+                                args.profile.mkdir(parents=True, exist_ok=True)
+                                out = args.profile / f"vs-agentk-{who.name}-{who.scheme}.txt"
+                                spy = PySpy(who.pid, out, seconds=args.profile_seconds)
+                                await spy.start()
+                                spies.append(spy)
                             await latency_block(direct, who, kas_pid, args.requests, results, seed=r)
+                            if spy is not None:
+                                await spy.wait()
             if "list" in args.only:
                 count = await create_list_objects(side.cluster, direct, args.list_mb)
                 print(f"LIST: {count} ConfigMaps in {LIST_NAMESPACE}")
@@ -456,6 +467,8 @@ async def run(args: argparse.Namespace) -> None:
                 )
 
     report(args, results, rss, density_rows)
+    for spy in spies:
+        print(f"\n## py-spy of {spy.out.name} (first latency round)\n{summarise(spy.out)}")
 
 
 def _median(values: Sequence[float]) -> float:
@@ -538,6 +551,8 @@ def main() -> int:
     parser.add_argument("--runtime-tree", type=Path, default=None, help="also run the runtime of DIR")
     parser.add_argument("--only", default="latency,list,concurrency,density")
     parser.add_argument("--time-limit", type=float, default=1800.0)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy our runtime in round 1's latency")
+    parser.add_argument("--profile-seconds", type=int, default=8)
     args = parser.parse_args()
     args.schemes = ["ws", "grpc"] if args.scheme == "both" else [args.scheme]
     args.rounds = args.rounds or (2 if args.quick else 3)
