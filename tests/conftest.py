@@ -11,16 +11,15 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn, TypeVar
 
 import pytest
 
-from tests.support.k8s_cluster import AssetsNotFoundError, LocalCluster, find_assets
-from tests.support.redis_server import RedisNotFoundError, RedisServer, find_redis_server
+from tests.support.k8s_cluster import LocalCluster, find_assets
+from tests.support.redis_server import RedisServer, find_redis_server
+from tests.support.require import require
 
-T = TypeVar("T")
 _STARTUP_REPORT = pytest.StashKey[list[str]]()
 
 
@@ -38,25 +37,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(line)
 
 
-def _missing(reason: str) -> NoReturn:
-    if os.environ.get("REQUIRE_K8S") == "1":
-        pytest.fail(f"{reason} (REQUIRE_K8S=1)", pytrace=False)
-    pytest.skip(reason)
-
-
-def _require(find: Callable[[], T]) -> T:
-    """`find()`, or skip (fail with REQUIRE_K8S=1) with the reason it gives for a missing binary."""
-    try:
-        return find()
-    except (AssetsNotFoundError, RedisNotFoundError) as err:
-        reason = str(err)
-    _missing(reason)  # outside the except block, so the report is the reason alone, not a chain
-
-
 @pytest.fixture(scope="session")
 def k8s_cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
     """A running etcd + kube-apiserver on loopback (see tests/support/k8s_cluster.py)."""
-    assets = _require(find_assets)
+    assets = require(find_assets)
     cluster = LocalCluster(assets)
     cluster.start()
     pytestconfig.stash[_STARTUP_REPORT].append(
@@ -83,7 +67,7 @@ def user_kubeconfig(k8s_cluster: LocalCluster) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_server(pytestconfig: pytest.Config) -> Iterator[RedisServer]:
-    binary = _require(find_redis_server)
+    binary = require(find_redis_server)
     server = RedisServer(binary)
     server.start()
     pytestconfig.stash[_STARTUP_REPORT].append(

@@ -20,15 +20,13 @@ import pytest
 from agent_runtime.informer import EventType, Informer, KubeObject, ResourceKind
 from agent_runtime.kube import KubeAccess, load_kube_access
 from tests.integration.runtime_mgmt.conftest import eventually
-from tests.support.k8s_cluster import AssetsNotFoundError, LocalCluster, find_assets
+from tests.support.k8s_cluster import LocalCluster, find_assets
+from tests.support.require import require
 
 
 @pytest.fixture(scope="module")
 def etcd_backed_cluster() -> Iterator[LocalCluster]:
-    try:
-        assets = find_assets()
-    except AssetsNotFoundError as err:
-        pytest.skip(str(err))
+    assets = require(find_assets)  # skips, or fails under REQUIRE_K8S=1, like every substrate fixture
     cluster = LocalCluster(assets, extra_apiserver_args=("--watch-cache=false",))
     cluster.start()
     try:
