@@ -105,6 +105,29 @@ async def test_token_rotation_reconnects_in_place(runtime: Runtime, kas: KasServ
     assert await _pod_ids(kas) == first
 
 
+async def test_each_worker_is_its_own_pod_and_reports_its_idle_tunnels(
+    runtime: Runtime, kas: KasServer
+) -> None:
+    """Two workers of one agent in one process: kas sees two pods (pod_id is per worker, §6.2, so kas keeps
+    both connections apart), and /metrics shows each one's idle tunnels (agentk_tunnels_idle)."""
+    specs = [
+        WorkerSpec(id=f"ns/twin-{n}", kas_address=f"grpc://{kas.agent_address}", token=Secret(AGENT.token))
+        for n in (1, 2)
+    ]
+    for spec in specs:
+        runtime.apply(spec)
+    for spec in specs:
+        await eventually(
+            lambda spec=spec: (
+                (s := runtime.snapshot(spec.id)) is not None and s.registered and s.tunnels_idle == 2
+            )
+        )
+    assert len(await _pod_ids(kas)) == 2
+    _, metrics = await _status(runtime, "/metrics")
+    for spec in specs:
+        assert f'agentk_tunnels_idle{{agent="{spec.id}"}} 2.0' in metrics
+
+
 async def test_an_unreachable_kas_never_looks_connected(runtime: Runtime) -> None:
     """Calls wait for the channel (wait_for_ready): a call still waiting for it is no proof of anything."""
     spec = WorkerSpec(id="ns/nowhere", kas_address=f"grpc://127.0.0.1:{free_port()}", token=Secret("x" * 50))
