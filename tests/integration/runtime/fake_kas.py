@@ -7,7 +7,7 @@ GetConfiguration, and parks every Connect stream in a queue so a test can drive 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -152,7 +152,7 @@ class HttpResult:
     error: tuple[int, str] | None = None
 
 
-def _values(h: dict[str, Sequence[str]]) -> dict[str, prototool_pb2.Values]:
+def _values(h: Mapping[str, Sequence[str]]) -> dict[str, prototool_pb2.Values]:
     return {k: prototool_pb2.Values(value=list(v)) for k, v in h.items()}
 
 
@@ -160,8 +160,8 @@ def http_request_frames(
     method: str,
     path: str,
     *,
-    query: dict[str, Sequence[str]] | None = None,
-    header: dict[str, Sequence[str]] | None = None,
+    query: Mapping[str, Sequence[str]] | None = None,
+    header: Mapping[str, Sequence[str]] | None = None,
     body: bytes = b"",
     imp: ImpersonationConfig | None = None,
 ) -> list[Message]:
