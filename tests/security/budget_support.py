@@ -18,8 +18,9 @@ from agent_runtime.environment import WorkerEnvironment
 from agent_runtime.kube import KubeAccess, load_kube_access
 from agent_runtime.policy import PERMISSIVE_POLICY, TenantPolicy, TunnelBudget
 from agent_runtime.secret import Secret
-from agent_runtime.spec import TunnelSettings, WorkerSpec
+from agent_runtime.spec import ServiceAccountRef, TunnelSettings, WorkerSpec
 from agent_runtime.worker import Worker
+from tests.e2e.harness import Kube
 from tests.integration.runtime.fake_kas import WIRE, FakeKas, FakeTunnel
 
 
@@ -45,10 +46,37 @@ class RecordingMetrics:
 
 
 @pytest.fixture
-async def kube(admin_kubeconfig: Path) -> AsyncIterator[KubeAccess]:
-    access = load_kube_access(str(admin_kubeconfig))
+async def kube(operator_credentials: Path) -> AsyncIterator[KubeAccess]:
+    """The process's Kubernetes access as the deployed operator has it (manifests/ RBAC)."""
+    access = await asyncio.to_thread(load_kube_access, str(operator_credentials))
     yield access
     await access.close()
+
+
+@pytest.fixture
+def agent(deployed_kube: Kube, namespace: str) -> ServiceAccountRef:
+    """The agents' ServiceAccount: it may read, watch and create the test namespace's ConfigMaps."""
+    meta = {"name": "agent", "namespace": namespace}
+    rbac = "rbac.authorization.k8s.io"
+    deployed_kube.apply(
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create"]}
+            ],
+        },
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "agent"},
+            "subjects": [{"kind": "ServiceAccount", **meta}],
+        },
+    )
+    return ServiceAccountRef(namespace, "agent")
 
 
 @pytest.fixture
@@ -65,17 +93,19 @@ async def running_worker(
     kube: KubeAccess,
     budget: TunnelBudget,
     *,
+    identity: ServiceAccountRef,
     tunnels: TunnelSettings | None = None,
     metrics: RecordingMetrics | None = None,
 ) -> AsyncIterator[Worker]:
-    """A worker of the kas double (or of a kas address, with the double's token) with `budget`
-    (destinations: loopback allowed, as in the CLI)."""
+    """A worker of the kas double (or of a kas address, with the double's token) acting as `identity`,
+    with `budget` (destinations: loopback allowed, as in the CLI)."""
     policy = TenantPolicy(destinations=PERMISSIVE_POLICY.destinations, budget=budget)
     spec = WorkerSpec(
         id="tenant/hostile",
         kas_address=kas if isinstance(kas, str) else kas.address,
         token=Secret(FakeKas.token),
         tunnels=tunnels or TunnelSettings(),
+        identity=identity,
     )
     worker = Worker(spec, WorkerEnvironment(kube=kube, metrics=metrics, policy=policy))
     task = asyncio.create_task(worker.run(), name="worker-under-attack")

@@ -20,10 +20,11 @@ from agent_runtime.environment import WorkerEnvironment
 from agent_runtime.kube import KubeAccess
 from agent_runtime.policy import PERMISSIVE_POLICY, TenantBudget, TenantPolicy, TunnelBudget
 from agent_runtime.secret import Secret
-from agent_runtime.spec import TunnelSettings, WorkerSpec
+from agent_runtime.spec import ServiceAccountRef, TunnelSettings, WorkerSpec
 from agent_runtime.worker import Worker
 from tests.integration.runtime.fake_kas import WIRE, FakeKas, FakeTunnel, http
 from tests.security.budget_support import (
+    agent,
     data_frame,
     drain_responses,
     eventually,
@@ -33,7 +34,7 @@ from tests.security.budget_support import (
 )
 
 pytestmark = pytest.mark.integration
-__all__ = ["kube"]  # fixtures
+__all__ = ["agent", "kube"]  # fixtures
 
 KiB = 1024
 AGENTS = 4
@@ -60,13 +61,16 @@ async def running_workers(env: WorkerEnvironment, specs: list[WorkerSpec]) -> As
         await asyncio.wait_for(asyncio.gather(*tasks), 20)
 
 
-def _spec(tenant: str, name: str, kas: FakeKas, tunnels: TunnelSettings) -> WorkerSpec:
+def _spec(
+    tenant: str, name: str, kas: FakeKas, tunnels: TunnelSettings, identity: ServiceAccountRef
+) -> WorkerSpec:
     return WorkerSpec(
         id=f"{tenant}/{name}",
         kas_address=kas.address,
         token=Secret(FakeKas.token),
         tunnels=tunnels,
         tenant=tenant,
+        identity=identity,
     )
 
 
@@ -96,7 +100,7 @@ async def _flood(kas: FakeKas, path: str) -> tuple[list[FakeTunnel], list[asynci
 
 
 async def test_many_agents_of_one_tenant_stay_within_its_caps_and_another_tenant_is_served(
-    kube: KubeAccess, namespace: str
+    kube: KubeAccess, namespace: str, agent: ServiceAccountRef
 ) -> None:
     """4 agents of tenant A (kas: A itself) get every stream they offer turned into a stuck watch with an
     unread 1 GiB body. Their kas gets 8 streams in all (40 before the tenant caps), the bytes they hold
@@ -113,9 +117,10 @@ async def test_many_agents_of_one_tenant_stay_within_its_caps_and_another_tenant
     await victim.start()
     tenant_a, tenant_b = f"tenant-a-{secrets.token_hex(3)}", f"tenant-b-{secrets.token_hex(3)}"
     specs = [
-        _spec(tenant_a, f"agent-{i}", hostile, TunnelSettings(min_idle=1, max=500)) for i in range(AGENTS)
+        _spec(tenant_a, f"agent-{i}", hostile, TunnelSettings(min_idle=1, max=500), agent)
+        for i in range(AGENTS)
     ]
-    specs.append(_spec(tenant_b, "agent", victim, TunnelSettings()))
+    specs.append(_spec(tenant_b, "agent", victim, TunnelSettings(), agent))
     path = f"/api/v1/namespaces/{namespace}/configmaps"
     held: list[FakeTunnel] = []
     waiting: list[asyncio.Task[None] | None] = []

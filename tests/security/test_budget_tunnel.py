@@ -16,9 +16,11 @@ import pytest
 
 from agent_runtime.kube import KubeAccess
 from agent_runtime.policy import TunnelBudget
+from agent_runtime.spec import ServiceAccountRef
 from tests.integration.runtime.fake_kas import FakeKas, HttpResult, http, read_response
 from tests.security.budget_support import (
     RecordingMetrics,
+    agent,
     data_frame,
     end_request,
     eventually,
@@ -30,14 +32,16 @@ from tests.security.budget_support import (
 )
 
 pytestmark = pytest.mark.integration
-__all__ = ["kas", "kube"]  # fixtures
+__all__ = ["agent", "kas", "kube"]  # fixtures
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
 _WATCH = {"watch": "1"}
 
 
-async def test_unread_request_bodies_stay_within_the_agent_budget(kube: KubeAccess, namespace: str) -> None:
+async def test_unread_request_bodies_stay_within_the_agent_budget(
+    kube: KubeAccess, namespace: str, agent: ServiceAccountRef
+) -> None:
     """24 requests whose bodies the API server never reads, each pushed by kas (its own process) until it
     is pushed back: the worker grows by at most its budget (2 MiB here) plus a few hundred KiB per stuck
     request (measured: +71 MiB for 96 requests with the default 16 MiB budget). On 8048859 it grew by
@@ -60,7 +64,7 @@ async def test_unread_request_bodies_stay_within_the_agent_budget(kube: KubeAcce
     try:
         port = int((await asyncio.wait_for(attack.stdout.readline(), 30)).split()[1])
         budget = TunnelBudget(max_buffered_bytes=2 * MiB)
-        async with running_worker(f"grpc://127.0.0.1:{port}", kube, budget) as worker:
+        async with running_worker(f"grpc://127.0.0.1:{port}", kube, budget, identity=agent) as worker:
             await eventually(lambda: worker.snapshot.tunnels_idle >= 2)
             before = _rss()
             pushed = (await asyncio.wait_for(attack.stdout.readline(), 180)).split()
@@ -81,12 +85,14 @@ def _rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def test_oversized_frame_ends_that_call_only(kas: FakeKas, kube: KubeAccess, namespace: str) -> None:
+async def test_oversized_frame_ends_that_call_only(
+    kas: FakeKas, kube: KubeAccess, namespace: str, agent: ServiceAccountRef
+) -> None:
     """A 1 MiB frame (the limit is 256 KiB) ends its Connect call with RESOURCE_EXHAUSTED; a watch of the
     same agent that was open keeps streaming, and new requests succeed."""
     metrics = RecordingMetrics()
     path = f"/api/v1/namespaces/{namespace}/configmaps"
-    async with running_worker(kas, kube, TunnelBudget(), metrics=metrics):
+    async with running_worker(kas, kube, TunnelBudget(), identity=agent, metrics=metrics):
         assert (await http(kas, "GET", path)).status == 200
         watch = await open_request(kas, request_header_frame("GET", path, content_length=0, query=_WATCH))
         await end_request(watch)
@@ -109,7 +115,7 @@ async def test_oversized_frame_ends_that_call_only(kas: FakeKas, kube: KubeAcces
 
 
 async def test_requests_beyond_the_cap_wait_and_all_succeed(
-    kas: FakeKas, kube: KubeAccess, namespace: str
+    kas: FakeKas, kube: KubeAccess, namespace: str, agent: ServiceAccountRef
 ) -> None:
     """Cap 4, ten 2-second watches at once: the agent offers kas at most 4 streams, so at most 4 requests
     are served (and reach the API server) at once; the others wait for a stream and then succeed."""
@@ -130,7 +136,7 @@ async def test_requests_beyond_the_cap_wait_and_all_succeed(
         finally:
             serving -= 1
 
-    async with running_worker(kas, kube, TunnelBudget(max_inflight_requests=cap)) as worker:
+    async with running_worker(kas, kube, TunnelBudget(max_inflight_requests=cap), identity=agent) as worker:
         await eventually(lambda: worker.snapshot.tunnels_idle >= 2)
         results = await asyncio.gather(*(one() for _ in range(10)))
         assert worker.snapshot.tunnels_active + worker.snapshot.tunnels_idle <= cap
