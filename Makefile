@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: help venv proto proto-check crds crds-check assets gitlab-peers image system-deps lint test test-unit test-integration demo clean
+.PHONY: help venv proto proto-check crds crds-check assets gitlab-peers image system-deps lint test test-unit test-integration mutation demo clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,6 +54,9 @@ test: venv system-deps  ## the whole suite: lint, generated-code check, unit + i
 
 test-unit: venv  ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
+
+mutation: venv system-deps  ## mutation testing (cosmic-ray) where a silent break is worst; MODULES=... for some (docs/testing.md)
+	scripts/mutation/run $(MODULES)
 
 demo: venv system-deps  ## local demo: apiserver + Redis + kas + operator + sample agent, then kubectl through the tunnel
 	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(scripts/k8s-assets | tail -1)}" \
