@@ -19,7 +19,8 @@ ours first in odd ones), so the machine's load hits both alike, and each round g
   - LIST: one LIST of a namespace holding ~--list-mb MB of ConfigMaps (uncompressed), MB/s;
   - concurrency: C simultaneous GETs (one wave, after one warm-up wave per contender): completed, p50, p99;
   - RSS (VmRSS): of each contender's process after the rounds, and of fresh runtime processes with
-    N = 1, 10, 100 agents connected to the same kas (--density), against agentk's one-agent process.
+    N = 1, 10, 100 agents connected to the same kas (--density), and of the operator with N GitLabAgents
+    (`operator` in --only), against agentk's one-agent process.
 `--runtime-tree DIR` adds a third contender: the runtime of another checkout (a git worktree), run from
 DIR/bench/_runtime_child.py, e.g. the commit before the grpc:// bridge. Prints the load average
 (/proc/loadavg) at each round. Bounded: every wait has a limit, the whole run --time-limit seconds.
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401 - repository root on sys.path
 import aiohttp
+from _fleet import GLA_PATH, OperatorProcess, PhaseWatch, create_all, gitlab_agent, install_crd, secret
 from _procs import RuntimeChild, process_cpu, process_rss
 from _profile import PySpy, summarise
 from _stack import Endpoint, direct_endpoint, local_cluster, machine_description, work_directory
@@ -222,6 +224,65 @@ class OurRuntime:
 
     async def stop(self) -> None:
         await self.child.stop()
+
+
+async def operator_density(side: GitLabSide, scheme: str, n: int) -> tuple[object, ...]:
+    """The operator (`python -m agent_operator`, one namespace) with N GitLabAgents on GitLab's kas:
+    RSS before any resource and 5 s after all are Connected (watched on the apiserver)."""
+    namespace = f"bench-vs-agentk-operator-{n}"
+    await asyncio.to_thread(side.cluster.create_namespace, namespace)
+    sa_path = f"/api/v1/namespaces/{namespace}/serviceaccounts"
+    await asyncio.to_thread(side.cluster.request, "POST", sa_path, {"metadata": {"name": "default"}})
+    agents = [side.new_agent(f"operator-{n}-{i}") for i in range(n)]
+    secrets_ = [
+        (
+            sa_path.replace("serviceaccounts", "secrets"),
+            secret(namespace, f"token-{a.id}", a.token, f"agent-{a.id}"),
+        )
+        for a in agents
+    ]
+    glas = [
+        (
+            GLA_PATH.format(ns=namespace),
+            gitlab_agent(namespace, f"agent-{a.id}", side.kas.agent_url(scheme), f"token-{a.id}"),
+        )
+        for a in agents
+    ]
+    names = [body["metadata"]["name"] for _, body in glas]
+    direct = direct_endpoint(side.cluster)
+    work = side.work_dir / f"operator-{n}"
+    work.mkdir()
+    operator = OperatorProcess(work, side.cluster.admin_kubeconfig, namespace)
+    watch = PhaseWatch(direct, namespace)
+    try:
+        await operator.start()
+        await asyncio.sleep(3.0)
+        empty = process_rss(operator.pid) / 2**20
+        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+            watcher = group.create_task(watch.run())
+            await create_all(session, direct, secrets_)
+            await asyncio.wait_for(watch.ready.wait(), 10)
+            began = time.monotonic()
+            await create_all(session, direct, glas)
+            ok = await watch.wait_all(names, "Connected", 180.0)
+            connected = time.monotonic() - began
+            watcher.cancel()
+        if not ok:
+            raise RuntimeError(f"GitLabAgents not all Connected on GitLab kas: {watch.phases}")
+        await asyncio.sleep(SETTLE_S)
+        total = process_rss(operator.pid) / 2**20
+    finally:
+        operator.stop()
+    return (
+        "operator",
+        n,
+        scheme,
+        f"{connected:.2f}",
+        empty,
+        total,
+        total / n * 1024,
+        (total - empty) / n * 1024,
+    )
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -456,6 +517,7 @@ async def run(args: argparse.Namespace) -> None:
                     await ours.stop()
                 density_rows.append(
                     (
+                        "runtime",
                         n,
                         args.schemes[0],
                         f"{connected:.2f}",
@@ -465,6 +527,11 @@ async def run(args: argparse.Namespace) -> None:
                         (total - base) / n * 1024,
                     )
                 )
+
+        if "operator" in args.only:
+            await install_crd(side.cluster.admin_kubeconfig)
+            for n in args.density:
+                density_rows.append(await operator_density(side, args.schemes[0], n))
 
     report(args, results, rss, density_rows)
     for spy in spies:
@@ -515,8 +582,9 @@ def report(
     print("\n## RSS (MiB)")
     print(table(["process", "RSS MiB"], sorted(rss.items())))
     if density_rows:
-        print("\n## our runtime with N agents on GitLab kas (RSS 5 s after all Connected)")
+        print("\n## N agents in one Runtime / one operator on GitLab kas (RSS 5 s after all Connected)")
         header = [
+            "engine",
             "N",
             "scheme",
             "connect s",
@@ -549,7 +617,7 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=500)
     parser.add_argument("--density", default=None, help="comma-separated N (our runtime only)")
     parser.add_argument("--runtime-tree", type=Path, default=None, help="also run the runtime of DIR")
-    parser.add_argument("--only", default="latency,list,concurrency,density")
+    parser.add_argument("--only", default="latency,list,concurrency,density,operator")
     parser.add_argument("--time-limit", type=float, default=1800.0)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy our runtime in round 1's latency")
     parser.add_argument("--profile-seconds", type=int, default=8)
