@@ -1,7 +1,10 @@
 """Our runtime vs GitLab's agentk, side by side through the same GitLab kas, in one run.
 
     .venv/bin/python bench/vs_agentk.py [--quick] [--scheme ws|grpc|both] [--rounds R] [--requests N]
-        [--list-mb MB] [--concurrent C] [--density 1,10,100] [--runtime-tree DIR] [--only WHAT,...]
+        [--list-mb MB] [--concurrent C] [--density 1,10,100] [--runtime-tree DIR] [--profile DIR]
+        [--only latency,list,concurrency,density,operator]
+
+--quick: 2 rounds of 150 GET pairs, a 3 MB LIST, N = 1, 10 (about 1.5 minutes); the full run takes 4-6.
 
 One apiserver (etcd + kube-apiserver from .cache/k8s-assets), one Redis, our GitLab Rails stand-in
 (tests/support/gitlab_api.py) and ONE GitLab kas (tests/support/gitlab_kas.py, binaries from
