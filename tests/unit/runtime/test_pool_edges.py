@@ -101,7 +101,11 @@ async def test_a_drain_during_the_before_attempt_hook_starts_no_attempt() -> Non
         return Outcome.DONE
 
     settings = PoolSettings(min_idle=1, max=5, scale_up_step=1, max_idle_s=60.0, backoff=SLOW)
-    pool = TunnelPool(attempt, settings, clock=FakeClock(), report=lambda *_: None, before_attempt=gate.wait)
+
+    async def hook() -> None:
+        await gate.wait()
+
+    pool = TunnelPool(attempt, settings, clock=FakeClock(), report=lambda *_: None, before_attempt=hook)
     task = asyncio.create_task(pool.run(), name="gated-pool")
     await asyncio.sleep(0.01)
     pool.drain()
