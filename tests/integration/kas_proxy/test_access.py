@@ -115,10 +115,14 @@ async def test_ci_job_impersonation_reaches_the_apiserver(
     assert sent["Impersonate-Extra-agent.gitlab.com%2Fci_job_id"] == [str(CI_JOB_ID)]
 
     _grant_list_configmaps(k8s_cluster, namespace, job_user)
+    # No controller publishes kube-root-ca.crt here: the job must see the one ConfigMap made for it.
+    listed = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "listed-for-the-job"}}
+    status, answer = k8s_cluster.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", listed)
+    assert status == 201, answer
     allowed = await proxy.kubectl(kubeconfig, "get", "configmaps", "-n", namespace, "-o", "name")
 
     assert allowed.code == 0, allowed.stderr
-    assert "configmap/kube-root-ca.crt" in allowed.stdout or allowed.stdout == ""
+    assert allowed.stdout.split() == ["configmap/listed-for-the-job"]
 
 
 async def test_personal_access_token_user_is_impersonated(
