@@ -15,6 +15,7 @@ from typing import Any
 from agent_runtime.kube import load_kube_access
 from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
+from tests.e2e.harness import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
 from tests.support.k8s_cluster import LocalCluster
 
 READ_CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}
@@ -87,6 +88,30 @@ def prepare_namespace(cluster: LocalCluster, namespace: str, viewers: Sequence[s
     return grant
 
 
+def grant_operator_extra(cluster: LocalCluster, key: str) -> str:
+    """Extend the operator's role to impersonate user extra `key`, which kas never sends by itself but an
+    agent's `impersonate` configuration may name (docs/operations.md); returns the grant's name."""
+    grant = f"interop-operator-extra-{key.replace('/', '-').replace('.', '-')}"
+    rules = [
+        {"apiGroups": ["authentication.k8s.io"], "resources": [f"userextras/{key}"], "verbs": ["impersonate"]}
+    ]
+    subject = {"kind": "ServiceAccount", "name": OPERATOR_SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+    role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant}
+    _ok(
+        cluster,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        rbac("ClusterRole", grant, rules=rules),
+    )
+    _ok(
+        cluster,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        rbac("ClusterRoleBinding", grant, roleRef=role_ref, subjects=[subject]),
+    )
+    return grant
+
+
 def drop_cluster_grant(cluster: LocalCluster, grant: str) -> None:
     cluster.request("DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{grant}")
     cluster.request("DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{grant}")
@@ -121,9 +146,10 @@ def assert_identity(info: Mapping[str, Any], expected: Identity, namespace: str)
 
 
 @asynccontextmanager
-async def started_runtime(admin_kubeconfig: Path) -> AsyncIterator[Runtime]:
-    """Our runtime in this process (loopback kas allowed), stopped at the end."""
-    kube = await asyncio.to_thread(load_kube_access, str(admin_kubeconfig))
+async def started_runtime(kubeconfig: Path) -> AsyncIterator[Runtime]:
+    """Our runtime in this process with `kubeconfig`'s credentials (the tests give it the operator's
+    ServiceAccount token, as deployed), loopback kas allowed; stopped at the end."""
+    kube = await asyncio.to_thread(load_kube_access, str(kubeconfig))
     runtime = Runtime(
         kube, RuntimeSettings(observability_address=None, stop_grace=2.0, policy=PERMISSIVE_POLICY)
     )

@@ -66,14 +66,14 @@ def _spec(kas_address: str, namespace: str) -> WorkerSpec:
 async def test_gitlab_kas_killed_and_restarted_agent_serves_again_within_10s(
     start_gitlab_kas: KasFactory,
     gitlab_api: GitLabApi,
-    admin_kubeconfig: Path,
+    operator_credentials: Path,
     life_namespace: str,
     tmp_path: Path,
     scheme: str,
 ) -> None:
     kas = start_gitlab_kas()
     kubeconfig = kas.kubeconfig(_ci_bearer(gitlab_api), tmp_path / "kubeconfig", life_namespace)
-    async with started_runtime(admin_kubeconfig) as runtime:
+    async with started_runtime(operator_credentials) as runtime:
         runtime.apply(_spec(kas.agent_url(scheme), life_namespace))
         await first_success(kubeconfig, 30)
 
@@ -93,7 +93,7 @@ async def test_gitlab_kas_killed_and_restarted_agent_serves_again_within_10s(
 async def test_two_gitlab_kas_replicas_route_a_request_to_the_one_holding_the_tunnel(
     start_gitlab_kas: KasFactory,
     gitlab_api: GitLabApi,
-    admin_kubeconfig: Path,
+    operator_credentials: Path,
     life_namespace: str,
     tmp_path: Path,
 ) -> None:
@@ -101,7 +101,7 @@ async def test_two_gitlab_kas_replicas_route_a_request_to_the_one_holding_the_tu
     holder, entry = start_gitlab_kas(), start_gitlab_kas()
     bearer = _ci_bearer(gitlab_api)
     through_entry = entry.kubeconfig(bearer, tmp_path / "entry.kubeconfig", life_namespace)
-    async with started_runtime(admin_kubeconfig) as runtime:
+    async with started_runtime(operator_credentials) as runtime:
         runtime.apply(_spec(holder.ws_url, life_namespace))
         await first_success(holder.kubeconfig(bearer, tmp_path / "holder.kubeconfig", life_namespace), 30)
         await first_success(through_entry, 30)
@@ -134,7 +134,7 @@ ROTATION_SECONDS = float(os.environ.get("INTEROP_ROTATION_SECONDS", "120"))
 async def test_no_ci_request_fails_across_goaway_rotations(
     start_gitlab_kas: KasFactory,
     gitlab_api: GitLabApi,
-    admin_kubeconfig: Path,
+    operator_credentials: Path,
     life_namespace: str,
     tmp_path: Path,
     scheme: str,
@@ -160,7 +160,7 @@ async def test_no_ci_request_fails_across_goaway_rotations(
                 outcomes.append(f"{type(err).__name__}: {err}")
             await asyncio.sleep(0.01)  # steady, not flat out: the cores are shared
 
-    async with started_runtime(admin_kubeconfig) as runtime:
+    async with started_runtime(operator_credentials) as runtime:
         runtime.apply(_spec(kas.agent_url(scheme), life_namespace))
         await first_success(kubeconfig, 30)
         headers = {"Authorization": f"Bearer {bearer}", "Accept": "application/json"}
@@ -186,14 +186,14 @@ async def test_runtime_sees_a_newer_gitlab_kas_and_still_serves(
     start_gitlab_kas: KasFactory,
     gitlab_peers: GitLabPeers,
     gitlab_api: GitLabApi,
-    admin_kubeconfig: Path,
+    operator_credentials: Path,
     life_namespace: str,
     tmp_path: Path,
 ) -> None:
     """kas stamped v18.6.0 (same wire): the runtime reads the version from the ws handshake and serves."""
     kas = start_gitlab_kas(binary=gitlab_peers.kas_newer)
     kubeconfig = kas.kubeconfig(_ci_bearer(gitlab_api), tmp_path / "kubeconfig", life_namespace)
-    async with started_runtime(admin_kubeconfig) as runtime:
+    async with started_runtime(operator_credentials) as runtime:
         spec = _spec(kas.ws_url, life_namespace)
         runtime.apply(spec)
         await first_success(kubeconfig, 30)

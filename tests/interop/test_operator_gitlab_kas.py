@@ -1,7 +1,9 @@
 """The operator (as deployed: its ServiceAccount, manifests/' RBAC) with a GitLabAgent on GitLab's own kas.
 
-The GitLabAgent becomes Connected and CI jobs' kubectl reaches the cluster through GitLab's kas and the
-operator's worker, as the agent's ServiceAccount (`access_as: agent`) and as the CI job (`ci_job`).
+The GitLabAgent becomes Connected and a client's kubectl reaches the cluster through GitLab's kas and the
+operator's worker in every access mode: as the agent's ServiceAccount (`access_as: agent`), as the CI job
+(`ci_job`), as an identity of the agent's `impersonate` configuration, and as a user with a personal
+access token (`user`); each checked with `kubectl auth whoami` and an RBAC denial.
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Kube, OperatorProcess, condition, gitlab_agent, phase, secret, wait_for
+from tests.interop.access_modes import MODES, TEAM_EXTRA, VIEWERS, mode_bearer
 from tests.interop.conftest import AGENT
-from tests.interop.helpers import drop_cluster_grant, kubectl_sync, prepare_namespace
+from tests.interop.helpers import (
+    assert_identity,
+    drop_cluster_grant,
+    grant_operator_extra,
+    kubectl_sync,
+    prepare_namespace,
+)
 from tests.support.gitlab_api import AccessAs, CiJob, GitLabApi
 from tests.support.gitlab_kas import GitLabKas
 
@@ -25,12 +34,15 @@ JOB_ID = 100
 
 @pytest.fixture
 def grants(kube: Kube, agent_namespace: str) -> Iterator[str]:
-    """`agent` may impersonate (for ci_job) and view the namespace, as may the CI job's identity."""
-    grant = prepare_namespace(kube.cluster, agent_namespace, (f"gitlab:ci_job:{JOB_ID}",))
+    """`agent` may impersonate and view the namespace, as may the identities of every access mode; the
+    operator may impersonate the `impersonate` mode's own extra key."""
+    grant = prepare_namespace(kube.cluster, agent_namespace, VIEWERS)
+    extra = grant_operator_extra(kube.cluster, TEAM_EXTRA)
     try:
         yield agent_namespace
     finally:
         drop_cluster_grant(kube.cluster, grant)
+        drop_cluster_grant(kube.cluster, extra)
 
 
 def _bearer(api: GitLabApi, access_as: AccessAs) -> str:
@@ -59,12 +71,8 @@ def test_gitlab_agent_on_gitlab_kas_connects_and_serves_ci(
     except AssertionError as err:
         raise AssertionError(f"{err}\n{kube.gla(ns, 'gitlab')}\n{operator.log()[-3000:]}") from None
 
-    modes: list[tuple[AccessAs, str]] = [
-        ({"agent": {}}, f"system:serviceaccount:{ns}:agent"),
-        ({"ci_job": {}}, f"gitlab:ci_job:{JOB_ID}"),
-    ]
-    for access_as, user in modes:
-        kubeconfig = gitlab_kas.kubeconfig(_bearer(gitlab_api, access_as), tmp_path / "ci.kubeconfig", ns)
+    for mode in MODES.values():
+        kubeconfig = gitlab_kas.kubeconfig(mode_bearer(gitlab_api, mode), tmp_path / "ci.kubeconfig", ns)
         last: list[str] = []
 
         def answered(path: Path = kubeconfig, last: list[str] = last) -> str | None:
@@ -78,10 +86,11 @@ def test_gitlab_agent_on_gitlab_kas_connects_and_serves_ci(
             )
         except AssertionError as err:
             raise AssertionError(f"{err}: {last}\n{operator.log()[-3000:]}") from None
-        assert json.loads(answer)["status"]["userInfo"]["username"] == user
+        assert_identity(json.loads(answer)["status"]["userInfo"], mode.identity, ns)
         listed = kubectl_sync(kubeconfig, "get", "configmaps", "-o", "name")
         assert listed.returncode == 0, listed.stderr
         denied = kubectl_sync(kubeconfig, "get", "secrets")
+        user = mode.identity.user(ns)
         assert f'User "{user}" cannot list resource "secrets"' in denied.stderr, denied.stderr
     registered = condition(kube.gla(ns, "gitlab"), "Registered")
     assert registered is not None, kube.gla(ns, "gitlab")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,96 +24,25 @@ import pytest
 from agent_runtime.runtime import Runtime
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ServiceAccountRef, WorkerSnapshot, WorkerSpec
+from tests.interop.access_modes import MODES, TEAM_EXTRA, VIEWERS, mode_bearer
 from tests.interop.conftest import AGENT
 from tests.interop.helpers import (
     AGENT_SA,
-    Identity,
     assert_identity,
     drop_cluster_grant,
     first_success,
+    grant_operator_extra,
     kubectl,
     prepare_namespace,
     started_runtime,
     whoami,
 )
-from tests.support.gitlab_api import AccessAs, CiJob, GitLabApi, PatUser
+from tests.support.gitlab_api import GitLabApi
 from tests.support.gitlab_kas import GitLabKas
 from tests.support.k8s_cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
 T = TypeVar("T")
-
-JOB_ID, PROJECT_ID, GROUP_ID, PIPELINE_ID = 100, 3, 20, 50
-IMPERSONATE = {
-    "username": "gitlab:deployer",
-    "groups": ["gitlab:deployers"],
-    "extra": [{"key": "example.com/team", "val": ["payments"]}],
-}
-
-
-@dataclass(frozen=True)
-class Mode:
-    """One way a GitLab client reaches the cluster through kas: its `access_as`, and whom RBAC sees."""
-
-    access_as: AccessAs
-    identity: Identity
-    pat: bool = False
-
-
-def _ci_extra(**values: str) -> dict[str, list[str]]:
-    return {f"agent.gitlab.com/{k}": [v] for k, v in values.items()}
-
-
-MODES: Mapping[str, Mode] = {
-    "agent": Mode(
-        {"agent": {}},
-        Identity(
-            f"system:serviceaccount:{{ns}}:{AGENT_SA}",
-            frozenset({"system:serviceaccounts", "system:serviceaccounts:{ns}"}),
-        ),
-    ),
-    "ci_job": Mode(
-        {"ci_job": {}},
-        Identity(
-            f"gitlab:ci_job:{JOB_ID}",
-            frozenset({"gitlab:ci_job", f"gitlab:group:{GROUP_ID}", f"gitlab:project:{PROJECT_ID}"}),
-            _ci_extra(id=str(AGENT.id), ci_job_id=str(JOB_ID), ci_pipeline_id=str(PIPELINE_ID)),
-        ),
-    ),
-    "impersonate": Mode(
-        {"impersonate": IMPERSONATE},
-        Identity("gitlab:deployer", frozenset({"gitlab:deployers"}), {"example.com/team": ["payments"]}),
-    ),
-    "pat_user": Mode(
-        {"user": {"projects": [{"id": PROJECT_ID, "roles": ["developer"]}]}},
-        Identity(
-            "gitlab:user:interop-pat-user",
-            frozenset({"gitlab:user", f"gitlab:project_role:{PROJECT_ID}:developer"}),
-            _ci_extra(id=str(AGENT.id), access_type="personal_access_token"),
-        ),
-        pat=True,
-    ),
-}
-VIEWERS = ("gitlab:ci_job:100", "gitlab:deployer", "gitlab:user:interop-pat-user")
-
-
-def _bearer(api: GitLabApi, mode: Mode) -> str:
-    """Register a CI job (or a PAT user) with this mode for AGENT; the bearer kas must be given."""
-    token = secrets.token_hex(16)
-    if mode.pat:
-        api.add_user(PatUser(pat=token, agents={AGENT.id: mode.access_as}))
-        return f"pat:{AGENT.id}:{token}"
-    api.add_job(
-        CiJob(
-            token=token,
-            agents={AGENT.id: mode.access_as},
-            job_id=JOB_ID,
-            pipeline_id=PIPELINE_ID,
-            project_id=PROJECT_ID,
-            group_ids=(GROUP_ID,),
-        )
-    )
-    return f"ci:{AGENT.id}:{token}"
 
 
 @dataclass
@@ -150,12 +79,13 @@ async def tunnel(
     gitlab_kas: GitLabKas,
     gitlab_api: GitLabApi,
     k8s_cluster: LocalCluster,
-    admin_kubeconfig: Path,
+    operator_credentials: Path,
 ) -> AsyncIterator[Tunnel]:
     scheme: str = request.param
     namespace = f"interop-{scheme}-{secrets.token_hex(3)}"
     k8s_cluster.create_namespace(namespace)
     grant = prepare_namespace(k8s_cluster, namespace, VIEWERS)
+    extra = grant_operator_extra(k8s_cluster, TEAM_EXTRA)
     spec = WorkerSpec(
         id=f"interop/{scheme}",
         kas_address=gitlab_kas.agent_url(scheme),
@@ -163,11 +93,12 @@ async def tunnel(
         identity=ServiceAccountRef(namespace, AGENT_SA),
     )
     try:
-        async with started_runtime(admin_kubeconfig) as runtime:
+        async with started_runtime(operator_credentials) as runtime:
             runtime.apply(spec)
             yield Tunnel(scheme, gitlab_kas, runtime, spec, namespace)
     finally:
         drop_cluster_grant(k8s_cluster, grant)
+        drop_cluster_grant(k8s_cluster, extra)
         k8s_cluster.delete_namespace(namespace)
 
 
@@ -202,7 +133,7 @@ async def test_kubectl_through_gitlab_kas_runs_as_the_access_mode(
     tunnel: Tunnel, gitlab_api: GitLabApi, tmp_path: Path, mode_name: str
 ) -> None:
     mode, ns = MODES[mode_name], tunnel.namespace
-    kubeconfig = tunnel.kas.kubeconfig(_bearer(gitlab_api, mode), tmp_path / "kubeconfig", namespace=ns)
+    kubeconfig = tunnel.kas.kubeconfig(mode_bearer(gitlab_api, mode), tmp_path / "kubeconfig", namespace=ns)
     await first_success(kubeconfig, 30)
 
     assert_identity(whoami(await kubectl(kubeconfig, "auth", "whoami", "-o", "json")), mode.identity, ns)
@@ -229,7 +160,7 @@ async def test_a_watch_through_gitlab_kas_sees_an_event(
     tunnel: Tunnel, gitlab_api: GitLabApi, k8s_cluster: LocalCluster, tmp_path: Path
 ) -> None:
     ns = tunnel.namespace
-    kubeconfig = tunnel.kas.kubeconfig(_bearer(gitlab_api, MODES["ci_job"]), tmp_path / "kubeconfig", ns)
+    kubeconfig = tunnel.kas.kubeconfig(mode_bearer(gitlab_api, MODES["ci_job"]), tmp_path / "kubeconfig", ns)
     await first_success(kubeconfig, 30)
     watch = await asyncio.create_subprocess_exec(
         "kubectl", f"--kubeconfig={kubeconfig}", "get", "configmaps", "--watch-only", "-o", "name",
@@ -262,7 +193,7 @@ async def test_a_10_mb_list_arrives_intact(
     tunnel: Tunnel, gitlab_api: GitLabApi, k8s_cluster: LocalCluster, tmp_path: Path
 ) -> None:
     ns = tunnel.namespace
-    bearer = _bearer(gitlab_api, MODES["ci_job"])
+    bearer = mode_bearer(gitlab_api, MODES["ci_job"])
     await first_success(tunnel.kas.kubeconfig(bearer, tmp_path / "kubeconfig", ns), 30)
     chunk = 900 * 1024  # under the 1 MiB object limit
     for i in range(12):
