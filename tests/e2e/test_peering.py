@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,15 @@ def _runs(operator: OperatorProcess, worker: str) -> bool:
 
 def _connected(kube: Kube, namespace: str, name: str) -> bool:
     return phase(kube.gla(namespace, name)) == "Connected"
+
+
+def _watched_version(kube: Kube, namespace: str, name: str) -> str:
+    """The Secret's resourceVersion; it must carry the watch label."""
+    code, body = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    assert code == 200, body
+    metadata = body["metadata"]
+    assert (metadata.get("labels") or {}).get("agentk.dev/watched") == "true", metadata
+    return str(metadata["resourceVersion"])
 
 
 def _runs_none(operator: OperatorProcess, workers: list[str]) -> bool:
@@ -124,6 +134,7 @@ def test_only_one_replica_runs_the_agents(
             )
         assert _runs_none(low, workers)
 
+        labelled = {name: _watched_version(kube, ns, f"{name}-token") for name in names}
         high.stop()  # the low-priority replica takes over
 
         for worker in workers:
@@ -141,6 +152,11 @@ def test_only_one_replica_runs_the_agents(
                 timeout=60,
             )
         assert _runs_none(low, workers)
+        # Neither replica unlabelled the Secrets when it handed its agents over: the one running them
+        # watches Secrets by that label. The new owner labels them again, so only an unchanged
+        # resourceVersion shows that the label never went away meanwhile.
+        time.sleep(3)  # the release's background unwatch, if any, has run by now
+        assert {name: _watched_version(kube, ns, f"{name}-token") for name in names} == labelled
     finally:
         codes = {"high": high.stop(), "low": low.stop()}
     assert codes == {"high": 0, "low": 0}, (high.log()[-3000:], low.log()[-3000:])
