@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -116,12 +117,13 @@ async def test_each_worker_is_its_own_pod_and_reports_its_idle_tunnels(
     ]
     for spec in specs:
         runtime.apply(spec)
+
+    def serving(worker_id: str) -> bool:
+        s = runtime.snapshot(worker_id)
+        return s is not None and s.registered and s.tunnels_idle == 2
+
     for spec in specs:
-        await eventually(
-            lambda spec=spec: (
-                (s := runtime.snapshot(spec.id)) is not None and s.registered and s.tunnels_idle == 2
-            )
-        )
+        await eventually(functools.partial(serving, spec.id))
     assert len(await _pod_ids(kas)) == 2
     _, metrics = await _status(runtime, "/metrics")
     for spec in specs:
