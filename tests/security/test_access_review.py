@@ -1,0 +1,130 @@
+"""AccessReviewer against the real API server, with the operator's own credentials from manifests/: a
+granted `impersonate` is allowed and a missing one denied, verdicts are cached for the TTL and no longer,
+and a review the credentials may not make is an error, never a verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import pytest
+
+from agent_runtime.kube import KubeAccess, load_kube_access
+from agent_runtime.modules.kubernetes_api.access_review import AccessReviewer, AccessReviewError
+from agent_runtime.modules.kubernetes_api.identity import ResourceCheck
+from agent_runtime.spec import ServiceAccountRef
+from tests.e2e.harness import Kube
+from tests.security.conftest import Tenants
+
+pytestmark = pytest.mark.timeout(120)
+
+TTL = 10.0
+ALICE = ResourceCheck("users", "gitlab:user:alice")
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def now(self) -> float:
+        return self.t
+
+
+def _grant(kube: Kube, sa: ServiceAccountRef, resources: list[str], *, to_namespace: bool = False) -> None:
+    """impersonate on `resources` for `sa`, or (`to_namespace`) for every ServiceAccount of its namespace."""
+    name = f"review-{sa.namespace}-{sa.name}"
+    subject = {"kind": "ServiceAccount", "name": sa.name, "namespace": sa.namespace}
+    if to_namespace:
+        subject = {"kind": "Group", "name": f"system:serviceaccounts:{sa.namespace}"}
+    kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": resources, "verbs": ["impersonate"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [subject],
+        },
+    )
+
+
+async def _granted(kube: KubeAccess, sa: ServiceAccountRef) -> None:
+    """Until the authorizer sees the grant (RBAC reaches it through its informers), with uncached reviews."""
+    async with asyncio.timeout(30):
+        while not (await AccessReviewer(kube, ManualClock(), TTL).check(sa, ALICE)).allowed:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def reviewed_sa(deployed_kube: Kube, tenants: Tenants) -> ServiceAccountRef:
+    """A fresh ServiceAccount of the attacker's namespace, without any rights."""
+    name = f"reviewed-{secrets.token_hex(3)}"
+    deployed_kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": tenants.attacker},
+        }
+    )
+    return ServiceAccountRef(tenants.attacker, name)
+
+
+async def test_a_granted_impersonation_is_allowed_and_a_missing_one_denied(
+    operator_kube: KubeAccess, deployed_kube: Kube, reviewed_sa: ServiceAccountRef
+) -> None:
+    _grant(deployed_kube, reviewed_sa, ["users"])
+    reviewer = AccessReviewer(operator_kube, ManualClock(), TTL)
+    await _granted(operator_kube, reviewed_sa)
+    assert (await reviewer.check(reviewed_sa, ALICE)).allowed
+    group = await reviewer.check(reviewed_sa, ResourceCheck("groups", "gitlab:users"))
+    assert not group.allowed
+    uid = await reviewer.check(reviewed_sa, ResourceCheck("uids", "42", group="authentication.k8s.io"))
+    assert not uid.allowed
+
+
+async def test_verdicts_are_cached_for_the_ttl_and_no_longer(
+    operator_kube: KubeAccess, deployed_kube: Kube, reviewed_sa: ServiceAccountRef
+) -> None:
+    clock = ManualClock()
+    reviewer = AccessReviewer(operator_kube, clock, TTL)
+    assert not (await reviewer.check(reviewed_sa, ALICE)).allowed
+    _grant(deployed_kube, reviewed_sa, ["users"])
+    await _granted(operator_kube, reviewed_sa)
+    clock.t += TTL - 0.5
+    assert not (await reviewer.check(reviewed_sa, ALICE)).allowed  # still the cached denial
+    clock.t += 1.0
+    assert (await reviewer.check(reviewed_sa, ALICE)).allowed  # asked again after the TTL
+
+
+async def test_a_review_the_credentials_may_not_make_is_an_error(
+    user_kubeconfig: Path, reviewed_sa: ServiceAccountRef
+) -> None:
+    """alice may not create SubjectAccessReviews: that is no verdict about the ServiceAccount."""
+    alice = await asyncio.to_thread(load_kube_access, str(user_kubeconfig))
+    try:
+        with pytest.raises(AccessReviewError, match="SubjectAccessReview: HTTP 403"):
+            await AccessReviewer(alice, ManualClock(), TTL).check(reviewed_sa, ALICE)
+    finally:
+        await alice.close()
+
+
+async def test_a_grant_to_the_namespaces_service_accounts_counts(
+    operator_kube: KubeAccess, deployed_kube: Kube
+) -> None:
+    """The review carries the groups a ServiceAccount's token has: a grant to all ServiceAccounts of a
+    namespace (a Group subject) allows. A namespace of its own, so no other test's account gains it."""
+    namespace = f"review-group-{secrets.token_hex(3)}"
+    deployed_kube.cluster.create_namespace(namespace)
+    try:
+        sa = ServiceAccountRef(namespace, "agent")
+        _grant(deployed_kube, sa, ["users"], to_namespace=True)
+        await _granted(operator_kube, sa)
+        assert (await AccessReviewer(operator_kube, ManualClock(), TTL).check(sa, ALICE)).allowed
+    finally:
+        deployed_kube.cluster.delete_namespace(namespace)
