@@ -135,3 +135,41 @@ async def test_the_pool_returns_only_after_cancelled_attempts_cleaned_up() -> No
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert sorted(cleaned) == [1, 2]
+
+
+@pytest.fixture
+async def fast() -> AsyncIterator[tuple[Harness, asyncio.Task[None]]]:
+    async for running in _running(Harness()):
+        yield running
+
+
+async def test_the_pool_grows_only_when_fewer_than_min_idle_are_left(
+    fast: tuple[Harness, asyncio.Task[None]],
+) -> None:
+    harness, _ = fast
+    harness.running[1][0].activate()
+    await harness.settle()
+    assert harness.pool.total == 12
+    for number in range(2, 11):  # 10 active, exactly min_idle (2) idle: enough
+        harness.running[number][0].activate()
+    await harness.settle()
+    assert (harness.pool.total, harness.pool.idle) == (12, 2)
+    harness.running[11][0].activate()  # 1 idle left: short
+    await harness.settle()
+    assert harness.pool.total == 22
+
+
+async def test_an_extra_idle_for_exactly_max_idle_is_kept(fast: tuple[Harness, asyncio.Task[None]]) -> None:
+    harness, _ = fast
+    harness.running[1][0].activate()
+    await harness.settle()
+    harness.end(1)  # served a request: active just now
+    await harness.settle()
+    harness.clock.t += 60.0  # max_idle_s exactly: not "more than"
+    harness.end(1)
+    await harness.settle()
+    assert 1 in harness.running
+    harness.clock.t += 0.001
+    harness.end(1)
+    await harness.settle()
+    assert 1 not in harness.running
