@@ -56,6 +56,10 @@ def connect_detail(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
 
 
+_NAME_HINT: Final = "use the host name the certificate was issued for, or set tlsServerName"
+_EXPIRED_HINT: Final = "kas's certificate must be renewed"
+
+
 def tls_error(exc: BaseException, target: str) -> WorkerError:
     """Classify a failed TLS handshake with `target`."""
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -64,10 +68,9 @@ def tls_error(exc: BaseException, target: str) -> WorkerError:
         if code in _UNKNOWN_AUTHORITY_CODES:
             return WorkerError(ErrorReason.TLS_UNKNOWN_AUTHORITY, message, CA_HINT)
         if code == _HOSTNAME_MISMATCH:
-            hint = "use the host name the certificate was issued for, or set tlsServerName"
-            return WorkerError(ErrorReason.TLS_ERROR, message, hint)
+            return WorkerError(ErrorReason.TLS_ERROR, message, _NAME_HINT)
         if code == _EXPIRED:
-            return WorkerError(ErrorReason.TLS_ERROR, message, "kas's certificate must be renewed")
+            return WorkerError(ErrorReason.TLS_ERROR, message, _EXPIRED_HINT)
         return WorkerError(ErrorReason.TLS_ERROR, message)
     if isinstance(exc, TimeoutError):
         return WorkerError(ErrorReason.TLS_ERROR, f"TLS handshake with {target} timed out")
@@ -121,9 +124,18 @@ def classify_rpc_error(err: grpc.RpcError) -> WorkerError | None:
 def classify_unavailable(details: str) -> WorkerError:
     """The transport's reading of grpc's UNAVAILABLE `details`, which are never shown themselves."""
     lowered = details.lower()
+    # grpc core reports a name mismatch as its own "Hostname Verification Check failed", without
+    # CERTIFICATE_VERIFY_FAILED, and an expired certificate as CERTIFICATE_VERIFY_FAILED: each needs its
+    # own reading (the caCert hint is wrong for both when caCert is already set).
+    if "hostname verification" in lowered or (
+        "certificate_verify_failed" in lowered and ("hostname" in lowered or "name mismatch" in lowered)
+    ):
+        return WorkerError(
+            ErrorReason.TLS_ERROR, "TLS certificate of kas does not match its name", _NAME_HINT
+        )
     if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
-        if "hostname" in lowered or "name mismatch" in lowered:
-            return WorkerError(ErrorReason.TLS_ERROR, "TLS certificate of kas does not match its name")
+        if "expired" in lowered:
+            return WorkerError(ErrorReason.TLS_ERROR, "TLS certificate of kas has expired", _EXPIRED_HINT)
         return WorkerError(ErrorReason.TLS_UNKNOWN_AUTHORITY, "TLS certificate of kas not trusted", CA_HINT)
     if "ssl" in lowered or "handshake" in lowered or "tls" in lowered:
         _log.debug("TLS failure talking to kas: %s", details[:200])
