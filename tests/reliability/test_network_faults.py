@@ -106,9 +106,18 @@ async def test_black_hole(runtime: Runtime, certs: Certs, tmp_path: Path, namesp
     )
 
 
-async def test_reset_mid_stream(runtime: Runtime, certs: Certs, tmp_path: Path, namespace: str) -> None:  # noqa: F811
+@pytest.mark.parametrize("scheme", ["grpc", "ws"])
+async def test_reset_mid_stream(
+    runtime: Runtime,
+    certs: Certs,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+    namespace: str,
+    scheme: str,
+) -> None:
     """An RST both ways while a watch streams and requests flow: they end cleanly, the agent redials."""
-    async with fault_chain(runtime, certs, tmp_path / "kas", namespace, kas_overrides=KAS) as chain:
+    async with fault_chain(
+        runtime, certs, tmp_path / "kas", namespace, scheme=scheme, kas_overrides=KAS
+    ) as chain:
         watch = await chain.open_watch()
         before = chain.proxy.accepted
         flowing = [asyncio.create_task(chain.get(), name=f"request-{i}") for i in range(10)]
@@ -125,7 +134,7 @@ async def test_reset_mid_stream(runtime: Runtime, certs: Certs, tmp_path: Path, 
     assert not unclean, unclean
     assert failed == 0
     record(
-        "reset mid-stream",
+        f"reset mid-stream ({scheme})",
         connections_reset=reset,
         replaced_after_s=replaced,
         watch_ended=ended,
@@ -135,9 +144,18 @@ async def test_reset_mid_stream(runtime: Runtime, certs: Certs, tmp_path: Path, 
     )
 
 
-async def test_half_open(runtime: Runtime, certs: Certs, tmp_path: Path, namespace: str) -> None:  # noqa: F811
+@pytest.mark.parametrize("scheme", ["grpc", "ws"])
+async def test_half_open(
+    runtime: Runtime,
+    certs: Certs,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+    namespace: str,
+    scheme: str,
+) -> None:
     """kas's side is gone (reset), the worker's side stays open and silent: only the keepalive can tell."""
-    async with fault_chain(runtime, certs, tmp_path / "kas", namespace, kas_overrides=KAS) as chain:
+    async with fault_chain(
+        runtime, certs, tmp_path / "kas", namespace, scheme=scheme, kas_overrides=KAS
+    ) as chain:
         watch = await chain.open_watch()
         before = chain.proxy.accepted
         chain.proxy.half_open()
@@ -152,7 +170,7 @@ async def test_half_open(runtime: Runtime, certs: Certs, tmp_path: Path, namespa
     assert waiting.ok or waiting.clean_error, waiting
     assert failed == 0
     record(
-        "half-open",
+        f"half-open ({scheme})",
         keepalive_period_s=PERIOD_S,
         replaced_after_s=replaced,
         watch_ended=ended,
