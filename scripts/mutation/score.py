@@ -1,8 +1,8 @@
 """One line per module: killed/total and the score; then each surviving mutant (file:line operator).
 
 Run with cosmic-ray's own interpreter (scripts/mutation/run does). Killed counts timeouts too (a mutant
-that hangs the tests is caught); skipped mutants (filtered operators, `# pragma: no mutate`) are not
-counted at all.
+that hangs the tests is caught); skipped mutants (filtered operators, annotations, out of scope) and
+incompetent ones (the mutated module did not even run) are not counted in the score.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome  # type: ignore[impo
 
 
 def main(module: str, db_path: str) -> None:
-    killed = survived = pending = 0
+    killed = survived = pending = incompetent = 0
     survivors: list[str] = []
     with use_db(db_path, WorkDB.Mode.open) as db:
         results = dict(db.results)
@@ -25,7 +25,9 @@ def main(module: str, db_path: str) -> None:
                 continue
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 continue
-            if result.test_outcome == TestOutcome.SURVIVED:
+            if result.test_outcome == TestOutcome.INCOMPETENT:
+                incompetent += 1
+            elif result.test_outcome == TestOutcome.SURVIVED:
                 survived += 1
                 spec = item.mutations[0]
                 survivors.append(f"  survived {spec.module_path}:{spec.start_pos[0]} {spec.operator_name}")
@@ -34,6 +36,7 @@ def main(module: str, db_path: str) -> None:
     total = killed + survived
     score = 100.0 * killed / total if total else 0.0
     note = f" ({pending} not run: budget)" if pending else ""
+    note += f" ({incompetent} incompetent, not counted)" if incompetent else ""
     print(f"{module}: {killed}/{total} killed, {score:.1f} %{note}")
     print("\n".join(survivors))
 

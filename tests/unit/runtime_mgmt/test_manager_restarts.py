@@ -8,9 +8,11 @@ import functools
 
 import pytest
 
+from agent_runtime.backoff import BackoffPolicy
+from agent_runtime.environment import WorkerEnvironment
 from agent_runtime.manager import WorkerManager
 from agent_runtime.secret import Secret
-from tests.unit.runtime_mgmt.conftest import wait_until
+from tests.unit.runtime_mgmt.conftest import unreachable_kube, wait_until
 from tests.unit.runtime_mgmt.test_manager import spec
 from tests.unit.runtime_mgmt.workers import Behaviour, Factory, ScriptedWorker
 
@@ -53,3 +55,20 @@ async def test_a_failing_update_token_restarts_the_worker_with_the_new_token(
     await wait_until(lambda: len(factory.built["a"]) == 2 and factory.latest("a").running.is_set())
     assert factory.built["a"][0].finished
     assert factory.latest("a").spec.token == Secret("new")
+
+
+async def test_a_changed_spec_restarts_at_once_not_after_the_crash_backoff(factory: Factory) -> None:
+    """Stopping a worker for a new spec is no crash: the new one starts without the restart backoff."""
+    env = WorkerEnvironment(kube=unreachable_kube())
+    slow = BackoffPolicy(initial=30.0, cap=30.0, factor=1.0, jitter=0.0, reset_after=60.0)
+    manager = WorkerManager(env, worker_factory=factory, stop_grace=0.5, restart_backoff=slow)
+    task = asyncio.create_task(manager.run(), name="test-worker-manager")
+    await manager.wait_started()
+    try:
+        manager.apply(spec("a"))
+        await wait_until(lambda: "a" in factory.built and factory.latest("a").running.is_set())
+        manager.apply(spec("a", address="grpc://127.0.0.1:2"))
+        await wait_until(lambda: len(factory.built["a"]) == 2 and factory.latest("a").running.is_set())
+    finally:
+        await manager.stop(1.0)
+        await asyncio.wait_for(task, 10)
