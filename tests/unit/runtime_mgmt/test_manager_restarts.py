@@ -57,18 +57,20 @@ async def test_a_failing_update_token_restarts_the_worker_with_the_new_token(
     assert factory.latest("a").spec.token == Secret("new")
 
 
-async def test_a_changed_spec_restarts_at_once_not_after_the_crash_backoff(factory: Factory) -> None:
-    """Stopping a worker for a new spec is no crash: the new one starts without the restart backoff."""
+async def test_a_changed_spec_is_no_crash_for_the_restart_backoff(factory: Factory) -> None:
+    """Stopping a worker for a new spec is no crash: it must not advance the crash-restart backoff, so the
+    new worker's first crash is retried after the first delay (0.05 s), not the second (5 s)."""
     env = WorkerEnvironment(kube=unreachable_kube())
-    slow = BackoffPolicy(initial=30.0, cap=30.0, factor=1.0, jitter=0.0, reset_after=60.0)
-    manager = WorkerManager(env, worker_factory=factory, stop_grace=0.5, restart_backoff=slow)
+    steep = BackoffPolicy(initial=0.05, cap=100.0, factor=100.0, jitter=0.0, reset_after=60.0)
+    manager = WorkerManager(env, worker_factory=factory, stop_grace=0.5, restart_backoff=steep)
     task = asyncio.create_task(manager.run(), name="test-worker-manager")
     await manager.wait_started()
     try:
         manager.apply(spec("a"))
         await wait_until(lambda: "a" in factory.built and factory.latest("a").running.is_set())
+        factory.behaviours["a"] = Behaviour(crash_after=0.0)  # the next worker crashes at once
         manager.apply(spec("a", address="grpc://127.0.0.1:2"))
-        await wait_until(lambda: len(factory.built["a"]) == 2 and factory.latest("a").running.is_set())
+        await wait_until(lambda: len(factory.built["a"]) >= 3, within=2.0)
     finally:
         await manager.stop(1.0)
         await asyncio.wait_for(task, 10)
