@@ -128,3 +128,48 @@ async def test_a_grant_to_the_namespaces_service_accounts_counts(
         assert (await AccessReviewer(operator_kube, ManualClock(), TTL).check(sa, ALICE)).allowed
     finally:
         deployed_kube.cluster.delete_namespace(namespace)
+
+
+async def test_the_refusal_message_carries_at_most_300_characters_of_the_answer(
+    user_kubeconfig: Path, reviewed_sa: ServiceAccountRef
+) -> None:
+    alice = await asyncio.to_thread(load_kube_access, str(user_kubeconfig))
+    try:
+        with pytest.raises(AccessReviewError) as refused:
+            await AccessReviewer(alice, ManualClock(), TTL).check(reviewed_sa, ALICE)
+    finally:
+        await alice.close()
+    prefix = "SubjectAccessReview: HTTP 403: "
+    assert str(refused.value).startswith(prefix + "{")
+    assert len(str(refused.value)) == len(prefix) + 300  # the API server's Status is longer
+
+
+async def test_the_verdict_cache_stays_bounded(
+    operator_kube: KubeAccess, reviewed_sa: ServiceAccountRef
+) -> None:
+    """At most 4096 verdicts are kept: past that, expired ones go first, then all. (Filled by hand: 4097
+    reviews would take the API server a while; the entries are what check() stores.)"""
+    clock = ManualClock()
+    reviewer = AccessReviewer(operator_kube, clock, TTL)
+    verdict = await reviewer.check(reviewed_sa, ALICE)
+
+    def fill(valid: int, expired: int, expired_at: float = clock.t - 1) -> None:
+        entries = [(f"v{n}", clock.t + TTL) for n in range(valid)]
+        entries += [(f"e{n}", expired_at) for n in range(expired)]
+        reviewer._cache = {(reviewed_sa, ResourceCheck("users", n)): (at, verdict) for n, at in entries}
+
+    async def after_a_new_check() -> int:
+        await reviewer.check(reviewed_sa, ResourceCheck("users", "new"))
+        assert (reviewed_sa, ResourceCheck("users", "new")) in reviewer._cache
+        return len(reviewer._cache)
+
+    fill(4095, 1)  # at the bound: nothing is dropped
+    assert await after_a_new_check() == 4097
+    fill(4096, 1)  # past it: the expired one goes, which is enough
+    assert await after_a_new_check() == 4097
+    fill(4096, 1, expired_at=clock.t)  # expiring right now counts as expired (a hit needs expiry > now)
+    assert await after_a_new_check() == 4097
+    fill(0, 4097)  # past it, all expired: they go
+    assert await after_a_new_check() == 1
+    fill(4097, 0)  # past it, none expired: everything goes
+    assert await after_a_new_check() == 1
