@@ -28,8 +28,10 @@ from agent_runtime.modules.reverse_tunnel.budget import ByteBudget, Inbox
 from agent_runtime.modules.reverse_tunnel.pool import Outcome, Slot
 from agent_runtime.worker_state import Component
 
-_STREAM_OVER = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)
-"""What grpc.aio raises on a write or half-close of a call that has ended."""
+_STREAM_OVER = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError, grpc.aio.InternalError)
+"""What grpc.aio raises on a write or half-close of a call that has ended. InternalError: a half-close
+racing kas's end of the call fails as ExecuteBatchError (SendCloseFromClientOperation), which took the
+whole worker down through the pool's TaskGroup (found by tests/reliability/test_fuzz.py)."""
 
 Status = tuple[grpc.StatusCode, str]
 _Call = grpc.aio.StreamStreamCall[bytes, bytes]
