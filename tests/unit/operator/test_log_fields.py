@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import kopf as kopf_framework
 import pytest
 
 from agent_operator.logs import configure_logging, resource_extra
@@ -33,7 +34,11 @@ def _entries(stream: io.StringIO) -> list[dict[str, Any]]:
 
 def test_kopf_runtime_and_operator_lines_name_the_resource(lines: io.StringIO) -> None:
     ref = {"namespace": "team-a", "name": "agent-1", "uid": "u", "apiVersion": "v", "kind": "GitLabAgent"}
-    logging.getLogger("kopf.objects").info("Handler succeeded.", extra={"k8s_ref": ref, "settings": {}})
+    # kopf's own settings, posting off: once kopf's engine is imported (other tests do), its Event poster
+    # handler on kopf.objects reads them from every record.
+    settings = kopf_framework.OperatorSettings()
+    settings.posting.enabled = False
+    logging.getLogger("kopf.objects").info("Handler succeeded.", extra={"k8s_ref": ref, "settings": settings})
     logging.getLogger("agent_runtime.worker").info("connected", extra={"worker": "team-b/agent-2"})
     logging.getLogger("agent_operator.controller").info("applied", extra=resource_extra("team-c", "agent-3"))
     logging.getLogger("agent_operator.controller").info("started")
