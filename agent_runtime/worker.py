@@ -34,7 +34,7 @@ from agent_runtime.local_rpc import HandlerTable
 from agent_runtime.module_context import AgentInfo, ModuleContext
 from agent_runtime.modules import agent_configuration, agent_registrar, kubernetes_api, reverse_tunnel
 from agent_runtime.secret import Secret
-from agent_runtime.spec import Phase, WorkerError, WorkerSnapshot, WorkerSpec
+from agent_runtime.spec import ErrorReason, Phase, WorkerError, WorkerSnapshot, WorkerSpec
 from agent_runtime.tenancy import TenantShare
 from agent_runtime.transport.channel import KasConnection, open_kas_connection
 from agent_runtime.transport.config_error import TransportConfigError
@@ -202,9 +202,24 @@ class Worker:
                 start("kubernetes_api", k8s.run()),
                 start("agent_registrar", agent_registrar.build(ctx, metrics).run()),
                 start("agent_configuration", agent_configuration.build(ctx, metrics).run()),
+                start("channel_watch", self._watch_channel(connection)),
             ]
             tunnels = start("reverse_tunnel", reverse_tunnel.build(tunnel_ctx, metrics).run())
             start("stopper", self._stopper(others, tunnels))
+
+    async def _watch_channel(self, connection: KasConnection) -> None:
+        """Report a lost kas the calls cannot: every call waits for the channel (wait_for_ready), and a kas
+        that stops gracefully ends its streams with OK, so without this the worker stayed Connected with
+        no tunnel and no error. A failed (re)connection marks the tunnels unreachable; the next stream
+        that kas accepts marks them healthy again."""
+        channel = connection.channel
+        state = channel.get_state(try_to_connect=False)
+        while True:
+            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                lost = WorkerError(ErrorReason.KAS_UNREACHABLE, "the connection to kas is lost; reconnecting")
+                self._state.failed(Component.TUNNELS, lost)
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=False)
 
     async def _stopper(self, others: list[asyncio.Task[None]], tunnels: asyncio.Task[None]) -> None:
         await self._stop_requested.wait()

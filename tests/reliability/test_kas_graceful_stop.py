@@ -3,8 +3,8 @@
 Found by tests/reliability (issue 13): after a graceful stop the worker keeps phase Connected with no
 tunnel and no error for minutes, so `kubectl get gla` says Connected while nothing can reach the
 cluster (after a SIGKILL it reads Degraded/KasUnreachable within seconds). Every call waits for the
-channel (wait_for_ready) and ends without an error to report. Not fixed yet: strict xfail, so the fix
-turns it into a failure to remove the mark.
+channel (wait_for_ready) and ends without an error to report; the worker now watches the channel's
+state (Worker._watch_channel).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ async def runtime(kube: KubeAccess) -> AsyncIterator[Runtime]:  # noqa: F811 - k
             await rt.stop(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="a gracefully stopped kas leaves the agent Connected (issue 13)")
 async def test_a_gracefully_stopped_kas_is_not_connected(runtime: Runtime, tmp_path: Path) -> None:
     agent = make_agents(1)[0]
     kas = KasProcess(tmp_path / "kas", [agent])
