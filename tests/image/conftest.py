@@ -6,11 +6,9 @@ The image tests skip with the reason when no container engine can run here (no p
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
@@ -18,6 +16,7 @@ import pytest
 # token, the reference kas process, the test namespace with the agents' ServiceAccount.
 from tests.e2e.conftest import agent_namespace, kas, kube, operator_credentials  # noqa: F401 - fixtures
 from tests.e2e.harness import REPO_ROOT
+from tests.support.require import IMAGE, missing
 
 _HERE = Path(__file__).parent
 BUILD_TIMEOUT = 900.0
@@ -29,12 +28,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.integration)
-
-
-def _missing(reason: str) -> NoReturn:
-    if os.environ.get("REQUIRE_IMAGE") == "1":
-        pytest.fail(f"{reason} (REQUIRE_IMAGE=1)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _engine_reason() -> str | None:
@@ -58,7 +51,7 @@ def image() -> str:
     """The image's tag, built (or found up to date in the layer cache) by scripts/image."""
     reason = _engine_reason()
     if reason is not None:
-        _missing(reason)
+        missing(reason, IMAGE)
     done = subprocess.run(
         [str(REPO_ROOT / "scripts/image")],
         capture_output=True,

@@ -7,11 +7,10 @@ they fail instead, like REQUIRE_K8S=1 does for the apiserver.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
@@ -26,6 +25,7 @@ from tests.support.gitlab_kas import (
     make_kas_secrets,
 )
 from tests.support.redis_server import RedisServer
+from tests.support.require import GITLAB_PEERS, missing
 
 # The operator scenarios run the operator exactly as tests/e2e does (its ServiceAccount, manifests/).
 __all__ = ["agent_namespace", "kube", "operator", "operator_credentials"]
@@ -40,12 +40,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _missing(reason: str) -> NoReturn:
-    if os.environ.get("REQUIRE_GITLAB_PEERS") == "1":
-        pytest.fail(f"{reason} (REQUIRE_GITLAB_PEERS=1)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def gitlab_peers() -> GitLabPeers:
     """GitLab's kas and agentk binaries; skip (fail with REQUIRE_GITLAB_PEERS=1) when not built."""
@@ -53,7 +47,7 @@ def gitlab_peers() -> GitLabPeers:
         return find_gitlab_peers()
     except GitLabPeersNotFoundError as err:
         reason = str(err)
-    _missing(reason)
+    return missing(reason, GITLAB_PEERS)
 
 
 @pytest.fixture(scope="session")

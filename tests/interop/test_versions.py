@@ -25,6 +25,7 @@ from tests.interop.test_operator_gitlab_kas import _bearer, grants
 from tests.support.gitlab_api import GitLabApi
 from tests.support.gitlab_kas import PEERS_HINT, GitLabKas, GitLabPeers
 from tests.support.kstatus import compute, kstatus_checker
+from tests.support.require import GITLAB_PEERS, missing
 
 __all__ = ["grants", "kstatus_checker"]
 pytestmark = [pytest.mark.timeout(240), pytest.mark.e2e]
@@ -34,9 +35,7 @@ def _start(peers: GitLabPeers, start_gitlab_kas: KasFactory, binary: str) -> Git
     path = peers.directory / binary
     if not os.access(path, os.X_OK):
         reason = f"{PEERS_HINT}: {path.name} is missing, run it again"
-        if os.environ.get("REQUIRE_GITLAB_PEERS") == "1":
-            pytest.fail(f"{reason} (REQUIRE_GITLAB_PEERS=1)", pytrace=False)
-        pytest.skip(reason)
+        missing(reason, GITLAB_PEERS)
     return start_gitlab_kas(binary=path)
 
 

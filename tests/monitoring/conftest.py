@@ -8,7 +8,6 @@ Debian package; `make system-deps`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from tests.e2e.conftest import (  # noqa: F401  # fixtures, registered by being 
     pytest_runtest_makereport,
 )
 from tests.support.prometheus import PrometheusNotFoundError, find_binary
+from tests.support.require import missing
 
 _HERE = Path(__file__).parent
 
@@ -39,6 +39,4 @@ def require(name: str) -> str:
         return find_binary(name)
     except PrometheusNotFoundError as err:
         reason = str(err)
-    if os.environ.get("REQUIRE_K8S") == "1":
-        pytest.fail(f"{reason} (REQUIRE_K8S=1)", pytrace=False)
-    pytest.skip(reason)
+    return missing(reason)

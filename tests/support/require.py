@@ -1,7 +1,10 @@
-"""The REQUIRE_K8S switch: a missing test binary skips the tests that need it, or fails them in CI.
+"""The REQUIRE_* switches: a missing test binary skips the tests that need it, or fails them in CI.
 
-Every fixture that finds a built binary (kube-apiserver + etcd, redis-server) goes through `require`, so
-CI (`REQUIRE_K8S=1`) never passes by skipping what it was meant to run.
+Every fixture that finds a built binary goes through `missing` (or `require`), so CI never passes by
+skipping what it was meant to run. `REQUIRE_K8S=1` covers the substrate every integration test needs
+(kube-apiserver + etcd, redis-server, Go for the test tools, promtool/prometheus); separate switches cover
+what takes a long build of its own (`REQUIRE_GITLAB_PEERS=1`: GitLab's kas and agentk; `REQUIRE_IMAGE=1`:
+the container image).
 """
 
 from __future__ import annotations
@@ -18,10 +21,18 @@ from tests.support.redis_server import RedisNotFoundError
 T = TypeVar("T")
 
 
-def missing(reason: str) -> NoReturn:
-    """Skip with `reason`; fail instead when REQUIRE_K8S=1."""
-    if os.environ.get("REQUIRE_K8S") == "1":
-        pytest.fail(f"{reason} (REQUIRE_K8S=1)", pytrace=False)
+K8S = "REQUIRE_K8S"
+"""The switch for the substrate of every integration test."""
+GITLAB_PEERS = "REQUIRE_GITLAB_PEERS"
+"""The switch for GitLab's own kas and agentk (scripts/gitlab-peers)."""
+IMAGE = "REQUIRE_IMAGE"
+"""The switch for the operator's container image and an engine to run it (make image)."""
+
+
+def missing(reason: str, switch: str = K8S) -> NoReturn:
+    """Skip with `reason`; fail instead when the environment variable `switch` is 1 (CI)."""
+    if os.environ.get(switch) == "1":
+        pytest.fail(f"{reason} ({switch}=1)", pytrace=False)
     pytest.skip(reason)
 
 

@@ -1,4 +1,4 @@
-"""The REQUIRE_K8S switch itself: without it a missing binary skips; with REQUIRE_K8S=1 (CI) it fails."""
+"""The REQUIRE_* switches themselves: without one a missing binary skips; with it set to 1 (CI) it fails."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.k8s_cluster import AssetsNotFoundError, find_assets
 from tests.support.redis_server import RedisNotFoundError
-from tests.support.require import require
+from tests.support.require import GITLAB_PEERS, K8S, missing, require
 
 
 def _no_assets() -> NoReturn:
@@ -55,3 +55,31 @@ def test_every_substrate_fixture_goes_through_the_switch() -> None:
         and any(f"{finder}()" in text for finder in (find_assets.__name__, "find_redis_server"))
     ]
     assert bypasses == []
+
+
+def test_each_switch_governs_only_its_own_binaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REQUIRE_K8S=1 alone still lets a missing GitLab peer skip (a user's machine without the long build)."""
+    monkeypatch.setenv(K8S, "1")
+    monkeypatch.delenv(GITLAB_PEERS, raising=False)
+    with pytest.raises((pytest.skip.Exception, pytest.fail.Exception)) as raised:
+        missing("no kas here", GITLAB_PEERS)
+    assert raised.type is pytest.skip.Exception
+    monkeypatch.setenv(GITLAB_PEERS, "1")
+    with pytest.raises((pytest.skip.Exception, pytest.fail.Exception)) as raised:
+        missing("no kas here", GITLAB_PEERS)
+    assert raised.type is pytest.fail.Exception
+    assert str(raised.value) == "no kas here (REQUIRE_GITLAB_PEERS=1)"
+
+
+def test_no_test_reads_a_switch_itself() -> None:
+    """Each switch is read in one place (tests/support/require.py), so none can drift or be bypassed."""
+    from pathlib import Path
+
+    tests = Path(__file__).parents[1]
+    reading = "environ.get(" + '"REQUIRE_'  # split, so this file does not match itself
+    readers = [
+        str(path.relative_to(tests))
+        for path in tests.rglob("*.py")
+        if path.name != "require.py" and reading in path.read_text()
+    ]
+    assert readers == []

@@ -6,7 +6,6 @@ with another gRPC stack (grpc-go): descriptor, RequestInfo, the HttpRequest fram
 
 from __future__ import annotations
 
-import os
 import shutil
 import ssl
 from pathlib import Path
@@ -17,14 +16,13 @@ from _kaspeer import KasPeerProcess
 from _procs import RuntimeChild, bench_agents
 
 from tests.support.k8s_cluster import LocalCluster
+from tests.support.require import missing
 
 
 @pytest.fixture
 def go_available() -> None:
     if shutil.which("go") is None:
-        if os.environ.get("REQUIRE_K8S") == "1":
-            pytest.fail("go is needed to build bench/kaspeer (REQUIRE_K8S=1)", pytrace=False)
-        pytest.skip("go is needed to build bench/kaspeer")
+        missing("go is needed to build bench/kaspeer")
 
 
 @pytest.mark.usefixtures("go_available")
