@@ -12,6 +12,10 @@ Keyword options: `redis_url` (share tunnels between replicas: start two with the
 `private_api=True`), `tls=(cert_file, key_file)`, `websocket`, `config_dir` (defaults to
 `<tmp_path>/repos`; see `write_agent_config`), and `overrides`: a dict merged into kas.yaml's content
 (e.g. `{"agent": {"tunnel_find_timeout": 1}}`). The agents file is `<tmp_path>/agents.yaml`.
+
+Push events as GitLab Rails sends them (to our kas or GitLab's):
+`await send_git_push_event(api_address, secret, project_id, full_path)` (`send_git_push_event_sync` from
+synchronous code talking to a kas in another process); see kas.push_client.
 """
 
 from __future__ import annotations
@@ -28,7 +32,18 @@ from typing import Any
 import yaml
 
 from kas.config import KasConfig
+from kas.push_client import send_git_push_event, send_git_push_event_sync
 from kas.server import KasServer
+
+__all__ = [
+    "TestAgent",
+    "kas_config",
+    "running_kas",
+    "send_git_push_event",
+    "send_git_push_event_sync",
+    "write_agent_config",
+    "write_agents_file",
+]
 
 
 @dataclass(frozen=True)
