@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from kubernetes import client as k8s_client
 
 from agent_runtime.kube import KubeAccess, load_kube_access
 from agent_runtime.modules.kubernetes_api.access_review import AccessReviewer, AccessReviewError
@@ -173,3 +174,32 @@ async def test_the_verdict_cache_stays_bounded(
     assert await after_a_new_check() == 1
     fill(4097, 0)  # past it, none expired: everything goes
     assert await after_a_new_check() == 1
+
+
+async def test_an_api_server_that_never_answers_ends_the_review_after_ten_seconds() -> None:
+    """A review is bounded (10 s, in the error users see), never a request stuck behind a silent server.
+    The server is a loopback socket that reads the request and answers nothing."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    configuration = k8s_client.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    silent = KubeAccess.from_configuration(configuration)
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(AccessReviewError) as refused:
+            await AccessReviewer(silent, ManualClock(), TTL).check(ServiceAccountRef("ns", "sa"), ALICE)
+    finally:
+        await silent.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    waited = asyncio.get_running_loop().time() - started
+    assert str(refused.value) == "SubjectAccessReview: no answer within 10 s"
+    assert held, "the review never reached the server"
+    assert waited >= 10.0  # it did wait for its bound, not fail early for another reason

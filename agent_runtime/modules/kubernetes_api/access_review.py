@@ -79,7 +79,9 @@ class AccessReviewer:
                 if response.status != 201 and response.status != 200:
                     raise AccessReviewError(f"SubjectAccessReview: HTTP {response.status}: {text[:300]}")
                 result: Any = json.loads(text)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        except TimeoutError as e:  # str() of aiohttp's timeout is empty: say what happened
+            raise AccessReviewError(f"SubjectAccessReview: no answer within {_TIMEOUT_S:g} s") from e
+        except (aiohttp.ClientError, ValueError) as e:
             raise AccessReviewError(f"SubjectAccessReview failed: {e}") from e
         status = result.get("status", {}) if isinstance(result, dict) else {}
         return Verdict(allowed=bool(status.get("allowed")), reason=str(status.get("reason", "")))
