@@ -62,6 +62,7 @@ KS = "gitlab.agent.kas"
 FX = "gitlab.agent.flux.rpc"
 EV = "gitlab.agent.event"
 NO = "gitlab.agent.notifications.rpc"
+GY = "gitaly"
 VALUES_MAP = f"map<string, {PT}.Values>"
 DURATION = "google.protobuf.Duration"
 
@@ -125,6 +126,23 @@ METHODS: list[tuple[str, str, str, str, str, str]] = [
         f"{NO}.GitPushEventResponse",
         "unary",
         "/gitlab.agent.notifications.rpc.Notifications/GitPushEvent",
+    ),
+    # Gitaly, as GitLab's kas calls it (GITLAB-INTERNAL-API.md §5); served by tests/support/gitaly.py
+    (
+        f"{GY}.SmartHTTPService",
+        "InfoRefsUploadPack",
+        f"{GY}.InfoRefsRequest",
+        f"{GY}.InfoRefsResponse",
+        "server-streaming",
+        "/gitaly.SmartHTTPService/InfoRefsUploadPack",
+    ),
+    (
+        f"{GY}.CommitService",
+        "TreeEntry",
+        f"{GY}.TreeEntryRequest",
+        f"{GY}.TreeEntryResponse",
+        "server-streaming",
+        "/gitaly.CommitService/TreeEntry",
     ),
 ]
 
@@ -417,6 +435,35 @@ FIELDS: dict[str, list[tuple[int, str, str]]] = {
     f"{NO}.GitPushEventRequest": [(1, "event", f"{EV}.GitPushEvent")],
     f"{EV}.GitPushEvent": [(1, "project", f"{EV}.Project")],
     f"{EV}.Project": [(1, "id", "int64"), (2, "full_path", "string")],
+    # Gitaly (the two RPCs kas 16.5 uses; field numbers of Gitaly's own files)
+    f"{GY}.Repository": [
+        (2, "storage_name", "string"),
+        (3, "relative_path", "string"),
+        (4, "git_object_directory", "string"),
+        (5, "git_alternate_object_directories", "repeated string"),
+        (6, "gl_repository", "string"),
+        (8, "gl_project_path", "string"),
+    ],
+    f"{GY}.InfoRefsRequest": [
+        (1, "repository", f"{GY}.Repository"),
+        (2, "git_config_options", "repeated string"),
+        (3, "git_protocol", "string"),
+    ],
+    f"{GY}.InfoRefsResponse": [(1, "data", "bytes")],
+    f"{GY}.TreeEntryRequest": [
+        (1, "repository", f"{GY}.Repository"),
+        (2, "revision", "bytes"),
+        (3, "path", "bytes"),
+        (4, "limit", "int64"),
+        (5, "max_size", "int64"),
+    ],
+    f"{GY}.TreeEntryResponse": [
+        (1, "type", f"{GY}.TreeEntryResponse.ObjectType"),
+        (2, "oid", "string"),
+        (3, "size", "int64"),
+        (4, "mode", "int32"),
+        (5, "data", "bytes"),
+    ],
 }
 
 EMPTY_MESSAGES = [
@@ -487,6 +534,7 @@ RESERVED: list[tuple[str, list[int], list[str]]] = [
     (f"{CF}.AgentConfiguration", [3], []),
     (f"{CF}.GitopsCF", [2], ["charts"]),
     (f"{CF}.ManifestProjectCF", [2, 3], []),
+    (f"{GY}.Repository", [1, 7], []),
 ]
 
 LOG_LEVELS = [("info", 0), ("debug", 1), ("warn", 2), ("error", 3)]
@@ -633,7 +681,7 @@ def test_proto_file_layout(proto: Path) -> None:
     file = descriptor_pool.Default().FindFileByName(proto.relative_to(PROTO_ROOT.parent).as_posix())
     assert proto.with_name(proto.stem + "_pb2.py").is_file()
     assert proto.parent.relative_to(PROTO_ROOT).parts == tuple(file.package.split("."))
-    assert file.package.split(".")[:2] in (["gitlab", "agent"], ["plural", "agent"])
+    assert file.package.split(".")[:2] in (["gitlab", "agent"], ["plural", "agent"], ["gitaly"])
 
 
 @pytest.mark.parametrize(("msg_name", "number", "name", "spec"), field_rows())
