@@ -82,6 +82,24 @@ class PatUser:
 
 
 @dataclass(frozen=True)
+class GitalyProject:
+    """Where "Gitaly" serves a project's repository: what agent_info answers for an agent of that project
+    (tests/support/gitaly.py serves it, tests/support/gitlab_project.py sets it up)."""
+
+    address: str
+    """`gitaly_info.address`, e.g. tcp://127.0.0.1:<port>."""
+    full_path: str
+    """`gitaly_repository.gl_project_path`: kas matches push events by it."""
+    storage_name: str = "default"
+    relative_path: str = ""
+    token: str = field(default="", repr=False)
+    """`gitaly_info.token`: kas signs its Gitaly calls with it (empty: no auth)."""
+    features: Mapping[str, str] = field(default_factory=dict)
+    """`gitaly_info.features`: kas passes them to Gitaly as metadata."""
+    default_branch: str = "main"
+
+
+@dataclass(frozen=True)
 class Call:
     """One request kas made: method, path (no query), the status answered, and when (monotonic)."""
 
@@ -114,6 +132,7 @@ class GitLabApi:
         self._agents: dict[str, Agent] = {}
         self._jobs: dict[str, CiJob] = {}
         self._users: dict[str, PatUser] = {}
+        self._gitaly: dict[int, GitalyProject] = {}
         self._calls: list[Call] = []
         self._usage: list[dict[str, Any]] = []
         self.jwt_failures = 0
@@ -138,6 +157,11 @@ class GitLabApi:
     def add_user(self, user: PatUser) -> None:
         with self._lock:
             self._users[user.pat] = user
+
+    def serve_project(self, project_id: int, gitaly: GitalyProject) -> None:
+        """agent_info of every agent whose configuration project is `project_id` points at `gitaly`."""
+        with self._lock:
+            self._gitaly[project_id] = gitaly
 
     def calls(self, path_suffix: str = "") -> list[Call]:
         with self._lock:
@@ -229,9 +253,10 @@ class GitLabApi:
             return _error(401, "KAS JWT authentication invalid")
         with self._lock:
             agent = self._agents.get(self._bearer(request))
+            gitaly = self._gitaly.get(agent.project_id) if agent is not None else None
         if agent is None:
             return _error(401, "401 Unauthorized")
-        return _json(200, agent_info(agent))
+        return _json(200, agent_info(agent, gitaly))
 
     async def _allowed_agents(self, request: web.Request) -> web.Response:
         with self._lock:
@@ -274,20 +299,22 @@ class GitLabApi:
         return {a.id: a for a in self._agents.values()}
 
 
-def agent_info(agent: Agent) -> dict[str, Any]:
-    """GetAgentInfoResponse; Gitaly points nowhere (no configuration ever reaches the agent)."""
+def agent_info(agent: Agent, gitaly: GitalyProject | None = None) -> dict[str, Any]:
+    """GetAgentInfoResponse; without `gitaly` it points nowhere (no configuration ever reaches the agent)."""
+    if gitaly is None:
+        gitaly = GitalyProject(NO_GITALY, agent.project_path, relative_path=f"@hashed/{agent.project_id}.git")
     return {
         "project_id": agent.project_id,
         "agent_id": agent.id,
         "agent_name": agent.name,
-        "gitaly_info": {"address": NO_GITALY, "token": "", "features": {}},
+        "gitaly_info": {"address": gitaly.address, "token": gitaly.token, "features": dict(gitaly.features)},
         "gitaly_repository": {
-            "storage_name": "default",
-            "relative_path": f"@hashed/{agent.project_id}.git",
+            "storage_name": gitaly.storage_name,
+            "relative_path": gitaly.relative_path,
             "gl_repository": f"project-{agent.project_id}",
-            "gl_project_path": agent.project_path,
+            "gl_project_path": gitaly.full_path,
         },
-        "default_branch": "main",
+        "default_branch": gitaly.default_branch,
     }
 
 
