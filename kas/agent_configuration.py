@@ -3,7 +3,8 @@
 `<directory>/<project path>/.gitlab/agents/<agent name>/config.yaml`, parsed strictly (YAML -> JSON ->
 protobuf JSON, unknown keys are errors) into agentcfg.ConfigurationFile. The "commit id" is a content
 hash. One poll loop checks every watched file each `poll_period`, so an edit reaches connected agents
-within about that long; user errors end the stream with FAILED_PRECONDITION "Config: ...".
+within about that long, and a git push event for an agent's configuration project re-reads its files at
+once (GitLab's early re-poll, §6.1); user errors end the stream with FAILED_PRECONDITION "Config: ...".
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from google.protobuf import json_format
 
 from agent_proto.gitlab.agent.agent_configuration.rpc import rpc_pb2 as config_rpc
 from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
+from agent_proto.gitlab.agent.event import event_pb2
 from kas.agent_server.connections import ConnectionTable
 from kas.agent_tracker import AgentTracker, connected_agent_info
-from kas.agents import AgentDirectory, AgentInfo
+from kas.agents import AgentDirectory, AgentInfo, fold_path
 from kas.auth import require_agent
 
 log = logging.getLogger(__name__)
@@ -162,11 +164,17 @@ class ConfigStore:
             if not watched.listeners:
                 del self._watched[key]
 
-    def poll_once(self) -> None:
-        for watched in list(self._watched.values()):
-            if self._load(watched):
+    def poll_once(self, project_path: str | None = None) -> None:
+        """Re-read the watched files (only those of `project_path`, compared case-insensitively)."""
+        wanted = None if project_path is None else fold_path(project_path)
+        for (path, _name), watched in list(self._watched.items()):
+            if (wanted is None or fold_path(path) == wanted) and self._load(watched):
                 for wake in list(watched.listeners):
                     wake.set()
+
+    def on_git_push(self, event: event_pb2.GitPushEvent) -> None:
+        """A push to a configuration project: read its agents' files now, not at the next poll."""
+        self.poll_once(event.project.full_path)
 
     async def run(self) -> None:
         while True:

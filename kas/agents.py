@@ -9,10 +9,17 @@ The agents file (YAML):
         project_id: 7               # optional, default 0
         tokens: [glagent-...]       # plain tokens (hashed on load, never kept or logged)
         token_sha256: [<hex>]       # or their sha256 hex digests
+        projects: [group/app]       # optional: more projects this agent may see (push events)
+    public_projects: [group/docs]   # optional: projects every agent may see (public in GitLab terms)
 
 Tokens are kept only as sha256 digests. The file is re-read when its mtime or size changes; a broken
 file keeps the previous agents (and logs why, without token text). The same document can come from a
 Kubernetes Secret instead (kas.yaml `agents.secret`, see kas.agents_secret), loaded with `load_text`.
+
+Project access (`AgentDirectory.may_access`, what GitLab asks Rails with `verify_project_access`,
+PROTOCOL.md §17.2): an agent may see its configuration project, the projects in its `projects`, and the
+document's `public_projects`; paths compare case-insensitively, as GitLab's routes do. Rails allows
+public projects and the configuration project only; `projects` is the grant GitLab users asked for.
 """
 
 from __future__ import annotations
@@ -44,6 +51,13 @@ class AgentInfo:
     name: str
     project_path: str
     project_id: int = 0
+    projects: frozenset[str] = frozenset()
+    """Case-folded paths of the projects granted beyond the configuration project."""
+
+
+def fold_path(path: str) -> str:
+    """A project path as access checks and push filters compare it."""
+    return path.casefold()
 
 
 class _AgentEntry(BaseModel):
@@ -55,12 +69,14 @@ class _AgentEntry(BaseModel):
     project_id: int = 0
     tokens: list[str] = Field(default_factory=list, repr=False)
     token_sha256: list[str] = Field(default_factory=list)
+    projects: list[str] = Field(default_factory=list)
 
 
 class _AgentsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agents: list[_AgentEntry] = Field(default_factory=list)
+    public_projects: list[str] = Field(default_factory=list)
     ci_jobs: Any = None
     """Read by kas.k8s_proxy.access (CI job tokens for the Kubernetes API proxy)."""
     users: Any = None
@@ -95,7 +111,8 @@ def parse_agents(raw: Any) -> dict[str, AgentInfo]:
         if entry.id in seen_ids:
             raise AgentsFileError(f"agent id {entry.id} is listed twice")
         seen_ids.add(entry.id)
-        agent = AgentInfo(entry.id, entry.name, entry.project_path, entry.project_id)
+        projects = frozenset(fold_path(p) for p in entry.projects)
+        agent = AgentInfo(entry.id, entry.name, entry.project_path, entry.project_id, projects)
         digests = [token_digest(t) for t in entry.tokens]
         for digest in entry.token_sha256:
             if not _HEX64.match(digest):
@@ -121,6 +138,7 @@ class AgentDirectory:
         self._by_digest: Mapping[str, AgentInfo] = {}
         self._by_id: Mapping[int, AgentInfo] = {}
         self._document: Mapping[str, Any] = {}
+        self._public_projects: frozenset[str] = frozenset()
         self._file_stamp: tuple[int, int] | None = None
         self._failed_stamp: tuple[int, int] | None = None
         if path is not None:
@@ -134,6 +152,16 @@ class AgentDirectory:
 
     def agents(self) -> list[AgentInfo]:
         return sorted(self._by_id.values(), key=lambda a: a.id)
+
+    def may_access(self, agent_id: int, full_path: str) -> bool:
+        """May this agent (as the directory knows it now) see the project at `full_path`?"""
+        agent = self._by_id.get(agent_id)
+        if agent is None:
+            return False
+        path = fold_path(full_path)
+        if path == fold_path(agent.project_path) or path in self._public_projects:
+            return True
+        return any(fold_path(granted) == path for granted in agent.projects)
 
     def document(self) -> Mapping[str, Any]:
         """The whole last loaded file (its `ci_jobs:`/`users:` sections feed the k8s proxy)."""
@@ -156,6 +184,8 @@ class AgentDirectory:
 
     def _replace(self, document: Any, by_digest: dict[str, AgentInfo]) -> None:
         self._by_digest, self._document = by_digest, document
+        public = document.get("public_projects") if isinstance(document, Mapping) else None
+        self._public_projects = frozenset(fold_path(p) for p in public or () if isinstance(p, str))
         self._by_id = {agent.id: agent for agent in by_digest.values()}
 
     def reload(self) -> bool:

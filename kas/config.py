@@ -164,6 +164,10 @@ class RedisConfig(_Model):
     """HDEL of this kas from an agent's tunnel index this long after its last tunnel went away."""
     poll_period: Seconds = 0.05
     """While a request waits, Redis is re-read this often for kas replicas holding the agent's tunnels."""
+    events_channel: str = Field(default="kas_events", min_length=1)
+    """Pub/sub channel git push events reach every replica on. GitLab's kas uses `kas_events`, with no
+    key prefix (so kas deployments sharing one Redis see each other's pushes, and ours sees GitLab's);
+    set e.g. `<key_prefix>:kas_events` to keep deployments apart (PROTOCOL.md §17.7, §17.13)."""
 
 
 class PrivateApiConfig(_Model):
@@ -175,6 +179,15 @@ class PrivateApiConfig(_Model):
     authentication_secret_file: Path
     """base64-encoded shared secret for the HS256 JWTs replicas present to each other."""
     max_connection_age: Seconds = 7200.0
+
+
+class ApiConfig(_Model):
+    """The listener GitLab Rails calls (GitLab's `api`, port 8153): Notifications/GitPushEvent."""
+
+    listen: ListenConfig = ListenConfig()
+    authentication_secret_file: Path
+    """base64-encoded secret Rails signs its HS256 JWTs with (audience `gitlab-kas`): the same file as
+    GitLab's `gitlab.authentication_secret_file`."""
 
 
 class ObservabilityConfig(_Model):
@@ -193,6 +206,8 @@ class KasConfig(_Model):
     agent_tracker: AgentTrackerConfig = AgentTrackerConfig()
     redis: RedisConfig | None = None
     private_api: PrivateApiConfig | None = None
+    api: ApiConfig | None = None
+    """None = no API listener (push events cannot reach this kas)."""
     observability: ObservabilityConfig = ObservabilityConfig()
     gitlab_external_url: str = "http://gitlab.example.com"
     """Sent to agents in AgentConfiguration.gitlab_external_url."""

@@ -41,6 +41,26 @@ class KasMetrics:
             "Agent RPCs refused by the per-token limit (connections_per_token_per_minute)",
             registry=r,
         )
+        self.git_push_events = Counter(
+            "git_push_events",
+            "Git push events received on the API listener and published to every replica",
+            registry=r,
+        )
+        self.git_push_events_invalid = Counter(
+            "git_push_events_invalid",
+            "Payloads on the events channel that were not a valid git push event (dropped)",
+            registry=r,
+        )
+        self.flux_notifications = Counter(
+            "flux_git_push_notifications",
+            "Git push events sent to an agent on a ReconcileProjects stream",
+            registry=r,
+        )
+        self.flux_dropped_notifications = Counter(
+            "flux_dropped_git_push_notifications",
+            "Git push events dropped because a ReconcileProjects stream's buffer was full",
+            registry=r,
+        )
         self.rpc_handled = Counter(
             "grpc_server_handled", "RPCs completed", ["grpc_service", "grpc_method", "grpc_code"], registry=r
         )

@@ -1,4 +1,5 @@
-"""KasServer: the reference kas's composition root (agent listener, private API, observability, proxy)."""
+"""KasServer: the reference kas's composition root (agent listener, private API, API listener for Rails,
+git push events, observability, proxy)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from agent_proto.flavor import wire_names
 from agent_proto.gitlab.agent.agent_configuration.rpc import rpc_pb2 as config_rpc
 from agent_proto.gitlab.agent.agent_registrar.rpc import rpc_pb2 as registrar_rpc
 from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
+from agent_proto.gitlab.agent.flux.rpc import rpc_pb2 as flux_rpc
 from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2 as tunnel_rpc
 from kas import jwt
 from kas.agent_configuration import AgentConfigurationServer, ConfigStore
@@ -24,8 +26,11 @@ from kas.agent_server.grpc_server import build_agent_server, counted, server_opt
 from kas.agent_tracker import AgentRegistrarServer, AgentTracker, RedisAgentTracker
 from kas.agents import AgentDirectory, AgentInfo
 from kas.agents_secret import AgentsSecretWatcher
+from kas.api_server import build_api_server
 from kas.auth import AgentAuthInterceptor
 from kas.config import AgentListenConfig, KasConfig, ListenConfig
+from kas.flux import RECONCILE_PROJECTS_PATH, FluxServer
+from kas.git_push import GitPushBus
 from kas.metrics import KasMetrics
 from kas.observability import ObservabilityServer
 from kas.rate_limit import MemoryTokenLimiter, RedisTokenLimiter, TokenRateLimiter
@@ -81,10 +86,15 @@ class KasServer:
         self._front: FrontListener | None = None
         self._observability: ObservabilityServer | None = None
         self._config_server: AgentConfigurationServer | None = None
+        self._flux_server: FluxServer | None = None
+        self._api_server: grpc.aio.Server | None = None
+        self.bus = GitPushBus(on_invalid=self.metrics.git_push_events_invalid.inc)
         self._proxy: Any = None
         self._agents_secret: AgentsSecretWatcher | None = None
         self.agent_host, self.agent_port = "", 0
         self.private_api_url: str | None = None
+        self.api_address: str | None = None
+        """host:port of the API listener (Rails' side), when kas.yaml has `api`."""
         self.proxy_url: str | None = None
         self._running = False
 
@@ -148,8 +158,14 @@ class KasServer:
                 config.agent_tracker.register_ttl,
                 config.redis.conn_info_refresh,
             )
+            self.bus = GitPushBus(
+                self._redis, config.redis.events_channel, self.metrics.git_push_events_invalid.inc
+            )
+        await self.bus.start()  # subscribed before any listener accepts a stream or a push
+        self.bus.subscribe(self.config_store.on_git_push)
         await self._start_private_api()
         await self._start_agent_listener()
+        await self._start_api()
         await self._start_observability()
         await self._start_proxy()
         if config.agents.file is not None:
@@ -157,6 +173,7 @@ class KasServer:
         if self._agents_secret is not None:
             self._tasks.spawn("agents-secret-watch", self._agents_secret.run())
         self._tasks.spawn("config-poll", self.config_store.run())
+        self._tasks.spawn("git-push-events", self.bus.run())
         self._tasks.spawn("agent-tracker", self.tracker.run())
         if self._index is not None:
             self._tasks.spawn("tunnel-index", self._index.run())
@@ -201,6 +218,7 @@ class KasServer:
         )
         registrar = AgentRegistrarServer(self.directory, self.tracker)
         m = self.metrics
+        self._flux_server = FluxServer(self.directory, self.bus, self.connections, m)
         routes: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             names.connect_path: grpc.stream_stream_rpc_method_handler(
                 counted(m, names.connect_path, tunnels.connect, announce_version=False),
@@ -213,6 +231,11 @@ class KasServer:
             names.register_path: grpc.unary_unary_rpc_method_handler(
                 counted(m, names.register_path, registrar.register),
                 response_serializer=registrar_rpc.RegisterResponse.SerializeToString,
+            ),
+            # GitLab's path whatever the wire flavour: the Plural fork has no Flux module (§17).
+            RECONCILE_PROJECTS_PATH: grpc.unary_stream_rpc_method_handler(
+                counted(m, RECONCILE_PROJECTS_PATH, self._flux_server.reconcile_projects),
+                response_serializer=flux_rpc.ReconcileProjectsResponse.SerializeToString,
             ),
         }
         interceptor = AgentAuthInterceptor(self.directory, self._rate_limiter(), m.rate_limited.inc)
@@ -235,6 +258,26 @@ class KasServer:
             ssl_context=context,
         )
         self.agent_host, self.agent_port = await self._front.start(*split_address(listen.address))
+
+    async def _start_api(self) -> None:
+        api = self.config.api
+        if api is None:
+            return
+        secret_file = Path(api.authentication_secret_file)
+        secret = jwt.load_secret(await asyncio.to_thread(secret_file.read_bytes))
+        server = build_api_server(secret, self.bus, self.metrics)
+        host, port = split_address(api.listen.address)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if api.listen.certificate_file is not None and api.listen.key_file is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(api.listen.key_file.read_bytes(), api.listen.certificate_file.read_bytes())]
+            )
+            bound = server.add_secure_port(target, credentials)
+        else:
+            bound = server.add_insecure_port(target)
+        await server.start()
+        self._api_server = server
+        self.api_address = f"{host}:{bound}"
 
     def _rate_limiter(self) -> TokenRateLimiter:
         limit = self.config.agent.listen.connections_per_token_per_minute
@@ -292,6 +335,8 @@ class KasServer:
                 await self._redis.ping()
             except Exception as err:  # noqa: BLE001 - any failure means not ready
                 return f"redis: {err}"
+            if not self.bus.subscribed:
+                return "redis: not subscribed to the git push events channel"
         return None
 
     async def _update_gauges(self) -> None:
@@ -313,17 +358,20 @@ class KasServer:
         self.registry.shutdown()
         if self._config_server is not None:
             self._config_server.shutdown()
+        if self._flux_server is not None:
+            self._flux_server.shutdown()
         if self._proxy is not None:
             await self._proxy.stop()
             self._proxy = None
-        servers = [s for s in (self._agent_server, self._private_server) if s is not None]
+        servers = [s for s in (self._agent_server, self._private_server, self._api_server) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
-        self._agent_server = self._private_server = None
+        self._agent_server = self._private_server = self._api_server = None
         if self._front is not None:
             await self._front.close()
             self._front = None
         self.connections.close_all()
         await self._tasks.close(grace=2.0)
+        await self.bus.close()
         if self._agents_secret is not None:
             await self._agents_secret.close()
             self._agents_secret = None

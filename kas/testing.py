@@ -13,6 +13,11 @@ Keyword options: `redis_url` (share tunnels between replicas: start two with the
 `<tmp_path>/repos`; see `write_agent_config`), and `overrides`: a dict merged into kas.yaml's content
 (e.g. `{"agent": {"tunnel_find_timeout": 1}}`). The agents file is `<tmp_path>/agents.yaml`.
 
+`api=True` opens the API listener GitLab Rails calls (`kas.api_address`; the shared secret file is
+`kas.config.api.authentication_secret_file`, or pass `api_secret_file` to share one between replicas).
+With Redis, push events travel on `<key_prefix>:kas_events` (tests sharing a Redis stay apart); pass
+`events_channel="kas_events"` to share GitLab's channel with a GitLab kas.
+
 Push events as GitLab Rails sends them (to our kas or GitLab's):
 `await send_git_push_event(api_address, secret, project_id, full_path)` (`send_git_push_event_sync` from
 synchronous code talking to a kas in another process); see kas.push_client.
@@ -57,6 +62,8 @@ class TestAgent:
     project_path: str
     token: str
     project_id: int = 0
+    projects: tuple[str, ...] = ()
+    """Projects granted beyond the configuration project (push events for them reach the agent)."""
 
     def entry(self) -> dict[str, Any]:
         return {
@@ -65,6 +72,7 @@ class TestAgent:
             "project_path": self.project_path,
             "project_id": self.project_id,
             "tokens": [self.token],
+            "projects": list(self.projects),
         }
 
 
@@ -110,6 +118,9 @@ def kas_config(
     config_dir: Path | None = None,
     key_prefix: str | None = None,
     shared_secret_file: Path | None = None,
+    api: bool = False,
+    api_secret_file: Path | None = None,
+    events_channel: str | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> KasConfig:
     """A KasConfig on free loopback ports; writes the agents file (and the private API secret)."""
@@ -127,7 +138,17 @@ def kas_config(
         "observability": {"listen": {"address": "127.0.0.1:0"}},
     }
     if redis_url is not None:
-        raw["redis"] = {"url": redis_url, "key_prefix": key_prefix or f"kas-test-{secrets.token_hex(4)}"}
+        prefix = key_prefix or f"kas-test-{secrets.token_hex(4)}"
+        channel = events_channel or f"{prefix}:kas_events"
+        raw["redis"] = {"url": redis_url, "key_prefix": prefix, "events_channel": channel}
+    if api:
+        if api_secret_file is None:
+            api_secret_file = work_dir / "gitlab-kas.secret"
+            api_secret_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+        raw["api"] = {
+            "listen": {"address": "127.0.0.1:0"},
+            "authentication_secret_file": str(api_secret_file),
+        }
     if private_api:
         if shared_secret_file is None:
             shared_secret_file = work_dir / "private-api.secret"

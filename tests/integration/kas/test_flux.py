@@ -1,0 +1,266 @@
+"""Push events end to end in the reference kas (PROTOCOL.md §17): Rails' GitPushEvent on the API listener
+of one replica, Redis pub/sub, GitLabFlux/ReconcileProjects streams on another, over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
+from agent_proto.gitlab.agent.event import event_pb2
+from agent_proto.gitlab.agent.flux.rpc import rpc_pb2 as flux_rpc
+from agent_proto.gitlab.agent.notifications.rpc import rpc_pb2 as notifications_rpc
+from kas import jwt
+from kas.flux import MAX_PROJECTS, RECONCILE_PROJECTS_PATH
+from kas.push_client import GIT_PUSH_EVENT_PATH, as_secret
+from kas.server import KasServer
+from kas.testing import TestAgent, running_kas, send_git_push_event, write_agent_config, write_agents_file
+from tests.integration.kas.agentk import auth, get_configuration, read_config
+
+APP = TestAgent(
+    id=11,
+    name="app-agent",
+    project_path="group/agents",
+    token="app-token-" + "a" * 40,
+    projects=("group/app",),
+)
+"""May see group/app (granted) and group/agents (its configuration project)."""
+OTHER = TestAgent(id=12, name="other-agent", project_path="group/other-agents", token="other-" + "b" * 40)
+"""May see its configuration project only."""
+PUBLIC = "group/public"
+"""Listed in the agents file's public_projects: every agent may see it."""
+
+
+def reconcile_projects(channel: grpc.aio.Channel, token: str, *paths: str) -> Any:
+    request = flux_rpc.ReconcileProjectsRequest(project=[flux_rpc.Project(id=p) for p in paths])
+    stream = channel.unary_stream(
+        RECONCILE_PROJECTS_PATH,
+        request_serializer=flux_rpc.ReconcileProjectsRequest.SerializeToString,
+        response_deserializer=flux_rpc.ReconcileProjectsResponse.FromString,
+    )
+    return stream(request, metadata=auth(token))
+
+
+async def next_project(call: Any, within: float = 5.0) -> str:
+    response = await asyncio.wait_for(call.read(), within)
+    assert isinstance(response, flux_rpc.ReconcileProjectsResponse), response
+    return str(response.project.id)
+
+
+async def wait_subscribed(kas: KasServer, streams: int) -> None:
+    """The streams' handlers are subscribed (an event published before that is not theirs to see)."""
+    for _ in range(500):
+        if len(kas.bus) == streams + 1:  # + the configuration store
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{streams} ReconcileProjects streams did not subscribe on {kas.agent_address}")
+
+
+@asynccontextmanager
+async def two_replicas(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[KasServer, KasServer]]:
+    """Replica 1 has the API listener, replica 2 the agents' streams; they share Redis (and channel)."""
+    common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": f"kas-test-{secrets.token_hex(4)}"}
+    async with AsyncExitStack() as stack:
+        one = await stack.enter_async_context(running_kas(tmp_path / "one", [APP, OTHER], api=True, **common))
+        two = await stack.enter_async_context(running_kas(tmp_path / "two", [APP, OTHER], **common))
+        for kas in (one, two):
+            set_agents(kas, APP, OTHER)
+        yield one, two
+
+
+def set_agents(kas: KasServer, *agents: TestAgent) -> None:
+    """Rewrite the agents file (with PUBLIC in public_projects) and load it now."""
+    agents_file = kas.config.agents.file
+    assert agents_file is not None
+    write_agents_file(agents_file, agents, extra={"public_projects": [PUBLIC]})
+    kas.directory.reload()
+
+
+def api_secret(kas: KasServer) -> Path:
+    assert kas.config.api is not None
+    return kas.config.api.authentication_secret_file
+
+
+async def test_push_on_one_replica_reaches_the_streams_on_another_filtered(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with (
+        two_replicas(tmp_path, redis_url) as (one, two),
+        grpc.aio.insecure_channel(two.agent_address) as ch,
+    ):
+        assert one.api_address is not None
+        # The agent's spelling comes back (paths compare case-insensitively, as GitLab's routes do).
+        app = reconcile_projects(ch, APP.token, "Group/App", "group/forbidden", PUBLIC, "group/agents")
+        other = reconcile_projects(ch, OTHER.token, "group/app", "group/other-agents")
+        await wait_subscribed(two, streams=2)
+
+        async def push(project_id: int, path: str) -> None:
+            await send_git_push_event(one.api_address or "", api_secret(one), project_id, path)
+
+        await push(1, "group/app")
+        assert await next_project(app) == "Group/App"
+        # Not asked for, asked for without access, then one the agent may see: only the last arrives
+        # (one replica, one channel, one stream: order is kept, so nothing was skipped over).
+        await push(2, "group/unasked")
+        await push(3, "group/forbidden")
+        await push(4, PUBLIC)
+        assert await next_project(app) == PUBLIC
+        await push(5, "group/agents")
+        assert await next_project(app) == "group/agents"
+        # OTHER asked for group/app too but may not see it: its first event is its own project's push.
+        await push(6, "group/other-agents")
+        assert await next_project(other) == "group/other-agents"
+        sent = two.metrics.registry.get_sample_value("flux_git_push_notifications_total")
+        assert sent == 4
+        received = one.metrics.registry.get_sample_value("git_push_events_total")
+        assert received == 6
+        app.cancel()
+        other.cancel()
+
+
+async def test_stream_sees_a_grant_added_to_the_agents_file(tmp_path: Path, redis_url: str) -> None:
+    async with (
+        two_replicas(tmp_path, redis_url) as (one, two),
+        grpc.aio.insecure_channel(two.agent_address) as ch,
+    ):
+        call = reconcile_projects(ch, OTHER.token, "group/app")
+        await wait_subscribed(two, streams=1)
+        # The stream stays open; the access check reads the agents file as it is when an event comes.
+        set_agents(two, APP, replace(OTHER, projects=("group/app",)))
+        await send_git_push_event(one.api_address or "", api_secret(one), 1, "group/app")
+        assert await next_project(call) == "group/app"
+        set_agents(two, APP, OTHER)
+        await send_git_push_event(one.api_address or "", api_secret(one), 1, "group/app")
+        set_agents(two, APP, replace(OTHER, projects=("group/app",)))
+        await send_git_push_event(one.api_address or "", api_secret(one), 2, "group/app")
+        assert await next_project(call) == "group/app"
+        assert two.metrics.registry.get_sample_value("flux_git_push_notifications_total") == 2
+        call.cancel()
+
+
+@pytest.fixture
+async def api_kas(tmp_path: Path) -> AsyncIterator[KasServer]:
+    """One replica without Redis (events go straight to its own streams), API listener on."""
+    async with running_kas(tmp_path / "kas", [APP, OTHER], api=True) as kas:
+        yield kas
+
+
+def git_push_call(channel: grpc.aio.Channel) -> Any:
+    return channel.unary_unary(
+        GIT_PUSH_EVENT_PATH,
+        request_serializer=notifications_rpc.GitPushEventRequest.SerializeToString,
+        response_deserializer=notifications_rpc.GitPushEventResponse.FromString,
+    )
+
+
+def push_request(project_id: int = 1, path: str = "group/app") -> notifications_rpc.GitPushEventRequest:
+    event = event_pb2.GitPushEvent(project=event_pb2.Project(id=project_id, full_path=path))
+    return notifications_rpc.GitPushEventRequest(event=event)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _other_secret() -> Any:
+    return as_secret(base64.b64encode(secrets.token_bytes(32)))
+
+
+@pytest.mark.parametrize(
+    "make_metadata",
+    [
+        lambda s: (),
+        lambda s: bearer(jwt.encode(_other_secret(), issuer="gitlab")),
+        lambda s: bearer(jwt.encode(s, issuer="gitlab", lifetime=-10)),
+        lambda s: bearer(jwt.encode(s, issuer="gitlab", audience="gitlab")),
+        lambda s: bearer("not.a.jwt"),
+        lambda s: (("authorization", "Basic " + jwt.encode(s, issuer="gitlab")),),
+    ],
+    ids=["missing", "wrong-secret", "expired", "wrong-audience", "garbage", "not-bearer"],
+)
+async def test_git_push_event_needs_the_rails_jwt(api_kas: KasServer, make_metadata: Any) -> None:
+    secret = as_secret(api_secret(api_kas))
+    async with grpc.aio.insecure_channel(api_kas.api_address or "") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await git_push_call(ch)(push_request(), metadata=make_metadata(secret), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The issuer is Rails' host and not checked: any iss with the right secret and audience works.
+        await git_push_call(ch)(
+            push_request(), metadata=bearer(jwt.encode(secret, issuer="gitlab.example.com"))
+        )
+    assert api_kas.metrics.registry.get_sample_value("git_push_events_total") == 1
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        notifications_rpc.GitPushEventRequest(),
+        push_request(project_id=0),
+        push_request(path=""),
+        push_request(path="g/" + "x" * 1100),
+    ],
+    ids=["no-event", "id-0", "empty-path", "long-path"],
+)
+async def test_invalid_git_push_event_is_refused(
+    api_kas: KasServer, request_: notifications_rpc.GitPushEventRequest
+) -> None:
+    secret = as_secret(api_secret(api_kas))
+    async with grpc.aio.insecure_channel(api_kas.api_address or "") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await git_push_call(ch)(request_, metadata=bearer(jwt.encode(secret, issuer="gitlab")), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("paths", "detail"),
+    [
+        (("group/app", ""), "project[1].id must not be empty"),
+        (("g/" + "x" * 1100,), "project[0].id is longer than 1024 characters"),
+        (tuple(f"g/p{i}" for i in range(MAX_PROJECTS + 1)), f"more than {MAX_PROJECTS} projects"),
+        (tuple(f"g/{i:0>1000}" for i in range(300)), "request is larger than 262144 bytes"),
+    ],
+    ids=["empty-id", "long-id", "too-many", "too-large"],
+)
+async def test_invalid_reconcile_projects_is_refused(
+    api_kas: KasServer, paths: tuple[str, ...], detail: str
+) -> None:
+    async with grpc.aio.insecure_channel(api_kas.agent_address) as ch:
+        call = reconcile_projects(ch, APP.token, *paths)
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert await call.details() == detail
+
+
+async def test_reconcile_projects_needs_an_agent_token(api_kas: KasServer) -> None:
+    async with grpc.aio.insecure_channel(api_kas.agent_address) as ch:
+        call = reconcile_projects(ch, "not-an-agent-token", "group/app")
+        assert await call.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_push_to_the_configuration_project_re_reads_the_configuration_at_once(tmp_path: Path) -> None:
+    # Polling is off in practice (an hour): only the push can make kas read the edited file.
+    overrides = {"agent_configuration": {"poll_period": 3600}}
+    async with (
+        running_kas(tmp_path / "kas", [APP], api=True, overrides=overrides) as kas,
+        grpc.aio.insecure_channel(kas.agent_address) as ch,
+    ):
+        config_dir = kas.config.agent_configuration.directory
+        assert config_dir is not None
+        write_agent_config(config_dir, APP, "observability:\n  logging:\n    level: info\n")
+        call = get_configuration(ch, APP.token)
+        first = await read_config(call)
+        write_agent_config(config_dir, APP, "observability:\n  logging:\n    level: debug\n")
+        await send_git_push_event(kas.api_address or "", api_secret(kas), 7, "GROUP/agents")
+        second = await read_config(call)
+        assert second.commit_id != first.commit_id
+        assert first.configuration.observability.logging.level == agentcfg_pb2.info
+        assert second.configuration.observability.logging.level == agentcfg_pb2.debug
+        call.cancel()
