@@ -4,7 +4,7 @@ Every fixture that finds a built binary goes through `missing` (or `require`), s
 skipping what it was meant to run. `REQUIRE_K8S=1` covers the substrate every integration test needs
 (kube-apiserver + etcd, redis-server, Go for the test tools, promtool/prometheus); separate switches cover
 what takes a long build of its own (`REQUIRE_GITLAB_PEERS=1`: GitLab's kas and agentk; `REQUIRE_IMAGE=1`:
-the container image).
+the container image; `REQUIRE_FLUX=1`: Flux's controllers).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ GITLAB_PEERS = "REQUIRE_GITLAB_PEERS"
 """The switch for GitLab's own kas and agentk (scripts/gitlab-peers)."""
 IMAGE = "REQUIRE_IMAGE"
 """The switch for the operator's container image and an engine to run it (make image)."""
+FLUX = "REQUIRE_FLUX"
+"""The switch for Flux's source-controller and kustomize-controller (scripts/flux-controllers)."""
 
 
 def missing(reason: str, switch: str = K8S) -> NoReturn:
