@@ -9,6 +9,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent_runtime.flux_settings import FluxTuning
+from agent_runtime.informer import SharedInformers
 from agent_runtime.kube import KubeAccess
 from agent_runtime.policy import TenantPolicy
 from agent_runtime.tenancy import TenantRegistry
@@ -69,3 +71,8 @@ class WorkerEnvironment:
     """Tuning of every worker's kas channel (keepalive, message limit, dial timeouts); agentk's defaults."""
     tenants: TenantRegistry = field(default_factory=TenantRegistry)
     """What the workers of each tenant share (WorkerSpec.tenant, policy.tenant_budget)."""
+    informers: SharedInformers | None = None
+    """The process's shared informers (the Runtime's); None = no module may watch (the Flux module then
+    reports itself disabled)."""
+    flux: FluxTuning = field(default_factory=FluxTuning)
+    """Tuning of every worker's Flux module."""

@@ -24,6 +24,7 @@ from agent_proto.gitlab.agent.entity import entity_pb2
 from agent_runtime.auth_gate import AuthGate
 from agent_runtime.clock import Clock
 from agent_runtime.constants import POD_ID_BITS
+from agent_runtime.informer import SharedInformers
 from agent_runtime.kube import KubeAccess, PrivatePool
 from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
@@ -152,3 +153,5 @@ class ModuleContext:
     """Monotonic clock."""
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     """Logger carrying the worker id."""
+    informers: SharedInformers | None = None
+    """The process's shared informers (one list+watch per kind for every agent); None = none."""

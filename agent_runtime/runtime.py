@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.environment import WorkerEnvironment
+from agent_runtime.flux_settings import FluxTuning
 from agent_runtime.informer import (
     IndexFunc,
     Informer,
@@ -54,6 +55,8 @@ class RuntimeSettings:
     """What each tenant's agent may do in this process (destinations, budgets, impersonation)."""
     channel: ChannelSettings = field(default_factory=ChannelSettings)
     """Tuning of every worker's kas channel; agentk's defaults. Tests shorten the keepalive with it."""
+    flux: FluxTuning = field(default_factory=FluxTuning)
+    """Tuning of every worker's Flux module; upstream's constants. Tests shorten the debounce with it."""
 
 
 class Runtime:
@@ -77,6 +80,8 @@ class Runtime:
         """The registry /metrics serves (inject the operator's to add its own families)."""
         self.metrics = RuntimeMetrics(self.registry, version=AGENT_VERSION, commit=AGENT_COMMIT)
         """Per-agent metrics."""
+        self.informers = SharedInformers(kube)
+        """One list+watch per resource type for the whole process (the workers' modules use it too)."""
         env = WorkerEnvironment(
             kube=kube,
             metrics=self.metrics,
@@ -84,11 +89,11 @@ class Runtime:
             user_agent=self.settings.user_agent,
             policy=self.settings.policy,
             channel=self.settings.channel,
+            informers=self.informers,
+            flux=self.settings.flux,
         )
         self.manager = WorkerManager(env, worker_factory=worker_factory, stop_grace=self.settings.stop_grace)
         """The workers."""
-        self.informers = SharedInformers(kube)
-        """One list+watch per resource type for the whole process."""
         self.manager.subscribe(self.metrics.observe_snapshot)
         self.manager.subscribe_removed(self.metrics.forget)
         self._readiness = readiness or self.all_workers_connected

@@ -89,6 +89,8 @@ class WorkerSpec:
     """Whose share of the process this worker uses: the workers of one tenant share its caps on open
     tunnels and buffered bytes (policy.TenantBudget). The operator sets the GitLabAgent's namespace;
     None = a tenant of its own (the single-agent CLI)."""
+    flux_enabled: bool = True
+    """Run the Flux module (push → reconcile of the GitRepositories of the pushed project)."""
 
     def same_connection_as(self, other: WorkerSpec) -> bool:
         """True when only the token differs: the worker can reconnect in place."""
@@ -136,6 +138,53 @@ class WorkerError:
     """What the user can do about it."""
 
 
+class FluxState(enum.StrEnum):
+    """What the Flux module of a worker is doing (PROTOCOL.md §17); each maps to a condition reason."""
+
+    DISABLED = "Disabled"
+    """spec.flux.enabled is false (or the process offers no shared informers)."""
+    WAITING = "WaitingForConfiguration"
+    """No agent configuration (agent id, GitLab URL) yet."""
+    NO_GITLAB_URL = "NoGitLabURL"
+    """kas sent no usable gitlab_external_url: no GitRepository can be matched."""
+    FLUX_NOT_INSTALLED = "FluxNotInstalled"
+    """The GitRepository CRD (source.toolkit.fluxcd.io, v1) is absent or not established."""
+    NO_GITREPOSITORIES = "NoGitRepositories"
+    """Flux is installed but no GitRepository points at the agent's GitLab."""
+    STANDBY = "Standby"
+    """Another replica (or an agentk) holds the agent's Lease and does the work."""
+    LEASE_FAILED = "LeaseUnavailable"
+    """The Lease cannot be read or written (RBAC, no pod namespace)."""
+    WATCHING = "Watching"
+    """Leader; the ReconcileProjects stream is open (or about to be) for the projects in scope."""
+    NOT_SERVED = "NotServedByKas"
+    """kas answered UNIMPLEMENTED (the Plural fork, or a kas without the Flux module); retried."""
+    STREAM_FAILED = "StreamFailed"
+    """The ReconcileProjects stream failed; retried with backoff."""
+
+
+@dataclass(frozen=True)
+class FluxStatus:
+    """The Flux module's facts for the resource's status (counts are this replica's)."""
+
+    state: FluxState = FluxState.WAITING
+    """What the module is doing."""
+    message: str = ""
+    """Details for humans, with a hint where one helps."""
+    watched: int = 0
+    """GitRepositories in scope: pointing at the agent's GitLab, in namespaces the agent may patch."""
+    projects: int = 0
+    """Distinct project paths sent to kas."""
+    triggered: int = 0
+    """Reconciles requested (GitRepositories patched) since the worker started."""
+    failed: int = 0
+    """Patches that failed (after their retries) since the worker started."""
+    ignored: int = 0
+    """Projects kas reported that are malformed or were not asked for (dropped)."""
+    last_trigger: datetime | None = None
+    """When the last reconcile was requested."""
+
+
 @dataclass(frozen=True)
 class WorkerSnapshot:
     """The latest observable state of one worker; published on every change."""
@@ -166,3 +215,5 @@ class WorkerSnapshot:
     """Connect streams serving a request."""
     last_error: WorkerError | None = None
     """The most recent error, cleared when the worker is healthy again."""
+    flux: FluxStatus = field(default_factory=FluxStatus)
+    """The Flux module's state; it never changes the phase (Flux is optional)."""

@@ -32,9 +32,17 @@ from agent_runtime.kube import PrivatePool
 from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
 from agent_runtime.module_context import AgentInfo, ModuleContext
-from agent_runtime.modules import agent_configuration, agent_registrar, kubernetes_api, reverse_tunnel
+from agent_runtime.modules import agent_configuration, agent_registrar, flux, kubernetes_api, reverse_tunnel
 from agent_runtime.secret import Secret
-from agent_runtime.spec import ErrorReason, Phase, WorkerError, WorkerSnapshot, WorkerSpec
+from agent_runtime.spec import (
+    ErrorReason,
+    FluxState,
+    FluxStatus,
+    Phase,
+    WorkerError,
+    WorkerSnapshot,
+    WorkerSpec,
+)
 from agent_runtime.tenancy import TenantShare
 from agent_runtime.transport.channel import KasConnection, open_kas_connection
 from agent_runtime.transport.config_error import TransportConfigError
@@ -176,6 +184,7 @@ class Worker:
             handlers=HandlerTable(),
             clock=SYSTEM_CLOCK,
             logger=self._log,
+            informers=self._env.informers,
         )
 
     async def _run_modules(self, connection: KasConnection) -> None:
@@ -204,6 +213,10 @@ class Worker:
                 start("agent_configuration", agent_configuration.build(ctx, metrics).run()),
                 start("channel_watch", self._watch_channel(connection)),
             ]
+            if self._spec.flux_enabled:
+                others.append(start("flux", flux.build(ctx, self._env.flux, metrics).run()))
+            else:
+                self._state.flux(FluxStatus(FluxState.DISABLED, "spec.flux.enabled is false"))
             tunnels = start("reverse_tunnel", reverse_tunnel.build(tunnel_ctx, metrics).run())
             start("stopper", self._stopper(others, tunnels))
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from agent_runtime.errors import FATAL_REASONS
-from agent_runtime.spec import ErrorReason, Phase, WorkerError, WorkerSnapshot
+from agent_runtime.spec import ErrorReason, FluxStatus, Phase, WorkerError, WorkerSnapshot
 
 
 class Component(enum.StrEnum):
@@ -58,6 +58,10 @@ class StateReporter(Protocol):
 
     def tunnel_counts(self, idle: int, active: int) -> None:
         """Current numbers of established idle and active tunnel streams."""
+        ...
+
+    def flux(self, status: FluxStatus) -> None:
+        """The Flux module's latest state (never changes the phase)."""
         ...
 
 
@@ -109,6 +113,10 @@ class WorkerState:
     def tunnel_counts(self, idle: int, active: int) -> None:
         """See StateReporter."""
         self._update(tunnels_idle=idle, tunnels_active=active)
+
+    def flux(self, status: FluxStatus) -> None:
+        """See StateReporter."""
+        self._update(flux=status)
 
     def set_kas_version(self, version: str | None) -> None:
         """kas's version as the transport learned it."""

@@ -12,7 +12,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 
-from agent_runtime.spec import Phase, WorkerSnapshot
+from agent_runtime.spec import FluxState, Phase, WorkerSnapshot
 from agent_runtime.version import AGENT_VERSION
 from agent_runtime.versions import check_kas_version
 
@@ -39,7 +39,7 @@ _GRPC_CODES: Final = frozenset(
         "UNAUTHENTICATED",
     }
 )
-_RPCS: Final = frozenset({"GetConfiguration", "Register", "Connect"})
+_RPCS: Final = frozenset({"GetConfiguration", "Register", "Connect", "ReconcileProjects"})
 
 
 def code_class(code: str) -> str:
@@ -110,6 +110,33 @@ class RuntimeMetrics:
             ["agent"],
             registry=registry,
         )
+        self._flux_watched = Gauge(
+            f"{p}_flux_gitrepositories",
+            "GitRepositories the agent's Flux module covers (its GitLab, namespaces it may patch); "
+            "0 on a replica that does not hold the agent's Lease",
+            ["agent"],
+            registry=registry,
+        )
+        self._flux_triggered = Counter(
+            f"{p}_flux_reconciles_triggered",
+            "GitRepositories patched with reconcile.fluxcd.io/requestedAt after a push, by result",
+            ["agent", "result"],
+            registry=registry,
+        )
+        self._flux_last_trigger = Gauge(
+            f"{p}_flux_last_trigger_timestamp_seconds",
+            "Unix time of the agent's last successful Flux reconcile request",
+            ["agent"],
+            registry=registry,
+        )
+        self._flux_state = Gauge(
+            f"{p}_flux_state",
+            "1 for the state of the agent's Flux module (Watching, Standby, FluxNotInstalled, ...); "
+            "one series per agent",
+            ["agent", "state"],
+            registry=registry,
+        )
+        self._flux_seen: dict[str, tuple[int, int, FluxState | None]] = {}
         self._build = Info(f"{p}_build", "Version of this engine", registry=registry)
         self._build.info({"version": version, "commit": commit})
         self._connected_since: dict[str, datetime] = {}
@@ -143,6 +170,7 @@ class RuntimeMetrics:
         self._tunnels_idle.labels(agent).set(snapshot.tunnels_idle)
         self._tunnels_active.labels(agent).set(snapshot.tunnels_active)
         self._configuration_received.labels(agent).set(1 if snapshot.configuration_received else 0)
+        self._observe_flux(snapshot)
         verdict = check_kas_version(snapshot.kas_version, snapshot.agent_version or AGENT_VERSION)
         if verdict.compatible is None:
             self._version_compatible.remove(agent)
@@ -157,9 +185,32 @@ class RuntimeMetrics:
         else:
             self._reconnects.labels(agent)  # the series exists (at 0) from the first snapshot on
 
+    def _observe_flux(self, snapshot: WorkerSnapshot) -> None:
+        """Flux gauges, and the counters advanced by what the snapshot's totals grew (a new worker of the
+        same agent starts its totals at 0: they count in full)."""
+        agent, flux = snapshot.id, snapshot.flux
+        triggered, failed, state = self._flux_seen.get(agent, (0, 0, None))
+        self._flux_watched.labels(agent).set(flux.watched)
+        for result, now, before in (("ok", flux.triggered, triggered), ("failed", flux.failed, failed)):
+            grown = now - before if now >= before else now
+            if grown:
+                self._flux_triggered.labels(agent, result).inc(grown)
+        if flux.last_trigger is not None:
+            self._flux_last_trigger.labels(agent).set(flux.last_trigger.timestamp())
+        if state is not flux.state:
+            if state is not None:
+                self._flux_state.remove(agent, state.value)
+            self._flux_state.labels(agent, flux.state.value).set(1)
+        self._flux_seen[agent] = (flux.triggered, flux.failed, flux.state)
+
     def forget(self, worker_id: str) -> None:
         """Delete every series of a removed worker, so label cardinality follows the live workers."""
         self._connected_since.pop(worker_id, None)
+        seen = self._flux_seen.pop(worker_id, None)
+        if seen is not None and seen[2] is not None:
+            self._flux_state.remove(worker_id, seen[2].value)
+        for result in ("ok", "failed"):
+            self._flux_triggered.remove(worker_id, result)
         for family in (
             self._connected,
             self._tunnels_idle,
@@ -168,6 +219,8 @@ class RuntimeMetrics:
             self._request_seconds,
             self._reconnects,
             self._version_compatible,
+            self._flux_watched,
+            self._flux_last_trigger,
         ):
             family.remove(worker_id)  # no-op when the series does not exist
         for code in (*_GRPC_CODES, "1xx", "2xx", "3xx", "4xx", "5xx", "other"):
