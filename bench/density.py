@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _api_counts as api_counts
 import _bootstrap
 import aiohttp
 from _fleet import OperatorProcess, PhaseWatch, create_all, fleet_objects, install_crd
@@ -141,8 +142,13 @@ async def _one_size_operator(
     label: str = "",
     traced: Path | None = None,
     frames: int = 0,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    """The same measurement through the operator: GitLabAgent resources, status watched on the apiserver."""
+    """The same measurement through the operator: GitLabAgent resources, status watched on the apiserver.
+
+    Also counts the API requests per agent from the creation of the objects until 5 s after all Connected
+    (the apiserver's own counter, without the benchmark's creates and watch), and with `profile` samples
+    the operator with py-spy during the bring-up."""
     namespace = f"bench-density-{len(agents)}{label}"
     await asyncio.to_thread(cluster.create_namespace, namespace)
     sa_path = f"/api/v1/namespaces/{namespace}/serviceaccounts"
@@ -160,18 +166,27 @@ async def _one_size_operator(
         await asyncio.sleep(3.0)
         rss_empty = process_rss(operator.pid)
         operator.dump_memory()  # snapshot 0: empty
+        requests_before = await api_counts.scrape(cluster)
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
             watcher = group.create_task(watch.run(), name="gitlabagent-watch")
             await create_all(session, direct, secrets)
             await asyncio.wait_for(watch.ready.wait(), 10)
+            spy = await _start_spy(profile, operator.pid, f"density-operator-{len(agents)}{label}")
+            cpu_before = process_cpu(operator.pid)
             started = await create_all(session, direct, glas)
             ok = await watch.wait_all(names, "Connected", CONNECT_LIMIT_S)
+            bring_up_cpu = process_cpu(operator.pid) - cpu_before
             watcher.cancel()
+        if spy is not None:
+            await spy.wait()
         first_post = min(started.values())
         connected = sorted(
             watch.first_seen[n]["Connected"] for n in names if "Connected" in watch.first_seen.get(n, {})
         )
         await asyncio.sleep(SETTLE_S)
+        requests = api_counts.per_resource(
+            requests_before, await api_counts.scrape(cluster), len(agents), _own_requests(len(agents), watch)
+        )
         rss_loaded = process_rss(operator.pid)
         threads, fds = _counts(operator.pid)
         operator.dump_memory()  # snapshot 1: loaded
@@ -180,7 +195,7 @@ async def _one_size_operator(
         rss_late = process_rss(operator.pid)
         fds_late = _counts(operator.pid)[1]
         operator.dump_memory()  # snapshot 2: late
-        profile = await _memory_profile(traced_dir, len(agents))
+        memory = await _memory_profile(traced_dir, len(agents))
         idle_cpu = await _cpu_share(operator.pid, IDLE_S)
     finally:
         operator.stop()
@@ -206,7 +221,29 @@ async def _one_size_operator(
         "per_agent_kib_late": (rss_late - rss_empty) / len(agents) / 1024,
         "fds_late": fds_late,
         "watch_restarts": watch.restarts,
-        "profile": profile,
+        "profile": memory + (summarise(spy.out) if spy is not None else ""),
+        "requests": requests,
+        "bring_up_cpu_s": bring_up_cpu,
+    }
+
+
+async def _start_spy(profile: Path | None, pid: int, name: str) -> PySpy | None:
+    """py-spy on the operator for the bring-up (`--profile DIR`), or None."""
+    if profile is None:
+        return None
+    await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
+    spy = PySpy(pid, profile / f"{name}-connect.txt", seconds=30)
+    await spy.start()
+    return spy
+
+
+def _own_requests(agents: int, watch: PhaseWatch) -> dict[api_counts.Key, float]:
+    """The benchmark's own requests: one POST per Secret and per GitLabAgent, its LISTs and watches."""
+    return {
+        ("POST", "secrets", ""): agents,
+        ("POST", "gitlabagents", ""): agents,
+        ("LIST", "gitlabagents", ""): watch.relists,
+        ("WATCH", "gitlabagents", ""): watch.restarts + 1,
     }
 
 
@@ -256,7 +293,7 @@ async def _run(args: argparse.Namespace) -> None:
                         await asyncio.sleep(3.0)  # let kas notice the previous agents went away
                     if args.mode in ("operator", "both"):
                         result = await _one_size_operator(
-                            cluster, url, all_agents[:n], work_dir, label, *_traced(args)
+                            cluster, url, all_agents[:n], work_dir, label, *_traced(args), args.profile
                         )
                         results.append({"engine": f"operator {scheme}://", **result})
                         restarts = result["watch_restarts"]
@@ -304,6 +341,13 @@ async def _run(args: argparse.Namespace) -> None:
     ]
     print(table(header, rows))
     for r in results:
+        if r.get("requests"):
+            counts = ", ".join(f"{what} {per:.2f}" for what, per in r["requests"])
+            when = f"until {SETTLE_S:.0f} s after all Connected"
+            print(f"API requests per agent, {r['engine']} N={r['n']} ({when}): {counts}")
+            cpu = r["bring_up_cpu_s"]
+            per = 1000 * cpu / r["n"]
+            print(f"operator CPU from the first POST to all Connected: {cpu:.1f} s, {per:.1f} ms/agent")
         if r["profile"]:
             print(r["profile"])
 
@@ -331,7 +375,9 @@ def main() -> int:
         default="grpc",
         help="how the agents dial kas: grpc:// directly, ws:// through the WebSocket bridge, or both in turn",
     )
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy the runtime while agents connect")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the runtime (or the operator) while agents connect"
+    )
     memory = parser.add_mutually_exclusive_group()
     memory.add_argument(
         "--tracemalloc",
