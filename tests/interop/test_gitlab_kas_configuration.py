@@ -5,8 +5,7 @@ head of the project's default branch, and re-reads it at once when "Rails" repor
 (tests/support/gitlab_project.py). Checked here: our runtime gets the configuration (agent id, commit)
 and each pushed change within a moment (not kas's 5 minute poll); GitLab's agentk gets it the same way
 (its log level follows the file); a file kas cannot parse leaves the agent with ConfigurationRejected and
-the standard hint. The operator's side (its worker, the GitLabAgent's status and AGENT ID column) is in
-test_operator_gitlab_kas_configuration.py.
+the standard hint; the operator's worker gets it too (ConfigurationReceived, the AGENT ID column).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +26,16 @@ from agent_runtime.errors import hint_for
 from agent_runtime.runtime import Runtime
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, ServiceAccountRef, WorkerSnapshot, WorkerSpec
-from tests.e2e.harness import Kube, service_account_kubeconfig, wait_for
+from tests.e2e.harness import (
+    Kube,
+    OperatorProcess,
+    condition,
+    gitlab_agent,
+    phase,
+    secret,
+    service_account_kubeconfig,
+    wait_for,
+)
 from tests.interop.helpers import AGENT_SA, drop_cluster_grant, prepare_namespace, started_runtime
 from tests.interop.test_agentk_reference_kas import agentk_namespace
 from tests.support.gitlab_api import Agent, GitLabApi
@@ -200,6 +209,43 @@ def test_gitlab_agentk_gets_the_configuration_and_its_log_level_follows_the_file
         raise AssertionError(f"{err}\n--- agentk log ---\n{agentk.log()[-4000:]}") from None
     finally:
         agentk.stop()
+
+
+def _configured(kube: Kube, namespace: str, commit: str) -> dict[str, Any] | None:
+    """The GitLabAgent once ConfigurationReceived=True names `commit`."""
+    body = kube.gla(namespace, "configured")
+    received = condition(body, "ConfigurationReceived")
+    ok = received is not None and received["status"] == "True" and commit in received["message"]
+    return body if ok else None
+
+
+@pytest.mark.e2e
+def test_the_operators_worker_gets_the_configuration_and_shows_the_agent_id(
+    kube: Kube,
+    gitlab_kas: GitLabKas,
+    project: GitLabProject,
+    operator: OperatorProcess,
+    agent_namespace: str,
+) -> None:
+    ns = agent_namespace
+    kube.apply(
+        secret(ns, "token", CONFIGURED.token),
+        gitlab_agent(ns, "configured", gitlab_kas.agent_url("grpc"), "token"),
+    )
+    try:
+        body = wait_for("the first configuration", lambda: _configured(kube, ns, project.head()), timeout=60)
+        assert body["status"]["agentId"] == CONFIGURED.id
+        assert phase(body) == "Connected"
+        commit = project.push({CONFIG_PATH: FIRST_CONFIG + "# seen by the operator\n"}, "for the operator")
+        wait_for("the pushed configuration", lambda: _configured(kube, ns, commit), timeout=PROMPT_S)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{kube.gla(ns, 'configured')}\n{operator.log()[-3000:]}") from None
+    table = kube.kubectl("get", "gitlabagents", "-n", ns)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    column = header.index("AGENT ID")
+    assert row.startswith("configured")
+    assert row[column:].split()[0] == str(CONFIGURED.id), table.stdout
 
 
 async def test_a_configuration_file_kas_cannot_parse_is_rejected_with_the_hint(
