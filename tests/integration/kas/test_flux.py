@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
@@ -20,7 +21,7 @@ from agent_proto.gitlab.agent.event import event_pb2
 from agent_proto.gitlab.agent.flux.rpc import rpc_pb2 as flux_rpc
 from agent_proto.gitlab.agent.notifications.rpc import rpc_pb2 as notifications_rpc
 from kas import jwt
-from kas.flux import MAX_PROJECTS, RECONCILE_PROJECTS_PATH
+from kas.flux import BUFFER_SIZE, MAX_PROJECTS, RECONCILE_PROJECTS_PATH
 from kas.push_client import GIT_PUSH_EVENT_PATH, as_secret
 from kas.server import KasServer
 from kas.testing import TestAgent, running_kas, send_git_push_event, write_agent_config, write_agents_file
@@ -264,3 +265,88 @@ async def test_push_to_the_configuration_project_re_reads_the_configuration_at_o
         assert first.configuration.observability.logging.level == agentcfg_pb2.info
         assert second.configuration.observability.logging.level == agentcfg_pb2.debug
         call.cancel()
+
+
+class StallingProxy:
+    """127.0.0.1:<port> -> kas, until `stall()`: from then on nothing more is read from kas (an agent
+    on a stalled network path; kas's HTTP/2 window runs out and its writes on that stream wait)."""
+
+    def __init__(self, upstream: str) -> None:
+        self._upstream = upstream
+        self._stalled = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.address = ""
+
+    async def __aenter__(self) -> StallingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    async def _accept(self, down_reader: asyncio.StreamReader, down: asyncio.StreamWriter) -> None:
+        host, _, port = self._upstream.rpartition(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # little room in the kernel either
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        up_reader, up = await asyncio.open_connection(sock=sock)
+        for name, coro in (
+            ("to-kas", self._pump(down_reader, up, stalls=False)),
+            ("from-kas", self._pump(up_reader, down, stalls=True)),
+        ):
+            task = asyncio.get_running_loop().create_task(coro, name=f"stalling-proxy:{name}")
+            self._tasks.add(task)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, stalls: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if stalls and self._stalled.is_set():
+                    await asyncio.Event().wait()  # hold the connection open, read nothing more from kas
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_a_stalled_stream_drops_and_counts_and_holds_up_no_other(tmp_path: Path) -> None:
+    path = "group/" + "x" * 1000  # big responses: the stalled connection's window runs out sooner
+    agents = [replace(APP, projects=(path,)), replace(OTHER, projects=(path,))]
+    async with (
+        running_kas(tmp_path / "kas", agents, api=True, websocket=False) as kas,
+        StallingProxy(kas.agent_address) as proxy,
+        grpc.aio.insecure_channel(proxy.address, options=[("grpc.http2.bdp_probe", 0)]) as stalled_channel,
+        grpc.aio.insecure_channel(kas.agent_address) as channel,
+        grpc.aio.insecure_channel(kas.api_address or "") as api_channel,
+    ):
+        rails = bearer(jwt.encode(as_secret(api_secret(kas)), issuer="gitlab", lifetime=60))
+        stalled = reconcile_projects(stalled_channel, APP.token, path)
+        live = reconcile_projects(channel, OTHER.token, path)
+        await wait_subscribed(kas, streams=2)
+        proxy.stall()
+        pushes = 200
+        for number in range(1, pushes + 1):
+            await git_push_call(api_channel)(push_request(number, path), metadata=rails, timeout=5)
+            assert await next_project(live) == path  # every push reaches the live stream at once
+        samples = kas.metrics.registry.get_sample_value
+        dropped = samples("flux_dropped_git_push_notifications_total")
+        sent = samples("flux_git_push_notifications_total")
+        assert dropped is not None
+        assert dropped > 0
+        # Every event is accounted for: sent, dropped, or waiting in the stalled stream's buffer (10)
+        # behind the one write that cannot finish.
+        assert sent is not None
+        assert sent + dropped == 2 * pushes - BUFFER_SIZE - 1
+        stalled.cancel()
+        live.cancel()
