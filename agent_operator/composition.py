@@ -20,7 +20,7 @@ from typing import Any, Final
 import kopf
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from agent_operator.controller import AgentController
+from agent_operator.controller import AgentController, WorkerRuntime
 from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
 from agent_operator.label_sweep import ListError, list_agents, sweep_periodically
@@ -28,6 +28,7 @@ from agent_operator.mapping import AgentKey
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.service_accounts import ServiceAccounts
 from agent_operator.settings import OperatorSettings
+from agent_operator.sharding import Sharding
 from agent_operator.sources import Sources
 from agent_operator.status_writer import StatusWriter
 from agent_runtime.kube import KubeAccess
@@ -84,11 +85,29 @@ class Composition:
             registry=self.registry,
             readiness=self._ready,
         )
-        self.writer = StatusWriter(self.api, self.events, self.runtime.snapshot, self.metrics)
+        self.sharding = (
+            Sharding(
+                settings.sharding,
+                settings.instance,
+                self.api,
+                self.runtime,
+                self.registry,
+                drain_grace=settings.drain_grace,
+            )
+            if settings.sharding is not None
+            else None
+        )
+        """With --sharding: runs only this replica's share of the agents (agent_operator/sharding/)."""
+        workers: WorkerRuntime = self.runtime
+        if self.sharding is None:
+            self.writer = StatusWriter(self.api, self.events, self.runtime.snapshot, self.metrics)
+        else:
+            workers = self.sharding.gate
+            self.writer = self.sharding.writer(self.api, self.events, workers.snapshot, self.metrics)
         self.sources = Sources(self.api, settings.namespaces)
         self.service_accounts = ServiceAccounts(settings.namespaces)
         self.controller = AgentController(
-            self.runtime,
+            workers,
             self.sources,
             self.writer,
             self.events,
@@ -102,12 +121,16 @@ class Composition:
         self._task: asyncio.Task[None] | None = None
 
     def _ready(self) -> bool:
-        return self._task is not None and not self._task.done() and self.controller.ready()
+        if self._task is None or self._task.done():
+            return False
+        return self.controller.ready() if self.sharding is None else self.sharding.ready()
 
     async def start(self) -> None:
         """Start the runtime, the secret watches and the operator's tasks."""
         await self._expect_existing_agents()
         await self.runtime.start()
+        if self.sharding is not None:
+            self.sharding.start()
         self.runtime.subscribe(self.writer.on_snapshot)
         self.runtime.subscribe(self.controller.on_snapshot)
         self.sources.start(self.runtime.informer, self.controller.source_changed)
@@ -137,6 +160,8 @@ class Composition:
             tg.create_task(self.controller.run(), name="agent-remapper")
             tg.create_task(self._sweep_labels(), name="label-sweep")
             tg.create_task(self._publish_readiness(), name="readiness-metric")
+            if self.sharding is not None:
+                tg.create_task(self.sharding.run(), name="sharding")
 
     async def _publish_readiness(self) -> None:
         """Keep agentk_operator_ready equal to what /readiness would answer, until cancelled."""
@@ -157,6 +182,8 @@ class Composition:
                 await task
         log.info("draining agents", extra={"grace_seconds": self.settings.drain_grace})
         await self.runtime.stop(self.settings.drain_grace)
+        if self.sharding is not None:
+            await self.sharding.release()  # only now: every worker here has stopped
         await self.api.close()
         await self.kube.close()
         log.info("operator stopped")

@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from agent_operator.policy_flags import AdmissionLimits, PolicyFlagError, add_policy_flags, parse_policy
+from agent_operator.sharding.settings import (
+    ShardingFlagError,
+    ShardingSettings,
+    add_sharding_flags,
+    parse_sharding,
+)
 from agent_runtime.policy import TenantPolicy
 from agent_runtime.telemetry.endpoints import parse_listen_address
 from agent_runtime.versions import KubernetesSupport
@@ -55,6 +61,8 @@ class OperatorSettings:
     """What each tenant's agent may do in the shared pod (destinations, budgets, impersonation)."""
     limits: AdmissionLimits = field(default_factory=AdmissionLimits)
     """Limits on GitLabAgent resources themselves (agents per namespace)."""
+    sharding: ShardingSettings | None = None
+    """Share the GitLabAgents with other replicas (--sharding); None = this process runs all of them."""
 
 
 def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -122,6 +130,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--log-level", default=_env(environ, "GAO_LOG_LEVEL", "INFO"), help="INFO, DEBUG, ..."
     )
     add_policy_flags(parser, environ)
+    add_sharding_flags(parser, environ)
     return parser
 
 
@@ -155,6 +164,10 @@ def parse_settings(
         policy, limits = parse_policy(args)
     except PolicyFlagError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        sharding = parse_sharding(args, namespaces)
+    except ShardingFlagError as exc:
+        raise UsageError(str(exc)) from None
     instance = _env(environ, "POD_NAME") or socket.gethostname()
     return OperatorSettings(
         namespaces=namespaces or None,
@@ -169,4 +182,5 @@ def parse_settings(
         instance=instance,
         policy=policy,
         limits=limits,
+        sharding=sharding,
     )

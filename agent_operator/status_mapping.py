@@ -90,6 +90,8 @@ class AgentFacts:
     """The cluster's gitVersion as the operator read it (used until Register reports one)."""
     kubernetes_support: KubernetesSupport = field(default_factory=KubernetesSupport)
     """The supported Kubernetes range."""
+    replica: str | None = None
+    """The operator replica that runs the agent (its pod name), when the operator is sharded."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,7 @@ def compute_status(
         tunnels=TunnelCounts(idle=idle, active=active),
         tunnels_summary=tunnels_summary(idle, active),
         last_error=last_error,
+        replica=facts.replica,
     )
 
 

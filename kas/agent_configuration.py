@@ -26,6 +26,7 @@ from agent_proto.gitlab.agent.agent_configuration.rpc import rpc_pb2 as config_r
 from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
 from agent_proto.gitlab.agent.event import event_pb2
 from kas.agent_server.connections import ConnectionTable
+from kas.agent_streams import StreamLog
 from kas.agent_tracker import AgentTracker, connected_agent_info
 from kas.agents import AgentDirectory, AgentInfo, fold_path
 from kas.auth import require_agent
@@ -193,12 +194,14 @@ class AgentConfigurationServer:
         tracker: AgentTracker,
         connections: ConnectionTable,
         gitlab_external_url: str,
+        stream_log: StreamLog | None = None,
     ) -> None:
         self._directory = directory
         self._store = store
         self._tracker = tracker
         self._connections = connections
         self._url = gitlab_external_url
+        self._stream_log = stream_log if stream_log is not None else StreamLog()
         self._streams: set[asyncio.Event] = set()
         self._shutting_down = False
 
@@ -219,6 +222,7 @@ class AgentConfigurationServer:
             registration = connected_agent_info(agent, request.agent_meta, random.getrandbits(63))
             await self._tracker.register(registration, held=True)
         peer = context.peer()
+        logged = self._stream_log.started(agent.id, request.agent_meta.pod_name, peer)
         conn = self._connections.attach(peer)
         wake = asyncio.Event()
         conn.watchers.add(wake)
@@ -227,6 +231,7 @@ class AgentConfigurationServer:
         try:
             await self._stream(request.commit_id, agent, watched, conn.aged, wake, context)
         finally:
+            self._stream_log.ended(logged)
             self._connections.detach(peer, conn)
             conn.watchers.discard(wake)
             self._streams.discard(wake)

@@ -1,4 +1,5 @@
-"""kas's observability listener: /metrics, /liveness, /readiness and /api/connected_agents (JSON)."""
+"""kas's observability listener: /metrics, /liveness, /readiness, and as JSON /api/connected_agents and
+/api/agent_streams (kas/agent_streams.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kas.agent_streams import StreamLog
 from kas.agent_tracker import AgentTracker, info_as_json
 from kas.metrics import KasMetrics
 from kas.version import server_header
@@ -19,8 +21,11 @@ class ObservabilityServer:
         tracker: AgentTracker,
         ready: Callable[[], Awaitable[str | None]],
         before_scrape: Callable[[], Awaitable[None]],
+        *,
+        streams: StreamLog | None = None,
     ) -> None:
         self._metrics = metrics
+        self._streams = streams if streams is not None else StreamLog()
         self._tracker = tracker
         self._ready = ready
         self._before_scrape = before_scrape
@@ -33,6 +38,7 @@ class ObservabilityServer:
         app.router.add_get("/liveness", self._liveness)
         app.router.add_get("/readiness", self._readiness)
         app.router.add_get("/api/connected_agents", self._connected_agents)
+        app.router.add_get("/api/agent_streams", self._agent_streams)
         app.on_response_prepare.append(self._server_header)
         return app
 
@@ -74,3 +80,12 @@ class ObservabilityServer:
                 return web.json_response({"error": "agent_id must be an integer"}, status=400)
         infos = await self._tracker.connected(agent_id)
         return web.json_response({"agents": [info_as_json(i) for i in infos]})
+
+    async def _agent_streams(self, request: web.Request) -> web.Response:
+        agent_id: int | None = None
+        if "agent_id" in request.query:
+            try:
+                agent_id = int(request.query["agent_id"])
+            except ValueError:
+                return web.json_response({"error": "agent_id must be an integer"}, status=400)
+        return web.json_response(self._streams.as_json(agent_id))

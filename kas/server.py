@@ -23,6 +23,7 @@ from kas.agent_configuration import AgentConfigurationServer, ConfigStore
 from kas.agent_server.connections import ConnectionTable
 from kas.agent_server.front import FrontListener, agent_ssl_context
 from kas.agent_server.grpc_server import build_agent_server, counted, server_options
+from kas.agent_streams import StreamLog
 from kas.agent_tracker import AgentRegistrarServer, AgentTracker, RedisAgentTracker
 from kas.agents import AgentDirectory, AgentInfo
 from kas.agents_secret import AgentsSecretWatcher
@@ -79,6 +80,8 @@ class KasServer:
             config.agent_configuration.poll_period,
         )
         self.tracker: AgentTracker = AgentTracker(config.agent_tracker.register_ttl)
+        self.stream_log = StreamLog()
+        """The agents' GetConfiguration streams, live and ended (/api/agent_streams)."""
         self.router: KasRouter = KasRouter(self.registry, self.metrics)
         self._tasks = TaskSupervisor("kas")
         self._agent_server: grpc.aio.Server | None = None
@@ -214,7 +217,12 @@ class KasServer:
         names = self.names
         tunnels = ReverseTunnelServer(self.directory, self.registry, self.connections)
         self._config_server = AgentConfigurationServer(
-            self.directory, self.config_store, self.tracker, self.connections, config.gitlab_external_url
+            self.directory,
+            self.config_store,
+            self.tracker,
+            self.connections,
+            config.gitlab_external_url,
+            stream_log=self.stream_log,
         )
         registrar = AgentRegistrarServer(self.directory, self.tracker)
         m = self.metrics
@@ -287,7 +295,7 @@ class KasServer:
 
     async def _start_observability(self) -> None:
         self._observability = ObservabilityServer(
-            self.metrics, self.tracker, self._readiness, self._update_gauges
+            self.metrics, self.tracker, self._readiness, self._update_gauges, streams=self.stream_log
         )
         await self._observability.start(*split_address(self.config.observability.listen.address))
 

@@ -31,6 +31,7 @@ PRINTER_COLUMNS: Final = (
     _column("AGE", "date", ".metadata.creationTimestamp", "Time since the resource was created"),
     _column("ERROR", "string", ".status.lastError.reason", "Kind of the last failure", priority=1),
     _column("HINT", "string", ".status.lastError.hint", "How to fix the last failure", priority=1),
+    _column("REPLICA", "string", ".status.replica", "The operator replica running the agent", priority=1),
 )
 
 

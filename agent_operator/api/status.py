@@ -106,6 +106,9 @@ class GitLabAgentStatus(ApiModel):
     """The tunnel counts as text for the TUNNELS column, e.g. `2 idle/0 active`."""
     last_error: LastError | None = None
     """The most recent failure and a hint on how to fix it."""
+    replica: Annotated[str, Field(max_length=253)] | None = None
+    """The operator replica (pod) that runs this agent, when the operator is sharded over several
+    replicas (--sharding); absent otherwise."""
 
     def condition(self, type_: ConditionType | str) -> Condition | None:
         """The condition of that type, if present."""

@@ -1,0 +1,154 @@
+"""This replica's membership: join, renew, fence; and the live member set, from the group's Leases.
+
+A replica that cannot renew its member Lease for FENCE_FRACTION of its duration stops its workers at
+once (`on_fence`), before the others, which wait the whole duration after they last saw it renewed, may
+take its agents over. Until it renews again it owns nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import aiohttp
+
+from agent_operator.sharding.leases import LeaseApi, LeaseError, LeaseView, member_lease_name
+from agent_operator.sharding.metrics import ShardMetrics
+from agent_runtime.sharding.members import Clock, Membership
+
+log = logging.getLogger(__name__)
+
+RENEW_FRACTION: Final = 0.25
+"""A member Lease is renewed every quarter of its duration (client-go's leader election: about a third)."""
+FENCE_FRACTION: Final = 0.6
+"""Without a successful renewal for this part of the duration, a replica stops its workers."""
+CHECK_INTERVAL_S: Final = 0.5
+"""How often the live member set is recomputed (a dead member is noticed this much after it expired)."""
+DEAD_CONFIRMED_S: Final = 2.0
+"""A member confirmed dead by a fresh read stays confirmed this long (one read per takeover burst)."""
+FORGET_AFTER_DURATIONS: Final = 6
+"""A member Lease unchanged for this many durations belongs to a replica gone for good: deleted."""
+
+
+class Members:
+    """Owns the member Lease of this replica and the view of the others'."""
+
+    def __init__(
+        self,
+        leases: LeaseApi,
+        duration: float,
+        metrics: ShardMetrics,
+        *,
+        on_change: Callable[[], None],
+        on_fence: Callable[[], Awaitable[None]],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._leases = leases
+        self._duration = duration
+        self._metrics = metrics
+        self._on_change = on_change
+        self._on_fence = on_fence
+        self._clock = clock
+        self._table = Membership(clock)
+        self._live: frozenset[str] | None = None
+        self._joined = False
+        self._fenced = False
+        self._synced = False
+        self._dead: dict[str, float] = {}
+
+    @property
+    def live(self) -> frozenset[str] | None:
+        """The live members (this one included), or None while unknown: before joining and while fenced."""
+        return self._live
+
+    def synced(self) -> None:
+        """The informer has listed the group's Leases: the member set can be known."""
+        self._synced = True
+        self._recompute()
+
+    def observe(self, lease: LeaseView) -> None:
+        """A member Lease as the informer delivered it."""
+        self._table.observe(lease.name, lease.holder, lease.version, lease.duration or self._duration)
+
+    def forget(self, lease: LeaseView) -> None:
+        """A member Lease was deleted: that member left."""
+        self._table.forget(lease.name)
+        self._recompute()
+
+    async def run(self) -> None:
+        """Join, then renew and recompute until cancelled."""
+        joined = await self._attempt(self._leases.join)
+        while not joined:  # the API server is away: nothing to wait on but time
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            joined = await self._attempt(self._leases.join)
+        last_ok = self._clock()
+        self._joined = True
+        renew_every = self._duration * RENEW_FRACTION
+        next_renew = self._clock() + renew_every
+        while True:
+            if self._clock() >= next_renew:
+                sent = self._clock()
+                if await self._attempt(self._leases.renew, limit_s=renew_every):
+                    last_ok = sent
+                    if self._fenced:
+                        log.info("member Lease renewed again: taking agents again")
+                        self._fenced = False
+                next_renew = self._clock() + renew_every
+            if not self._fenced and self._clock() - last_ok > self._duration * FENCE_FRACTION:
+                log.error("cannot renew the member Lease: stopping every agent here (others take over)")
+                self._fenced = True
+                self._recompute()
+                await self._on_fence()
+            self._recompute()
+            await asyncio.sleep(CHECK_INTERVAL_S)
+
+    async def _attempt(self, call: Callable[[], Awaitable[bool]], limit_s: float | None = None) -> bool:
+        try:
+            async with asyncio.timeout(limit_s):
+                return await call()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("member Lease request failed: %s", type(exc).__name__)
+            return False
+
+    def _recompute(self) -> None:
+        live: frozenset[str] | None = None
+        if self._joined and self._synced and not self._fenced:
+            live = self._table.live() | {self._leases.me}
+        if live != self._live:
+            self._live = live
+            self._metrics.members.set(len(live) if live is not None else 0)
+            log.info("members: %s", sorted(live) if live is not None else "unknown (not a member now)")
+            self._on_change()
+
+    async def confirm_dead(self, holder: str) -> bool:
+        """Whether `holder` is dead, checked with a fresh read of its member Lease: a Lease that changed
+        since we last saw it means our watch lagged, not that the member died."""
+        if holder in (self._live or ()):
+            return False
+        confirmed = self._dead.get(holder)
+        if confirmed is not None and self._clock() - confirmed < DEAD_CONFIRMED_S:
+            return True
+        lease = member_lease_name(self._leases.group, holder)
+        try:
+            version = await self._leases.member_version(lease)
+        except (aiohttp.ClientError, TimeoutError, LeaseError) as exc:
+            log.warning("cannot confirm that %s is dead: %s", holder, exc)
+            return False
+        if version is None or version == self._table.marker(holder):
+            self._dead[holder] = self._clock()
+            return True
+        self._table.observe(lease, holder, version, self._duration)
+        self._recompute()
+        return False
+
+    async def forget_long_dead(self) -> None:
+        """Delete member Leases of replicas gone for good (a Deployment's pods get new names)."""
+        for lease, version in self._table.stale(self._duration * FORGET_AFTER_DURATIONS):
+            try:
+                await self._leases.delete_member(lease, version)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("cannot delete the Lease of a gone member: %s", type(exc).__name__)
+                return
