@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
 from agent_proto.gitlab.agent.event import event_pb2
@@ -26,6 +27,8 @@ from kas.push_client import GIT_PUSH_EVENT_PATH, as_secret
 from kas.server import KasServer
 from kas.testing import TestAgent, running_kas, send_git_push_event, write_agent_config, write_agents_file
 from tests.integration.kas.agentk import auth, get_configuration, read_config
+from tests.support.redis_server import RedisServer, find_redis_server
+from tests.support.require import require
 
 APP = TestAgent(
     id=11,
@@ -350,3 +353,48 @@ async def test_a_stalled_stream_drops_and_counts_and_holds_up_no_other(tmp_path:
         assert sent + dropped == 2 * pushes - BUFFER_SIZE - 1
         stalled.cancel()
         live.cancel()
+
+
+async def test_streams_end_ok_at_the_age_context_and_on_shutdown(tmp_path: Path) -> None:
+    # Unlike GitLab's kas (an error ~1.7 h in, then a 10-20 s backoff): OK, so the agent reopens at once.
+    overrides = {"agent": {"listen": {"max_connection_age": 2}}}  # age context 0.6 s
+    async with (
+        running_kas(tmp_path / "aged", [APP], overrides=overrides) as kas,
+        grpc.aio.insecure_channel(kas.agent_address) as channel,
+    ):
+        call = reconcile_projects(channel, APP.token, "group/app")
+        assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.OK
+    async with (
+        running_kas(tmp_path / "stopped", [APP]) as kas,
+        grpc.aio.insecure_channel(kas.agent_address) as channel,
+    ):
+        call = reconcile_projects(channel, APP.token, "group/app")
+        await wait_subscribed(kas, streams=1)
+        await kas.stop(grace=5)
+        assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.OK
+
+
+async def test_a_broken_subscription_is_renewed(tmp_path: Path) -> None:
+    with RedisServer(require(find_redis_server)) as own_redis:  # its own: every subscriber is killed
+        async with (
+            running_kas(tmp_path / "kas", [APP], redis_url=own_redis.url, api=True) as kas,
+            grpc.aio.insecure_channel(kas.agent_address) as channel,
+        ):
+            call = reconcile_projects(channel, APP.token, "group/app")
+            await wait_subscribed(kas, streams=1)
+            admin = aioredis.from_url(own_redis.url)
+            killed = await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await admin.aclose()
+            assert killed == 1
+            # Pushes while the subscription is down are lost (at most once): push until one arrives
+            # (a read that times out would cancel the call, so one read stays pending throughout).
+            read = asyncio.ensure_future(next_project(call, within=30))
+            for number in range(1, 41):
+                await send_git_push_event(kas.api_address or "", api_secret(kas), number, "group/app")
+                done, _ = await asyncio.wait({read}, timeout=0.5)
+                if done:
+                    break
+            assert read.done(), "no push reached the stream after its kas's subscription was killed"
+            assert read.result() == "group/app"
+            assert kas.bus.subscribed
+            call.cancel()
