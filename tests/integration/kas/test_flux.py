@@ -383,7 +383,7 @@ async def test_a_broken_subscription_is_renewed(tmp_path: Path) -> None:
             call = reconcile_projects(channel, APP.token, "group/app")
             await wait_subscribed(kas, streams=1)
             admin = aioredis.from_url(own_redis.url)
-            killed = await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            killed = await admin.client_kill_filter(_type="pubsub")
             await admin.aclose()
             assert killed == 1
             # Pushes while the subscription is down are lost (at most once): push until one arrives
