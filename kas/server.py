@@ -145,7 +145,11 @@ class KasServer:
         self._running = True
         log.info(
             "kas started",
-            extra={"agent_address": self.agent_address, "private_api": self.private_api_url},
+            extra={
+                "agent_address": self.agent_address,
+                "private_api": self.private_api_url,
+                "api_address": self.api_address,
+            },
         )
 
     async def _start(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from google.protobuf import any_pb2
 
 from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
 from agent_proto.gitlab.agent.event import event_pb2
@@ -398,3 +399,27 @@ async def test_a_broken_subscription_is_renewed(tmp_path: Path) -> None:
             assert read.result() == "group/app"
             assert kas.bus.subscribed
             call.cancel()
+
+
+async def test_foreign_payloads_on_the_channel_are_dropped_and_counted(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with (
+        running_kas(tmp_path / "kas", [APP], redis_url=redis_url, api=True) as kas,
+        grpc.aio.insecure_channel(kas.agent_address) as channel,
+    ):
+        call = reconcile_projects(channel, APP.token, "group/app")
+        await wait_subscribed(kas, streams=1)
+        assert kas.config.redis is not None
+        publisher = aioredis.from_url(redis_url)
+        other_type = any_pb2.Any()
+        other_type.Pack(event_pb2.Project(id=1, full_path="group/app"))
+        no_project = any_pb2.Any()
+        no_project.Pack(event_pb2.GitPushEvent())
+        for payload in (b"\xff not protobuf", other_type.SerializeToString(), no_project.SerializeToString()):
+            await publisher.publish(kas.config.redis.events_channel, payload)
+        await publisher.aclose()
+        await send_git_push_event(kas.api_address or "", api_secret(kas), 1, "group/app")
+        assert await next_project(call) == "group/app"
+        assert kas.metrics.registry.get_sample_value("git_push_events_invalid_total") == 3
+        call.cancel()
