@@ -58,9 +58,9 @@ test-unit: venv  ## unit tests only (no servers)
 mutation: venv system-deps  ## mutation testing (cosmic-ray) where a silent break is worst; MODULES=... for some (docs/testing.md)
 	scripts/mutation/run $(MODULES)
 
-demo: venv system-deps  ## local demo: apiserver + Redis + kas + operator + sample agent, then kubectl through the tunnel
+demo: venv system-deps  ## local demo: apiserver + Redis + kas + operator + sample agent, then kubectl through the tunnel; KAS=gitlab: GitLab's kas with a configuration repository
 	KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(scripts/k8s-assets | tail -1)}" \
-	  PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) scripts/demo.py
+	  PATH="$(CURDIR)/.venv/bin:$$PATH" $(PY) scripts/demo.py --kas $(or $(KAS),reference)
 
 clean:  ## remove the virtualenv and caches (keeps the built k8s assets)
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -12,6 +12,12 @@
 5. `kubectl get gla` once the agent is Connected, then `kubectl get namespaces` the way a GitLab CI job
    runs it: with a CI kubeconfig pointed at kas, through the agent's reverse tunnel, into the cluster.
 
+`--kas gitlab` (`make demo KAS=gitlab`) replaces step 2 with GitLab's own kas (built by scripts/gitlab-peers)
+behind the GitLab stand-ins: "Rails" (internal API), and the agent's configuration project as a real Git
+repository served by a Gitaly stand-in (scripts/demo_gitlab.py). kas sends the agent its configuration
+from that repository, so the GitLabAgent shows its agent id; the demo then pushes a change to config.yaml
+and shows it reaching the agent.
+
 `--keep` leaves everything running until Ctrl-C (or SIGTERM/SIGHUP) and prints how to reach it. However
 the demo ends, it stops every process it started: a signal unwinds like Ctrl-C, and once the clean-up has
 begun further signals are ignored until it is done. If the demo itself is killed (SIGKILL), the kernel
@@ -31,8 +37,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import yaml
 
@@ -40,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # The demo runs on the same substrate as the test suite.
+from demo_gitlab import GitLabSide, push_and_wait, start_gitlab  # noqa: E402  (scripts/, beside this file)
+
 from kas.k8s_proxy.certs import self_signed_serving_certificate  # noqa: E402
 from kas.kubeconfig import print_kubeconfig  # noqa: E402
 from tests.support import process as children  # noqa: E402
@@ -232,23 +242,67 @@ def operator_kubeconfig(admin: Path, path: Path) -> Path:
     return path
 
 
-def agent_serving(kubeconfig: Path) -> bool:
-    """Connected, with kas's version learned and idle tunnels waiting for CI requests."""
+def agent_status(kubeconfig: Path) -> dict[str, Any]:
     out = kubectl(kubeconfig, "-n", NAMESPACE, "get", "gitlabagent", AGENT_NAME, "-o", "json", check=False)
-    status = json.loads(out).get("status", {}) if out else {}
+    status: dict[str, Any] = json.loads(out).get("status", {}) if out else {}
+    return status
+
+
+def agent_serving(kubeconfig: Path, with_agent_id: bool = False) -> bool:
+    """Connected, with kas's version learned and idle tunnels waiting for CI requests (and, when kas sends
+    configurations, the agent id learnt from one)."""
+    status = agent_status(kubeconfig)
     idle = (status.get("tunnels") or {}).get("idle", 0)
-    return status.get("phase") == "Connected" and bool(status.get("kasVersion")) and idle > 0
+    serving = status.get("phase") == "Connected" and bool(status.get("kasVersion")) and idle > 0
+    return serving and (not with_agent_id or status.get("agentId") == AGENT_ID)
 
 
-def run(keep: bool) -> None:
+@dataclass(frozen=True)
+class KasSide:
+    """Where the demo's agent dials kas and where its CI jobs reach the cluster."""
+
+    agent_address: str
+    proxy_url: str
+    ca_file: Path
+    job_token_file: Path
+    log: Path
+    gitlab: GitLabSide | None = None
+    """Set with --kas gitlab: GitLab's kas and its stand-ins, the configuration project to push to."""
+
+
+def start_reference_kas(stack: ExitStack, work: Path, redis: RedisServer, env: Mapping[str, str]) -> KasSide:
+    certs = self_signed_serving_certificate().write(work / "certs")
+    kas_yaml, agent_port, proxy_port = write_kas_config(work, redis.url, certs)
+    kas_log = work / "kas.log"
+    stack.enter_context(
+        process("kas", [sys.executable, "-m", "kas", "--config", str(kas_yaml)], kas_log, env)
+    )
+    proxy_url = f"https://127.0.0.1:{proxy_port}/"
+    return KasSide(f"ws://127.0.0.1:{agent_port}/", proxy_url, certs[0], work / "job-token", kas_log)
+
+
+def start_gitlab_kas(stack: ExitStack, work: Path, redis: RedisServer) -> KasSide:
+    side = start_gitlab(
+        stack, work, redis.port, agent_id=AGENT_ID, agent_name=AGENT_NAME, project_path=PROJECT_PATH
+    )
+    say(
+        f"GitLab's kas (log {side.kas.log_path}) with the Rails stand-in and the configuration project "
+        f"{PROJECT_PATH} (Gitaly stand-in {side.project.gitaly.address}, git clone {side.project.clone_url})"
+    )
+    return KasSide(
+        side.agent_address, side.proxy_url, side.ca_file, side.job_token_file, side.kas.log_path, side
+    )
+
+
+def run(keep: bool, kas: str) -> None:
     with ExitStack() as stack:
         try:
-            _run(stack, keep)
+            _run(stack, keep, kas)
         finally:
             _ignore_stop_signals()  # the stack's clean-up runs next, uninterrupted
 
 
-def _run(stack: ExitStack, keep: bool) -> None:
+def _run(stack: ExitStack, keep: bool, kas_kind: str) -> None:
     work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gao-demo-")))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
@@ -258,14 +312,13 @@ def _run(stack: ExitStack, keep: bool) -> None:
     redis = stack.enter_context(RedisServer(find_redis_server()))
     say(f"redis-server at {redis.url}")
 
-    certs = self_signed_serving_certificate().write(work / "certs")
-    kas_yaml, agent_port, proxy_port = write_kas_config(work, redis.url, certs)
-    kas_log = work / "kas.log"
-    stack.enter_context(
-        process("kas", [sys.executable, "-m", "kas", "--config", str(kas_yaml)], kas_log, env)
+    kas = (
+        start_gitlab_kas(stack, work, redis)
+        if kas_kind == "gitlab"
+        else start_reference_kas(stack, work, redis, env)
     )
-    kas_address = f"ws://127.0.0.1:{agent_port}/"
-    say(f"kas: agents dial {kas_address} (gRPC on the same port); CI proxy https://127.0.0.1:{proxy_port}/")
+    kas_address = kas.agent_address
+    say(f"kas: agents dial {kas_address} (gRPC on the same port); CI proxy {kas.proxy_url}")
 
     kubectl(admin, "apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "manifests"))
     kubectl(admin, "wait", "--for=condition=Established", "crd/gitlabagents.agentk.dev", "--timeout=30s")
@@ -290,10 +343,14 @@ def _run(stack: ExitStack, keep: bool) -> None:
     say(f"applied GitLabAgent {NAMESPACE}/{AGENT_NAME} with its token Secret and ServiceAccount")
 
     started = time.monotonic()
-    wait_until("the agent to be Connected", lambda: agent_serving(admin), operator_log)
-    say(f"Connected, tunnels open, {time.monotonic() - started:.1f}s after apply\n")
+    with_id = kas.gitlab is not None
+    wait_until("the agent to be Connected", lambda: agent_serving(admin, with_id), operator_log)
+    learnt = " and its agent id from the configuration" if with_id else ""
+    say(f"Connected, tunnels open{learnt}, {time.monotonic() - started:.1f}s after apply\n")
     print(f"$ kubectl get gla -n {NAMESPACE}")
     print(kubectl(admin, "get", "gla", "-n", NAMESPACE))
+    if kas.gitlab is not None:
+        say(push_and_wait(kas.gitlab, lambda: agent_status(admin).get("configCommit")) + "\n")
 
     ci_kubeconfig = work / "ci-kubeconfig.yaml"
     with ci_kubeconfig.open("w") as out:
@@ -301,9 +358,9 @@ def _run(stack: ExitStack, keep: bool) -> None:
             agent_id=AGENT_ID,
             agent_name=AGENT_NAME,
             config_project_path=PROJECT_PATH,
-            server=f"https://127.0.0.1:{proxy_port}/",
-            token_file=work / "job-token",
-            ca_file=certs[0],
+            server=kas.proxy_url,
+            token_file=kas.job_token_file,
+            ca_file=kas.ca_file,
             out=out,
         )
     print(f"$ kubectl --context {PROJECT_PATH}:{AGENT_NAME} get namespaces   # as a GitLab CI job, via kas")
@@ -317,7 +374,7 @@ def _run(stack: ExitStack, keep: bool) -> None:
 
     if keep:
         say(f"everything keeps running; admin kubeconfig: {admin}; CI kubeconfig: {ci_kubeconfig}")
-        say(f"logs: {kas_log}, {operator_log}. Ctrl-C (or SIGTERM) stops it all.")
+        say(f"logs: {kas.log}, {operator_log}. Ctrl-C (or SIGTERM) stops it all.")
         with suppress(KeyboardInterrupt):
             signal.pause()
     say("stopping")
@@ -326,10 +383,16 @@ def _run(stack: ExitStack, keep: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
-    keep = parser.parse_args().keep
+    parser.add_argument(
+        "--kas",
+        choices=("reference", "gitlab"),
+        default="reference",
+        help="reference: our kas (python -m kas); gitlab: GitLab's kas (scripts/gitlab-peers) with stand-ins",
+    )
+    args = parser.parse_args()
     _catch_stop_signals()
     try:
-        run(keep)
+        run(args.keep, args.kas)
     except KeyboardInterrupt:
         say("stopped")
         raise SystemExit(130) from None
