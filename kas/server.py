@@ -29,7 +29,7 @@ from kas.agents import AgentDirectory, AgentInfo
 from kas.agents_secret import AgentsSecretWatcher
 from kas.api_server import build_api_server
 from kas.auth import AgentAuthInterceptor
-from kas.config import AgentListenConfig, KasConfig, ListenConfig
+from kas.config import KasConfig, ListenConfig
 from kas.flux import RECONCILE_PROJECTS_PATH, FluxServer
 from kas.git_push import GitPushBus
 from kas.metrics import KasMetrics
@@ -278,18 +278,9 @@ class KasServer:
         secret_file = Path(api.authentication_secret_file)
         secret = jwt.load_secret(await asyncio.to_thread(secret_file.read_bytes))
         server = build_api_server(secret, self.bus, self.metrics)
-        host, port = split_address(api.listen.address)
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if api.listen.certificate_file is not None and api.listen.key_file is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(api.listen.key_file.read_bytes(), api.listen.certificate_file.read_bytes())]
-            )
-            bound = server.add_secure_port(target, credentials)
-        else:
-            bound = server.add_insecure_port(target)
-        await server.start()
+        host, bound = await _serve_directly(server, api.listen)
         self._api_server = server
-        self.api_address = f"{host}:{bound}"
+        self.api_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
 
     def _rate_limiter(self) -> TokenRateLimiter:
         limit = self.config.agent.listen.connections_per_token_per_minute
@@ -408,8 +399,8 @@ class KasServer:
             await self.stop()
 
 
-async def _serve_directly(server: grpc.aio.Server, listen: AgentListenConfig) -> tuple[str, int]:
-    """Bind the agent gRPC server itself to the agent listen address; returns the bound host and port."""
+async def _serve_directly(server: grpc.aio.Server, listen: ListenConfig) -> tuple[str, int]:
+    """Bind a gRPC server itself to its listen address (TLS when configured); returns host and port."""
     host, port = split_address(listen.address)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if listen.certificate_file is not None and listen.key_file is not None:

@@ -24,6 +24,7 @@ from agent_proto.gitlab.agent.flux.rpc import rpc_pb2 as flux_rpc
 from agent_proto.gitlab.agent.notifications.rpc import rpc_pb2 as notifications_rpc
 from kas import jwt
 from kas.flux import BUFFER_SIZE, MAX_PROJECTS, RECONCILE_PROJECTS_PATH
+from kas.k8s_proxy.certs import self_signed_serving_certificate
 from kas.push_client import GIT_PUSH_EVENT_PATH, as_secret
 from kas.server import KasServer
 from kas.testing import TestAgent, running_kas, send_git_push_event, write_agent_config, write_agents_file
@@ -423,3 +424,18 @@ async def test_foreign_payloads_on_the_channel_are_dropped_and_counted(
         assert await next_project(call) == "group/app"
         assert kas.metrics.registry.get_sample_value("git_push_events_invalid_total") == 3
         call.cancel()
+
+
+async def test_the_api_listener_serves_tls_when_configured(tmp_path: Path) -> None:
+    ca, cert, key = self_signed_serving_certificate().write(tmp_path / "pki")
+    tls = {"api": {"listen": {"certificate_file": str(cert), "key_file": str(key)}}}
+    async with running_kas(tmp_path / "kas", [APP], api=True, overrides=tls) as kas:
+        rails = bearer(jwt.encode(as_secret(api_secret(kas)), issuer="gitlab"))
+        async with grpc.aio.insecure_channel(kas.api_address or "") as plain:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await git_push_call(plain)(push_request(), metadata=rails, timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        async with grpc.aio.secure_channel(kas.api_address or "", credentials) as secure:
+            await git_push_call(secure)(push_request(), metadata=rails, timeout=5)
+        assert kas.metrics.registry.get_sample_value("git_push_events_total") == 1
