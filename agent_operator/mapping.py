@@ -448,4 +448,5 @@ def worker_spec(
         tunnels=TunnelSettings(min_idle=spec.tunnels.min_idle, max=spec.tunnels.max),
         flavor=WireFlavor(spec.wire_flavor.value),
         tenant=key.namespace,  # every agent of a namespace shares its caps (policy.TenantBudget)
+        flux_enabled=spec.flux.enabled,
     )

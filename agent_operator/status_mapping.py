@@ -17,13 +17,15 @@ from agent_operator.api import (
     Condition,
     ConditionStatus,
     ConditionType,
+    FluxStatus,
     GitLabAgentStatus,
     LastError,
     Phase,
     TunnelCounts,
     tunnels_summary,
 )
-from agent_runtime.spec import ErrorReason, WorkerError, WorkerSnapshot
+from agent_runtime.spec import ErrorReason, FluxState, WorkerError, WorkerSnapshot
+from agent_runtime.spec import FluxStatus as WorkerFluxStatus
 from agent_runtime.spec import Phase as WorkerPhase
 from agent_runtime.version import AGENT_VERSION
 from agent_runtime.versions import KubernetesSupport, check_kas_version
@@ -228,6 +230,7 @@ def compute_status(
         conditions.add(type_, status, verdict.reason, _with_hint(verdict.message, verdict.hint))
     _token(conditions, facts)
     _service_account(conditions, facts)
+    _flux(conditions, snap, not_running)
 
     last_error: LastError | None = None
     if facts.problem is not None:
@@ -253,6 +256,7 @@ def compute_status(
         tunnels_summary=tunnels_summary(idle, active),
         last_error=last_error,
         replica=facts.replica,
+        flux=_flux_status(snap.flux) if snap is not None else None,
     )
 
 
@@ -430,6 +434,37 @@ def _service_account(c: _Conditions, facts: AgentFacts) -> None:
         )
     else:
         c.add(t, ConditionStatus.FALSE, SERVICE_ACCOUNT_NOT_FOUND, _missing_sa(facts))
+
+
+_FLUX_WORKING: Final = frozenset({FluxState.WATCHING, FluxState.STANDBY, FluxState.NO_GITREPOSITORIES})
+_FLUX_PENDING: Final = frozenset({FluxState.WAITING})
+
+
+def _flux_status(flux: WorkerFluxStatus) -> FluxStatus:
+    return FluxStatus(
+        state=flux.state.value,
+        watched_git_repositories=flux.watched,
+        projects=flux.projects,
+        triggered_reconciles=flux.triggered,
+        failed_reconciles=flux.failed,
+        last_trigger_time=flux.last_trigger,
+    )
+
+
+def _flux(c: _Conditions, snap: WorkerSnapshot | None, not_running: tuple[str, str] | None) -> None:
+    """The Flux integration (PROTOCOL.md §17): optional, so it never changes the phase or Ready."""
+    t = ConditionType.FLUX
+    if not_running is not None or snap is None:
+        c.add(t, ConditionStatus.UNKNOWN, "NotRunning", "the agent is not running")
+        return
+    flux = snap.flux
+    if flux.state in _FLUX_WORKING:
+        status = ConditionStatus.TRUE
+    elif flux.state in _FLUX_PENDING:
+        status = ConditionStatus.UNKNOWN
+    else:
+        status = ConditionStatus.FALSE
+    c.add(t, status, flux.state.value, flux.message or flux.state.value)
 
 
 def _is_true(status: GitLabAgentStatus | None, type_: ConditionType) -> bool:

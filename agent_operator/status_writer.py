@@ -38,7 +38,8 @@ FIRST_CONNECTING_HOLD_S: Final = 0.5
 """A new resource's first status is held this long while it would only say Connecting: the worker usually
 connects sooner, and one write saying Connected beats two writes (our choice; Apply → Connected p99)."""
 TUNNEL_COUNTS_INTERVAL_S: Final = 10.0
-"""A status that differs from the written one only in its tunnel counts is written at most this often
+"""A status that differs from the written one only in its tunnel counts (or its Flux trigger counts and
+time: one change per push) is written at most this often
 (our choice). Every tunnelled request moves the idle/active counts: without this, a steady stream of CI
 requests made a steady stream of status patches, about four a second per busy agent, each a MODIFIED
 event for every watcher of GitLabAgents. Any other change is written at once, with the latest counts,
@@ -74,10 +75,18 @@ def parse_status(raw: object) -> GitLabAgentStatus | None:
 
 
 def _only_counts_differ(written: GitLabAgentStatus, status: GitLabAgentStatus) -> bool:
-    """True when `status` is `written` with other tunnel counts (and nothing else changed)."""
-    same_counts = status.model_copy(
-        update={"tunnels": written.tunnels, "tunnels_summary": written.tunnels_summary}
-    )
+    """True when `status` is `written` with other tunnel counts or Flux trigger counts (and nothing else
+    changed): every push would otherwise be a status write."""
+    update: dict[str, object] = {"tunnels": written.tunnels, "tunnels_summary": written.tunnels_summary}
+    if status.flux is not None and written.flux is not None:
+        update["flux"] = status.flux.model_copy(
+            update={
+                "triggered_reconciles": written.flux.triggered_reconciles,
+                "failed_reconciles": written.flux.failed_reconciles,
+                "last_trigger_time": written.flux.last_trigger_time,
+            }
+        )
+    same_counts = status.model_copy(update=update)
     return same_counts == written and status != written
 
 

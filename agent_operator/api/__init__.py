@@ -22,6 +22,7 @@ from agent_operator.api.constants import (
 from agent_operator.api.resource import GitLabAgent
 from agent_operator.api.spec import (
     CaCertRef,
+    FluxSpec,
     GitLabAgentSpec,
     HeaderValueSource,
     KasHeader,
@@ -34,6 +35,7 @@ from agent_operator.api.spec import (
 )
 from agent_operator.api.status import (
     Condition,
+    FluxStatus,
     GitLabAgentStatus,
     LastError,
     TunnelCounts,
@@ -54,6 +56,8 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "ConditionType",
+    "FluxSpec",
+    "FluxStatus",
     "GitLabAgent",
     "GitLabAgentSpec",
     "GitLabAgentStatus",

@@ -45,6 +45,9 @@ class ConditionType(enum.StrEnum):
     """The Secret named by spec.tokenSecretRef exists and holds a non-empty token."""
     SERVICE_ACCOUNT_FOUND = "ServiceAccountFound"
     """The ServiceAccount named by spec.serviceAccountName exists (every tunnelled request runs as it)."""
+    FLUX = "Flux"
+    """The Flux integration works as set up: True while it watches (or another replica does), False
+    with the reason when Flux is missing, kas does not serve it, or it is disabled."""
     RECONCILING = "Reconciling"
     """kstatus: True while the agent connects (or reconnects after a change); kstatus reads InProgress."""
     STALLED = "Stalled"

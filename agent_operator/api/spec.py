@@ -215,6 +215,19 @@ def _tls_only(field: str, present: str) -> JsonDict:
     )
 
 
+class FluxSpec(ApiModel):
+    """The Flux integration: a push to a GitLab project makes Flux fetch that project at once."""
+
+    enabled: bool = True
+    """When a push to a GitLab project is reported by kas, request a reconcile of the Flux
+    GitRepositories (source.toolkit.fluxcd.io/v1) of that project, in namespaces where this agent's
+    ServiceAccount may patch GitRepositories, by setting their `reconcile.fluxcd.io/requestedAt`
+    annotation. Runs only where Flux is installed; set false to opt out."""
+
+
+_FLUX_DEFAULT: JsonDict = {"default": {"enabled": True}}
+"""Written out in full, so the stored object shows the effective setting when spec.flux is omitted."""
+
 _TUNNELS_DEFAULT: JsonDict = {"default": TunnelsSpec().model_dump(mode="json", by_alias=True)}
 """Written out in full in the schema, so the apiserver stores the effective pool size even when
 spec.tunnels is omitted (a nested `default: {}` would not be filled in before the CEL rule runs)."""
@@ -259,6 +272,9 @@ class GitLabAgentSpec(ApiModel):
     """Protocol flavor of kas: `gitlab` for GitLab's kas, `plural` for the Plural fork."""
     suspend: bool = False
     """Disconnect the agent from kas while keeping the resource; set back to false to reconnect."""
+    flux: FluxSpec = Field(default_factory=FluxSpec, json_schema_extra=_FLUX_DEFAULT)
+    """The Flux integration (on by default where Flux is installed): pushes to GitLab projects trigger
+    the reconcile of their GitRepositories."""
 
     @model_validator(mode="after")
     def _tls_settings_need_tls(self) -> GitLabAgentSpec:

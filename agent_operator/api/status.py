@@ -24,7 +24,7 @@ class Condition(ApiModel):
 
     type: Annotated[str, Field(pattern=base.CONDITION_TYPE, max_length=316)]
     """Which aspect this is: Ready, Connected, ConfigurationReceived, Registered, VersionCompatible,
-    KubernetesVersionSupported, TokenAvailable, ServiceAccountFound, Reconciling or Stalled."""
+    KubernetesVersionSupported, TokenAvailable, ServiceAccountFound, Flux, Reconciling or Stalled."""
     status: ConditionStatus
     """Whether the condition holds: True, False or Unknown."""
     reason: Reason
@@ -57,6 +57,27 @@ class LastError(ApiModel):
     """What to do about it, e.g. `set spec.caCert` or `the token was revoked: create a new one`."""
 
 
+class FluxStatus(ApiModel):
+    """What the agent's Flux integration does; the counts are those of the replica running it, since it
+    started."""
+
+    state: Annotated[str, Field(pattern=base.CONDITION_REASON, min_length=1, max_length=64)]
+    """Watching, Standby (another replica or an agentk holds the agent's Lease), NoGitRepositories,
+    FluxNotInstalled, NotServedByKas, StreamFailed, LeaseUnavailable, NoGitLabURL,
+    WaitingForConfiguration or Disabled; the Flux condition says more."""
+    watched_git_repositories: Count = 0
+    """GitRepositories pointing at this agent's GitLab, in namespaces where its ServiceAccount may patch
+    GitRepositories."""
+    projects: Count = 0
+    """Distinct GitLab projects of those GitRepositories, whose pushes kas reports."""
+    triggered_reconciles: Count = 0
+    """GitRepositories whose reconcile was requested after a push."""
+    failed_reconciles: Count = 0
+    """Reconcile requests that failed (the GitRepository's own interval still applies)."""
+    last_trigger_time: Timestamp | None = None
+    """When a reconcile was last requested."""
+
+
 NEW_RESOURCE_STATUS: dict[str, Any] = {"observedGeneration": 0}
 """The CRD's schema default for `status`, what a GitLabAgent shows before the operator's first write.
 
@@ -86,7 +107,7 @@ class GitLabAgentStatus(ApiModel):
         ),
     ] = Field(default_factory=list)
     """Detailed state, one entry per type: Ready, Connected, ConfigurationReceived, Registered,
-    VersionCompatible, KubernetesVersionSupported, TokenAvailable, ServiceAccountFound, and kstatus's
+    VersionCompatible, KubernetesVersionSupported, TokenAvailable, ServiceAccountFound, Flux, and kstatus's
     Reconciling (True while connecting) and Stalled (True when a change is needed to heal)."""
     agent_id: Annotated[int, Field(ge=0, json_schema_extra=_INT64)] | None = None
     """The agent's id in GitLab, as kas reported it."""
@@ -109,6 +130,8 @@ class GitLabAgentStatus(ApiModel):
     replica: Annotated[str, Field(max_length=253)] | None = None
     """The operator replica (pod) that runs this agent, when the operator is sharded over several
     replicas (--sharding); absent otherwise."""
+    flux: FluxStatus | None = None
+    """The Flux integration (spec.flux): state and counts; absent while the agent does not run."""
 
     def condition(self, type_: ConditionType | str) -> Condition | None:
         """The condition of that type, if present."""

@@ -19,7 +19,7 @@ from agent_operator.status_mapping import (
     phase_of,
     transition_events,
 )
-from agent_runtime.spec import ErrorReason, WorkerError, WorkerSnapshot
+from agent_runtime.spec import ErrorReason, FluxState, FluxStatus, WorkerError, WorkerSnapshot
 from agent_runtime.spec import Phase as WorkerPhase
 from agent_runtime.version import AGENT_VERSION
 from agent_runtime.versions import KubernetesSupport, MinorVersion, parse_minor
@@ -50,6 +50,9 @@ CONNECTED = WorkerSnapshot(
     configuration_received=True,
     tunnels_idle=2,
     tunnels_active=1,
+    flux=FluxStatus(
+        FluxState.WATCHING, "2 GitRepositories of 1 project(s)", watched=2, projects=1, triggered=3
+    ),
 )
 
 
@@ -405,3 +408,53 @@ def test_service_account_unknown_until_the_operator_could_list_them() -> None:
 
     assert status.phase is Phase.CONNECTED
     assert cond(status, ConditionType.SERVICE_ACCOUNT_FOUND) == (ConditionStatus.UNKNOWN, "NotChecked")
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (FluxState.WATCHING, ConditionStatus.TRUE),
+        (FluxState.STANDBY, ConditionStatus.TRUE),
+        (FluxState.NO_GITREPOSITORIES, ConditionStatus.TRUE),
+        (FluxState.WAITING, ConditionStatus.UNKNOWN),
+        (FluxState.FLUX_NOT_INSTALLED, ConditionStatus.FALSE),
+        (FluxState.NOT_SERVED, ConditionStatus.FALSE),
+        (FluxState.STREAM_FAILED, ConditionStatus.FALSE),
+        (FluxState.LEASE_FAILED, ConditionStatus.FALSE),
+        (FluxState.NO_GITLAB_URL, ConditionStatus.FALSE),
+        (FluxState.DISABLED, ConditionStatus.FALSE),
+    ],
+)
+def test_the_flux_condition_follows_the_module_and_never_the_phase(
+    state: FluxState, expected: ConditionStatus
+) -> None:
+    flux = FluxStatus(
+        state, "what the module says", watched=4, projects=2, triggered=7, failed=1, last_trigger=T0
+    )
+    status = compute_status(FACTS, replace(CONNECTED, flux=flux), None, T0)
+
+    condition = status.condition(ConditionType.FLUX)
+    assert condition is not None
+    assert (condition.status, condition.reason, condition.message) == (
+        expected,
+        state.value,
+        "what the module says",
+    )
+    assert status.phase is Phase.CONNECTED
+    assert cond(status, ConditionType.READY)[0] is ConditionStatus.TRUE
+    assert status.flux is not None
+    assert status.flux.model_dump(by_alias=True, mode="json", exclude={"last_trigger_time"}) == {
+        "state": state.value,
+        "watchedGitRepositories": 4,
+        "projects": 2,
+        "triggeredReconciles": 7,
+        "failedReconciles": 1,
+    }
+    assert status.flux.last_trigger_time == T0
+
+
+def test_a_stopped_agent_shows_no_flux_facts() -> None:
+    status = compute_status(replace(FACTS, suspended=True), CONNECTED, None, T0)
+
+    assert status.flux is None
+    assert cond(status, ConditionType.FLUX) == (ConditionStatus.UNKNOWN, "NotRunning")

@@ -20,8 +20,8 @@ from agent_operator.mapping import AgentKey
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.status_mapping import AgentFacts, EventSpec, compute_status
 from agent_operator.status_writer import WRITES_IN_FLIGHT, StatusWriter
+from agent_runtime.spec import FluxState, FluxStatus, WorkerSnapshot
 from agent_runtime.spec import Phase as WorkerPhase
-from agent_runtime.spec import WorkerSnapshot
 
 KEY = AgentKey("ns", "a")
 REF = ObjectRef("ns", "a", "uid-1")
@@ -221,3 +221,42 @@ async def test_the_first_tunnels_after_connecting_are_written_at_once_then_churn
     await asyncio.sleep(0.4)
     await _settle()
     assert [p.get("tunnelsSummary") for p in api.patches[2:]] == ["1 idle/0 active"]
+
+
+def _flux(triggered: int, state: FluxState = FluxState.WATCHING, watched: int = 2) -> WorkerSnapshot:
+    flux = FluxStatus(state, "m", watched=watched, projects=1, triggered=triggered, last_trigger=NOW)
+    return WorkerSnapshot(
+        id=KEY.worker_id, phase=WorkerPhase.CONNECTED, connected_since=NOW, tunnels_idle=2, flux=flux
+    )
+
+
+async def test_flux_triggers_are_batched_with_the_counts_and_other_flux_changes_are_not(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status_writer, "TUNNEL_COUNTS_INTERVAL_S", 0.3)
+    writer, api, _, snapshots = parts
+    snapshots.current = _flux(0)
+    writer.track(KEY, REF, FACTS, None)
+    await _settle()
+    assert [p["flux"]["triggeredReconciles"] for p in api.patches] == [0]
+
+    for triggered in (1, 2, 3):  # a push each: not one write per push
+        snapshots.current = _flux(triggered)
+        writer.on_snapshot(snapshots.current)
+        await _settle()
+    assert len(api.patches) == 1
+
+    await asyncio.sleep(0.4)
+    await _settle()
+    assert [p["flux"]["triggeredReconciles"] for p in api.patches[1:]] == [3]
+
+    snapshots.current = _flux(4, watched=5)  # the scope changed: written at once
+    writer.on_snapshot(snapshots.current)
+    await _settle()
+    assert [
+        (p["flux"]["watchedGitRepositories"], p["flux"]["triggeredReconciles"]) for p in api.patches[2:]
+    ] == [(5, 4)]
+    snapshots.current = _flux(4, FluxState.STREAM_FAILED, watched=5)
+    writer.on_snapshot(snapshots.current)
+    await _settle()
+    assert [p["flux"]["state"] for p in api.patches[3:]] == ["StreamFailed"]

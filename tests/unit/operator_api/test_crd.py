@@ -136,7 +136,10 @@ def test_spec_fields_and_defaults() -> None:
         "tunnels",
         "wireFlavor",
         "suspend",
+        "flux",
     }
+    assert props["flux"]["default"] == {"enabled": True}
+    assert props["flux"]["properties"]["enabled"]["default"] is True
     assert props["tokenSecretRef"]["properties"]["key"]["default"] == "token"
     assert props["serviceAccountName"]["default"] == "default"
     assert props["tunnels"]["default"] == {"minIdle": 2, "max": 500}
@@ -170,6 +173,14 @@ def test_status_fields() -> None:
     assert set(status["tunnels"]["properties"]) == {"idle", "active"}
     assert set(status["lastError"]["properties"]) == {"reason", "message", "hint"}
     assert "tunnelsSummary" in status
+    assert set(status["flux"]["properties"]) == {
+        "state",
+        "watchedGitRepositories",
+        "projects",
+        "triggeredReconciles",
+        "failedReconciles",
+        "lastTriggerTime",
+    }
     for type_ in c.ConditionType:
         assert type_.value in status["conditions"]["description"]
 
