@@ -185,10 +185,12 @@ class FluxControllers:
         ]
         if name == "source-controller":
             storage = f"127.0.0.1:{self.storage_port}"
+            storage_path = self.work_dir / "storage"
+            storage_path.mkdir(exist_ok=True)  # source-controller refuses a directory that is not there
             return [
                 str(self.binaries.source_controller),
                 *common,
-                f"--storage-path={self.work_dir / 'storage'}",
+                f"--storage-path={storage_path}",
                 f"--storage-addr={storage}",
                 f"--storage-adv-addr={storage}",
             ]
