@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,3 +92,31 @@ def test_allowed_agents_by_job_token_and_pat_authorization(api: tuple[GitLabApi,
     assert body["access_as"] == {"user": {}}
     assert _call(server, f"{API}/authorize_proxy_user", headers, {**ask, "agent_id": "77"})[0] == 403
     assert _call(server, f"{API}/authorize_proxy_user", headers, {**ask, "access_key": "x"})[0] == 401
+
+
+def test_verify_project_access_allows_public_projects_and_the_configuration_project(
+    api: tuple[GitLabApi, Secret],
+) -> None:
+    server, secret = api
+    server.add_public_project("Public/App")
+    headers = {"Authorization": f"Bearer {AGENT.token}", JWT_HEADER: _kas_jwt(secret)}
+
+    def verdict(project: str, extra: dict[str, str] | None = None) -> int:
+        path = f"{API}/verify_project_access?id={urllib.parse.quote(project, safe='')}"
+        return _call(server, path, {**headers, **(extra or {})})[0]
+
+    assert verdict(AGENT.project_path) == 204  # the agent's configuration project
+    assert verdict(AGENT.project_path.upper()) == 204  # GitLab paths are case-insensitive
+    assert verdict("public/app") == 204
+    assert verdict("private/app") == 404  # as Rails answers a project the caller may not read
+    assert verdict("") == 404
+    assert verdict("public/app", {"Authorization": "Bearer nope"}) == 401
+    assert verdict("public/app", {JWT_HEADER: "not.a.jwt"}) == 401
+    checks = [(c.agent_id, c.project, c.allowed) for c in server.access_checks()]
+    assert checks == [
+        (AGENT.id, AGENT.project_path, True),
+        (AGENT.id, AGENT.project_path.upper(), True),
+        (AGENT.id, "public/app", True),
+        (AGENT.id, "private/app", False),
+        (AGENT.id, "", False),
+    ]

@@ -1,11 +1,13 @@
 """A stand-in for GitLab Rails' internal API, as GitLab's kas calls it (GITLAB-INTERNAL-API.md).
 
 GitLab's kas asks "Rails" who an agent is (`agent_info`), which agents a CI job may use and as whom
-(`job/allowed_agents`), what a user's personal access token may do (`authorize_proxy_user`), and reports
-usage counters (`usage_metrics`). This server answers those from data a test sets (agents with tokens, CI
-jobs, users with PATs) and checks the JWT kas signs every call with (except `job/allowed_agents`, which
-carries the job token instead). Rails' own policy evaluation (ci_access rules, environments, roles) is not
-modelled: a test states the outcome, i.e. which agents a job or PAT may use and with which `access_as`.
+(`job/allowed_agents`), what a user's personal access token may do (`authorize_proxy_user`), whether an
+agent may see a pushed project (`verify_project_access`, asked by kas's Flux module before it forwards a
+push to the agent's ReconcileProjects stream), and reports usage counters (`usage_metrics`). This server
+answers those from data a test sets (agents with tokens, CI jobs, users with PATs, public projects) and
+checks the JWT kas signs every call with (except `job/allowed_agents`, which carries the job token
+instead). Rails' own policy evaluation (ci_access rules, environments, roles) is not modelled: a test
+states the outcome, i.e. which agents a job or PAT may use and with which `access_as`.
 
 The server runs on its own event loop in a thread, so that synchronous tests (the operator e2e harness)
 and asynchronous ones (a Runtime on the test's loop) can both use it while kas calls it at any time.
@@ -100,6 +102,15 @@ class GitalyProject:
 
 
 @dataclass(frozen=True)
+class AccessCheck:
+    """One verify_project_access question from kas: the agent, the project (`id` as sent), the verdict."""
+
+    agent_id: int
+    project: str
+    allowed: bool
+
+
+@dataclass(frozen=True)
 class Call:
     """One request kas made: method, path (no query), the status answered, and when (monotonic)."""
 
@@ -133,6 +144,8 @@ class GitLabApi:
         self._jobs: dict[str, CiJob] = {}
         self._users: dict[str, PatUser] = {}
         self._gitaly: dict[int, GitalyProject] = {}
+        self._public: set[str] = set()
+        self._access_checks: list[AccessCheck] = []
         self._calls: list[Call] = []
         self._usage: list[dict[str, Any]] = []
         self.jwt_failures = 0
@@ -162,6 +175,15 @@ class GitLabApi:
         """agent_info of every agent whose configuration project is `project_id` points at `gitaly`."""
         with self._lock:
             self._gitaly[project_id] = gitaly
+
+    def add_public_project(self, full_path: str) -> None:
+        """A project anyone may read: verify_project_access allows it for every agent (Rails' rule)."""
+        with self._lock:
+            self._public.add(full_path.casefold())
+
+    def access_checks(self) -> list[AccessCheck]:
+        with self._lock:
+            return list(self._access_checks)
 
     def calls(self, path_suffix: str = "") -> list[Call]:
         with self._lock:
@@ -196,6 +218,7 @@ class GitLabApi:
     async def _listen(self) -> None:
         app = web.Application(middlewares=[self._record])
         app.router.add_get(f"{API}/agent_info", self._agent_info)
+        app.router.add_get(f"{API}/verify_project_access", self._verify_project_access)
         app.router.add_get("/api/v4/job/allowed_agents", self._allowed_agents)
         app.router.add_post(f"{API}/authorize_proxy_user", self._authorize_proxy_user)
         app.router.add_post(f"{API}/usage_metrics", self._usage_metrics)
@@ -257,6 +280,22 @@ class GitLabApi:
         if agent is None:
             return _error(401, "401 Unauthorized")
         return _json(200, agent_info(agent, gitaly))
+
+    async def _verify_project_access(self, request: web.Request) -> web.Response:
+        """Rails allows a project that is public or the agent's configuration project (PROTOCOL.md §17.2):
+        204; any other project 404, as Rails answers for a project the caller may not read. GitLab paths
+        are case-insensitive. kas reads 401/403/404 as "no access", so an unknown agent gets 401."""
+        if not self._jwt_ok(request):
+            return _error(401, "KAS JWT authentication invalid")
+        project = request.query.get("id", "")
+        with self._lock:
+            agent = self._agents.get(self._bearer(request))
+            if agent is None:
+                return _error(401, "401 Unauthorized")
+            key = project.casefold()
+            allowed = bool(project) and (key == agent.project_path.casefold() or key in self._public)
+            self._access_checks.append(AccessCheck(agent.id, project, allowed))
+        return web.Response(status=204) if allowed else _error(404, "404 Project Not Found")
 
     async def _allowed_agents(self, request: web.Request) -> web.Response:
         with self._lock:
