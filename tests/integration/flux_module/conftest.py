@@ -101,7 +101,7 @@ def install_crd(cluster: LocalCluster, crd: dict[str, Any]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         _, current = cluster.request("GET", f"{CRD_PATH}/{CRD_NAME}")
-        conditions = (current or {}).get("status", {}).get("conditions", [])
+        conditions = ((current or {}).get("status") or {}).get("conditions") or []
         established = any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
         listed, _ = cluster.request("GET", "/apis/source.toolkit.fluxcd.io/v1/gitrepositories")
         if established and listed == 200:
