@@ -103,21 +103,53 @@ def _runs_on(procs: list[OperatorProcess], worker: str) -> list[str]:
     ]
 
 
-def _settled(
+def _misplaced(
     kube: Kube,
     kas: KasProcess,
     procs: list[OperatorProcess],
     ns: str,
     placed: dict[str, tuple[KasAgent, str]],
-) -> bool:
-    """Every agent Connected on its expected replica only: status, the replicas' metrics and kas agree."""
+) -> list[str]:
+    """What differs from: every agent Connected on its expected replica only, as its status, the
+    replicas' metrics and kas see it."""
+    problems: list[str] = []
     for name, (agent, expected) in placed.items():
         status = (kube.gla(ns, name) or {}).get("status") or {}
-        if status.get("phase") != "Connected" or status.get("replica") != expected:
-            return False
-        if _runs_on(procs, f"{ns}/{name}") != [expected] or _live_pods(kas, agent) != [expected]:
-            return False
-    return True
+        seen = {
+            "phase": status.get("phase"),
+            "status.replica": status.get("replica"),
+            "metrics": _runs_on(procs, f"{ns}/{name}"),
+            "kas": _live_pods(kas, agent),
+        }
+        if seen != {
+            "phase": "Connected",
+            "status.replica": expected,
+            "metrics": [expected],
+            "kas": [expected],
+        }:
+            problems.append(f"{name} (expected on {expected}): {seen}")
+    return problems
+
+
+def _wait_placed(
+    what: str,
+    kube: Kube,
+    kas: KasProcess,
+    procs: list[OperatorProcess],
+    ns: str,
+    placed: dict[str, tuple[KasAgent, str]],
+    timeout: float,
+) -> None:
+    problems: list[str] = []
+
+    def settled() -> bool:
+        problems[:] = _misplaced(kube, kas, procs, ns, placed)
+        return not problems
+
+    try:
+        wait_for(what, settled, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n" + "\n".join(problems)) from None
 
 
 def test_replicas_share_agents_hand_over_and_take_over(
@@ -141,7 +173,7 @@ def test_replicas_share_agents_hand_over_and_take_over(
 
         # 3 replicas: each agent Connected on exactly the replica rendezvous hashing gives it.
         placed = {n: (a, str(owner(f"{ns}/{n}", members[:3]))) for n, a in agents.items()}
-        wait_for("agents Connected on their replicas", lambda: _settled(kube, kas, three, ns, placed), 60)
+        _wait_placed("agents Connected on their replicas", kube, kas, three, ns, placed, 60)
         assert len({replica for _, replica in placed.values()}) == 3, placed  # all three run some
         wide = kube.kubectl("get", "gla", "-n", ns, "-o", "wide")
         assert wide.returncode == 0, wide.stderr
@@ -156,7 +188,7 @@ def test_replicas_share_agents_hand_over_and_take_over(
         placed = {n: (a, str(owner(f"{ns}/{n}", members))) for n, a in agents.items()}
         moved = names[:MOVING]
         assert {placed[n][1] for n in moved} == {_member(fourth)}
-        wait_for("the fourth replica's share handed over", lambda: _settled(kube, kas, procs, ns, placed), 45)
+        _wait_placed("the fourth replica's share handed over", kube, kas, procs, ns, placed, 45)
         assert _overlaps(kas, list(agents.values()), since) == []
         stayed = [a for n, (a, _) in placed.items() if n not in moved]
         log = _streams(kas)
@@ -176,10 +208,8 @@ def test_replicas_share_agents_hand_over_and_take_over(
         victim.proc = None
         alive = [m for m in members if m != _member(victim)]
         placed = {n: (a, str(owner(f"{ns}/{n}", alive))) for n, a in agents.items()}
-        wait_for(
-            "the killed replica's agents Connected elsewhere",
-            lambda: _settled(kube, kas, survivors, ns, placed),
-            TAKEOVER_LIMIT_S,
+        _wait_placed(
+            "the killed replica's agents elsewhere", kube, kas, survivors, ns, placed, TAKEOVER_LIMIT_S
         )
         print(f"takeover after SIGKILL: {time.monotonic() - killed_at:.1f} s")
         assert _overlaps(kas, list(agents.values()), since) == []
