@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent_runtime.sharding.assign import owner
 from tests.e2e.harness import (
     OPERATOR_NAMESPACE,
+    REPO_ROOT,
     KasAgent,
     KasProcess,
     Kube,
@@ -225,3 +229,29 @@ def test_replicas_share_agents_hand_over_and_take_over(
         if "agentk.dev/shard-role" in (item["metadata"].get("labels") or {})
     }
     assert {h for h in holders if h[0] in {_member(p) for p in survivors}} == set(), holders
+
+
+def test_the_sharding_component_makes_a_sharded_deployment(tmp_path: Path) -> None:
+    """What manifests/optional/sharding tells users to write: manifests/ plus the component."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO_ROOT / "manifests", tmp_path)],
+                "components": [os.path.relpath(REPO_ROOT / "manifests" / "optional" / "sharding", tmp_path)],
+            }
+        )
+    )
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    objects = {o["kind"]: o for o in yaml.safe_load_all(done.stdout)}
+    deployment = objects["Deployment"]["spec"]
+    env = {e["name"]: e for e in deployment["template"]["spec"]["containers"][0]["env"]}
+    assert deployment["replicas"] == 3
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+    assert env["GAO_SHARDING"]["value"] == "true"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert objects["PodDisruptionBudget"]["metadata"]["namespace"] == OPERATOR_NAMESPACE
