@@ -20,6 +20,7 @@ import yaml
 from agent_runtime.backoff import BackoffPolicy
 from agent_runtime.flux_settings import FluxTuning
 from agent_runtime.kube import KubeAccess, load_kube_access
+from agent_runtime.manager import WorkerFactory
 from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
@@ -150,11 +151,14 @@ def pod_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @asynccontextmanager
-async def running(kube: KubeAccess, tuning: FluxTuning = FAST) -> AsyncIterator[Runtime]:
+async def running(
+    kube: KubeAccess, tuning: FluxTuning = FAST, factory: WorkerFactory | None = None
+) -> AsyncIterator[Runtime]:
     """A Runtime as the operator builds it (no listener), stopped at the end."""
     runtime = Runtime(
         kube,
         RuntimeSettings(observability_address=None, stop_grace=0.5, policy=PERMISSIVE_POLICY, flux=tuning),
+        worker_factory=factory,
     )
     await runtime.start()
     try:

@@ -4,14 +4,18 @@ CRD and a loopback kas serving GitLabFlux/ReconcileProjects (PROTOCOL.md §17)."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from agent_runtime.environment import WorkerEnvironment
 from agent_runtime.kube import KubeAccess
+from agent_runtime.manager import WorkerFactory
 from agent_runtime.runtime import Runtime
-from agent_runtime.spec import FluxState, FluxStatus
+from agent_runtime.spec import FluxState, FluxStatus, WorkerSpec
+from agent_runtime.worker import Worker
 from tests.integration.flux_module.conftest import (
     CRD_NAME,
     OPERATOR_NAMESPACE,
@@ -214,3 +218,47 @@ async def test_opted_out_agents_do_nothing(
             "GET", f"/apis/coordination.k8s.io/v1/namespaces/{OPERATOR_NAMESPACE}/leases/agent-106-lock"
         )
         assert status == 404
+
+
+def _replica(name: str) -> WorkerFactory:
+    """Workers that say they run in pod `name` (two operator replicas in one test process)."""
+
+    def factory(spec: WorkerSpec, env: WorkerEnvironment) -> Worker:
+        worker = Worker(spec, env)
+        worker.agent = dataclasses.replace(worker.agent, pod_name=name)
+        return worker
+
+    return factory
+
+
+async def test_two_replicas_running_one_agent_trigger_each_push_once(
+    with_crd: LocalCluster, kube: KubeAccess, flux_kas: FluxKas
+) -> None:
+    cluster = with_crd
+    create_namespace(cluster, "twins-g", may_patch=True)
+    create_gitrepository(cluster, "twins-g", "app", f"{GITLAB_URL}/group/app.git")
+    spec = agent_spec(flux_kas, 107, "twins-g")
+    async with (
+        running(kube, factory=_replica("replica-a")) as a,
+        running(kube, factory=_replica("replica-b")) as b,
+    ):
+        a.apply(spec)
+        b.apply(spec)
+
+        def states() -> set[FluxState]:
+            return {_flux(a, spec.id).state, _flux(b, spec.id).state}
+
+        await eventually(lambda: states() == {FluxState.WATCHING, FluxState.STANDBY}, what="one leader")
+        leader, follower = (a, b) if _flux(a, spec.id).state is FluxState.WATCHING else (b, a)
+        assert len(flux_kas.requests[107]) == 1
+
+        flux_kas.push(107, "group/app")
+        await eventually(lambda: _flux(leader, spec.id).triggered == 1, what="the trigger")
+        await asyncio.sleep(0.5)
+        assert (_flux(leader, spec.id).triggered, _flux(follower, spec.id).triggered) == (1, 0)
+
+        await leader.stop(0.5)  # the leader goes away cleanly: it releases the Lease, the other takes over
+        await eventually(lambda: _flux(follower, spec.id).state is FluxState.WATCHING, what="takeover")
+        await eventually(lambda: len(flux_kas.requests[107]) == 2, what="the follower's stream")
+        flux_kas.push(107, "group/app")
+        await eventually(lambda: _flux(follower, spec.id).triggered == 1, what="the follower's trigger")
