@@ -9,6 +9,7 @@ its name): Flux installed later is noticed without a restart.
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,16 +61,20 @@ def keep_crd(obj: dict[str, Any]) -> KubeObject:
     }
 
 
-def url_host(obj: KubeObject) -> list[str]:
+def url_host(obj: KubeObject) -> tuple[str, ...]:
     """HOST_INDEX's function: the GitRepository's URL host, lower-case, without a trailing dot."""
     url = (obj.get("spec") or {}).get("url")
-    if not isinstance(url, str):
-        return []
+    return _host_of(url) if isinstance(url, str) else ()
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_of(url: str) -> tuple[str, ...]:
+    # Cached: every agent's change handler asks for the hosts of every changed GitRepository.
     try:
         host = urllib.parse.urlsplit(url).hostname
     except ValueError:
-        return []
-    return [host.rstrip(".")] if host else []
+        return ()
+    return (host.rstrip("."),) if host else ()
 
 
 INDEXERS: Final = {HOST_INDEX: url_host}

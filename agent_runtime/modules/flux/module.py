@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.flux_settings import FluxTuning
-from agent_runtime.informer import EventType, Informer, KubeObject
+from agent_runtime.informer import ChangeCallback, EventType, Informer, KubeObject
 from agent_runtime.latest import LatestValue
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.flux import gitrepositories as gr
@@ -147,13 +147,12 @@ class FluxModule:
         return informers.get(gr.GITREPOSITORIES, indexers=gr.INDEXERS, transform=gr.keep_gitrepository)
 
     @staticmethod
-    def _change_handler(server: GitLabServer, changed: asyncio.Event) -> Any:
+    def _change_handler(server: GitLabServer, changed: asyncio.Event) -> ChangeCallback:
         def on_change(_: EventType, old: KubeObject | None, new: KubeObject | None) -> None:
             # Cheap, for every agent of the process: only this GitLab's host counts.
-            hosts = (gr.url_host(old) if old is not None else []) + (
-                gr.url_host(new) if new is not None else []
-            )
-            if server.host in hosts:
+            if (old is not None and server.host in gr.url_host(old)) or (
+                new is not None and server.host in gr.url_host(new)
+            ):
                 changed.set()
 
         return on_change
