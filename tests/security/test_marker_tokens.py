@@ -19,10 +19,8 @@ themselves (it is not blind), and the logs are DEBUG logs that name every agent 
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
-import secrets
 import ssl
 import urllib.error
 import urllib.request
@@ -49,43 +47,28 @@ from tests.e2e.harness import (
 )
 from tests.e2e.harness import secret as token_secret
 from tests.reliability.figures import record
+from tests.support.marker_scan import Markers
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-MARKER = "mrk" + secrets.token_hex(5)
-"""Unique to this run: no other text on the machine contains it."""
-
-
-def _token(kind: str) -> str:
-    return f"{MARKER}-{kind}-{secrets.token_hex(12)}"
+MARKERS = Markers()
 
 
 @dataclass(frozen=True)
 class Tokens:
-    good: str = field(default_factory=lambda: _token("agent"))
-    rotated: str = field(default_factory=lambda: _token("rotated"))
-    unknown: str = field(default_factory=lambda: _token("unknown"))
-    registered: str = field(default_factory=lambda: _token("registered"))
+    good: str = MARKERS.token("good")
+    rotated: str = MARKERS.token("rotated")
+    unknown: str = MARKERS.token("unknown")
+    registered: str = MARKERS.token("registered")
     """What kas knows for the agent whose Secret holds `unknown`."""
-    unreachable: str = field(default_factory=lambda: _token("unreachable"))
-    bad_config: str = field(default_factory=lambda: _token("badconfig"))
-    not_opted_in: str = field(default_factory=lambda: _token("notoptedin"))
-    other_key: str = field(default_factory=lambda: _token("otherkey"))
-    other_namespace: str = field(default_factory=lambda: _token("othernamespace"))
-    job: str = field(default_factory=lambda: _token("job"))
-    wrong_job: str = field(default_factory=lambda: _token("wrongjob"))
-
-    def all(self) -> dict[str, str]:
-        return dict(vars(self))
-
-    def needles(self) -> dict[str, str]:
-        """What must not appear: the marker, each token's random part, each token's base64 prefix."""
-        found = {"marker": MARKER}
-        for name, value in self.all().items():
-            found[f"{name} (random part)"] = value.rsplit("-", 1)[1]
-            found[f"{name} (base64)"] = base64.b64encode(value.encode()).decode()[:16]
-        return found
+    unreachable: str = MARKERS.token("unreachable")
+    bad_config: str = MARKERS.token("bad_config")
+    not_opted_in: str = MARKERS.token("not_opted_in")
+    other_key: str = MARKERS.token("other_key")
+    other_namespace: str = MARKERS.token("other_namespace")
+    job: str = MARKERS.token("job")
+    wrong_job: str = MARKERS.token("wrong_job")
 
 
 TOKENS = Tokens()
@@ -220,16 +203,6 @@ def _wait_for_failures(gla: Callable[[str], dict[str, Any] | None]) -> None:
         wait_for(f"{name}: {reason}", functools.partial(_reads, gla, name, _token_reason, reason), timeout=60)
 
 
-def _scan(sources: Mapping[str, str]) -> dict[str, list[str]]:
-    """source -> names of the needles found in it."""
-    needles = TOKENS.needles()
-    return {
-        source: hits
-        for source, text in sources.items()
-        if (hits := [name for name, needle in needles.items() if needle in text])
-    }
-
-
 def test_no_token_in_logs_status_events_metrics_or_errors(
     deployed_kube: Kube,
     operator: OperatorProcess,
@@ -315,15 +288,15 @@ def test_no_token_in_logs_status_events_metrics_or_errors(
         k8s_cluster.delete_namespace(other)
 
     # Not blind: the scan finds the tokens where they belong, and the logs are DEBUG logs of these agents.
-    in_secrets = set(_scan({"Secrets": json.dumps(secret_list)}).get("Secrets", []))
+    in_secrets = set(MARKERS.scan({"Secrets": json.dumps(secret_list)}).get("Secrets", []))
     assert {"rotated (base64)", "unknown (base64)", "not_opted_in (base64)"} <= in_secrets, in_secrets
     assert all(f"marker-{n}" in sources["operator log"] for n in ("good", "wrong", "unreachable"))
     assert '"level": "debug"' in sources["operator log"]
     assert '"level": "debug"' in sources["kas log"]
-    hits = _scan(sources)
+    hits = MARKERS.scan(sources)
     record(
         "marker tokens",
-        tokens=len(TOKENS.all()),
+        tokens=len(MARKERS.tokens),
         scanned_chars={k: len(v) for k, v in sources.items()},
         statuses=statuses,
         ci_answers=sorted({status for status, _ in ci.answers}),
