@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: help venv proto proto-check crds crds-check assets gitlab-peers image system-deps lint test test-unit test-integration mutation demo clean
+.PHONY: help venv proto proto-check crds crds-check assets gitlab-peers flux image system-deps lint test test-unit test-integration mutation demo clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,9 @@ assets:  ## build (or reuse) kube-apiserver + etcd from Go modules into .cache/k
 
 gitlab-peers:  ## build (or reuse) GitLab's own kas and agentk, the interop test peers, into .cache/gitlab-peers
 	scripts/gitlab-peers
+
+flux:  ## build (or reuse) Flux's source-controller and kustomize-controller, the GitOps test peers, into .cache/flux
+	scripts/flux-controllers
 
 image:  ## build the operator image (podman, or docker with a daemon); prints its tag last
 	scripts/image
