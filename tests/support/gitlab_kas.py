@@ -130,7 +130,10 @@ class GitLabKas:
         redis_port: int,
         key_prefix: str,
         max_connection_age: str | None = None,
+        external_url: str | None = None,
     ) -> None:
+        """`external_url`: kas's `gitlab.external_url`, sent to agents as `gitlab_external_url` with each
+        configuration (the Flux module matches GitRepository URLs against it)."""
         self.binary = binary
         self.work_dir = work_dir
         self.secrets = secrets
@@ -140,6 +143,8 @@ class GitLabKas:
         self.proc: subprocess.Popen[bytes] | None = None
         work_dir.mkdir(parents=True, exist_ok=True)
         config = self._config(gitlab_url, redis_port, key_prefix, max_connection_age)
+        if external_url:
+            config["gitlab"]["external_url"] = external_url
         (work_dir / "kas-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _config(
