@@ -25,6 +25,7 @@ from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ServiceAccountRef, TunnelSettings, WorkerSnapshot, WorkerSpec
+from tests.e2e import harness
 from tests.integration.flux_module.flux_kas import FluxKas, token_for
 from tests.support.flux import FluxNotFoundError, find_flux
 from tests.support.k8s_cluster import LocalCluster, find_assets
@@ -253,3 +254,23 @@ async def apiserver_metric(kube: KubeAccess, name: str, **labels: str) -> float:
         if all(series.get(k) == v for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig_path(flux_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`manifests/` applied to these tests' cluster, and a kubeconfig with the operator's own token: the
+    Flux module with exactly the RBAC a deployment has."""
+    kube = harness.Kube(flux_cluster, flux_cluster.admin_kubeconfig)
+    harness.install_manifests(kube)
+    return harness.operator_kubeconfig(kube, tmp_path_factory.mktemp("operator") / "kubeconfig")
+
+
+@pytest.fixture
+async def operator_kube(
+    operator_kubeconfig_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[KubeAccess]:
+    """KubeAccess as the operator's ServiceAccount, its Leases in its own namespace (as deployed)."""
+    monkeypatch.setenv("POD_NAMESPACE", harness.OPERATOR_NAMESPACE)
+    access = load_kube_access(str(operator_kubeconfig_path))
+    yield access
+    await access.close()

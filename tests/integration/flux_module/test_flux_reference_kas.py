@@ -36,8 +36,10 @@ AGENT = TestAgent(
 
 
 async def test_a_push_event_to_the_reference_kas_reaches_exactly_its_gitrepositories(
-    with_crd: LocalCluster, kube: KubeAccess, redis_url: str, tmp_path: Path
+    with_crd: LocalCluster, operator_kube: KubeAccess, redis_url: str, tmp_path: Path
 ) -> None:
+    """With the operator's own RBAC from manifests/ (not admin)."""
+    kube = operator_kube
     cluster = with_crd
     create_namespace(cluster, "refkas", may_patch=True)
     create_gitrepository(cluster, "refkas", "app", f"{GITLAB_URL}/group/app.git")
