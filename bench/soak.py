@@ -32,6 +32,7 @@ from typing import Any
 
 import _bootstrap
 import aiohttp
+import yaml
 from _fleet import PhaseWatch, create_all, fleet_objects, install_crd
 from _procs import CI_JOB_TOKEN, KasProcess, bench_agents, process_cpu, process_rss
 from _stack import direct_endpoint, local_cluster, machine_description, work_directory
@@ -233,6 +234,17 @@ async def _sampler(
         )
 
 
+def _set_max_connection_age(kas: KasProcess, seconds: float) -> None:
+    """kas's `agent.listen.max_connection_age`: at 20 % of it kas sends each agent connection GOAWAY (the
+    agent dials anew), at 30 % it ends the old connection's idle streams, at 65 % it closes it. The
+    default (2 h) rotates a connection first after 24 min: a 30-minute soak sees one rotation begin
+    (each agent briefly holds two connections) and not end; a short age makes rotations part of the run."""
+    path = kas.work_dir / "kas.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["agent"]["listen"]["max_connection_age"] = seconds
+    path.write_text(yaml.safe_dump(config))
+
+
 def _namespace_with_reader(cluster: Any) -> None:
     """The namespace, its `default` ServiceAccount (the agents act as it) and a RoleBinding to the
     Role that may list ConfigMaps, so the traffic's LIST is answered 200, not 403 (the bootstrap `view`
@@ -315,6 +327,8 @@ def _report(samples: Sequence[Sample], traffic: Traffic, warmup: float, connect_
 
 async def _run(args: argparse.Namespace) -> None:
     print(f"machine: {machine_description()}")
+    age = args.kas_max_connection_age
+    print(f"kas max_connection_age: {age if age is not None else 'default (7200)'} s")
     print(
         f"soak: {args.agents} agents, {args.rate} requests/s, {args.duration:.0f} s, sample every "
         f"{args.interval:.0f} s"
@@ -326,6 +340,8 @@ async def _run(args: argparse.Namespace) -> None:
         local_cluster() as cluster,
     ):
         kas = KasProcess(work_dir / "kas", agents, proxy=True)
+        if args.kas_max_connection_age is not None:
+            _set_max_connection_age(kas, args.kas_max_connection_age)
         await kas.start()
         operator = SoakOperator(work_dir, cluster.admin_kubeconfig)
         try:
@@ -354,6 +370,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=1800.0, help="seconds of traffic (default 30 min)")
     parser.add_argument("--rate", type=float, default=20.0, help="requests a second through kas, in total")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument(
+        "--kas-max-connection-age",
+        type=float,
+        default=None,
+        help="seconds; kas rotates agent connections at 20 %% of it (default: kas's, 7200)",
+    )
     parser.add_argument(
         "--warmup", type=float, default=120.0, help="samples before this are not in the slope"
     )
