@@ -23,10 +23,11 @@ has not been reported yet (`WAIT`; bounded by the caller, see `Admission.expect`
 from __future__ import annotations
 
 import hashlib
+import heapq
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from agent_operator.mapping import AgentKey
 from agent_operator.policy_flags import AdmissionLimits
@@ -150,20 +151,37 @@ def decide(
     return refused
 
 
+Order = tuple[str, str, str]
+"""Candidate.order: (creationTimestamp, namespace, name)."""
+
+
 class Admission:
-    """The current candidates and decisions; `update` says whose decision a change moved."""
+    """The current candidates and decisions; `update` says whose decision a change moved.
+
+    `decide` over every candidate costs O(N log N); run on every update, a thousand agents applied at
+    once cost O(N² log N), seconds of the operator's CPU at bring-up (docs/benchmarks.md, Fleet bring-up).
+    So a change that cannot move anyone else's decision (a candidate that shares its token and GitLab agent
+    with no other, in a namespace within its cap, with the oldest unseen agent unchanged) is decided on
+    its own; any other change decides everything again.
+    """
 
     def __init__(self, limits: AdmissionLimits) -> None:
         self._limits = limits
         self._candidates: dict[AgentKey, Candidate] = {}
         self._refused: dict[AgentKey, Problem] = {}
-        self._unseen: dict[AgentKey, tuple[str, str, str]] = {}
+        self._unseen: dict[AgentKey, Order] = {}
+        self._unseen_heap: list[tuple[Order, AgentKey]] = []
+        """Every unseen agent's order, oldest first; entries of agents seen since are dropped lazily."""
+        self._by_token: dict[TokenDigest, set[AgentKey]] = {}
+        self._by_agent: dict[tuple[str, str, int], set[AgentKey]] = {}
+        self._per_namespace: dict[str, int] = {}
 
     def expect(self, agents: Mapping[AgentKey, str]) -> list[AgentKey]:
         """The agents that exist at start (key → creationTimestamp), before any `update`: until each
         is reported through `update`, younger candidates WAIT. `expect({})` ends the wait (the caller's
         time limit, for an agent that is never reported). Returns the agents whose decision moved."""
         self._unseen = {key: (created, key.namespace, key.name) for key, created in agents.items()}
+        self._unseen_heap = sorted((order, key) for key, order in self._unseen.items())
         return self._recompute(exclude=None)
 
     def update(self, key: AgentKey, candidate: Candidate | None) -> tuple[Problem | None, list[AgentKey]]:
@@ -172,15 +190,63 @@ class Admission:
         Returns the refusal of `key` (None: it may run) and the other agents whose decision changed,
         which the caller must reconcile again.
         """
-        seen = self._unseen.pop(key, None) is not None
-        if self._candidates.get(key) == candidate and not seen:
+        seen = self._unseen.pop(key, None)
+        old = self._candidates.get(key)
+        if old == candidate and seen is None:
             return self._refused.get(key), []
-        if candidate is None:
-            self._candidates.pop(key, None)
-        else:
+        first = self._first_unseen()
+        # The oldest unseen agent stays the same (nobody's WAIT moves) unless `key` was it.
+        alone = (seen is None or (first is not None and seen > first)) and self._alone(old, key)
+        if old is not None:
+            self._unindex(old)
+            del self._candidates[key]
+        if candidate is not None:
             self._candidates[key] = candidate
-        moved = self._recompute(exclude=key)
-        return self._refused.get(key), moved
+            self._index(candidate)
+        if not (alone and self._alone(candidate, key)):
+            moved = self._recompute(exclude=key)
+            return self._refused.get(key), moved
+        self._refused.pop(key, None)
+        if candidate is not None and first is not None and candidate.order > first:
+            self._refused[key] = WAIT
+        return self._refused.get(key), []
+
+    def _first_unseen(self) -> Order | None:
+        heap = self._unseen_heap
+        while heap and self._unseen.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _alone(self, candidate: Candidate | None, key: AgentKey) -> bool:
+        """`candidate` (of `key`) shares its token and its GitLab agent with no other candidate, and its
+        namespace is within the cap: whether it runs moves nobody else's decision."""
+        if candidate is None:
+            return True
+        if self._by_token.get(candidate.token, set()) - {key}:
+            return False
+        agent = _agent_of(candidate)
+        if agent is not None and self._by_agent.get(agent, set()) - {key}:
+            return False
+        cap = self._limits.max_agents_per_namespace
+        return not cap or self._per_namespace.get(candidate.key.namespace, 0) <= cap
+
+    def _index(self, candidate: Candidate) -> None:
+        self._by_token.setdefault(candidate.token, set()).add(candidate.key)
+        agent = _agent_of(candidate)
+        if agent is not None:
+            self._by_agent.setdefault(agent, set()).add(candidate.key)
+        namespace = candidate.key.namespace
+        self._per_namespace[namespace] = self._per_namespace.get(namespace, 0) + 1
+
+    def _unindex(self, candidate: Candidate) -> None:
+        _discard(self._by_token, candidate.token, candidate.key)
+        agent = _agent_of(candidate)
+        if agent is not None:
+            _discard(self._by_agent, agent, candidate.key)
+        namespace = candidate.key.namespace
+        self._per_namespace[namespace] -= 1
+        if not self._per_namespace[namespace]:
+            del self._per_namespace[namespace]
 
     def _recompute(self, exclude: AgentKey | None) -> list[AgentKey]:
         before = self._refused
@@ -190,6 +256,19 @@ class Admission:
     def refusal(self, key: AgentKey) -> Problem | None:
         """Why `key` may not run, or None."""
         return self._refused.get(key)
+
+
+def _agent_of(candidate: Candidate) -> tuple[str, str, int] | None:
+    """(namespace, kas host, agent id): one GitLab agent, compared within a namespace (see Candidate)."""
+    return (candidate.key.namespace, *candidate.agent) if candidate.agent is not None else None
+
+
+def _discard(index: dict[Any, set[AgentKey]], value: Any, key: AgentKey) -> None:
+    keys = index.get(value)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[value]
 
 
 def _changed(
