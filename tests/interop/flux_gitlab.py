@@ -108,7 +108,8 @@ def install_crd(cluster: LocalCluster, crd: dict[str, Any], timeout: float = 30.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, current = cluster.request("GET", f"{CRD_PATH}/{name}")
-        conditions = (current or {}).get("status", {}).get("conditions", [])
+        # A new CRD's status may read `conditions: null` for a moment.
+        conditions = ((current or {}).get("status") or {}).get("conditions") or []
         established = any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
         if established and cluster.request("GET", f"/apis/{group}/v1/{plural}")[0] == 200:
             return
