@@ -220,6 +220,8 @@ class Informer:
         """How many full lists have completed (1 + the relists after 410 Gone)."""
         self.bookmarks = 0
         """How many bookmark events arrived."""
+        self.last_error: str | None = None
+        """Why the last list or watch failed (e.g. `ApiError: HTTP 403: ...`), None once one succeeds."""
 
     def add_handler(self, callback: ChangeCallback, *, replay: bool = True) -> Callable[[], None]:
         """Call `callback` on every change; with `replay`, first as ADDED for each cached object."""
@@ -273,6 +275,7 @@ class Informer:
                 if need_list:
                     await self._list()
                     need_list = False
+                    self.last_error = None
                 await self._watch()
                 backoff.reset()  # the server closed the watch normally: resume at once
             except GoneError:
@@ -281,6 +284,7 @@ class Informer:
             except (aiohttp.ClientError, ApiError, TimeoutError, ValueError) as exc:
                 if isinstance(exc, ApiError) and exc.status == 401:
                     self._kube.invalidate_credentials()
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
                     "list/watch failed; retrying",
                     extra={"resource": self.kind.path(), "error": f"{type(exc).__name__}: {exc}"},

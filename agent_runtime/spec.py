@@ -149,6 +149,8 @@ class FluxState(enum.StrEnum):
     """kas sent no usable gitlab_external_url: no GitRepository can be matched."""
     FLUX_NOT_INSTALLED = "FluxNotInstalled"
     """The GitRepository CRD (source.toolkit.fluxcd.io, v1) is absent or not established."""
+    LIST_FAILED = "GitRepositoriesUnreadable"
+    """The GitRepository CRD or the GitRepositories cannot be listed (the operator's RBAC, mostly)."""
     NO_GITREPOSITORIES = "NoGitRepositories"
     """Flux is installed but no GitRepository points at the agent's GitLab."""
     STANDBY = "Standby"

@@ -105,8 +105,9 @@ class FluxModule:
             return
         await self._wait_for_flux()
         repos = self._gitrepositories()
-        self._state(FluxState.WAITING, "listing GitRepositories")
-        await repos.wait_synced()
+        await self._wait_listed(
+            repos, "GitRepositories", f"list and watch on {gr.CRD_NAME} in every namespace"
+        )
         changed = asyncio.Event()
         remove = repos.add_handler(self._change_handler(server, changed), replay=False)
         try:
@@ -129,7 +130,9 @@ class FluxModule:
 
         remove = crds.add_handler(check)
         try:
-            await crds.wait_synced()
+            await self._wait_listed(
+                crds, f"the CRD {gr.CRD_NAME}", "get, list and watch on customresourcedefinitions"
+            )
             check()
             if not ready.is_set():
                 self._state(
@@ -140,6 +143,22 @@ class FluxModule:
             await ready.wait()
         finally:
             remove()
+
+    async def _wait_listed(self, informer: Informer, what: str, rights: str) -> None:
+        """Wait for a shared informer's first list, saying why it fails meanwhile (RBAC, mostly)."""
+        while not informer.synced:
+            error = informer.last_error
+            if error is None:
+                self._state(FluxState.WAITING, f"reading {what}")
+            else:
+                self._state(
+                    FluxState.LIST_FAILED, f"cannot read {what}: {error}; the operator needs {rights}"
+                )
+            try:
+                async with asyncio.timeout(1.0):
+                    await informer.wait_synced()
+            except TimeoutError:
+                pass
 
     def _gitrepositories(self) -> Informer:
         informers = self._ctx.informers

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agent_runtime.environment import WorkerEnvironment
-from agent_runtime.kube import KubeAccess
+from agent_runtime.kube import KubeAccess, load_kube_access
 from agent_runtime.manager import WorkerFactory
 from agent_runtime.runtime import Runtime
 from agent_runtime.spec import FluxState, FluxStatus, WorkerSpec
@@ -262,3 +262,25 @@ async def test_two_replicas_running_one_agent_trigger_each_push_once(
         await eventually(lambda: len(flux_kas.requests[107]) == 2, what="the follower's stream")
         flux_kas.push(107, "group/app")
         await eventually(lambda: _flux(follower, spec.id).triggered == 1, what="the follower's trigger")
+
+
+async def test_an_operator_that_may_not_read_flux_objects_says_so(
+    with_crd: LocalCluster, flux_kas: FluxKas
+) -> None:
+    """alice has no rights at all: the CRD cannot be read; the state names the missing rights."""
+    cluster = with_crd
+    create_namespace(cluster, "rbac-h", may_patch=True)
+    spec = agent_spec(flux_kas, 108, "rbac-h")
+    alice = load_kube_access(str(cluster.user_kubeconfig))
+    try:
+        async with running(alice) as runtime:
+            runtime.apply(spec)
+            await eventually(
+                lambda: _flux(runtime, spec.id).state is FluxState.LIST_FAILED, what="unreadable"
+            )
+            message = _flux(runtime, spec.id).message
+            assert "HTTP 403" in message
+            assert "customresourcedefinitions" in message
+            assert 108 not in flux_kas.requests
+    finally:
+        await alice.close()

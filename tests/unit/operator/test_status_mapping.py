@@ -421,6 +421,7 @@ def test_service_account_unknown_until_the_operator_could_list_them() -> None:
         (FluxState.NOT_SERVED, ConditionStatus.FALSE),
         (FluxState.STREAM_FAILED, ConditionStatus.FALSE),
         (FluxState.LEASE_FAILED, ConditionStatus.FALSE),
+        (FluxState.LIST_FAILED, ConditionStatus.FALSE),
         (FluxState.NO_GITLAB_URL, ConditionStatus.FALSE),
         (FluxState.DISABLED, ConditionStatus.FALSE),
     ],
