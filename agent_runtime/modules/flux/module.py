@@ -39,6 +39,9 @@ from agent_runtime.spec import FluxState, FluxStatus
 TRIGGERS_IN_FLIGHT: Final = 8
 """GitRepositories patched at once for one agent (our choice: a push to a project with many sources)."""
 
+RESTART_AFTER_S: Final = 10.0
+"""Pause before the module starts over after a bug (our choice)."""
+
 NOT_INSTALLED_HINT: Final = (
     "install Flux (>= 2.0, source-controller's GitRepository v1); it is picked up without a restart"
 )
@@ -82,7 +85,7 @@ class FluxModule:
                 config, version = await self._ctx.configuration.wait_newer(version)
                 continue
             key = (int(config.agent_id), str(config.gitlab_external_url))
-            body = asyncio.create_task(self._for_agent(*key), name=f"{self._ctx.worker_id}/flux-agent")
+            body = asyncio.create_task(self._supervised(*key), name=f"{self._ctx.worker_id}/flux-agent")
             try:
                 while True:
                     config, version = await self._ctx.configuration.wait_newer(version)
@@ -91,6 +94,22 @@ class FluxModule:
             finally:
                 body.cancel()
                 await asyncio.gather(body, return_exceptions=True)
+
+    async def _supervised(self, agent_id: int, external_url: str) -> None:
+        """`_for_agent`, restarted after a bug (logged) instead of ending the module silently."""
+        while True:
+            try:
+                await self._for_agent(agent_id, external_url)
+            except Exception:  # any bug: log it, report it, start over after a pause
+                self._ctx.logger.exception("Failed to run module flux; restarting")
+                self._state(
+                    FluxState.STREAM_FAILED,
+                    f"the Flux module failed (the operator log has the details); restarting in "
+                    f"{RESTART_AFTER_S:.0f} s",
+                )
+                await asyncio.sleep(RESTART_AFTER_S)
+            else:
+                return
 
     async def _for_agent(self, agent_id: int, external_url: str) -> None:
         try:
