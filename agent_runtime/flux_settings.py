@@ -33,5 +33,9 @@ class FluxTuning:
     """How long a namespace's patch permission is trusted; the scope is re-checked this often. Our choice."""
     trigger_timeout_s: float = 5.0
     """Bound on one GitRepository patch (§17.13: a timeout on each trigger). Our choice."""
+    min_trigger_interval_s: float = 0.1
+    """One project's GitRepositories are patched at most this often; reports in between make one more
+    trigger once it is due (kas is untrusted: a flood of reports must not become a flood of fetches).
+    Pushes to one project are rarely this close. Our choice."""
     trigger_attempts: int = 3
     """Attempts per GitRepository and push, for 429/5xx and transport errors (bounded retry). Our choice."""

@@ -19,6 +19,7 @@ Facts go to the worker's snapshot (FluxStatus): state, counts, last trigger.
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -39,6 +40,8 @@ from agent_runtime.spec import FluxState, FluxStatus
 TRIGGERS_IN_FLIGHT: Final = 8
 """GitRepositories patched at once for one agent (our choice: a push to a project with many sources)."""
 
+MAX_REMEMBERED_TRIGGERS: Final = 4096
+"""Projects whose last trigger time is kept (bounded: forgetting only allows one early trigger)."""
 RESTART_AFTER_S: Final = 10.0
 """Pause before the module starts over after a bug (our choice)."""
 
@@ -344,12 +347,25 @@ class FluxModule:
         self._pending_event.set()
 
     async def _trigger_loop(self) -> None:
+        """Patch the GitRepositories of reported projects. Reports of one project that arrive while it is
+        being triggered, or sooner than `min_trigger_interval_s` after, make one more trigger: a kas that
+        floods reports cannot turn them into a stream of patches (and fetches)."""
         gate = asyncio.Semaphore(TRIGGERS_IN_FLIGHT)
+        last: dict[str, float] = {}
+        interval = self._tuning.min_trigger_interval_s
         while True:
             await self._pending_event.wait()
+            due = max((last.get(key, -math.inf) + interval for key in self._pending), default=-math.inf)
+            wait = due - self._ctx.clock.now()
+            if wait > 0:
+                await asyncio.sleep(wait)  # reports arriving meanwhile join this batch
             self._pending_event.clear()
-            batch, self._pending = list(self._pending.values()), {}
-            targets = {t for project in batch for t in self._scope.for_project(project)}
+            batch, self._pending = self._pending, {}
+            if len(last) > MAX_REMEMBERED_TRIGGERS:
+                last.clear()
+            now = self._ctx.clock.now()
+            last.update(dict.fromkeys(batch, now))
+            targets = {t for project in batch.values() for t in self._scope.for_project(project)}
             results = await asyncio.gather(*(self._trigger(t, gate) for t in sorted(targets)))
             ok = sum(results)
             self._set(

@@ -18,6 +18,7 @@ from agent_runtime.spec import FluxState, FluxStatus, WorkerSpec
 from agent_runtime.worker import Worker
 from tests.integration.flux_module.conftest import (
     CRD_NAME,
+    FAST,
     OPERATOR_NAMESPACE,
     agent_spec,
     create_gitrepository,
@@ -284,3 +285,25 @@ async def test_an_operator_that_may_not_read_flux_objects_says_so(
             assert 108 not in flux_kas.requests
     finally:
         await alice.close()
+
+
+async def test_a_flood_of_reports_becomes_a_few_patches(
+    with_crd: LocalCluster, kube: KubeAccess, flux_kas: FluxKas
+) -> None:
+    """kas is untrusted: 40 reports of one project within 1 s, at most one trigger per 0.5 s."""
+    cluster = with_crd
+    create_namespace(cluster, "flood-i", may_patch=True)
+    create_gitrepository(cluster, "flood-i", "app", f"{GITLAB_URL}/group/app.git")
+    spec = agent_spec(flux_kas, 109, "flood-i")
+    async with running(kube, dataclasses.replace(FAST, min_trigger_interval_s=0.5)) as runtime:
+        runtime.apply(spec)
+        await eventually(lambda: 109 in flux_kas.requests, what="the stream")
+        started = asyncio.get_running_loop().time()
+        for _ in range(40):
+            flux_kas.push(109, "group/app")
+            await asyncio.sleep(0.025)
+        elapsed = asyncio.get_running_loop().time() - started
+        await asyncio.sleep(0.8)  # the last one due
+        triggered = _flux(runtime, spec.id).triggered
+        assert 2 <= triggered <= elapsed / 0.5 + 2, (triggered, elapsed)
+        assert requested_at(cluster, "flood-i", "app") is not None
