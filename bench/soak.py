@@ -60,6 +60,8 @@ class Sample:
     kas_rss_mib: float
     requests: int
     failures: int
+    p99_ms: float
+    """p99 latency of the requests that ended in the interval."""
 
 
 @dataclass
@@ -70,6 +72,11 @@ class Traffic:
     failures: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+
+    def p99_since(self, start: int) -> tuple[float, int]:
+        """(p99 latency of the requests that ended from index `start` on, the index to start next time)."""
+        end = len(self.latencies)
+        return percentile(self.latencies[start:end], 99), end
 
     examples: dict[str, str] = field(default_factory=dict)
     """The first answer's body (cut) for each reason."""
@@ -191,9 +198,15 @@ async def _traffic(
 
 
 async def _sample(
-    operator: SoakOperator, kas: KasProcess, started: float, last: tuple[float, float], traffic: Traffic
-) -> tuple[Sample, tuple[float, float]]:
+    operator: SoakOperator,
+    kas: KasProcess,
+    started: float,
+    last: tuple[float, float, int],
+    traffic: Traffic,
+) -> tuple[Sample, tuple[float, float, int]]:
+    """One sample; `last` (and the returned state): (monotonic time, CPU seconds, latencies seen)."""
     now, cpu = time.monotonic(), process_cpu(operator.pid)
+    p99, seen = traffic.p99_since(last[2])
     pid = operator.pid
     sample = Sample(
         t=now - started,
@@ -205,8 +218,9 @@ async def _sample(
         kas_rss_mib=process_rss(kas.pid) / 2**20,
         requests=traffic.sent,
         failures=traffic.failures,
+        p99_ms=1000 * p99,
     )
-    return sample, (now, cpu)
+    return sample, (now, cpu, seen)
 
 
 async def _sampler(
@@ -218,7 +232,7 @@ async def _sampler(
     traffic: Traffic,
     samples: list[Sample],
 ) -> None:
-    last = (time.monotonic(), process_cpu(operator.pid))
+    last = (time.monotonic(), process_cpu(operator.pid), 0)
     while time.monotonic() + interval <= until + 1:
         await asyncio.sleep(interval)
         if not operator.alive():
@@ -228,7 +242,7 @@ async def _sampler(
         print(
             f"  {sample.t:7.0f} s  RSS {sample.rss_mib:7.1f} MiB  CPU {sample.cpu_pct:5.1f} %  "
             f"fds {sample.fds}  threads {sample.threads}  tasks {sample.tasks}  "
-            f"requests {sample.requests} (failed {sample.failures})",
+            f"requests {sample.requests} (failed {sample.failures}, p99 {sample.p99_ms:.0f} ms)",
             file=sys.stderr,
             flush=True,
         )
@@ -294,11 +308,35 @@ def _report(samples: Sequence[Sample], traffic: Traffic, warmup: float, connect_
     steady = [s for s in samples if s.t >= warmup] or list(samples)
     print(f"all agents Connected {connect_s:.1f} s after the GitLabAgents were created")
     every = max(1, round(60 / (samples[1].t - samples[0].t))) if len(samples) > 1 else 1
+    slow = sorted(samples, key=lambda s: s.p99_ms, reverse=True)[:5]
+    print("slowest intervals (t s, p99 ms): " + ", ".join(f"{s.t:.0f}: {s.p99_ms:.0f}" for s in slow))
     rows = [
-        (s.t, s.rss_mib, s.cpu_pct, s.fds, s.threads, s.tasks, s.kas_rss_mib, s.requests, s.failures)
+        (
+            s.t,
+            s.rss_mib,
+            s.cpu_pct,
+            s.fds,
+            s.threads,
+            s.tasks,
+            s.kas_rss_mib,
+            s.requests,
+            s.failures,
+            s.p99_ms,
+        )
         for s in samples[::every]
     ]
-    header = ["t s", "RSS MiB", "CPU %", "fds", "threads", "tasks", "kas RSS MiB", "requests", "failed"]
+    header = [
+        "t s",
+        "RSS MiB",
+        "CPU %",
+        "fds",
+        "threads",
+        "tasks",
+        "kas RSS MiB",
+        "requests",
+        "failed",
+        "p99 ms (interval)",
+    ]
     print(table(header, rows))
     series = {
         "RSS MiB": [(s.t, s.rss_mib) for s in steady],
