@@ -30,7 +30,7 @@ from agent_operator.service_accounts import ServiceAccounts
 from agent_operator.settings import OperatorSettings
 from agent_operator.sharding import Sharding
 from agent_operator.sources import Sources
-from agent_operator.status_writer import StatusWriter
+from agent_operator.status_writer import FINALIZER_WAIT_S, StatusWriter
 from agent_runtime.kube import KubeAccess
 from agent_runtime.manager import STOP_MARGIN_S
 from agent_runtime.runtime import Runtime, RuntimeSettings
@@ -38,7 +38,8 @@ from agent_runtime.runtime import Runtime, RuntimeSettings
 log = logging.getLogger(__name__)
 
 ANNOTATION_PREFIX: Final = "agentk.dev"
-"""kopf's bookkeeping (progress, last handled spec) lives in annotations under this prefix."""
+"""kopf's bookkeeping (the delete handler's progress, while it retries) lives in annotations under this
+prefix."""
 FINALIZER: Final = "agentk.dev/worker-cleanup"
 """Held while a GitLabAgent has a worker to drain."""
 EXIT_MARGIN_S: Final = 20.0
@@ -100,10 +101,14 @@ class Composition:
         """With --sharding: runs only this replica's share of the agents (agent_operator/sharding/)."""
         workers: WorkerRuntime = self.runtime
         if self.sharding is None:
-            self.writer = StatusWriter(self.api, self.events, self.runtime.snapshot, self.metrics)
+            self.writer = StatusWriter(
+                self.api, self.events, self.runtime.snapshot, self.metrics, finalizer_wait=FINALIZER_WAIT_S
+            )
         else:
             workers = self.sharding.gate
-            self.writer = self.sharding.writer(self.api, self.events, workers.snapshot, self.metrics)
+            self.writer = self.sharding.writer(
+                self.api, self.events, workers.snapshot, self.metrics, finalizer_wait=FINALIZER_WAIT_S
+            )
         self.sources = Sources(self.api, settings.namespaces)
         self.service_accounts = ServiceAccounts(settings.namespaces)
         self.controller = AgentController(
@@ -117,6 +122,7 @@ class Composition:
             drain_grace=settings.drain_grace,
             service_accounts=self.service_accounts,
             limits=settings.limits,
+            finalizer=FINALIZER,
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -189,12 +195,28 @@ class Composition:
         log.info("operator stopped")
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's change detection, switched off: the handlers see every event and the controller tells what
+    is new (handlers.py). kopf would otherwise copy each event's body to compare it with the last handled
+    one, and PATCH that one into an annotation after every handled change."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        del body, extra_fields
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        del body
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        del body, patch, essence
+
+
 def configure_kopf(settings: kopf.OperatorSettings, operator: OperatorSettings) -> None:
-    """kopf's settings: bookkeeping in annotations only (status is ours), quiet events, exit timing."""
+    """kopf's settings: no change detection, progress (of the delete handler) in annotations (status is
+    ours), quiet events, exit timing."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.persistence.finalizer = FINALIZER
     # kopf turns log lines of handlers into Events; the operator records its own, meaningful ones.
     settings.posting.level = logging.WARNING

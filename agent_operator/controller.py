@@ -62,6 +62,13 @@ EXPECT_LIMIT_S = 30.0
 """Our choice: after this long from the start, agents stop waiting for older agents that existed at start
 and were never reported (e.g. one whose Secret cannot be read yet); kopf hands over all the others long
 before."""
+RECONCILES_IN_FLIGHT = 64
+"""Our choice: at most this many watch events are reconciled at once (each reads the agent's Secrets from
+the API server the first time); the others wait their turn. Bounds what a thousand resources applied at
+once hold together (docs/benchmarks.md, Density)."""
+RETRY_DELAY_S = 5.0
+"""Our choice: a reconciliation that failed on an API hiccup is tried again this long after (and again
+after each further failure)."""
 _RECHECK_CAP_S = 60.0
 """Our choice: a missing Secret/ConfigMap is looked for again after 2, 4, 8, ... up to this many seconds
 (it is not labelled yet, so the label-filtered watch cannot see it appear)."""
@@ -102,6 +109,13 @@ def kept_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _version_of(body: Mapping[str, Any]) -> tuple[str, int | None]:
+    """(uid, generation): a spec change makes a new generation, a new object a new uid."""
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    return str(meta.get("uid", "")), int(generation) if generation is not None else None
+
+
 @dataclass
 class _Record:
     body: dict[str, Any]
@@ -114,6 +128,9 @@ class _Record:
     """Digest of the token the agent last could run with."""
     agent_id: int | None = None
     """The agent id kas reported for that token (forgotten when the token changes)."""
+    reconciled: tuple[str, int | None] | None = None
+    """(uid, generation) of the last body a handler's reconciliation finished with: a watch event of the
+    same object and generation (a status write, labels, kopf's finalizer) has nothing new to reconcile."""
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -141,7 +158,10 @@ class AgentController:
         drain_grace: float,
         service_accounts: ServiceAccounts,
         limits: AdmissionLimits,
+        finalizer: str | None = None,
     ) -> None:
+        """`finalizer`: kopf's; once a resource carries it, the status writer may write its first status
+        (StatusWriter.finalized)."""
         self._runtime = runtime
         self._sources = sources
         self._service_accounts = service_accounts
@@ -155,6 +175,10 @@ class AgentController:
         self._index = SourceIndex()
         self._background: KeyedTasks[AgentKey] = KeyedTasks("remap", self._remap)
         self._recheck: KeyedTasks[AgentKey] = KeyedTasks("recheck", self._recheck_later)
+        self._retry: KeyedTasks[AgentKey] = KeyedTasks("retry", self._retry_after_delay)
+        self._observed: KeyedTasks[AgentKey] = KeyedTasks("reconcile", self._reconcile_observed)
+        self._reconciling = asyncio.Semaphore(RECONCILES_IN_FLIGHT)
+        self._finalizer = finalizer
         self._unwatch: KeyedTasks[SourceRef] = KeyedTasks("unwatch", self._unwatch_if_unused)
 
     async def run(self) -> None:
@@ -162,6 +186,8 @@ class AgentController:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._background.run(), name="agent-remaps")
             tg.create_task(self._recheck.run(), name="agent-rechecks")
+            tg.create_task(self._retry.run(), name="agent-retries")
+            tg.create_task(self._observed.run(), name="agent-reconciles")
             tg.create_task(self._unwatch.run(), name="source-unwatches")
             tg.create_task(self._service_accounts_listed(), name="service-accounts-listed")
             tg.create_task(self._stop_expecting(), name="admission-expectations")
@@ -186,17 +212,75 @@ class AgentController:
             self._background.kick(key)
 
     # --- called by the kopf handlers ---------------------------------------------------------------
+    def observe(self, key: AgentKey, body: Mapping[str, Any]) -> None:
+        """A watch event of the resource (created, changed, found at start-up, or only its status or
+        metadata written): make its worker match in the background, unless this generation was
+        reconciled already. An API hiccup is retried after RETRY_DELAY_S."""
+        if self._record_of(key, body) is not None:
+            self._observed.kick(key)
+
     async def reconcile(self, key: AgentKey, body: Mapping[str, Any]) -> None:
-        """The resource was created, changed or found at start-up: make its worker match."""
+        """As `observe`, and wait for it; an API hiccup raises TransientError (the caller retries)."""
+        record = self._record_of(key, body)
+        if record is not None:
+            async with record.lock:
+                if self._records.get(key) is record:
+                    await self._sync_latest(key, record)
+
+    def _record_of(self, key: AgentKey, body: Mapping[str, Any]) -> _Record | None:
+        """The record of `key`, now holding `body`; None when that generation was reconciled already."""
+        if self._finalizer is not None and self._finalizer in (
+            (body.get("metadata") or {}).get("finalizers") or ()
+        ):
+            self._writer.finalized(key)
         record = self._records.get(key)
         if record is None:
             record = self._records[key] = _Record(kept_body(body))
             self._metrics.agents.set(len(self._records))
-        else:
-            record.body = kept_body(body)
+            return record
+        if record.reconciled == _version_of(body):
+            return None
+        record.body = kept_body(body)
+        return record
+
+    async def _sync_latest(self, key: AgentKey, record: _Record) -> None:
+        """Reconcile the record's latest body (under its lock) and remember its version."""
+        version = _version_of(record.body)
+        await self._sync(key, record)
+        record.reconciled = version
+
+    async def _reconcile_observed(self, key: AgentKey) -> None:
+        record = self._records.get(key)
+        if record is None:
+            return
+        async with self._reconciling, record.lock:
+            if self._records.get(key) is not record or record.reconciled == _version_of(record.body):
+                return
+            try:
+                await self._sync_latest(key, record)
+            except TransientError as exc:
+                log.warning("reconcile failed: %s", exc, extra=resource_extra(key.namespace, key.name))
+                self._retry.kick(key)
+
+    def handles(self, key: AgentKey) -> bool:
+        """The controller has a record of `key` (it was reconciled, and not deleted or released since)."""
+        return key in self._records
+
+    async def _retry_after_delay(self, key: AgentKey) -> None:
+        """A reconciliation of `key` failed on an API hiccup: try again (with the latest body), and again
+        after each further failure."""
+        await asyncio.sleep(RETRY_DELAY_S)
+        record = self._records.get(key)
+        if record is None:
+            return
         async with record.lock:
-            if self._records.get(key) is record:
-                await self._sync(key, record)
+            if self._records.get(key) is not record:
+                return
+            try:
+                await self._sync_latest(key, record)
+            except TransientError as exc:
+                log.warning("reconcile failed again: %s", exc, extra=resource_extra(key.namespace, key.name))
+                self._retry.kick(key)
 
     async def delete(self, key: AgentKey) -> None:
         """The resource is being deleted: drain its worker, forget it (and unlabel what only it used)."""

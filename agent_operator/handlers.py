@@ -1,5 +1,15 @@
-"""kopf handlers: thin adapters from kopf's causes to the AgentController. They return None (status is
-written by the StatusWriter, not by kopf) and raise only kopf.TemporaryError, for API hiccups.
+"""kopf handlers: thin adapters from kopf's events to the AgentController. They return None (status is
+written by the StatusWriter, not by kopf).
+
+Every watch event of a GitLabAgent goes to the controller (`kopf.on.event`), which reconciles only what
+it has not reconciled yet (a new uid or generation): the reconciliation is level-triggered and reads
+the latest body, so kopf's change detection (create/update/resume causes) is not needed, and neither is
+its bookkeeping, a PATCH of the last-handled configuration after every handled change, plus a wait for
+the finalizer PATCH to come back before the first handler ran (docs/benchmarks.md, Fleet bring-up).
+kopf's finalizer stays: deleting a resource drains its worker (`kopf.on.delete`) before it goes.
+The handler only hands the event over: the controller reconciles it in its own tasks (and retries an API
+hiccup; kopf never retries an event handler), so kopf's cycle, and its finalizer PATCH, never wait for
+the Secrets to be read.
 
 With peering, one daemon per GitLabAgent marks "this process runs the agent": kopf stops daemons when
 the operator pauses in favour of another replica, and the daemon then drains the worker, so two replicas
@@ -17,19 +27,16 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import kopf
 
 from agent_operator.api import GROUP, PLURAL, VERSION
-from agent_operator.controller import AgentController, TransientError
+from agent_operator.controller import RETRY_DELAY_S, AgentController, TransientError
 from agent_operator.logs import resource_extra
 from agent_operator.mapping import AgentKey
 
 log = logging.getLogger(__name__)
-
-RETRY_DELAY_S: Final = 5.0
-"""kopf retries a handler this long after an API hiccup."""
 
 T = TypeVar("T")
 
@@ -67,15 +74,20 @@ def register(
     async def _login(**_: Any) -> kopf.AiohttpSession:
         return await login()
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def _reconcile(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def _observe(
+        *, event: kopf.RawEvent, name: str, namespace: str | None, body: kopf.Body, **_: Any
+    ) -> None:
         key = AgentKey(namespace or "", name)
-        try:
-            await outside_kopf(controller.reconcile(key, dict(body)), f"reconcile:{key.worker_id}")
-        except TransientError as exc:
-            raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from None
+        if event.get("type") == "DELETED":  # gone without our finalizer (deleted before kopf added it)
+            if controller.handles(key):
+                await outside_kopf(controller.delete(key), f"delete:{key.worker_id}")
+            return
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            return  # being deleted: `_delete` drains the worker, then kopf releases the finalizer
+        # Reconciled in the controller's tasks, so kopf's cycle ends at once; they start in a context of
+        # their own (see outside_kopf).
+        contextvars.Context().run(controller.observe, key, dict(body))
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     async def _delete(*, name: str, namespace: str | None, **_: Any) -> None:

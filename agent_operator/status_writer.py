@@ -37,6 +37,11 @@ DEBOUNCE_S: Final = 0.2
 FIRST_CONNECTING_HOLD_S: Final = 0.5
 """A new resource's first status is held this long while it would only say Connecting: the worker usually
 connects sooner, and one write saying Connected beats two writes (our choice; Apply → Connected p99)."""
+FINALIZER_WAIT_S: Final = 5.0
+"""With `finalizer_wait` (the operator): a new resource's first status waits until kopf's finalizer is on
+it (`finalized`), at most this long (our choice). kopf adds the finalizer with a JSON patch that tests the
+resourceVersion: a status written first made it fail (422) and kopf try again on the next event, about two
+more PATCHes per resource when a thousand were applied at once (docs/benchmarks.md, Fleet bring-up)."""
 TUNNEL_COUNTS_INTERVAL_S: Final = 10.0
 """A status that differs from the written one only in its tunnel counts (or its Flux trigger counts and
 time: one change per push) is written at most this often
@@ -133,7 +138,10 @@ class StatusWriter:
         *,
         debounce: float = DEBOUNCE_S,
         clock: Clock = lambda: datetime.now(UTC),
+        finalizer_wait: float = 0.0,
     ) -> None:
+        """`finalizer_wait`: how long a new resource's first status may wait for `finalized` (0: no wait;
+        see FINALIZER_WAIT_S)."""
         self._api = api
         self._events = events
         self._snapshots = snapshots
@@ -142,6 +150,8 @@ class StatusWriter:
         self._entries: dict[AgentKey, _Entry] = {}
         self._tasks: KeyedTasks[AgentKey] = KeyedTasks("status", self._write, debounce=debounce)
         self._in_flight = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        self._finalizer_wait = finalizer_wait
+        self._finalized: set[AgentKey] = set()
 
     async def run(self) -> None:
         """Write statuses until cancelled."""
@@ -158,8 +168,16 @@ class StatusWriter:
             entry.facts = facts
         self._tasks.kick(key)
 
+    def finalized(self, key: AgentKey) -> None:
+        """kopf's finalizer is on the resource: its first status need not wait any more."""
+        if key not in self._finalized:
+            self._finalized.add(key)
+            if key in self._entries:
+                self._tasks.kick(key)
+
     def forget(self, key: AgentKey) -> None:
         """Stop writing the status of a resource (deleted, or handed over to another operator)."""
+        self._finalized.discard(key)
         entry = self._entries.pop(key, None)
         self._metrics.forget_agent(key.worker_id)
         if entry is not None and entry.wake is not None:
@@ -180,8 +198,14 @@ class StatusWriter:
         return _from_json(entry.written_json) if entry is not None else None
 
     def _held(self, key: AgentKey, entry: _Entry, status: GitLabAgentStatus) -> bool:
-        """Hold a brand-new resource's first status while it only says Connecting (see the constant)."""
-        if entry.written_json is not None or status.phase is not Phase.CONNECTING:
+        """Hold a brand-new resource's first status until kopf's finalizer is on it, and while it only
+        says Connecting (see the constants)."""
+        if entry.written_json is not None:
+            return False
+        waits_for_finalizer = bool(self._finalizer_wait) and key not in self._finalized
+        if waits_for_finalizer and self._deferred(key, entry, entry.tracked_at + self._finalizer_wait):
+            return True
+        if status.phase is not Phase.CONNECTING:
             return False
         return self._deferred(key, entry, entry.tracked_at + FIRST_CONNECTING_HOLD_S)
 
@@ -202,8 +226,12 @@ class StatusWriter:
         remaining = due - time.monotonic()
         if remaining <= 0:
             return False
+        loop = asyncio.get_running_loop()
+        if entry.wake is not None and entry.wake.when() > loop.time() + remaining:
+            entry.wake.cancel()  # an earlier due time than the one waited for (finalizer, then Connecting)
+            entry.wake = None
         if entry.wake is None:
-            entry.wake = asyncio.get_running_loop().call_later(remaining, self._wake, key)
+            entry.wake = loop.call_later(remaining, self._wake, key)
         return True
 
     def _wake(self, key: AgentKey) -> None:
