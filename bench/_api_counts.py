@@ -17,11 +17,14 @@ import _bootstrap  # noqa: F401 - the repository root on sys.path (tests.support
 
 from tests.support.k8s_cluster import ADMIN_TOKEN, LocalCluster
 
-_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_SAMPLE = re.compile(
+    r"^(?P<name>apiserver_request_total|apiserver_request_duration_seconds_sum)"
+    r"\{(?P<labels>[^}]*)\} (?P<value>\S+)$"
+)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 Key = tuple[str, str, str]
-"""(verb, resource, subresource)."""
+"""(verb, resource, subresource); the verb of a request not answered 2xx carries its code ("PATCH (409)")."""
 
 
 async def scrape(cluster: LocalCluster) -> dict[Key, float]:
@@ -33,7 +36,12 @@ async def scrape(cluster: LocalCluster) -> dict[Key, float]:
         if match is None:
             continue
         labels = dict(_LABEL.findall(match["labels"]))
-        key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+        code = labels.get("code", "")
+        answered = "" if code.startswith("2") or not code else f" ({code})"
+        verb = labels.get("verb", "") + (
+            answered if match["name"] == "apiserver_request_total" else " seconds"
+        )
+        key = (verb, labels.get("resource", ""), labels.get("subresource", ""))
         counts[key] += float(match["value"])
     return dict(counts)
 
@@ -54,8 +62,25 @@ def per_resource(
     rows = []
     for key in set(before) | set(after):
         moved = after.get(key, 0.0) - before.get(key, 0.0) - own.get(key, 0.0)
-        if moved <= 0 or key[1] in ("", "leases"):
+        if moved <= 0 or key[1] in ("", "leases") or key[0].endswith(" seconds"):
             continue
         verb, resource, sub = key
         rows.append((f"{verb} {resource}{'/' + sub if sub else ''}", moved / agents))
+    return sorted(rows, key=lambda row: -row[1])
+
+
+def mean_latency(before: dict[Key, float], after: dict[Key, float]) -> list[tuple[str, float]]:
+    """("VERB resource[/subresource]", mean seconds the apiserver took) for the keys that moved, every
+    client's requests included (the benchmark's too)."""
+    counts: dict[Key, float] = collections.defaultdict(float)
+    for key in set(before) | set(after):
+        if not key[0].endswith(" seconds") and key[1] not in ("", "leases"):
+            verb = key[0].split(" ")[0]  # every answer code
+            counts[(verb, key[1], key[2])] += after.get(key, 0.0) - before.get(key, 0.0)
+    rows = []
+    for (verb, resource, sub), count in counts.items():
+        timed = (verb + " seconds", resource, sub)
+        spent = after.get(timed, 0.0) - before.get(timed, 0.0)
+        if count >= 1 and verb not in ("WATCH", "LIST"):
+            rows.append((f"{verb} {resource}{'/' + sub if sub else ''}", spent / count))
     return sorted(rows, key=lambda row: -row[1])

@@ -184,9 +184,11 @@ async def _one_size_operator(
             watch.first_seen[n]["Connected"] for n in names if "Connected" in watch.first_seen.get(n, {})
         )
         await asyncio.sleep(SETTLE_S)
+        requests_after = await api_counts.scrape(cluster)
         requests = api_counts.per_resource(
-            requests_before, await api_counts.scrape(cluster), len(agents), _own_requests(len(agents), watch)
+            requests_before, requests_after, len(agents), _own_requests(len(agents), watch)
         )
+        latency = api_counts.mean_latency(requests_before, requests_after)
         rss_loaded = process_rss(operator.pid)
         threads, fds = _counts(operator.pid)
         operator.dump_memory()  # snapshot 1: loaded
@@ -224,7 +226,27 @@ async def _one_size_operator(
         "profile": memory + (summarise(spy.out) if spy is not None else ""),
         "requests": requests,
         "bring_up_cpu_s": bring_up_cpu,
+        "latency": latency,
+        "created_s": max(started.values()) - first_post,
+        "stages": _stages(watch, started, names),
     }
+
+
+def _stages(watch: PhaseWatch, started: dict[str, float], names: list[str]) -> str:
+    """Per resource, from its POST: its ADDED event, its first status, its Connected (p50 / max, s)."""
+
+    def spread(samples: list[float]) -> str:
+        ordered = sorted(samples)
+        return f"{ordered[len(ordered) // 2]:.1f} / {ordered[-1]:.1f}" if ordered else "none"
+
+    added = [watch.added[n] - started[n] for n in names if n in watch.added]
+    first = [min(watch.first_seen[n].values()) - started[n] for n in names if watch.first_seen.get(n)]
+    connected = [
+        watch.first_seen[n]["Connected"] - started[n]
+        for n in names
+        if "Connected" in watch.first_seen.get(n, {})
+    ]
+    return f"ADDED {spread(added)}, first status {spread(first)}, Connected {spread(connected)}"
 
 
 async def _start_spy(profile: Path | None, pid: int, name: str) -> PySpy | None:
@@ -348,6 +370,10 @@ async def _run(args: argparse.Namespace) -> None:
             cpu = r["bring_up_cpu_s"]
             per = 1000 * cpu / r["n"]
             print(f"operator CPU from the first POST to all Connected: {cpu:.1f} s, {per:.1f} ms/agent")
+            print(f"the last GitLabAgent POST started {r['created_s']:.1f} s after the first")
+            print(f"per resource from its POST, p50 / max s: {r['stages']}")
+            times = ", ".join(f"{what} {1000 * mean:.0f}" for what, mean in r["latency"])
+            print(f"mean apiserver time per request, ms: {times}")
         if r["profile"]:
             print(r["profile"])
 
