@@ -13,7 +13,9 @@ decides which one acts. Checked:
 - a push to a project the agent may not access (Rails' verify_project_access says 404) changes nothing,
   although the agent asked for it;
 - with two replicas each push triggers exactly once (counted on a watch), the standby does nothing, and
-  when the leader stops the other takes over and pushes arrive again.
+  when the leader stops the other takes over and pushes arrive again;
+- the same with two operator processes (as deployed, standalone: no kopf peering, so both run the
+  GitLabAgent's worker) and a GitLabAgent: only the Lease keeps the second from triggering.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
 from agent_runtime.spec import FluxState, FluxStatus, ServiceAccountRef, WorkerSpec
 from kas.push_client import send_git_push_event_sync
-from tests.e2e.harness import OPERATOR_NAMESPACE
+from tests.e2e.harness import OPERATOR_NAMESPACE, Kube, OperatorProcess, gitlab_agent, phase, secret, wait_for
 from tests.interop.conftest import KasFactory
 from tests.interop.flux_gitlab import (
     FluxCrdNotFoundError,
@@ -320,3 +322,51 @@ async def stop_early(runtime: Runtime) -> None:
     """Stop a replica early (its context manager then finds it stopped)."""
     async with asyncio.timeout(30):
         await runtime.stop(2.0)
+
+
+async def test_two_operator_replicas_trigger_each_push_once(
+    scene: Scene, kube: Kube, operator_credentials: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace = scene.namespace
+    # Both replicas watch the namespace; their pod names differ (OperatorProcess), their Leases live in
+    # the operator's namespace, as the Deployment's downward API sets it.
+    monkeypatch.setenv("POD_NAMESPACE", OPERATOR_NAMESPACE)
+    replicas = [OperatorProcess(tmp_path / name, operator_credentials, namespace) for name in ("a", "b")]
+    kube.apply(
+        secret(namespace, "token", AGENT.token),
+        gitlab_agent(namespace, "flux", scene.kas.grpc_url, "token", serviceAccountName=AGENT_SA),
+    )
+    try:
+        for replica_ in replicas:
+            replica_.work_dir.mkdir()
+            await asyncio.to_thread(replica_.start)
+        await asyncio.to_thread(
+            wait_for, "Connected", lambda: phase(kube.gla(namespace, "flux")) == "Connected", 60
+        )
+        holder = await asyncio.to_thread(_lease_holder, scene.cluster, f"agent-{AGENT.id}-lock")
+        await first_push_through(scene)
+        baseline = scene.watch.counts()
+        await pushes_arrive_once_each(scene, PUSHES)
+        await asyncio.sleep(1.0)  # a second patch of any push would show up by now
+        added = {n: c - baseline.get(n, 0) for n, c in scene.watch.counts().items()}
+        assert {n: c for n, c in added.items() if c} == {"app": PUSHES, "app-ssh": PUSHES}
+        names = {f"operator-{r.work_dir.name}-1" for r in replicas}
+        assert holder in names, (holder, names)
+    except AssertionError:
+        for replica_ in replicas:
+            print(f"--- operator {replica_.work_dir.name} ---\n{replica_.log()[-3000:]}")
+        raise
+    finally:
+        codes = [await asyncio.to_thread(r.stop) for r in replicas if r.proc is not None]
+    assert codes == [0, 0], codes
+
+
+def _lease_holder(cluster: LocalCluster, name: str) -> str:
+    """The holder of the Lease `name` in the operator's namespace, once someone holds it."""
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{OPERATOR_NAMESPACE}/leases/{name}"
+
+    def holder() -> str | None:
+        status, lease = cluster.request("GET", path)
+        return (lease["spec"].get("holderIdentity") or None) if status == 200 else None
+
+    return str(wait_for(f"the Lease {name} held", holder, timeout=30))
