@@ -13,7 +13,10 @@ the Secrets to be read.
 
 With peering, one daemon per GitLabAgent marks "this process runs the agent": kopf stops daemons when
 the operator pauses in favour of another replica, and the daemon then drains the worker, so two replicas
-never run the same agent; when this replica resumes, the daemon starts again and reconciles.
+never run the same agent; when this replica resumes, the daemon starts again and reconciles. Events
+reach the controller only for agents whose daemon runs here: an event kopf delivers just after the pause
+(queued before it) would otherwise start the worker again after the daemon released it, and two replicas
+would run that agent (tests/reliability/test_operator_restarts.py, both replicas started at once).
 
 Every call into the controller runs `outside_kopf`: kopf's context variables hold the handler's cause
 (the resource's whole body, the event's patch and diff), and every task started below a handler copies
@@ -61,6 +64,8 @@ def register(
     daemon_cancellation_timeout: float,
 ) -> None:
     """Register every handler of the operator on `registry`."""
+    held: set[AgentKey] = set()
+    """With peering: the agents whose daemon runs in this process (see the module docstring)."""
 
     @kopf.on.startup(registry=registry)
     async def _startup(**_: Any) -> None:
@@ -85,6 +90,8 @@ def register(
             return
         if body.get("metadata", {}).get("deletionTimestamp"):
             return  # being deleted: `_delete` drains the worker, then kopf releases the finalizer
+        if peering and key not in held:
+            return  # another replica runs it, or this one's daemon has not started yet (it reconciles)
         # Reconciled in the controller's tasks, so kopf's cycle ends at once; they start in a context of
         # their own (see outside_kopf).
         contextvars.Context().run(controller.observe, key, dict(body))
@@ -102,14 +109,18 @@ def register(
         *, name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any
     ) -> None:
         key = AgentKey(namespace or "", name)
-        while not stopped:
-            try:
-                await outside_kopf(controller.reconcile(key, dict(body)), f"reconcile:{key.worker_id}")
-                break
-            except TransientError as exc:
-                log.warning("reconcile failed: %s", exc, extra=resource_extra(namespace or "", name))
-                await stopped.wait(RETRY_DELAY_S)
-        await stopped.wait()
+        held.add(key)
+        try:
+            while not stopped:
+                try:
+                    await outside_kopf(controller.reconcile(key, dict(body)), f"reconcile:{key.worker_id}")
+                    break
+                except TransientError as exc:
+                    log.warning("reconcile failed: %s", exc, extra=resource_extra(namespace or "", name))
+                    await stopped.wait(RETRY_DELAY_S)
+            await stopped.wait()
+        finally:
+            held.discard(key)  # before the release: no event may start the worker again
         reason = stopped.reason or kopf.DaemonStoppingReason(0)
         if reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING:
             await outside_kopf(controller.release(key), f"release:{key.worker_id}")

@@ -123,12 +123,23 @@ def _assert_one_worker_each(
 ) -> int:
     """The end state (see the module docstring); returns the extra Register entries of live pods."""
     count = len(stage.agents)
-    wait_for(f"{count} agent connections at kas", lambda: kas_agent_connections(stage.kas) == count)
-    deadline = time.monotonic() + SETTLE_S
-    while time.monotonic() < deadline:
-        now = kas_agent_connections(stage.kas)
-        assert now == count, f"{now} agent connections at kas for {count} agents"
-        time.sleep(0.2)
+    seen: list[int] = []
+
+    def steady() -> bool:
+        """`count` connections at every look for SETTLE_S: the end state, not a worker's replacement
+        in passing (which dials the new connection before the old one closes)."""
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            seen.append(kas_agent_connections(stage.kas))
+            if seen[-1] != count:
+                return False
+            time.sleep(0.2)
+        return True
+
+    try:
+        wait_for(f"{count} agent connections at kas for {SETTLE_S} s", steady, timeout=30)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; connections seen: {seen[-40:]}") from None
     texts = [proc.metrics() for proc in live]
     for agent in stage.agents:
         worker = f"{stage.namespace}/{stage.name(agent)}"
