@@ -90,7 +90,7 @@ class Composition:
             Sharding(
                 settings.sharding,
                 settings.instance,
-                self.api,
+                kube,
                 self.runtime,
                 self.registry,
                 drain_grace=settings.drain_grace,

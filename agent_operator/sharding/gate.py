@@ -198,10 +198,19 @@ class ShardGate:
         elif action is Action.TAKE_OVER:
             await self._take_over(agent, holder or "")
         elif action is Action.START:
+            await self._start_held(agent)
+
+    async def _start_held(self, agent: str) -> None:
+        """Start under a claim that names us. Unless we wrote it in this run, the watch may lag behind
+        (another replica took it while we were fenced, say): write it again, on the version we saw."""
+        if agent not in self._held:
             claim = self._claims.get(agent)
-            if agent not in self._held and claim is not None:
-                self._held[agent] = claim.version  # held since a previous run under this name
-            self._start(agent, Handover.CLAIMED)
+            version = await self._leases.take_over(agent, claim.version) if claim is not None else None
+            if version is None:
+                self._retry_later(agent)
+                return
+            self._held[agent] = version
+        self._start(agent, Handover.CLAIMED)
 
     async def _take_over(self, agent: str, holder: str) -> None:
         claim = self._claims.get(agent)

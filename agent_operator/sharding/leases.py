@@ -20,6 +20,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from agent_operator.kube_api import ApiResponse, KubeApi, group_path
+from agent_runtime.kube import KubeAccess
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,17 @@ def newer(version: str, than: str) -> bool:
 
 
 class LeaseApi:
-    """The Lease requests of one replica (`me`) in `namespace`, group `group`."""
+    """The Lease requests of one replica (`me`) in `namespace`, group `group`.
 
-    def __init__(self, api: KubeApi, namespace: str, group: str, me: str, duration: float) -> None:
-        self._api = api
+    Membership requests have a connection pool of their own, and so have claims: a renewal queued behind
+    a bring-up's status writes (or a thousand claims) for longer than the Lease lasts would make the
+    others take this replica's agents while it still runs them (it fences itself first, see members.py,
+    but all of its agents would move for nothing).
+    """
+
+    def __init__(self, kube: KubeAccess, namespace: str, group: str, me: str, duration: float) -> None:
+        self._member_api = KubeApi(kube)
+        self._api = KubeApi(kube)
         self.namespace = namespace
         """Where the Leases live (the operator's namespace)."""
         self.group = group
@@ -160,7 +168,7 @@ class LeaseApi:
     # --- membership ---------------------------------------------------------------------------------
     async def join(self) -> bool:
         """Create this replica's member Lease, or renew the one a previous run with this name left."""
-        answer = await self._api.post(self._path(), self._lease(self._member, MEMBER), decode=False)
+        answer = await self._member_api.post(self._path(), self._lease(self._member, MEMBER), decode=False)
         if answer.status == 409:
             return await self.renew()
         return _ok(answer, "create the member Lease")
@@ -168,18 +176,19 @@ class LeaseApi:
     async def renew(self) -> bool:
         """Renew this replica's member Lease (False when the API server refused)."""
         patch = {"spec": {"renewTime": micro_time(datetime.now(UTC)), "holderIdentity": self.me}}
-        answer = await self._api.merge_patch(self._path(self._member), patch, decode=False)
+        answer = await self._member_api.merge_patch(self._path(self._member), patch, decode=False)
         if answer.status == 404:
             return await self.join()
         return _ok(answer, "renew the member Lease")
 
     async def leave(self) -> None:
         """Delete this replica's member Lease: the others take its share at once."""
-        _ok(await self._api.request("DELETE", self._path(self._member)), "delete the member Lease", 404)
+        answer = await self._member_api.request("DELETE", self._path(self._member))
+        _ok(answer, "delete the member Lease", 404)
 
     async def member_version(self, lease: str) -> str | None:
         """The current resourceVersion of member Lease `lease` (None when it is gone)."""
-        answer = await self._api.get(self._path(lease))
+        answer = await self._member_api.get(self._path(lease))
         if answer.status == 404:
             return None
         if not answer.ok or not isinstance(answer.body, dict):
@@ -218,6 +227,11 @@ class LeaseApi:
         selector = f"{self.selector},{ROLE_LABEL}={CLAIM},{HOLDER_LABEL}={label_value(self.me)}"
         answer = await self._api.request("DELETE", f"{self._path()}?labelSelector={quote(selector, safe='')}")
         _ok(answer, "release the claims")
+
+    async def close(self) -> None:
+        """Close both connection pools."""
+        await self._member_api.close()
+        await self._api.close()
 
     async def _delete(self, name: str, version: str) -> None:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"resourceVersion": version}}

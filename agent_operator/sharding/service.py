@@ -17,7 +17,6 @@ from typing import Any, Final
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from agent_operator.kube_api import KubeApi
 from agent_operator.sharding.gate import ShardGate
 from agent_operator.sharding.leases import CLAIM, LEASES_API, MEMBER, LeaseApi, kept_of_lease, view
 from agent_operator.sharding.members import Members
@@ -25,6 +24,7 @@ from agent_operator.sharding.metrics import ShardMetrics
 from agent_operator.sharding.settings import ShardingSettings
 from agent_operator.sharding.writer import ShardedStatusWriter
 from agent_runtime.informer import EventType, KubeObject, ResourceKind
+from agent_runtime.kube import KubeAccess
 from agent_runtime.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Sharding:
         self,
         settings: ShardingSettings,
         instance: str,
-        api: KubeApi,
+        kube: KubeAccess,
         runtime: Runtime,
         registry: CollectorRegistry,
         *,
@@ -49,7 +49,7 @@ class Sharding:
         self.settings = settings
         self._runtime = runtime
         self.metrics = ShardMetrics(registry)
-        self.leases = LeaseApi(api, settings.namespace, settings.group, instance, settings.lease_duration)
+        self.leases = LeaseApi(kube, settings.namespace, settings.group, instance, settings.lease_duration)
         self.members = Members(
             self.leases,
             settings.lease_duration,
@@ -99,6 +99,8 @@ class Sharding:
             await self.leases.leave()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("cannot release the sharding Leases (they expire): %s", type(exc).__name__)
+        finally:
+            await self.leases.close()
 
     async def _wait_synced(self) -> None:
         await self._informer.wait_synced()

@@ -34,6 +34,9 @@ class ShardedStatusWriter(StatusWriter):
         self._replica = replica
         self._owns = owns
         self._known: dict[AgentKey, _Known] = {}
+        self._finalized_seen: set[AgentKey] = set()
+        """Resources seen with kopf's finalizer: an agent that becomes ours need not wait for it again
+        (StatusWriter forgets it with the entry)."""
 
     def track(
         self, key: AgentKey, ref: ObjectRef, facts: AgentFacts, stored: GitLabAgentStatus | None
@@ -47,18 +50,29 @@ class ShardedStatusWriter(StatusWriter):
         else:
             known.ref, known.facts = ref, facts
         if self._owns(key.worker_id):
-            super().track(key, ref, facts, _parse(known.stored_json))
+            self._track_owned(key, known)
+
+    def finalized(self, key: AgentKey) -> None:
+        """kopf's finalizer is on the resource (remembered also while another replica owns it)."""
+        self._finalized_seen.add(key)
+        super().finalized(key)
 
     def forget(self, key: AgentKey) -> None:
         """The resource is gone (or handed to a peering replica): forget it entirely."""
         self._known.pop(key, None)
+        self._finalized_seen.discard(key)
         super().forget(key)
+
+    def _track_owned(self, key: AgentKey, known: _Known) -> None:
+        super().track(key, known.ref, known.facts, _parse(known.stored_json))
+        if key in self._finalized_seen:
+            super().finalized(key)
 
     def ownership_changed(self) -> None:
         """The member set changed: start writing the agents that became ours, stop the others."""
         for key, known in list(self._known.items()):
             if self._owns(key.worker_id):
-                super().track(key, known.ref, known.facts, _parse(known.stored_json))
+                self._track_owned(key, known)
             else:
                 super().forget(key)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -30,7 +31,6 @@ from tests.e2e.harness import (
     Kube,
     OperatorProcess,
     gitlab_agent,
-    metric_value,
     secret,
     wait_for,
 )
@@ -80,9 +80,12 @@ def _streams(kas: KasProcess) -> dict[str, list[dict[str, Any]]]:
         return dict(json.loads(response.read()))
 
 
-def _live_pods(kas: KasProcess, agent: KasAgent) -> list[str]:
-    """The pods with a live GetConfiguration stream for `agent`, as kas sees them."""
-    return sorted(s["pod_name"] for s in _streams(kas)["live"] if s["agent_id"] == agent.id)
+def _live_pods(kas: KasProcess) -> dict[int, list[str]]:
+    """Agent id -> the pods with a live GetConfiguration stream for it, as kas sees them."""
+    pods: dict[int, list[str]] = {}
+    for stream in _streams(kas)["live"]:
+        pods.setdefault(stream["agent_id"], []).append(stream["pod_name"])
+    return {agent: sorted(names) for agent, names in pods.items()}
 
 
 def _overlaps(kas: KasProcess, agents: list[KasAgent], since: float) -> list[str]:
@@ -100,11 +103,13 @@ def _overlaps(kas: KasProcess, agents: list[KasAgent], since: float) -> list[str
     return found
 
 
-def _runs_on(procs: list[OperatorProcess], worker: str) -> list[str]:
-    """The replicas whose metrics say they run `worker` (connected)."""
-    return [
-        _member(p) for p in procs if metric_value(p.metrics(), "agentk_connected", {"agent": worker}) == 1.0
-    ]
+def _running(procs: list[OperatorProcess], ns: str) -> dict[str, list[str]]:
+    """Agent name -> the replicas whose metrics say they run it (connected)."""
+    found: dict[str, list[str]] = {}
+    for proc in procs:
+        for match in re.finditer(rf'^agentk_connected{{agent="{ns}/([^"]+)"}} 1\.0$', proc.metrics(), re.M):
+            found.setdefault(match.group(1), []).append(_member(proc))
+    return found
 
 
 def _misplaced(
@@ -116,14 +121,18 @@ def _misplaced(
 ) -> list[str]:
     """What differs from: every agent Connected on its expected replica only, as its status, the
     replicas' metrics and kas see it."""
+    code, listed = kube.request("GET", f"/apis/agentk.dev/v1alpha1/namespaces/{ns}/gitlabagents")
+    assert code == 200, listed
+    statuses = {item["metadata"]["name"]: item.get("status") or {} for item in listed["items"]}
+    running, live = _running(procs, ns), _live_pods(kas)
     problems: list[str] = []
     for name, (agent, expected) in placed.items():
-        status = (kube.gla(ns, name) or {}).get("status") or {}
+        status = statuses.get(name, {})
         seen = {
             "phase": status.get("phase"),
             "status.replica": status.get("replica"),
-            "metrics": _runs_on(procs, f"{ns}/{name}"),
-            "kas": _live_pods(kas, agent),
+            "metrics": sorted(running.get(name, [])),
+            "kas": live.get(agent.id, []),
         }
         if seen != {
             "phase": "Connected",
