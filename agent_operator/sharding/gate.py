@@ -17,16 +17,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 
 from agent_operator.keyed import KeyedTasks
-from agent_operator.sharding.leases import LeaseApi, LeaseError, LeaseView, newer
-from agent_operator.sharding.members import Members
+from agent_operator.sharding.leases import LeaseError, LeaseView, newer
 from agent_operator.sharding.metrics import Handover, ShardMetrics
 from agent_runtime.manager import STOP_MARGIN_S
-from agent_runtime.runtime import Runtime
 from agent_runtime.sharding.assign import owner
 from agent_runtime.sharding.handover import Action, Situation, decide
 from agent_runtime.spec import Phase, WorkerSnapshot, WorkerSpec
@@ -38,6 +36,38 @@ RETRY_S: Final = 2.0
 _READY_PHASES: Final = frozenset({Phase.CONNECTED, Phase.DEGRADED})
 RELEASE_POLL_S: Final = 0.2
 """How often `remove()` on a replica that does not run the agent looks whether its owner released it."""
+
+
+class Workers(Protocol):
+    """What the gate needs of agent_runtime.Runtime."""
+
+    def apply(self, spec: WorkerSpec) -> None: ...
+
+    async def remove(self, worker_id: str, grace: float | None = None) -> None: ...
+
+    def snapshot(self, worker_id: str) -> WorkerSnapshot | None: ...
+
+
+class Claims(Protocol):
+    """What the gate needs of LeaseApi: the claim requests of this replica."""
+
+    @property
+    def me(self) -> str: ...
+
+    async def claim(self, agent: str) -> str | None: ...
+
+    async def take_over(self, agent: str, version: str) -> str | None: ...
+
+    async def release(self, agent: str, version: str) -> None: ...
+
+
+class MemberView(Protocol):
+    """What the gate needs of Members."""
+
+    @property
+    def live(self) -> frozenset[str] | None: ...
+
+    async def confirm_dead(self, holder: str) -> bool: ...
 
 
 @dataclass
@@ -52,9 +82,9 @@ class ShardGate:
 
     def __init__(
         self,
-        runtime: Runtime,
-        leases: LeaseApi,
-        members: Members,
+        runtime: Workers,
+        leases: Claims,
+        members: MemberView,
         metrics: ShardMetrics,
         *,
         drain_grace: float,
@@ -131,8 +161,8 @@ class ShardGate:
         if not agent:
             return
         if deleted:
-            if self._claims.get(agent, claim).version == claim.version:
-                self._claims.pop(agent, None)
+            if not newer(self._claims.get(agent, claim).version, claim.version):
+                self._claims.pop(agent, None)  # unless re-created since
         else:
             self._claims[agent] = claim
         held = self._held.get(agent)
