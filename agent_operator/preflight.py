@@ -128,6 +128,13 @@ async def _allowed(api: KubeApi, permission: Permission, namespace: str | None) 
     return bool((answer.body.get("status") or {}).get("allowed"))
 
 
+SHARDING_REQUIRED: Final = tuple(
+    Permission(verb, "coordination.k8s.io", "leases", why="--sharding (member and claim Leases)")
+    for verb in ("list", "watch", "create", "update", "patch", "delete", "deletecollection")
+)
+"""In the namespace of the sharding Leases (manifests/rbac-namespace.yaml)."""
+
+
 async def check_rbac(api: KubeApi, settings: OperatorSettings) -> None:
     """Every permission the operator needs, in every namespace it handles; one line per missing one."""
     scopes: list[str | None] = [None] if settings.namespaces is None else list(settings.namespaces)
@@ -135,6 +142,8 @@ async def check_rbac(api: KubeApi, settings: OperatorSettings) -> None:
     checks += [(p, None) for p in CLUSTER_REQUIRED]
     if settings.peering is not None and settings.namespaces is None:
         checks += [(p, None) for p in PEERING_REQUIRED]
+    if settings.sharding is not None:
+        checks += [(p, settings.sharding.namespace) for p in SHARDING_REQUIRED]
     missing: list[str] = []
     for permission, namespace in checks:
         if await _allowed(api, permission, namespace) is False:

@@ -31,6 +31,7 @@ from tests.e2e.harness import (
     Kube,
     OperatorProcess,
     gitlab_agent,
+    run_once,
     secret,
     wait_for,
 )
@@ -264,3 +265,20 @@ def test_the_sharding_component_makes_a_sharded_deployment(tmp_path: Path) -> No
     assert env["GAO_SHARDING"]["value"] == "true"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert objects["PodDisruptionBudget"]["metadata"]["namespace"] == OPERATOR_NAMESPACE
+
+
+def test_sharding_without_lease_rights_is_a_clear_start_up_error(
+    agent_namespace: str, operator_credentials: Path, tmp_path: Path
+) -> None:
+    """The operator's ServiceAccount may manage Leases only in its own namespace (manifests/)."""
+    code, output = run_once(
+        [
+            *OperatorProcess(tmp_path, operator_credentials, agent_namespace).argv(),
+            "--sharding",
+            f"--shard-namespace={agent_namespace}",
+        ],
+        tmp_path / "operator.log",
+    )
+    assert code == 3, output
+    assert f"cannot create leases.coordination.k8s.io in namespace {agent_namespace}" in output
+    assert "--sharding" in output
