@@ -61,7 +61,8 @@ def test_the_kustomization_is_ready_only_once_the_agent_is_connected(
     ns = operator.namespace
     late_kas = KasProcess(tmp_path / "kas", [LATE_AGENT])  # its port is chosen; nothing listens yet
     commit = _publish(git_server, tmp_path / "work", ns, team_files(ns, late_kas.agent_url, LATE_AGENT.token))
-    _follow(kube, git_server, ns, timeout="90s")
+    # Longer than all the waits below together: a timed-out health check is retried only in 10 minutes.
+    _follow(kube, git_server, ns, timeout="150s")
 
     def connecting() -> dict[str, Any] | None:
         agent = kube.gla(ns, AGENT_NAME)
