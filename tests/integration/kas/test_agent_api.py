@@ -150,3 +150,26 @@ async def test_a_burst_of_rpcs_beyond_grpc_cores_pending_default_is_served(kas: 
         results = await asyncio.gather(*calls, return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
     assert failures == []
+
+
+async def test_configuration_streams_show_live_then_ended(kas: KasServer, channel: grpc.aio.Channel) -> None:
+    """/api/agent_streams: one entry per GetConfiguration stream, live while it is open (an agent run
+    twice shows two live streams), ended with its end time once it closed."""
+    url = f"{kas.observability_url}/api/agent_streams?agent_id={AGENT.id}"
+    first, second = get_configuration(channel, AGENT.token), get_configuration(channel, AGENT.token)
+    await read_config(first)
+    await read_config(second)
+    body = await asyncio.to_thread(_get_json, url)
+    assert [s["ended"] for s in body["live"]] == [None, None]
+    assert body["ended"] == []
+    first.cancel()
+    for _ in range(100):  # kas notices the cancellation within a few ms
+        body = await asyncio.to_thread(_get_json, url)
+        if body["ended"]:
+            break
+        await asyncio.sleep(0.02)
+    (ended,) = body["ended"]
+    (live,) = body["live"]
+    assert ended["agent_id"] == live["agent_id"] == AGENT.id
+    assert ended["started"] <= ended["ended"]
+    second.cancel()
