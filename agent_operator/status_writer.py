@@ -27,7 +27,7 @@ from agent_operator.kube_api import CONNECTION_LIMIT, KubeApi, group_path
 from agent_operator.logs import resource_extra
 from agent_operator.mapping import AgentKey
 from agent_operator.metrics import OperatorMetrics
-from agent_operator.status_mapping import AgentFacts, compute_status, transition_events
+from agent_operator.status_mapping import AgentFacts, EventSpec, compute_status, transition_events
 from agent_runtime.spec import WorkerSnapshot
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ WRITES_IN_FLIGHT: Final = CONNECTION_LIMIT
 connections, each holding a computed status and its patch: when a thousand agents connect together that
 was a burst of short-lived objects that left the small-object heap fragmented (docs/benchmarks.md,
 Density). A status computed when a connection is free is also the fresher one."""
+
+EVENTS_IN_FLIGHT: Final = 2
+"""Events (of status transitions) being recorded at once (our choice). They share the API session's
+connections with the status writes and the Secret reads, and are sent after the status, outside the write
+slots: when a thousand agents connect together, an Event per agent in each slot made every status wait for
+one more request (docs/benchmarks.md, Fleet bring-up); the Events come later instead, best effort."""
 
 SnapshotSource = Callable[[str], WorkerSnapshot | None]
 Clock = Callable[[], datetime]
@@ -150,6 +156,7 @@ class StatusWriter:
         self._entries: dict[AgentKey, _Entry] = {}
         self._tasks: KeyedTasks[AgentKey] = KeyedTasks("status", self._write, debounce=debounce)
         self._in_flight = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        self._events_in_flight = asyncio.Semaphore(EVENTS_IN_FLIGHT)
         self._finalizer_wait = finalizer_wait
         self._finalized: set[AgentKey] = set()
 
@@ -241,14 +248,20 @@ class StatusWriter:
             self._tasks.kick(key)
 
     async def _write(self, key: AgentKey) -> None:
+        events: list[tuple[ObjectRef, EventSpec]] = []
         async with self._in_flight:
-            retry_in = await self._write_now(key)
+            retry_in = await self._write_now(key, events)
+        if events:  # without a write slot: statuses of other resources go first (see the constant)
+            async with self._events_in_flight:
+                for ref, event in events:
+                    await self._events.emit(ref, event)
         if retry_in is not None:  # waited for without a slot: a failing resource must not hold one
             await asyncio.sleep(retry_in)
             self._tasks.kick(key)
 
-    async def _write_now(self, key: AgentKey) -> float | None:
-        """Compute and write the status if it changed; the delay before a retry, if one is due."""
+    async def _write_now(self, key: AgentKey, events: list[tuple[ObjectRef, EventSpec]]) -> float | None:
+        """Compute and write the status if it changed; the delay before a retry, if one is due. The
+        Events of the transition are appended to `events`, for the caller to record."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -271,13 +284,12 @@ class StatusWriter:
             log.warning("status patch failed: %s", type(exc).__name__, extra=extra)
         self._metrics.status_patches.labels(result=str(code // 100) + "xx" if code else "error").inc()
         if answer is not None and answer.ok:
-            events = transition_events(written, status, entry.facts)
+            transitions = transition_events(written, status, entry.facts)
             entry.written_json, entry.failures = _to_json(status), 0
             entry.written_at = time.monotonic()
             if written is not None and _only_counts_differ(written, status):
                 entry.counts_written_at = entry.written_at
-            for event in events:
-                await self._events.emit(entry.ref, event)
+            events.extend((entry.ref, event) for event in transitions)
             return None
         if code == 404:
             log.info("resource is gone; no more status for it", extra=extra)

@@ -179,6 +179,8 @@ class PhaseWatch:
     phases: dict[str, str] = field(default_factory=dict)
     added: dict[str, float] = field(default_factory=dict)
     """When the watch delivered each resource's ADDED event."""
+    finalized: dict[str, float] = field(default_factory=dict)
+    """When the watch first saw each resource with a finalizer (the operator's, added by kopf)."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -230,6 +232,8 @@ class PhaseWatch:
             self.added.setdefault(name, now)
         if kind == "MODIFIED":
             self.modified[name] = self.modified.get(name, 0) + 1
+        if obj["metadata"].get("finalizers"):
+            self.finalized.setdefault(name, now)
         phase = (obj.get("status") or {}).get("phase")
         if phase:
             self.phases[name] = phase

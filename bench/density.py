@@ -233,20 +233,25 @@ async def _one_size_operator(
 
 
 def _stages(watch: PhaseWatch, started: dict[str, float], names: list[str]) -> str:
-    """Per resource, from its POST: its ADDED event, its first status, its Connected (p50 / max, s)."""
+    """Per resource, from its POST: its ADDED event, kopf's finalizer, its first status, its Connected
+    (p50 / max, s)."""
 
     def spread(samples: list[float]) -> str:
         ordered = sorted(samples)
         return f"{ordered[len(ordered) // 2]:.1f} / {ordered[-1]:.1f}" if ordered else "none"
 
     added = [watch.added[n] - started[n] for n in names if n in watch.added]
+    finalized = [watch.finalized[n] - started[n] for n in names if n in watch.finalized]
     first = [min(watch.first_seen[n].values()) - started[n] for n in names if watch.first_seen.get(n)]
     connected = [
         watch.first_seen[n]["Connected"] - started[n]
         for n in names
         if "Connected" in watch.first_seen.get(n, {})
     ]
-    return f"ADDED {spread(added)}, first status {spread(first)}, Connected {spread(connected)}"
+    return (
+        f"ADDED {spread(added)}, finalizer {spread(finalized)}, first status {spread(first)}, "
+        f"Connected {spread(connected)}"
+    )
 
 
 async def _start_spy(profile: Path | None, pid: int, name: str) -> PySpy | None:
