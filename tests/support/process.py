@@ -14,18 +14,26 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
+def _load_prctl() -> ctypes._NamedFuncPointer | None:
+    libc_name = ctypes.util.find_library("c")  # runs ldconfig: never in a forked child
+    return None if libc_name is None else ctypes.CDLL(libc_name, use_errno=True).prctl
+
+
+_PRCTL = _load_prctl() if sys.platform == "linux" else None
+"""libc's prctl, resolved once in this process: the forked child only calls it."""
+
+
 def _die_with_parent() -> None:
     """preexec_fn: the kernel sends SIGKILL to the child when the process that started it exits.
 
     This covers what no `finally` can: pytest killed by SIGKILL or by pytest-timeout's thread method
     (os._exit). The signal is tied to the *thread* that forked, so start servers from the main
-    thread (session fixtures run there).
+    thread (session fixtures run there). The child of a threaded parent may only do async-signal-safe
+    work before exec: looking libc up here (find_library spawns ldconfig) made children crash with
+    SIGSEGV before exec, now and then, on a loaded machine.
     """
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def start(
