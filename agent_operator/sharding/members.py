@@ -11,11 +11,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 
-from agent_operator.sharding.leases import LeaseApi, LeaseError, LeaseView, member_lease_name
+from agent_operator.sharding.leases import LeaseError, LeaseView, member_lease_name
 from agent_operator.sharding.metrics import ShardMetrics
 from agent_runtime.sharding.members import Clock, Membership
 
@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 
 RENEW_FRACTION: Final = 0.25
 """A member Lease is renewed every quarter of its duration (client-go's leader election: about a third)."""
-FENCE_FRACTION: Final = 0.6
-"""Without a successful renewal for this part of the duration, a replica stops its workers."""
+FENCE_FRACTION: Final = 0.75
+"""Without a successful renewal (sent) within this part of the duration, a replica stops its workers:
+the others wait the whole duration from when they saw its last renewal, which came after it was sent, and
+a stop with no grace takes well under the remaining quarter (2 s by default)."""
 CHECK_INTERVAL_S: Final = 0.5
 """How often the live member set is recomputed (a dead member is noticed this much after it expired)."""
 DEAD_CONFIRMED_S: Final = 2.0
@@ -33,12 +35,30 @@ FORGET_AFTER_DURATIONS: Final = 6
 """A member Lease unchanged for this many durations belongs to a replica gone for good: deleted."""
 
 
+class MemberLeases(Protocol):
+    """What Members needs of LeaseApi."""
+
+    @property
+    def me(self) -> str: ...
+
+    @property
+    def group(self) -> str: ...
+
+    async def join(self) -> bool: ...
+
+    async def renew(self) -> bool: ...
+
+    async def member_version(self, lease: str) -> str | None: ...
+
+    async def delete_member(self, lease: str, version: str) -> None: ...
+
+
 class Members:
     """Owns the member Lease of this replica and the view of the others'."""
 
     def __init__(
         self,
-        leases: LeaseApi,
+        leases: MemberLeases,
         duration: float,
         metrics: ShardMetrics,
         *,
@@ -58,6 +78,9 @@ class Members:
         self._fenced = False
         self._synced = False
         self._dead: dict[str, float] = {}
+        self._last_ok = self._clock()
+        """When the last successful renewal was sent."""
+        self._last_attempt = self._clock()
 
     @property
     def live(self) -> frozenset[str] | None:
@@ -84,31 +107,36 @@ class Members:
         while not joined:  # the API server is away: nothing to wait on but time
             await asyncio.sleep(CHECK_INTERVAL_S)
             joined = await self._attempt(self._leases.join)
-        last_ok = self._clock()
+        self._last_ok = self._clock()
         self._joined = True
-        renew_every = self._duration * RENEW_FRACTION
-        next_renew = self._clock() + renew_every
-        while True:
-            if self._clock() >= next_renew:
-                sent = self._clock()
-                if await self._attempt(self._leases.renew, limit_s=renew_every):
-                    last_ok = sent
-                    if self._fenced:
-                        log.info("member Lease renewed again: taking agents again")
-                        self._fenced = False
-                next_renew = self._clock() + renew_every
-            if not self._fenced and self._clock() - last_ok > self._duration * FENCE_FRACTION:
-                log.error("cannot renew the member Lease: stopping every agent here (others take over)")
-                self._fenced = True
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._renew(), name="shard-member-renewal")
+            while True:
+                if not self._fenced and self._clock() - self._last_ok > self._duration * FENCE_FRACTION:
+                    log.error("cannot renew the member Lease: stopping every agent here (others take over)")
+                    self._fenced = True
+                    self._recompute()
+                    await self._on_fence()
                 self._recompute()
-                await self._on_fence()
-            self._recompute()
-            await asyncio.sleep(CHECK_INTERVAL_S)
+                await asyncio.sleep(CHECK_INTERVAL_S)
 
-    async def _attempt(self, call: Callable[[], Awaitable[bool]], limit_s: float | None = None) -> bool:
+    async def _renew(self) -> None:
+        """Renew every RENEW_FRACTION of the duration. A slow renewal is waited for, never cut short: a
+        late renewal still counts, and the fencing above does not wait for it."""
+        renew_every = self._duration * RENEW_FRACTION
+        while True:
+            await asyncio.sleep(max(0.0, self._last_attempt + renew_every - self._clock()))
+            sent = self._last_attempt = self._clock()
+            if await self._attempt(self._leases.renew):
+                self._last_ok = max(self._last_ok, sent)
+                if self._fenced and self._clock() - sent < self._duration * FENCE_FRACTION:
+                    log.info("member Lease renewed again: taking agents again")
+                    self._fenced = False
+                    self._recompute()
+
+    async def _attempt(self, call: Callable[[], Awaitable[bool]]) -> bool:
         try:
-            async with asyncio.timeout(limit_s):
-                return await call()
+            return await call()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("member Lease request failed: %s", type(exc).__name__)
             return False

@@ -1,0 +1,78 @@
+"""Members: a replica that cannot renew its member Lease fences itself (stops its workers, owns nothing)
+before the others may take its agents, and takes part again once a renewal goes through."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
+from agent_operator.sharding.leases import MEMBER, LeaseView
+from agent_operator.sharding.members import CHECK_INTERVAL_S, FENCE_FRACTION, Members
+from agent_operator.sharding.metrics import ShardMetrics
+
+DURATION = 4.0
+
+
+class Leases:
+    me = "a"
+    group = "g"
+
+    def __init__(self) -> None:
+        self.up = True
+        self.renewals = 0
+
+    async def join(self) -> bool:
+        return True
+
+    async def renew(self) -> bool:
+        self.renewals += 1
+        return self.up
+
+    async def member_version(self, lease: str) -> str | None:
+        return None
+
+    async def delete_member(self, lease: str, version: str) -> None:
+        return None
+
+
+async def test_a_replica_that_cannot_renew_fences_itself_in_time_and_comes_back() -> None:
+    leases = Leases()
+    fenced: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def on_fence() -> None:
+        fenced.append(loop.time())
+
+    members = Members(
+        leases, DURATION, ShardMetrics(CollectorRegistry()), on_change=lambda: None, on_fence=on_fence
+    )
+    members.observe(LeaseView("g-member-b", MEMBER, "b", "1", DURATION, ""))
+    members.synced()
+    task = asyncio.create_task(members.run(), name="members")
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0.1)
+            if members.live is not None:
+                break
+        assert members.live == frozenset({"a", "b"})
+        leases.up = False  # the API server refuses from now on
+        failing_since = loop.time()
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            if fenced:
+                break
+        assert fenced, "never fenced"
+        # Within FENCE_FRACTION of the duration after the last successful renewal (before the failures),
+        # plus one check: the others wait the whole duration from when they saw that renewal.
+        assert fenced[0] - failing_since <= DURATION * FENCE_FRACTION + CHECK_INTERVAL_S + 0.3
+        assert members.live is None
+        leases.up = True
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            if members.live is not None:
+                break
+        assert members.live == frozenset({"a"})  # b stopped renewing meanwhile: expired
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
