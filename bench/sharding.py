@@ -48,6 +48,14 @@ IDLE_S = 10.0
 LEASE_NAMESPACE = "bench-sharding-leases"
 
 
+class _Printed(list[str]):
+    """Lines printed as they are added: a run that fails later still shows what it measured."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+
 class Replica:
     """`python -m agent_operator` as one replica (its own POD_NAME), with admin credentials."""
 
@@ -184,7 +192,7 @@ async def _sharded(
         Replica(work_dir, cluster.admin_kubeconfig, namespace, f"replica-{i}", extra)
         for i in range(args.replicas)
     ]
-    lines: list[str] = []
+    lines = _Printed()
     since = time.time()
     try:
         await asyncio.gather(*(r.start() for r in replicas))
@@ -237,13 +245,16 @@ async def _sharded(
 async def _kas_takeover(
     session: aiohttp.ClientSession, kas: KasProcess, moving: set[int], victim: str, killed: float
 ) -> float:
-    async with asyncio.timeout(TAKEOVER_LIMIT_S):
-        while True:
-            log = await _streams(session, kas)
-            elsewhere = {s["agent_id"] for s in log["live"] if s["pod_name"] != victim}
-            if moving <= elsewhere:
-                return time.monotonic() - killed
-            await asyncio.sleep(0.2)
+    """Seconds from the kill until kas sees all of `moving` connected elsewhere (nan: not in time)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(TAKEOVER_LIMIT_S):
+            while True:
+                log = await _streams(session, kas)
+                elsewhere = {s["agent_id"] for s in log["live"] if s["pod_name"] != victim}
+                if moving <= elsewhere:
+                    return time.monotonic() - killed
+                await asyncio.sleep(0.2)
+    return float("nan")
 
 
 async def _status_takeover(
@@ -258,19 +269,21 @@ async def _status_takeover(
     direct = direct_endpoint(cluster)
     names = {f"agent-{a.id}" for a in agents if a.id in moving}
     url = direct.base_url + GLA_PATH.format(ns=namespace)
-    async with asyncio.timeout(TAKEOVER_LIMIT_S):
-        while True:
-            async with session.get(url, ssl=direct.ssl, headers=direct.headers) as response:
-                items = (await response.json())["items"]
-            done = {
-                i["metadata"]["name"]
-                for i in items
-                if (i.get("status") or {}).get("phase") == "Connected"
-                and (i.get("status") or {}).get("replica") not in (None, victim)
-            }
-            if names <= done:
-                return time.monotonic() - killed
-            await asyncio.sleep(0.2)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(TAKEOVER_LIMIT_S):
+            while True:
+                async with session.get(url, ssl=direct.ssl, headers=direct.headers) as response:
+                    items = (await response.json())["items"]
+                done = {
+                    i["metadata"]["name"]
+                    for i in items
+                    if (i.get("status") or {}).get("phase") == "Connected"
+                    and (i.get("status") or {}).get("replica") not in (None, victim)
+                }
+                if names <= done:
+                    return time.monotonic() - killed
+                await asyncio.sleep(0.2)
+    return float("nan")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -288,8 +301,7 @@ async def run(args: argparse.Namespace) -> None:
         try:
             if args.baseline:
                 print(await _baseline(cluster, kas, baseline, work_dir))
-            for line in await _sharded(cluster, kas, fleet, work_dir, args):
-                print(line)
+            await _sharded(cluster, kas, fleet, work_dir, args)
         finally:
             kas.stop()
         print(json.dumps({"agents": args.agents, "replicas": args.replicas}))
