@@ -449,4 +449,5 @@ def worker_spec(
         flavor=WireFlavor(spec.wire_flavor.value),
         tenant=key.namespace,  # every agent of a namespace shares its caps (policy.TenantBudget)
         flux_enabled=spec.flux.enabled,
+        flux_mode=spec.flux.mode,
     )

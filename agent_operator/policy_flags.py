@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from agent_runtime.modules.flux.webhook import BaseUrl, WebhookUrlError
 from agent_runtime.policy import (
     DEFAULT_IMPERSONATION_PREFIXES,
+    FLUX_WEBHOOK_SERVICE_URL,
     DestinationPolicy,
     ImpersonationPolicy,
     TenantBudget,
@@ -56,6 +58,13 @@ def add_policy_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]
         metavar="LIST",
         help="comma-separated kas/proxy hosts agents may dial: names, *.domain, CIDRs; "
         "empty = any public host (GAO_ALLOWED_KAS_HOSTS)",
+    )
+    group.add_argument(
+        "--flux-webhook-receiver-urls",
+        default=_env(environ, "GAO_FLUX_WEBHOOK_RECEIVER_URLS", FLUX_WEBHOOK_SERVICE_URL),
+        metavar="LIST",
+        help="comma-separated base URLs the Flux receiver mode may POST to (exact http(s) URLs; the agent "
+        "configuration picks one, anything else is refused) (GAO_FLUX_WEBHOOK_RECEIVER_URLS)",
     )
     group.add_argument(
         "--allow-private-kas",
@@ -160,6 +169,16 @@ def _check_host_pattern(pattern: str) -> str:
     return pattern.lower()
 
 
+def _webhook_urls(value: str) -> tuple[str, ...]:
+    urls = _split(value)
+    for url in urls:
+        try:
+            BaseUrl.parse(url)
+        except WebhookUrlError as e:
+            raise PolicyFlagError(f"--flux-webhook-receiver-urls: {e}") from None
+    return urls
+
+
 def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value.strip("[]"))
@@ -181,6 +200,7 @@ def parse_policy(args: argparse.Namespace) -> tuple[TenantPolicy, AdmissionLimit
             allow_private=bool(args.allow_private_kas),
             allow_plaintext=bool(args.allow_plaintext_kas),
             allow_insecure_skip_verify=bool(args.allow_insecure_skip_tls_verify),
+            flux_webhook_urls=_webhook_urls(args.flux_webhook_receiver_urls),
         ),
         budget=TunnelBudget(
             max_inflight_requests=_positive(args, "--max-inflight-requests-per-agent"),

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+FLUX_WEBHOOK_SERVICE_URL: Final = "http://webhook-receiver.flux-system.svc.cluster.local"
+"""Flux's notification-controller webhook Service (agentk's default webhook_receiver_url)."""
+
 DEFAULT_IMPERSONATION_PREFIXES: Final = ("gitlab:",)
 """kas impersonates CI jobs and users as `gitlab:ci_job:<id>`, `gitlab:user:<name>` and groups
 `gitlab:…` (PROTOCOL.md §10): that is all a GitLab kas ever asks for."""
@@ -28,6 +31,9 @@ class DestinationPolicy:
     """Allow `grpc://` and `ws://` (anyone on the path can then act as kas)."""
     allow_insecure_skip_verify: bool = False
     """Allow `insecureSkipTLSVerify: true` (same risk as plaintext)."""
+    flux_webhook_urls: tuple[str, ...] = (FLUX_WEBHOOK_SERVICE_URL,)
+    """Base URLs the Flux module's receiver mode may POST to (the agent configuration chooses one of
+    them; anything else is refused): exact http(s) URLs, not patterns. Default Flux's webhook Service."""
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,15 @@ class ServiceAccountRef:
         return f"system:serviceaccount:{self.namespace}:{self.name}"
 
 
+class FluxMode(enum.StrEnum):
+    """How a push is turned into a Flux fetch (spec.flux.mode)."""
+
+    REQUESTED_AT = "requestedAt"
+    """Patch `reconcile.fluxcd.io/requestedAt` on the GitRepository (what `flux reconcile` does)."""
+    RECEIVER = "receiver"
+    """Upstream agentk's way: a generic Flux Receiver per GitRepository, and a POST to its webhook."""
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything one tunnel worker needs. Equal specs mean nothing to do."""
@@ -91,6 +100,8 @@ class WorkerSpec:
     None = a tenant of its own (the single-agent CLI)."""
     flux_enabled: bool = True
     """Run the Flux module (push → reconcile of the GitRepositories of the pushed project)."""
+    flux_mode: FluxMode = FluxMode.REQUESTED_AT
+    """How the Flux module makes Flux fetch (docs/flux.md, "the modes")."""
 
     def same_connection_as(self, other: WorkerSpec) -> bool:
         """True when only the token differs: the worker can reconnect in place."""
@@ -163,6 +174,8 @@ class FluxState(enum.StrEnum):
     """kas answered UNIMPLEMENTED (the Plural fork, or a kas without the Flux module); retried."""
     STREAM_FAILED = "StreamFailed"
     """The ReconcileProjects stream failed; retried with backoff."""
+    WEBHOOK_REFUSED = "WebhookURLRefused"
+    """Receiver mode: the agent configuration's flux.webhook_receiver_url is not one the operator allows."""
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,9 @@ class Worker:
                 start("channel_watch", self._watch_channel(connection)),
             ]
             if self._spec.flux_enabled:
-                others.append(start("flux", flux.build(ctx, self._env.flux, metrics).run()))
+                others.append(
+                    start("flux", flux.build(ctx, self._env.flux, metrics, self._spec.flux_mode).run())
+                )
             else:
                 self._state.flux(FluxStatus(FluxState.DISABLED, "spec.flux.enabled is false"))
             tunnels = start("reverse_tunnel", reverse_tunnel.build(tunnel_ctx, metrics).run())

@@ -37,12 +37,10 @@ import asyncio
 import os
 import secrets
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import _bootstrap  # noqa: F401 - repository root on sys.path
@@ -69,8 +67,8 @@ from tests.support.gitlab_api import Agent, GitLabApi
 from tests.support.gitlab_kas import GitLabAgentk, GitLabKas, find_gitlab_peers, make_kas_secrets
 from tests.support.gitlab_project import GitLabProject, agent_config_path
 from tests.support.k8s_cluster import LocalCluster
-from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, find_redis_server
+from tests.support.webhook_recorder import WebhookRecorder
 
 AGENT = Agent(
     id=41, name="bench-flux", token="glagent-bench-flux-" + "q" * 40, project_id=41, project_path="bench/flux"
@@ -85,51 +83,6 @@ WAIT_S = 5.0
 LIVE_WITHIN_S = 90.0
 """agentk opens its stream 10 s after its Receivers settle (its debounce), ours at once."""
 APPLY_WAIT_S = 30.0
-
-
-class WebhookRecorder:
-    """A loopback HTTP server standing in for notification-controller's webhook receiver: it records
-    when each POST arrived (time.monotonic(), in its own threads) and answers 200."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.calls: list[tuple[str, float]] = []
-        self._lock = threading.Lock()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                at = time.monotonic()
-                with recorder._lock:
-                    recorder.calls.append((self.path, at))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # quiet: every call is recorded
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.calls)
-
-    def last(self) -> float:
-        with self._lock:
-            return self.calls[-1][1]
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Final
 # The resource shows exactly the runtime's phases and the wire flavours agent_proto knows: one definition
 # of each, re-exported here so the API package reads as one vocabulary.
 from agent_proto.flavor import WireFlavor as WireFlavor
+from agent_runtime.spec import FluxMode as FluxMode
 from agent_runtime.spec import Phase as Phase
 
 GROUP: Final = "agentk.dev"

@@ -14,7 +14,7 @@ from pydantic.config import JsonDict
 
 from agent_operator.api import base
 from agent_operator.api.base import ApiModel, cel_rule, with_cel_rules
-from agent_operator.api.constants import WireFlavor
+from agent_operator.api.constants import FluxMode, WireFlavor
 
 KAS_ADDRESS: Final = r"^(grpc|grpcs|ws|wss)://[^\s/?#@]+(/[^\s#]*)?$"
 """agentk accepts exactly these four schemes (PROTOCOL.md §3.1); a host is required."""
@@ -223,9 +223,15 @@ class FluxSpec(ApiModel):
     GitRepositories (source.toolkit.fluxcd.io/v1) of that project, in namespaces where this agent's
     ServiceAccount may patch GitRepositories, by setting their `reconcile.fluxcd.io/requestedAt`
     annotation. Runs only where Flux is installed; set false to opt out."""
+    mode: FluxMode = FluxMode.REQUESTED_AT
+    """How a push makes Flux fetch. `requestedAt` (default): patch the GitRepository's
+    `reconcile.fluxcd.io/requestedAt` annotation, as the ServiceAccount. `receiver`: upstream agentk's way,
+    a generic Flux Receiver (and its token Secret) per GitRepository, created and removed by the agent,
+    and a POST to notification-controller's webhook; needs notification-controller, and the webhook URL
+    from the agent's configuration must be one the operator allows (--flux-webhook-receiver-urls)."""
 
 
-_FLUX_DEFAULT: JsonDict = {"default": {"enabled": True}}
+_FLUX_DEFAULT: JsonDict = {"default": {"enabled": True, "mode": FluxMode.REQUESTED_AT.value}}
 """Written out in full, so the stored object shows the effective setting when spec.flux is omitted."""
 
 _TUNNELS_DEFAULT: JsonDict = {"default": TunnelsSpec().model_dump(mode="json", by_alias=True)}

@@ -64,7 +64,7 @@ class FluxStatus(ApiModel):
     state: Annotated[str, Field(pattern=base.CONDITION_REASON, min_length=1, max_length=64)]
     """Watching, Standby (another replica or an agentk holds the agent's Lease), NoGitRepositories,
     FluxNotInstalled, GitRepositoriesUnreadable, NotServedByKas, StreamFailed, LeaseUnavailable, NoGitLabURL,
-    WaitingForConfiguration or Disabled; the Flux condition says more."""
+    WebhookURLRefused, WaitingForConfiguration or Disabled; the Flux condition says more."""
     watched_git_repositories: Count = 0
     """GitRepositories pointing at this agent's GitLab, in namespaces where its ServiceAccount may patch
     GitRepositories."""

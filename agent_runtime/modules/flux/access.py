@@ -34,11 +34,20 @@ def identity_headers(identity: ServiceAccountRef | None) -> dict[str, str]:
 
 
 class PatchPermission:
-    """Cached answers to "may the agent patch gitrepositories in namespace N?"."""
+    """Cached answers to "may the agent patch gitrepositories (or `resource` of `group`) in namespace N?"."""
 
     def __init__(
-        self, kube: KubeAccess, identity: ServiceAccountRef | None, clock: Clock, ttl: float
+        self,
+        kube: KubeAccess,
+        identity: ServiceAccountRef | None,
+        clock: Clock,
+        ttl: float,
+        *,
+        group: str = GROUP,
+        resource: str = PLURAL,
     ) -> None:
+        self._group = group
+        self._resource = resource
         self._kube = kube
         self._identity = identity
         self._clock = clock
@@ -67,8 +76,8 @@ class PatchPermission:
                 "resourceAttributes": {
                     "namespace": namespace,
                     "verb": "patch",
-                    "group": GROUP,
-                    "resource": PLURAL,
+                    "group": self._group,
+                    "resource": self._resource,
                 }
             },
         }

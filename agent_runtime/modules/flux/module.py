@@ -11,7 +11,9 @@ Shape (PROTOCOL.md §17, with §17.13's changes):
 4. campaign for the Lease `agent-<id>-lock` (lease.py); only the holder goes on:
 5. scope (namespaces the agent may patch, checked as the agent) → project set, debounced → the
    ReconcileProjects stream (stream.py) → for each reported project, patch `requestedAt` on exactly its
-   GitRepositories (trigger.py), as the agent.
+   GitRepositories (trigger.py), as the agent. In receiver mode (spec.flux.mode), the agent keeps one
+   Flux Receiver per GitRepository in scope instead (receivers.py) and POSTs to each Receiver's webhook
+   of the reported project (webhook.py), at a base URL the operator allows.
 
 Facts go to the worker's snapshot (FluxStatus): state, counts, last trigger.
 """
@@ -19,9 +21,12 @@ Facts go to the worker's snapshot (FluxStatus): state, counts, last trigger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import aiohttp
 
 from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.flux_settings import FluxTuning
@@ -31,11 +36,15 @@ from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.flux import gitrepositories as gr
 from agent_runtime.modules.flux.access import PatchPermission
 from agent_runtime.modules.flux.lease import LeaseElector, LeaseTiming, lease_name
+from agent_runtime.modules.flux.receivers import GROUP as RECEIVER_GROUP
+from agent_runtime.modules.flux.receivers import PLURAL as RECEIVER_PLURAL
+from agent_runtime.modules.flux.receivers import AgentRequests, ReceiverSync, receiver_name
 from agent_runtime.modules.flux.scope import Scope, compute_scope
 from agent_runtime.modules.flux.stream import ProjectStream
 from agent_runtime.modules.flux.trigger import request_reconcile
 from agent_runtime.modules.flux.urls import ExternalUrlError, GitLabServer, is_project_path, match_key
-from agent_runtime.spec import FluxState, FluxStatus
+from agent_runtime.modules.flux.webhook import BaseUrl, WebhookUrlError, allowed_base, post_webhook
+from agent_runtime.spec import FluxMode, FluxState, FluxStatus
 
 TRIGGERS_IN_FLIGHT: Final = 8
 """GitRepositories patched at once for one agent (our choice: a push to a project with many sources)."""
@@ -53,8 +62,19 @@ NOT_INSTALLED_HINT: Final = (
 class FluxModule:
     """Runs until cancelled."""
 
-    def __init__(self, ctx: ModuleContext, tuning: FluxTuning, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        ctx: ModuleContext,
+        tuning: FluxTuning,
+        metrics: WorkerMetrics,
+        mode: FluxMode = FluxMode.REQUESTED_AT,
+    ) -> None:
         self._ctx = ctx
+        self._mode = mode
+        self._receivers: ReceiverSync | None = None
+        """Receiver mode: the leader's Receivers."""
+        self._webhook: tuple[BaseUrl, aiohttp.ClientSession] | None = None
+        """Receiver mode: the allowed base URL and the leader's HTTP session for webhook calls."""
         self._tuning = tuning
         self._metrics = metrics
         self._status = FluxStatus()
@@ -87,22 +107,31 @@ class FluxModule:
             if config is None or not config.agent_id:
                 config, version = await self._ctx.configuration.wait_newer(version)
                 continue
-            key = (int(config.agent_id), str(config.gitlab_external_url))
+            webhook_url = str(config.flux.webhook_receiver_url) if self._mode is FluxMode.RECEIVER else ""
+            key = (int(config.agent_id), str(config.gitlab_external_url), webhook_url)
             body = asyncio.create_task(self._supervised(*key), name=f"{self._ctx.worker_id}/flux-agent")
             try:
                 while True:
                     config, version = await self._ctx.configuration.wait_newer(version)
-                    if config is not None and (config.agent_id, config.gitlab_external_url) != key:
+                    if (
+                        config is not None
+                        and (
+                            config.agent_id,
+                            config.gitlab_external_url,
+                            config.flux.webhook_receiver_url if self._mode is FluxMode.RECEIVER else "",
+                        )
+                        != key
+                    ):
                         break
             finally:
                 body.cancel()
                 await asyncio.gather(body, return_exceptions=True)
 
-    async def _supervised(self, agent_id: int, external_url: str) -> None:
+    async def _supervised(self, agent_id: int, external_url: str, webhook_url: str) -> None:
         """`_for_agent`, restarted after a bug (logged) instead of ending the module silently."""
         while True:
             try:
-                await self._for_agent(agent_id, external_url)
+                await self._for_agent(agent_id, external_url, webhook_url)
             except Exception:  # any bug: log it, report it, start over after a pause
                 self._ctx.logger.exception("Failed to run module flux; restarting")
                 self._state(
@@ -114,7 +143,7 @@ class FluxModule:
             else:
                 return
 
-    async def _for_agent(self, agent_id: int, external_url: str) -> None:
+    async def _for_agent(self, agent_id: int, external_url: str, webhook_url: str) -> None:
         try:
             server = GitLabServer.parse(external_url)
         except ExternalUrlError as e:
@@ -125,6 +154,14 @@ class FluxModule:
             )
             await asyncio.Event().wait()
             return
+        base: BaseUrl | None = None
+        if self._mode is FluxMode.RECEIVER:
+            try:
+                base = allowed_base(webhook_url, self._ctx.policy.destinations.flux_webhook_urls)
+            except WebhookUrlError as e:  # kas chose it: refused before any object or call exists
+                self._state(FluxState.WEBHOOK_REFUSED, f"receiver mode: {e}")
+                await asyncio.Event().wait()
+                return
         await self._wait_for_flux()
         repos = self._gitrepositories()
         await self._wait_listed(
@@ -134,7 +171,7 @@ class FluxModule:
         remove = repos.add_handler(self._change_handler(server, changed), replay=False)
         try:
             await self._wait_for_targets(repos, server, changed)
-            await self._campaign(agent_id, server, repos, changed)
+            await self._campaign(agent_id, server, repos, changed, base)
         finally:
             remove()
 
@@ -213,7 +250,12 @@ class FluxModule:
 
     # --- 4. leadership -------------------------------------------------------------------------------
     async def _campaign(
-        self, agent_id: int, server: GitLabServer, repos: Informer, changed: asyncio.Event
+        self,
+        agent_id: int,
+        server: GitLabServer,
+        repos: Informer,
+        changed: asyncio.Event,
+        base: BaseUrl | None,
     ) -> None:
         agent = self._ctx.agent
         if not agent.pod_namespace:
@@ -247,12 +289,43 @@ class FluxModule:
                 "needs get, create and update on leases in its namespace",
             )
 
-        await elector.lead(lambda: self._lead(server, repos, changed), standby, lease_error)
+        await elector.lead(lambda: self._lead(agent_id, server, repos, changed, base), standby, lease_error)
 
     # --- 5. the leader's work ----------------------------------------------------------------------
-    async def _lead(self, server: GitLabServer, repos: Informer, changed: asyncio.Event) -> None:
+    async def _lead(
+        self,
+        agent_id: int,
+        server: GitLabServer,
+        repos: Informer,
+        changed: asyncio.Event,
+        base: BaseUrl | None,
+    ) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            permission = self._permission()
+            if base is not None:
+                # Not the process's proxy settings: the allowed URL is dialled, nothing else.
+                session = await stack.enter_async_context(aiohttp.ClientSession(trust_env=False))
+                self._webhook = (base, session)
+                self._receivers = ReceiverSync(AgentRequests(self._ctx.kube, self._ctx.identity), agent_id)
+            try:
+                await self._lead_tasks(server, repos, changed, permission)
+            finally:
+                self._webhook, self._receivers = None, None
+
+    def _permission(self) -> PatchPermission:
+        """What the agent must be allowed in a namespace for its GitRepositories to be in scope: patch them,
+        or in receiver mode patch Receivers (the API server checks the rest of each request)."""
+        ctx, ttl = self._ctx, self._tuning.access_ttl_s
+        if self._mode is FluxMode.RECEIVER:
+            return PatchPermission(
+                ctx.kube, ctx.identity, ctx.clock, ttl, group=RECEIVER_GROUP, resource=RECEIVER_PLURAL
+            )
+        return PatchPermission(ctx.kube, ctx.identity, ctx.clock, ttl)
+
+    async def _lead_tasks(
+        self, server: GitLabServer, repos: Informer, changed: asyncio.Event, permission: PatchPermission
+    ) -> None:
         ctx = self._ctx
-        permission = PatchPermission(ctx.kube, ctx.identity, ctx.clock, self._tuning.access_ttl_s)
         projects: LatestValue[frozenset[str]] = LatestValue(frozenset())
         self._pending.clear()
         self.streams = ProjectStream(ctx, self._tuning, self._metrics, projects, self._reported, self._state)
@@ -312,25 +385,40 @@ class FluxModule:
         self, server: GitLabServer, repos: Informer, permission: PatchPermission
     ) -> None:
         self._scope = await compute_scope(self._candidates(repos, server), permission)
+        if self._receivers is not None:
+            await self._receivers.sync(self._scope.targets)
         self._set(watched=len(self._scope.targets), projects=len(self._scope.projects))
 
     def _report_scope(self) -> None:
         scope = self._scope
         if self._status.state in (FluxState.NOT_SERVED, FluxState.STREAM_FAILED):
             return  # the stream's own state says more
+        resource = "receivers.notification.toolkit.fluxcd.io" if self._receivers else gr.CRD_NAME
         denied = (
-            f"; {scope.denied} GitRepositories left out: the agent may not patch GitRepositories in their "
-            "namespace (grant patch on gitrepositories.source.toolkit.fluxcd.io to its ServiceAccount)"
+            f"; {scope.denied} GitRepositories left out: the agent may not patch {resource} in their "
+            f"namespace (grant patch on {resource} to its ServiceAccount)"
             if scope.denied
             else ""
         )
+        mode = self._receivers_note()
         if scope.targets:
             self._state(
                 FluxState.WATCHING,
-                f"{len(scope.targets)} GitRepositories of {len(scope.projects)} project(s){denied}",
+                f"{len(scope.targets)} GitRepositories of {len(scope.projects)} project(s){mode}{denied}",
             )
         else:
             self._state(FluxState.NO_GITREPOSITORIES, f"no GitRepository in scope{denied}")
+
+    def _receivers_note(self) -> str:
+        receivers = self._receivers
+        if receivers is None:
+            return ""
+        if not receivers.errors:
+            return ", one Receiver each"
+        return (
+            f"; {receivers.errors} Receiver request(s) failed (the operator log has them): the agent needs "
+            "create, patch, get, list and delete on receivers and create and delete on secrets"
+        )
 
     # --- triggers ------------------------------------------------------------------------------------
     def _reported(self, project: str) -> None:
@@ -375,6 +463,9 @@ class FluxModule:
             )
 
     async def _trigger(self, target: gr.Target, gate: asyncio.Semaphore) -> bool:
+        if self._webhook is not None and self._receivers is not None:
+            async with gate:
+                return await self._call_webhook(target, *self._webhook, self._receivers.agent_id)
         async with gate:
             status = await request_reconcile(
                 self._ctx.kube,
@@ -390,7 +481,35 @@ class FluxModule:
         )
         return False
 
+    async def _call_webhook(
+        self, target: gr.Target, base: BaseUrl, session: aiohttp.ClientSession, agent_id: int
+    ) -> bool:
+        """Receiver mode: POST to the webhook of `target`'s Receiver (agentk's trigger, §17.6, bounded)."""
+        requests = AgentRequests(self._ctx.kube, self._ctx.identity)
+        name = receiver_name(agent_id, target.name)
+        url = base.join(await requests.webhook_path(target.namespace, name))
+        if url is None:
+            self._ctx.logger.warning(
+                "Unable to trigger Receiver %s/%s: no webhook path in its status (is notification-controller "
+                "running?)",
+                target.namespace,
+                name,
+            )
+            return False
+        status = await post_webhook(session, url, timeout=self._tuning.trigger_timeout_s)
+        if 200 <= status < 300:
+            return True
+        self._ctx.logger.warning(
+            "Unable to trigger Receiver %s/%s: HTTP %s", target.namespace, name, status or "error"
+        )
+        return False
 
-def build(ctx: ModuleContext, tuning: FluxTuning, metrics: WorkerMetrics | None = None) -> FluxModule:
+
+def build(
+    ctx: ModuleContext,
+    tuning: FluxTuning,
+    metrics: WorkerMetrics | None = None,
+    mode: FluxMode = FluxMode.REQUESTED_AT,
+) -> FluxModule:
     """Factory used by the composition root."""
-    return FluxModule(ctx, tuning, metrics if metrics is not None else NoMetrics())
+    return FluxModule(ctx, tuning, metrics if metrics is not None else NoMetrics(), mode)

@@ -34,6 +34,8 @@ def token_for(agent_id: int) -> str:
 class FluxKas:
     gitlab_url: str = GITLAB_URL
     unimplemented: bool = False
+    webhook_receiver_url: str = ""
+    """Sent as the configuration's flux.webhook_receiver_url (receiver mode)."""
     server: grpc.aio.Server | None = None
     port: int = 0
     requests: dict[int, list[frozenset[str]]] = field(default_factory=dict)
@@ -91,7 +93,10 @@ class FluxKas:
     ) -> AsyncIterator[bytes]:
         agent_id = await self._agent(context)
         config = agentcfg_pb2.AgentConfiguration(
-            agent_id=agent_id, project_path="group/agents", gitlab_external_url=self.gitlab_url
+            agent_id=agent_id,
+            project_path="group/agents",
+            gitlab_external_url=self.gitlab_url,
+            flux=agentcfg_pb2.FluxCF(webhook_receiver_url=self.webhook_receiver_url),
         )
         yield config_rpc.ConfigurationResponse(configuration=config, commit_id="c0ffee").SerializeToString()
         await asyncio.Event().wait()
