@@ -62,7 +62,7 @@ def per_resource(
     rows = []
     for key in set(before) | set(after):
         moved = after.get(key, 0.0) - before.get(key, 0.0) - own.get(key, 0.0)
-        if moved <= 0 or key[1] in ("", "leases") or key[0].endswith(" seconds"):
+        if moved <= 0 or not key[1] or key[0].endswith(" seconds"):
             continue
         verb, resource, sub = key
         rows.append((f"{verb} {resource}{'/' + sub if sub else ''}", moved / agents))
@@ -74,7 +74,7 @@ def mean_latency(before: dict[Key, float], after: dict[Key, float]) -> list[tupl
     client's requests included (the benchmark's too)."""
     counts: dict[Key, float] = collections.defaultdict(float)
     for key in set(before) | set(after):
-        if not key[0].endswith(" seconds") and key[1] not in ("", "leases"):
+        if not key[0].endswith(" seconds") and key[1]:
             verb = key[0].split(" ")[0]  # every answer code
             counts[(verb, key[1], key[2])] += after.get(key, 0.0) - before.get(key, 0.0)
     rows = []
