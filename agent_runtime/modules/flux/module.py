@@ -415,10 +415,16 @@ class FluxModule:
             return ""
         if not receivers.errors:
             return ", one Receiver each"
-        return (
-            f"; {receivers.errors} Receiver request(s) failed (the operator log has them): the agent needs "
-            "create, patch, get, list and delete on receivers and create and delete on secrets"
-        )
+        hints = []
+        if 404 in receivers.statuses:
+            hints.append(f"HTTP 404: is the CRD {RECEIVER_PLURAL}.{RECEIVER_GROUP} (v1) installed?")
+        if 403 in receivers.statuses:
+            hints.append(
+                "HTTP 403: the agent needs create, patch, get, list and delete on receivers and create and "
+                "delete on secrets"
+            )
+        hint = "; ".join(hints) or "the operator log has them"
+        return f"; {receivers.errors} Receiver request(s) failed ({hint})"
 
     # --- triggers ------------------------------------------------------------------------------------
     def _reported(self, project: str) -> None:

@@ -177,10 +177,13 @@ class ReceiverSync:
     """Namespaces that may hold this agent's Receivers (swept on each sync until none is left)."""
     errors: int = 0
     """Requests that failed in the last sync."""
+    statuses: set[int] = field(default_factory=set)
+    """Their HTTP statuses (0 = no answer)."""
 
     async def sync(self, targets: tuple[Target, ...]) -> None:
         """Create or update the Receivers of `targets`; delete this agent's others in the namespaces swept."""
         self.errors = 0
+        self.statuses = set()
         desired = {(t.namespace, receiver_name(self.agent_id, t.name)): t for t in targets}
         for namespace in sorted(self.namespaces | {ns for ns, _ in desired}):
             present = await self._list(namespace)
@@ -241,4 +244,5 @@ class ReceiverSync:
 
     def _failed(self, what: str, namespace: str, status: int) -> None:
         self.errors += 1
+        self.statuses.add(status)
         log.warning("Unable to %s in namespace %s: HTTP %s", what, namespace, status or "error")

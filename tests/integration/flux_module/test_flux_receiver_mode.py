@@ -18,6 +18,7 @@ from agent_runtime.policy import PERMISSIVE_POLICY, TenantPolicy
 from agent_runtime.runtime import Runtime
 from agent_runtime.spec import FluxMode, FluxState, FluxStatus
 from tests.integration.flux_module.conftest import (
+    FAST,
     agent_spec,
     create_gitrepository,
     create_namespace,
@@ -215,5 +216,48 @@ async def test_a_webhook_url_the_operator_does_not_allow_is_refused(
             assert "--flux-webhook-receiver-urls" in message
             assert _receivers(cluster, ns) == {}
             assert 302 not in kas.requests  # no stream either: nothing is asked of kas
+    finally:
+        await kas.stop()
+
+
+async def test_receiver_requests_the_agent_may_not_make_are_reported_with_a_hint(
+    with_crd: LocalCluster, kube: KubeAccess, recorder: WebhookRecorder
+) -> None:
+    cluster = with_crd
+    install_crd(cluster, RECEIVER_CRD)
+    ns = "recv-c"
+    create_namespace(cluster, ns, may_patch=False)
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
+    role = {  # passes the scope check (patch on receivers), but may not create the token Secret
+        "metadata": {"name": "receivers-only"},
+        "rules": [
+            {
+                "apiGroups": ["notification.toolkit.fluxcd.io"],
+                "resources": ["receivers"],
+                "verbs": ["patch", "list"],
+            }
+        ],
+    }
+    binding = {
+        "metadata": {"name": "receivers-only"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "receivers-only"},
+        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}],
+    }
+    for path, body in ((f"{rbac}/roles", role), (f"{rbac}/rolebindings", binding)):
+        assert cluster.request("POST", path, body)[0] == 201
+    create_gitrepository(cluster, ns, "app", f"{GITLAB_URL}/group/app.git")
+    kas = FluxKas(webhook_receiver_url=recorder.url)
+    await kas.start()
+    spec = dataclasses.replace(agent_spec(kas, 303, ns), flux_mode=FluxMode.RECEIVER)
+    tuning = dataclasses.replace(FAST, access_ttl_s=0.3)  # the scope (and its message) is refreshed often
+    try:
+        async with running(kube, tuning, policy=_allowing(recorder.url)) as runtime:
+            runtime.apply(spec)
+            await eventually(
+                lambda: "HTTP 403: the agent needs create" in _flux(runtime, spec.id).message,
+                what="the 403 hint",
+            )
+            assert _flux(runtime, spec.id).state is FluxState.WATCHING
+            assert _receivers(cluster, ns) == {}
     finally:
         await kas.stop()
