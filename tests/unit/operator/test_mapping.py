@@ -21,7 +21,7 @@ from agent_operator.mapping import (
 )
 from agent_proto.flavor import WireFlavor
 from agent_runtime.secret import Secret
-from agent_runtime.spec import ProxySettings, ServiceAccountRef, TunnelSettings
+from agent_runtime.spec import FluxMode, ProxySettings, ServiceAccountRef, TunnelSettings
 
 TOKEN = "glagent-" + "s" * 40
 PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -198,3 +198,12 @@ def test_agent_key_round_trips() -> None:
     assert AgentKey.parse(str(KEY)) == KEY
     with pytest.raises(ValueError, match="namespace"):
         AgentKey.parse("no-slash")
+
+
+def test_spec_flux_mode_reaches_the_worker_and_defaults_to_requested_at() -> None:
+    assert worker_spec(KEY, spec(), Secret(TOKEN), None).flux_mode is FluxMode.REQUESTED_AT
+    receiver = spec(flux={"mode": "receiver"})
+    assert receiver.flux.enabled is True
+    assert worker_spec(KEY, receiver, Secret(TOKEN), None).flux_mode is FluxMode.RECEIVER
+    with pytest.raises(ValueError, match="requestedAt"):
+        spec(flux={"mode": "webhook"})
