@@ -46,6 +46,7 @@ from agent_runtime.spec import (
 from agent_runtime.tenancy import TenantShare
 from agent_runtime.transport.channel import KasConnection, open_kas_connection
 from agent_runtime.transport.config_error import TransportConfigError
+from agent_runtime.transport.errors import CHANNEL_LOST_MESSAGE
 from agent_runtime.version import AGENT_COMMIT, AGENT_PRODUCT, AGENT_VERSION
 from agent_runtime.worker_state import Component, WorkerState
 
@@ -53,6 +54,12 @@ SnapshotCallback = Callable[[WorkerSnapshot], None]
 
 _CLOSE_GRACE_S = 1.0
 """Grace for closing the channel once every module has stopped."""
+_SWAP_GRACE_S = 5.0
+"""How long a replaced channel may keep the calls the modules have not moved yet (they reopen at once on
+the reconnect signal; a call still there at the end would be cancelled under its module)."""
+_FAILING_RECHECK_S = 5.0
+"""While the channel fails, how often to look whether kas resolves to other addresses: grpc's channel
+stays in TRANSIENT_FAILURE across its own retries, so waiting for a state change alone would never ask."""
 
 
 class _KasLink:
@@ -226,14 +233,32 @@ class Worker:
         """Report a lost kas the calls cannot: every call waits for the channel (wait_for_ready), and a kas
         that stops gracefully ends its streams with OK, so without this the worker stayed Connected with
         no tunnel and no error. A failed (re)connection marks the tunnels unreachable; the next stream
-        that kas accepts marks them healthy again."""
+        that kas accepts marks them healthy again.
+
+        Direct grpc (no relay) also re-resolves here: a failing channel whose kas name now resolves to other
+        checked addresses is replaced (`KasConnection.reroute`), the modules are told to reopen their calls
+        (the reconnect signal, as for a new token: the calls of a failing channel only wait), and the old
+        channel is closed after they moved. The smallest design that keeps the relay's "resolve for every
+        connection": grpc keeps retrying the checked addresses with its own backoff in between."""
         channel = connection.channel
         state = channel.get_state(try_to_connect=False)
         while True:
             if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-                lost = WorkerError(ErrorReason.KAS_UNREACHABLE, "the connection to kas is lost; reconnecting")
+                lost = WorkerError(ErrorReason.KAS_UNREACHABLE, CHANNEL_LOST_MESSAGE)
                 self._state.failed(Component.TUNNELS, lost)
-            await channel.wait_for_state_change(state)
+                old = await connection.reroute()
+                if old is not None:
+                    self._log.info("kas resolves to other addresses: new channel")
+                    self._reconnect.fire()
+                    await old.close(_SWAP_GRACE_S)
+                    channel = connection.channel
+                    state = channel.get_state(try_to_connect=True)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_FAILING_RECHECK_S):
+                        await channel.wait_for_state_change(state)
+            else:
+                await channel.wait_for_state_change(state)
             state = channel.get_state(try_to_connect=False)
 
     async def _stopper(self, others: list[asyncio.Task[None]], tunnels: asyncio.Task[None]) -> None:
@@ -254,8 +279,7 @@ class Worker:
         behind it, nothing a tenant should read (docs/operations.md, Destinations).
         """
         connection = self._connection
-        specific = connection.last_error() if connection is not None else None
-        return specific if specific is not None else error
+        return connection.refine(error) if connection is not None else error
 
     def _publish(self, snapshot: WorkerSnapshot) -> None:
         for callback in list(self._subscribers):

@@ -1,15 +1,17 @@
 """One worker's connection to kas: a grpc.aio channel set up like agentk's (PROTOCOL.md §3.5).
 
-Every scheme goes through the worker's private `WsBridge` (a Unix socket), because only there does each
-TCP connection to kas, reconnects included, pass the operator's destination policy after DNS: grpcio
-takes no custom dialer and would otherwise resolve and connect by itself. ws:// and wss:// are bridged as
-WebSocket; grpc:// and grpcs:// as a raw pipe, grpc doing its own (verified) TLS inside it. grpcs with
-insecure-skip-verify is a raw TLS pipe: grpcio has no way to turn certificate verification off, so the
-bridge does the TLS (without verification, ALPN h2) and the channel speaks plaintext HTTP/2 to it.
+Every TCP connection to kas, reconnects included, passes the operator's destination policy after DNS.
+grpc:// and grpcs:// without a proxy: grpc dials the addresses the policy checked itself (`direct.py`).
+Everything else goes through the worker's private `WsBridge` (a Unix socket), which dials for grpc:
+ws:// and wss:// bridged as WebSocket; grpc/grpcs behind a proxy as a raw pipe (grpc doing its own
+verified TLS inside it). grpcs with insecure-skip-verify is a raw TLS pipe: grpcio has no way to turn
+certificate verification off, so the bridge does the TLS (without verification, ALPN h2) and the channel
+speaks plaintext HTTP/2 to it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping
@@ -21,11 +23,17 @@ import grpc.aio
 
 from agent_runtime.policy import DestinationPolicy
 from agent_runtime.secret import Secret
-from agent_runtime.spec import TlsSettings, WorkerError, WorkerSpec
+from agent_runtime.spec import ErrorReason, TlsSettings, WorkerError, WorkerSpec
 from agent_runtime.transport.address import KasAddress, Scheme, parse_kas_address
 from agent_runtime.transport.destination import Destination, DestinationGuard
 from agent_runtime.transport.dialer import DialPlan, DialTimeouts
-from agent_runtime.transport.errors import classify_rpc_error
+from agent_runtime.transport.direct import DirectRoute
+from agent_runtime.transport.errors import (
+    CHANNEL_LOST_MESSAGE,
+    UNREACHABLE_MESSAGE,
+    classify_rpc_error,
+    connect_error,
+)
 from agent_runtime.transport.headers import handshake_headers, metadata_headers
 from agent_runtime.transport.kas_version import from_metadata
 from agent_runtime.transport.proxy import Proxy, proxy_for
@@ -67,14 +75,18 @@ class KasConnection:
         token: Secret,
         metadata: tuple[tuple[str, str], ...],
         bridge: WsBridge,
+        route: DirectRoute | None = None,
+        build: Callable[[str], grpc.aio.Channel] | None = None,
     ) -> None:
         self.channel = channel
-        """The grpc.aio channel to kas."""
+        """The grpc.aio channel to kas; replaced when `reroute()` finds kas at other addresses."""
         self.address = address
         """The parsed kas address."""
         self._token = token
         self._metadata = metadata
         self._bridge = bridge
+        self._route = route
+        self._build = build
         self._rpc_error: WorkerError | None = None
         self._kas_version: str | None = None
         self._version_listeners: list[Callable[[str], None]] = []
@@ -109,16 +121,44 @@ class KasConnection:
 
     def last_error(self) -> WorkerError | None:
         """The latest transport-level failure (policy, handshake, TLS, unreachable), None once healthy."""
-        if self._bridge.last_error is not None:
+        if self._bridge.last_error is not None and not self.direct:
             return self._bridge.last_error
         return self._rpc_error
+
+    @property
+    def direct(self) -> bool:
+        """grpc dials kas's checked addresses itself (no relay) right now."""
+        return self._route is not None and self._route.direct
+
+    def refine(self, error: WorkerError) -> WorkerError:
+        """`error` (read from an RPC) replaced by the transport's more specific diagnosis, if it has one."""
+        specific = self.last_error()
+        if specific is not None:
+            return specific
+        generic = error.message in (UNREACHABLE_MESSAGE, CHANNEL_LOST_MESSAGE)
+        if self.direct and error.reason is ErrorReason.KAS_UNREACHABLE and generic:
+            # grpc could not connect to the checked addresses: say it as the relay did (no grpc text;
+            # TLS failures have readings of their own, and kas's own UNAVAILABLE answers keep theirs).
+            return connect_error(ConnectionError(), self.address.host_port)
+        return error
 
     def record_rpc_error(self, err: grpc.RpcError) -> WorkerError | None:
         """Classify a failed RPC; transport-level failures become `last_error()`. Returns the reading."""
         error = classify_rpc_error(err)
         if error is not None:
-            self._rpc_error = error
+            self._rpc_error = self.refine(error) if self.direct else error
         return self.last_error() if error is not None else None
+
+    async def reroute(self) -> grpc.aio.Channel | None:
+        """Resolve kas again (direct grpc only); if its checked addresses changed, switch `channel` to a
+        new channel for them and return the old one, which the caller closes once its calls moved."""
+        if self._route is None or self._build is None:
+            return None
+        target = await self._route.next_target()
+        if target is None:
+            return None
+        old, self.channel = self.channel, self._build(target)
+        return old
 
     def record_rpc_success(self) -> None:
         """An RPC reached kas: forget the transport error learned from RPCs."""
@@ -191,23 +231,35 @@ async def open_kas_connection(
     options = [
         *_base_options(user_agent, settings),
         ("grpc.enable_http_proxy", 0),  # the bridge applies the proxy settings, after the policy check
-        ("grpc.default_authority", address.host_header),
+        ("grpc.default_authority", address.host_header),  # also when dialing an IP: kas may route on it
     ]
     # No channel-wide compression: grpc.aio lets no call override a channel default, and the tunnel must
     # stay uncompressed (agent_runtime.grpc_calls.TUNNEL_COMPRESSION); each call asks for gzip itself.
     bridge = await _start_bridge(spec, address, proxy, guard, user_agent, settings)
     metadata = () if address.websocket else metadata_headers(spec.kas_headers)
     try:
-        if address.scheme is Scheme.GRPCS and not spec.tls.insecure_skip_verify:
-            credentials = grpc.ssl_channel_credentials(root_certificates=grpc_root_certificates(spec.tls))
-            options.append(("grpc.ssl_target_name_override", spec.tls.server_name or address.host))
-            channel = grpc.aio.secure_channel(bridge.grpc_target, credentials, options=options)
-        else:
-            channel = grpc.aio.insecure_channel(bridge.grpc_target, options=options)
+        build = functools.partial(_build_channel, spec, address, options)
+        route = None
+        if not address.websocket and proxy is None and not spec.tls.insecure_skip_verify:
+            route = DirectRoute(address, guard, bridge.grpc_target, within=settings.dial.dial)
+            await route.next_target()  # stays on the relay when the name does not resolve to permitted IPs
+        channel = build(route.target if route is not None else bridge.grpc_target)
     except BaseException:
         await bridge.close(0)
         raise
-    return KasConnection(channel, address, spec.token, metadata, bridge)
+    return KasConnection(channel, address, spec.token, metadata, bridge, route, build)
+
+
+def _build_channel(
+    spec: WorkerSpec, address: KasAddress, options: list[tuple[str, str | int]], target: str
+) -> grpc.aio.Channel:
+    """A channel to `target` (kas's checked IPs or the relay's socket) with the worker's options."""
+    if address.scheme is Scheme.GRPCS and not spec.tls.insecure_skip_verify:
+        credentials = grpc.ssl_channel_credentials(root_certificates=grpc_root_certificates(spec.tls))
+        # Verify the certificate against kas's name (and send it as SNI), whatever IP the target dials.
+        name = ("grpc.ssl_target_name_override", spec.tls.server_name or address.host)
+        return grpc.aio.secure_channel(target, credentials, options=[*options, name])
+    return grpc.aio.insecure_channel(target, options=options)
 
 
 async def _start_bridge(

@@ -108,6 +108,10 @@ def handshake_status_error(status: int, location: str | None, address: KasAddres
     )
 
 
+UNREACHABLE_MESSAGE: Final = "kas unavailable"
+"""The reading of grpc's UNAVAILABLE when it is not about TLS (grpc's text itself is never shown)."""
+CHANNEL_LOST_MESSAGE: Final = "the connection to kas is lost; reconnecting"
+"""What the worker reports when its channel is in TRANSIENT_FAILURE and the transport knows no more."""
 GRPC_CONNECT_FAILED: Final = "failed to connect to all addresses"
 """How grpc core's details start when it could not connect (as opposed to kas answering UNAVAILABLE)."""
 
@@ -142,4 +146,4 @@ def classify_unavailable(details: str) -> WorkerError:
         return WorkerError(ErrorReason.TLS_ERROR, "TLS handshake with kas failed", _TLS_HINT)
     # grpc's details name addresses and tell refused from unresolvable: logs only (see connect_error).
     _log.debug("kas unavailable: %s", details[:200])
-    return WorkerError(ErrorReason.KAS_UNREACHABLE, "kas unavailable", _UNREACHABLE_HINT)
+    return WorkerError(ErrorReason.KAS_UNREACHABLE, UNREACHABLE_MESSAGE, _UNREACHABLE_HINT)

@@ -16,11 +16,15 @@ _CHUNK = 1 << 20
 
 @dataclass
 class GrpcPeer:
-    """A grpc.aio server on 127.0.0.1 that records the metadata of every call."""
+    """A grpc.aio server on 127.0.0.1 (or `host`) that records the metadata and peer of every call."""
 
     credentials: grpc.ServerCredentials | None = None
     metadata: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
+    """0: any free port; the bound port after start()."""
+    host: str = "127.0.0.1"
+    peers: list[str] = field(default_factory=list)
+    """grpc's name of each call's TCP peer ("ipv4:127.0.0.1:<port>")."""
     _server: grpc.aio.Server | None = None
 
     async def start(self) -> GrpcPeer:
@@ -31,15 +35,16 @@ class GrpcPeer:
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
         if self.credentials is None:
-            self.port = server.add_insecure_port("127.0.0.1:0")
+            self.port = server.add_insecure_port(f"{self.host}:{self.port}")
         else:
-            self.port = server.add_secure_port("127.0.0.1:0", self.credentials)
+            self.port = server.add_secure_port(f"{self.host}:{self.port}", self.credentials)
         await server.start()
         self._server = server
         return self
 
     def _record(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
         self.metadata.append({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+        self.peers.append(context.peer())
 
     async def _echo(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         self._record(context)
