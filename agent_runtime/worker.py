@@ -250,7 +250,11 @@ class Worker:
                 if old is not None:
                     self._log.info("kas resolves to other addresses: new channel")
                     self._reconnect.fire()
-                    await old.close(_SWAP_GRACE_S)
+                    try:
+                        await old.close(_SWAP_GRACE_S)
+                    except asyncio.CancelledError:  # the worker stops: close it now, not by the GC
+                        await old.close(None)
+                        raise
                     channel = connection.channel
                     state = channel.get_state(try_to_connect=True)
                     continue

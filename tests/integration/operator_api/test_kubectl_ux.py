@@ -117,7 +117,7 @@ def test_status_subresource_feeds_the_columns(
     _patch_status(k8s_cluster, agents_namespace, "team-a", failing.to_merge_patch())
     wide = kubectl("get", "gla", "team-a", "-n", agents_namespace, "-o", "wide")
     assert wide.returncode == 0, wide.stderr
-    assert wide.stdout.split("\n")[0].split()[-2:] == ["ERROR", "HINT"]
+    assert wide.stdout.split("\n")[0].split()[-3:] == ["ERROR", "HINT", "REPLICA"]
     assert "Failed" in wide.stdout
     assert "the-token-was-revoked-create-a-new-one" in wide.stdout
 

@@ -18,6 +18,7 @@ from agent_runtime.kube import KubeAccess
 from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
 from agent_runtime.secret import Secret
+from agent_runtime.spec import FluxState
 from tests.integration.system.conftest import (
     AGENT,
     JOB_TOKEN,
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.timeout(120)
 BAD_TOKEN = "revoked-agent-token-" + "r" * 40
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-_ALLOWED_LABELS = {"agent", "code_class", "rpc", "code", "direction", "version", "commit"}
+_ALLOWED_LABELS = {"agent", "code_class", "rpc", "code", "direction", "version", "commit", "state", "result"}
 _CODE_CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx", "other"} | {code.name for code in grpc.StatusCode}
 
 
@@ -171,6 +172,10 @@ async def test_metrics_follow_real_tunnel_traffic(
             assert label_map["agent"] in {agent, bad.id}, (name, label_map)
         if "code_class" in label_map:
             assert label_map["code_class"] in _CODE_CLASSES, (name, label_map)
+        if "state" in label_map:  # the Flux module's state: an enum, one series per agent
+            assert label_map["state"] in {state.value for state in FluxState}, (name, label_map)
+        if "result" in label_map:
+            assert label_map["result"] in {"ok", "failed"}, (name, label_map)
         if "rpc" in label_map:
             assert label_map["rpc"] in {"GetConfiguration", "Register", "Connect", "other"}, (name, label_map)
     # No secret in the output.
