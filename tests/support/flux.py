@@ -26,12 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from tests.support import process
 from tests.support.k8s_cluster import LocalCluster
 from tests.support.ports import free_port
+from tests.support.process import StartStop
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def find_flux() -> FluxBinaries:
     raise FluxNotFoundError(FLUX_HINT + (f" (looked in {explicit})" if explicit else ""))
 
 
-class FluxControllers:
+class FluxControllers(StartStop):
     """source-controller + kustomize-controller for one apiserver, their files under `work_dir`."""
 
     def __init__(
@@ -130,15 +130,6 @@ class FluxControllers:
         return process.log_tail(self.log_path(controller), lines)
 
     # -- lifecycle ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Apply Flux's CRDs, start both controllers and wait until each answers /readyz."""

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 from urllib.parse import urlsplit
+
+from tests.support.process import StartStop
 
 CGI_TIMEOUT = 60.0
 """Longest a single git http-backend run may take: a hung backend fails the request, not the test run."""
@@ -73,7 +73,7 @@ def git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = Non
     return done.stdout.strip()
 
 
-class GitHttpServer:
+class GitHttpServer(StartStop):
     """`git http-backend` for the bare repositories under `root`, on 127.0.0.1 (port chosen by the kernel)."""
 
     def __init__(self, root: Path) -> None:
@@ -85,15 +85,6 @@ class GitHttpServer:
         root.mkdir(parents=True, exist_ok=True)
 
     # -- lifecycle ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         if shutil.which("git") is None:

@@ -15,13 +15,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from kas.push_client import send_git_push_event_sync
 from tests.support.git_http import GitHttpServer, git
 from tests.support.gitaly import GitalyStandIn
 from tests.support.gitlab_api import Agent, GitalyProject, GitLabApi
+from tests.support.process import StartStop
 
 STORAGE: Final = "default"
 
@@ -48,7 +48,7 @@ class KasApi:
     secret_file: Path
 
 
-class GitLabProject:
+class GitLabProject(StartStop):
     """One project (`project_id`, `full_path`) with its repository; `start()` serves it."""
 
     def __init__(
@@ -85,15 +85,6 @@ class GitLabProject:
     def stop(self) -> None:
         self.gitaly.stop()
         self.http.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # --- wiring -----------------------------------------------------------------------------------
 

@@ -28,13 +28,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import yaml
 
 from tests.support import process
 from tests.support.ports import free_port
+from tests.support.process import StartStop
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _ca_from_bundle(bundle: str) -> str:
     return str(blocks[-1]) + "\n"
 
 
-class LocalCluster:
+class LocalCluster(StartStop):
     """etcd + kube-apiserver on loopback, in a temp dir that `stop()` removes."""
 
     def __init__(
@@ -177,15 +177,6 @@ class LocalCluster:
         return self._path("etcd.log")
 
     # -- lifecycle ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         began = time.monotonic()

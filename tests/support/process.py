@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import ctypes.util
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 
@@ -75,3 +77,22 @@ def log_tail(log_path: Path, lines: int = 40) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+class StartStop(abc.ABC):
+    """A test server used as `with Server(...) as server:`: started on entry, always stopped on exit."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start and wait until it serves."""
+
+    @abc.abstractmethod
+    def stop(self) -> object:
+        """Stop it (idempotent)."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

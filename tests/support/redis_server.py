@@ -8,13 +8,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import redis
 
 from tests.support import process
 from tests.support.ports import free_port
+from tests.support.process import StartStop
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def find_redis_server() -> Path:
     return Path(found)
 
 
-class RedisServer:
+class RedisServer(StartStop):
     def __init__(self, binary: Path, *, start_timeout: float = 15.0, stop_grace: float = 5.0) -> None:
         self.binary = binary
         self.start_timeout = start_timeout
@@ -49,15 +48,6 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         began = time.monotonic()
