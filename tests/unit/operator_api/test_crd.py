@@ -138,8 +138,10 @@ def test_spec_fields_and_defaults() -> None:
         "suspend",
         "flux",
     }
-    assert props["flux"]["default"] == {"enabled": True}
+    assert props["flux"]["default"] == {"enabled": True, "mode": "requestedAt"}
     assert props["flux"]["properties"]["enabled"]["default"] is True
+    assert props["flux"]["properties"]["mode"]["default"] == "requestedAt"
+    assert props["flux"]["properties"]["mode"]["enum"] == ["requestedAt", "receiver"]
     assert props["tokenSecretRef"]["properties"]["key"]["default"] == "token"
     assert props["serviceAccountName"]["default"] == "default"
     assert props["tunnels"]["default"] == {"minIdle": 2, "max": 500}
