@@ -4,38 +4,30 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import ctypes
-import ctypes.util
-import signal
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
-_PR_SET_PDEATHSIG = 1
+_SETPRIV = shutil.which("setpriv")
+"""util-linux's setpriv: sets the parent-death signal, then execs the server (no Python in the child)."""
 
 
-def _load_prctl() -> ctypes._NamedFuncPointer | None:
-    libc_name = ctypes.util.find_library("c")  # runs ldconfig: never in a forked child
-    return None if libc_name is None else ctypes.CDLL(libc_name, use_errno=True).prctl
-
-
-_PRCTL = _load_prctl() if sys.platform == "linux" else None
-"""libc's prctl, resolved once in this process: the forked child only calls it."""
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel sends SIGKILL to the child when the process that started it exits.
+def _with_parent_death(argv: Sequence[str]) -> list[str]:
+    """`argv`, run so that the kernel sends SIGKILL to it when the thread that started it exits.
 
     This covers what no `finally` can: pytest killed by SIGKILL or by pytest-timeout's thread method
-    (os._exit). The signal is tied to the *thread* that forked, so start servers from the main
-    thread (session fixtures run there). The child of a threaded parent may only do async-signal-safe
-    work before exec: looking libc up here (find_library spawns ldconfig) made children crash with
-    SIGSEGV before exec, now and then, on a loaded machine.
+    (os._exit). The signal is tied to the *thread* that forked, so start servers from the main thread
+    (session fixtures run there). Done by setpriv rather than a preexec_fn: a preexec_fn makes Python
+    fork() and run code in the child of a threaded process that has gRPC loaded, and gRPC's fork
+    handlers crashed such children before exec now and then (GitLab's kas exiting with SIGABRT and an
+    "epoll_wait error" in its log, source-controller with SIGSEGV).
     """
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _SETPRIV is None or sys.platform != "linux":
+        return list(argv)
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
 def start(
@@ -44,13 +36,12 @@ def start(
     """Start `argv` with stdout and stderr appended to `log_path` (`env`: None = this process's)."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            list(argv),
+            _with_parent_death(argv),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
             env=None if env is None else dict(env),
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
 
