@@ -154,8 +154,8 @@ class Members:
     async def confirm_dead(self, holder: str) -> bool:
         """Whether `holder` is dead, checked with a fresh read of its member Lease: a Lease that changed
         since we last saw it means our watch lagged, not that the member died."""
-        if holder in (self._live or ()):
-            return False
+        if holder in (self._live or ()) or holder in self._table.live():
+            return False  # the table, too: a member first seen since the last recompute is live
         confirmed = self._dead.get(holder)
         if confirmed is not None and self._clock() - confirmed < DEAD_CONFIRMED_S:
             return True

@@ -76,3 +76,46 @@ async def test_a_replica_that_cannot_renew_fences_itself_in_time_and_comes_back(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class OneMemberLeases(Leases):
+    """The API server holds member `b`'s Lease at version "7"."""
+
+    async def member_version(self, lease: str) -> str | None:
+        return "7" if lease == "g-member-b" else None
+
+
+async def test_a_member_seen_since_the_last_recompute_is_not_dead() -> None:
+    """The race CI found: replica a saw b's member Lease a moment ago (not yet in `live`, which is
+    recomputed every CHECK_INTERVAL_S), and b's claim on an agent; b is alive, so a must not take over."""
+    members = Members(
+        OneMemberLeases(),
+        DURATION,
+        ShardMetrics(CollectorRegistry()),
+        on_change=lambda: None,
+        on_fence=_nothing,
+    )
+    members.synced()  # before b joined: live is unknown (a has not joined), b not in the table
+    members.observe(LeaseView("g-member-b", MEMBER, "b", "7", DURATION, ""))
+    assert not await members.confirm_dead("b")
+    assert await members.confirm_dead("c")  # no Lease at all: gone
+
+
+async def test_a_member_whose_lease_stopped_changing_is_dead() -> None:
+    now = [100.0]
+    members = Members(
+        OneMemberLeases(),
+        DURATION,
+        ShardMetrics(CollectorRegistry()),
+        on_change=lambda: None,
+        on_fence=_nothing,
+        clock=lambda: now[0],
+    )
+    members.observe(LeaseView("g-member-b", MEMBER, "b", "7", DURATION, ""))
+    assert not await members.confirm_dead("b")
+    now[0] += DURATION + 0.1  # b's Lease unchanged for a whole duration, and still at "7" when read
+    assert await members.confirm_dead("b")
+
+
+async def _nothing() -> None:
+    return None
