@@ -12,24 +12,15 @@ import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tests.e2e.harness import KasAgent, KasProcess, Kube, OperatorProcess, phase, wait_for
-
-TCP_ESTABLISHED = "01"
+from tests.support.tcp import established_on
 
 
 def kas_agent_connections(kas: KasProcess) -> int:
-    """Established TCP connections on kas's agent port, from /proc/net/tcp{,6} (kas's side only: the
-    local port is the listener's). A worker dials kas over one channel, so this counts live workers."""
-    count = 0
-    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
-        for line in table.read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == kas.agent_port and fields[3] == TCP_ESTABLISHED:
-                count += 1
-    return count
+    """Established TCP connections on kas's agent port. A worker dials kas over one channel, so this
+    counts live workers."""
+    return established_on(kas.agent_port)
 
 
 def registrations(kas: KasProcess, pods: Iterable[str]) -> dict[int, set[int]]:

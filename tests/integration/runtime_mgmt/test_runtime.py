@@ -21,6 +21,7 @@ from kas.server import KasServer
 from kas.testing import TestAgent, running_kas
 from tests.integration.runtime_mgmt.conftest import eventually
 from tests.support.ports import free_port
+from tests.support.tcp import established_on
 
 AGENT = TestAgent(id=4242, name="rt-agent", project_path="group/rt", token="rt-agent-token-" + "r" * 40)
 
@@ -146,3 +147,23 @@ async def test_an_unreachable_kas_never_looks_connected(runtime: Runtime) -> Non
     assert snapshot is not None
     assert snapshot.phase is Phase.CONNECTING, snapshot
     assert snapshot.connected_since is None
+
+
+@pytest.mark.parametrize("connected_first", [True, False], ids=["connected", "just-applied"])
+async def test_a_removed_worker_leaves_no_connection_at_kas(
+    runtime: Runtime, kas: KasServer, connected_first: bool
+) -> None:
+    """A worker released to another replica (or deleted) closes its channel: kas must not keep seeing
+    a connection of an agent that runs elsewhere, whether the worker had connected or was applied a
+    moment before (a replica that pauses right after start-up)."""
+    port = int(kas.agent_address.rsplit(":", 1)[1])
+    before = established_on(port)
+    spec = WorkerSpec(id="ns/released", kas_address=f"grpc://{kas.agent_address}", token=Secret(AGENT.token))
+    runtime.apply(spec)
+    if connected_first:
+        await eventually(lambda: (s := runtime.snapshot(spec.id)) is not None and s.phase is Phase.CONNECTED)
+        assert established_on(port) > before
+    else:
+        await asyncio.sleep(0.05)
+    await runtime.remove(spec.id, 0.5)
+    await eventually(lambda: established_on(port) == before)
