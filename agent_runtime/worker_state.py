@@ -141,7 +141,20 @@ class WorkerState:
         if self._health.get(component) == health:
             return  # every tunnelled request reports TUNNELS ok: nothing to derive again
         self._health[component] = health
+        if health is _Health.OK:
+            self._forget_unreachable()
         self._update()
+
+    def _forget_unreachable(self) -> None:
+        """kas was just reached: "cannot reach kas" errors of the other components are refuted. Without
+        this, a GetConfiguration stream broken by a kas restart kept the agent Degraded for as long as kas
+        sent no configuration (GitLab's kas sends none while it cannot read the agent's project); a
+        component that still cannot reach kas reports so again on its next attempt."""
+        self._health = {
+            c: h
+            for c, h in self._health.items()
+            if not (isinstance(h, WorkerError) and h.reason is ErrorReason.KAS_UNREACHABLE)
+        }
 
     def _derive(self) -> tuple[Phase, WorkerError | None]:
         errors = [h for c in Component if isinstance(h := self._health.get(c), WorkerError)]

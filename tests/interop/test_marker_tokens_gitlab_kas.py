@@ -105,9 +105,10 @@ def test_no_token_leaks_with_gitlab_kas(
     kas.kill()
     wait_for("not Connected", lambda: phase(kube.gla(ns, GOOD.name)) != "Connected", timeout=60)
     kas.start()
-    # Served again; the phase may stay Degraded: this GitLab has no Gitaly, so kas never sends a
-    # configuration and the GetConfiguration error of the kill is never cleared (docs/reliability.md).
     wait_for("served after kas restarted", lambda: _kubectl(kas, bearer, kubeconfig, outputs), timeout=90)
+    # Connected again, not Degraded: this GitLab has no Gitaly, so kas sends no configuration after the
+    # restart, and the GetConfiguration stream's "unreachable" of the kill is refuted by the tunnels.
+    wait_for("Connected again", lambda: phase(kube.gla(ns, GOOD.name)) == "Connected", timeout=30)
 
     _, glas = kube.request("GET", f"/apis/agentk.dev/v1alpha1/namespaces/{ns}/gitlabagents")
     _, core_events = kube.request("GET", "/api/v1/events")
