@@ -180,6 +180,9 @@ class AgentController:
         self._reconciling = asyncio.Semaphore(RECONCILES_IN_FLIGHT)
         self._finalizer = finalizer
         self._unwatch: KeyedTasks[SourceRef] = KeyedTasks("unwatch", self._unwatch_if_unused)
+        self._releases: KeyedTasks[AgentKey] = KeyedTasks("release", self._release_now)
+        self._released_keys: dict[AgentKey, asyncio.Event] = {}
+        """Callers of `release` waiting for its task (set when that task has drained the worker)."""
 
     async def run(self) -> None:
         """Own the re-mapping, re-check and unlabelling tasks until cancelled."""
@@ -189,6 +192,7 @@ class AgentController:
             tg.create_task(self._retry.run(), name="agent-retries")
             tg.create_task(self._observed.run(), name="agent-reconciles")
             tg.create_task(self._unwatch.run(), name="source-unwatches")
+            tg.create_task(self._releases.run(), name="agent-releases")
             tg.create_task(self._service_accounts_listed(), name="service-accounts-listed")
             tg.create_task(self._stop_expecting(), name="admission-expectations")
 
@@ -290,9 +294,24 @@ class AgentController:
         log.info("agent removed", extra=resource_extra(key.namespace, key.name))
 
     async def release(self, key: AgentKey) -> None:
-        """Another operator replica takes over (peering pause): stop the worker, keep the resource as is."""
-        await self._drain_and_forget(key)
-        log.info("agent released to another operator", extra=resource_extra(key.namespace, key.name))
+        """Another operator replica takes over (peering pause): stop the worker, keep the resource as is.
+
+        The release runs in a task of the controller's and this waits for it: kopf cancels a pausing
+        daemon that takes too long, and a release cut short there (waiting for a reconcile's lock, before
+        the worker's removal) left the worker running on the paused replica while the other one ran it.
+        """
+        done = self._released_keys.setdefault(key, asyncio.Event())
+        self._releases.kick(key)
+        await done.wait()
+
+    async def _release_now(self, key: AgentKey) -> None:
+        try:
+            await self._drain_and_forget(key)
+            log.info("agent released to another operator", extra=resource_extra(key.namespace, key.name))
+        finally:
+            waiting = self._released_keys.pop(key, None)
+            if waiting is not None:
+                waiting.set()
 
     async def _drain_and_forget(self, key: AgentKey) -> None:
         record = self._records.pop(key, None)

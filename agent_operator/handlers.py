@@ -104,7 +104,14 @@ def register(
     if not peering:
         return
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=daemon_cancellation_timeout)
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        cancellation_backoff=daemon_cancellation_timeout,
+        cancellation_timeout=daemon_cancellation_timeout,
+    )
     async def _held_here(
         *, name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any
     ) -> None:
@@ -120,7 +127,9 @@ def register(
                     await stopped.wait(RETRY_DELAY_S)
             await stopped.wait()
         finally:
+            # Also when kopf cancelled the daemon (mid-reconcile, say): a pause must release the agent,
+            # or its worker (or a re-mapping that starts it later) runs on here beside the other replica.
             held.discard(key)  # before the release: no event may start the worker again
-        reason = stopped.reason or kopf.DaemonStoppingReason(0)
-        if reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING:
-            await outside_kopf(controller.release(key), f"release:{key.worker_id}")
+            reason = stopped.reason or kopf.DaemonStoppingReason(0)
+            if reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING:
+                await outside_kopf(controller.release(key), f"release:{key.worker_id}")

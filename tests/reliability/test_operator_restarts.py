@@ -219,12 +219,6 @@ def test_restart_mid_load(stage: Stage, tmp_path: Path, signal_name: str) -> Non
     assert losses["failed_after_recovery"] == 0, losses
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race, not fixed yet: with kopf peering, an event let through while this replica held the "
-    "agent is reconciled in the controller's own tasks, which may run after the pause released the worker, "
-    "so both replicas run it (6 connections at kas for 5 agents; seen in 1 of 3 CI runs after 9caac71)",
-)
 def test_two_replicas_at_once(stage: Stage, tmp_path: Path) -> None:
     """Both replicas start at the same moment (kopf peering, explicit priorities); exactly one ends up
     running the agents, and then no request is lost; the active one stops (SIGTERM) and the standby

@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 from kopf._cogs.aiokits.aioenums import AsyncFlagWaiter
+from kopf._core.intents.handlers import DaemonHandler
 from kopf._core.intents.stoppers import DaemonStopper, DaemonStoppingReason
 
 from agent_operator.handlers import register
@@ -30,6 +31,8 @@ class RecordingController:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.reconciled = asyncio.Event()
+        self.reconcile_blocks = asyncio.Event()
+        self.reconcile_blocks.set()
 
     def observe(self, key: AgentKey, body: Mapping[str, Any]) -> None:
         self.calls.append(f"observe {key.worker_id}")
@@ -37,6 +40,7 @@ class RecordingController:
     async def reconcile(self, key: AgentKey, body: Mapping[str, Any]) -> None:
         self.calls.append(f"reconcile {key.worker_id}")
         self.reconciled.set()
+        await self.reconcile_blocks.wait()
 
     async def release(self, key: AgentKey) -> None:
         self.calls.append(f"release {key.worker_id}")
@@ -100,3 +104,41 @@ async def test_without_peering_every_event_reaches_the_controller() -> None:
     assert daemon is None
     await _event(observe)
     assert controller.calls == ["observe team/agent"]
+
+
+async def test_a_daemon_kopf_cancels_while_pausing_still_releases_the_agent() -> None:
+    """kopf stops a pausing daemon by setting its flag and, unless it exits at once, cancelling it (with
+    no cancellation_backoff: after a few loop cycles). Cancelled mid-reconcile, the daemon used to end
+    without the release, and the paused replica ran the agent on beside the other one (CI: 6 connections
+    at kas for 5 agents)."""
+    controller = RecordingController()
+    controller.reconcile_blocks.clear()  # a reconcile waiting on the API server
+    _, daemon = _handlers(controller, peering=True)
+    stopper: DaemonStopper = DaemonStopper()
+    task = asyncio.create_task(
+        daemon(name="agent", namespace="team", body=BODY, stopped=AsyncFlagWaiter(stopper)), name="daemon"
+    )
+    await asyncio.wait_for(controller.reconciled.wait(), 5)
+    stopper.set(reason=DaemonStoppingReason.OPERATOR_PAUSING)
+    stopper.set(reason=DaemonStoppingReason.DAEMON_CANCELLED)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert controller.calls == ["reconcile team/agent", "release team/agent"]
+
+
+def test_kopf_waits_for_a_pausing_daemon_before_it_cancels_it() -> None:
+    """The daemon's release drains the worker: kopf must give it the drain's time before cancelling."""
+    registry = kopf.OperatorRegistry()
+    register(
+        registry,
+        RecordingController(),  # type: ignore[arg-type]  # a recording stand-in
+        startup=_nothing,
+        cleanup=_nothing,
+        login=_nothing,  # type: ignore[arg-type]  # never called here
+        peering=True,
+        daemon_cancellation_timeout=42.0,
+    )
+    (handler,) = registry._spawning.get_all_handlers()
+    assert isinstance(handler, DaemonHandler)
+    assert handler.cancellation_backoff == 42.0
+    assert handler.cancellation_timeout == 42.0
