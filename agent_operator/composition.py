@@ -19,12 +19,14 @@ from typing import Any, Final
 
 import kopf
 from prometheus_client import CollectorRegistry, ProcessCollector
+from pydantic import ValidationError
 
+from agent_operator.api import GitLabAgentSpec
 from agent_operator.controller import AgentController, WorkerRuntime
 from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
 from agent_operator.label_sweep import ListError, list_agents, sweep_periodically
-from agent_operator.mapping import AgentKey
+from agent_operator.mapping import AgentKey, SourceUses, add_uses
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.service_accounts import ServiceAccounts
 from agent_operator.settings import OperatorSettings
@@ -148,6 +150,7 @@ class Composition:
         """Tell the controller which GitLabAgents exist before kopf hands them over, in any order (see
         admission.py). Without the list, agents are admitted as they come (logged)."""
         created: dict[AgentKey, str] = {}
+        uses: SourceUses = {}
         scopes: list[str | None] = [None] if self.settings.namespaces is None else [*self.settings.namespaces]
         try:
             for scope in scopes:
@@ -155,9 +158,12 @@ class Composition:
                     meta = item.get("metadata") or {}
                     key = AgentKey(str(meta.get("namespace", "")), str(meta.get("name", "")))
                     created[key] = str(meta.get("creationTimestamp", ""))
+                    with contextlib.suppress(ValidationError):  # the controller reports it
+                        add_uses(uses, key, GitLabAgentSpec.model_validate(item.get("spec") or {}))
         except ListError as exc:
             log.warning("agents are admitted in the order kopf hands them over: %s", exc)
             return
+        self.sources.expect(uses)
         self.controller.expect(created)
 
     async def _supervise(self) -> None:

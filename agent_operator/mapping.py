@@ -158,6 +158,19 @@ def sources_of(namespace: str, spec: GitLabAgentSpec) -> frozenset[SourceRef]:
     return frozenset(refs)
 
 
+SourceUses = dict[SourceRef, frozenset[str] | None]
+"""Objects GitLabAgents refer to, each with the agents it must have opted in to (None: no opt-in)."""
+
+
+def add_uses(uses: SourceUses, agent: AgentKey, spec: GitLabAgentSpec) -> None:
+    """Add what `agent` refers to: its credentials need its opt-in, anything else (a CA bundle) none."""
+    credentials = credential_sources(agent.namespace, spec)
+    for source in sources_of(agent.namespace, spec):
+        needs = uses.get(source, frozenset())
+        if needs is not None:
+            uses[source] = needs | {agent.name} if source in credentials else None
+
+
 def allowed_agents(obj: KubeObject) -> frozenset[str]:
     """The GitLabAgent names a Secret opted in to (its ALLOWED_AGENTS_ANNOTATION)."""
     annotations = (obj.get("metadata") or {}).get("annotations") or {}

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import aiohttp
 
 from agent_operator.kube_api import KubeApi, core_path
-from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, AgentKey, KubeObject, SourceKind, SourceRef
+from agent_operator.mapping import (
+    ALLOWED_AGENTS_ANNOTATION,
+    AgentKey,
+    KubeObject,
+    SourceKind,
+    SourceRef,
+    opted_in,
+)
 from agent_runtime.informer import EventType, Informer, ResourceKind, Transform, object_key
 
 log = logging.getLogger(__name__)
@@ -156,6 +163,24 @@ class Sources:
         self._cluster_wide = namespaces is None
         self._referenced: set[SourceRef] = set()
         """Objects read for a GitLabAgent and not released since: the cache keeps their data."""
+        self._expected: dict[SourceRef, frozenset[str] | None] = {}
+        """Objects the GitLabAgents listed at start refer to, until the informers first see them (see
+        `expect`)."""
+
+    def expect(self, uses: Mapping[SourceRef, frozenset[str] | None]) -> None:
+        """The objects the GitLabAgents that exist at start refer to, each with the agents it must have
+        opted in to (credentials; None: a CA bundle, no opt-in). Called before `start`: an object the
+        informers' first LIST brings that is labelled already (an earlier run read it) and admitted keeps
+        its data, so a restarted operator reads none of its agents' Secrets again (two requests per agent
+        on the way to Connected, docs/benchmarks.md "Cold start")."""
+        self._expected = dict(uses)
+
+    def _admitted_at_start(self, source: SourceRef, obj: dict[str, Any]) -> bool:
+        """Whether `source`, seen by an informer for the first time, was expected and is admitted."""
+        if source not in self._expected:
+            return False
+        agents = self._expected.pop(source)
+        return agents is None or any(opted_in(obj, agent) for agent in agents)
 
     def start(self, informer: InformerFactory, changed: SourceChanged) -> None:
         """Create the informers (through the runtime) and report every change of a watched object."""
@@ -204,6 +229,8 @@ class Sources:
         """The informers' transform: data only for referenced objects, and only up to the cap."""
         meta = obj.get("metadata") or {}
         source = SourceRef(kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if source not in self._referenced and self._admitted_at_start(source, obj):
+            self._referenced.add(source)
         if source in self._referenced and _data_size(obj) <= MAX_KEPT_DATA_BYTES:
             return kept_of_source(obj)
         return name_only(obj)
@@ -258,6 +285,10 @@ class Sources:
                 )
             if not admit(kept_of_source(current.body)):
                 return kept_of_source(current.body)
+            if cached is not None:  # labelled already (the cache holds it without data): no patch
+                self._referenced.add(source)
+                self._refill(source, current.body)
+                return current.body
         self._referenced.add(source)  # before the label: the watch event that follows keeps the data
         answer = await self._api.merge_patch(path, {"metadata": {"labels": {WATCHED_LABEL: "true"}}})
         if answer.status == 404:

@@ -37,6 +37,11 @@ DEBOUNCE_S: Final = 0.2
 FIRST_CONNECTING_HOLD_S: Final = 0.5
 """A new resource's first status is held this long while it would only say Connecting: the worker usually
 connects sooner, and one write saying Connected beats two writes (our choice; Apply → Connected p99)."""
+RESTART_CONNECTED_HOLD_S: Final = 5.0
+"""A status stored as Connected (or Degraded) by an earlier run of the operator stays this long while
+this run's worker reconnects (our choice): writing Connecting, then Connected again, cost a restart of
+a thousand agents two patches and an Event per agent, each a watch event for every client of the
+GitLabAgents, and delayed the others (docs/benchmarks.md, Cold start)."""
 FINALIZER_WAIT_S: Final = 5.0
 """With `finalizer_wait` (the operator): a new resource's first status waits until kopf's finalizer is on
 it (`finalized`), at most this long (our choice). kopf adds the finalizer with a JSON patch that tests the
@@ -205,16 +210,20 @@ class StatusWriter:
         return _from_json(entry.written_json) if entry is not None else None
 
     def _held(self, key: AgentKey, entry: _Entry, status: GitLabAgentStatus) -> bool:
-        """Hold a brand-new resource's first status until kopf's finalizer is on it, and while it only
-        says Connecting (see the constants)."""
-        if entry.written_json is not None:
-            return False
-        waits_for_finalizer = bool(self._finalizer_wait) and key not in self._finalized
-        if waits_for_finalizer and self._deferred(key, entry, entry.tracked_at + self._finalizer_wait):
-            return True
+        """Hold a brand-new resource's first status until kopf's finalizer is on it, and this process's
+        first status of any resource while it only says Connecting (see the constants)."""
+        if entry.written_at != -math.inf:
+            return False  # written by this process already
+        stored = _from_json(entry.written_json)
+        if stored is None:
+            waits_for_finalizer = bool(self._finalizer_wait) and key not in self._finalized
+            if waits_for_finalizer and self._deferred(key, entry, entry.tracked_at + self._finalizer_wait):
+                return True
         if status.phase is not Phase.CONNECTING:
             return False
-        return self._deferred(key, entry, entry.tracked_at + FIRST_CONNECTING_HOLD_S)
+        connected = stored is not None and stored.phase in (Phase.CONNECTED, Phase.DEGRADED)
+        hold = RESTART_CONNECTED_HOLD_S if connected else FIRST_CONNECTING_HOLD_S
+        return self._deferred(key, entry, entry.tracked_at + hold)
 
     def _counts_wait(
         self, key: AgentKey, entry: _Entry, written: GitLabAgentStatus | None, status: GitLabAgentStatus

@@ -74,3 +74,18 @@ async def test_without_admit_the_first_read_is_the_label_patch() -> None:
     api = RecordingApi(200, _secret({}))
     await _sources(api).read(SOURCE)
     assert [verb for verb, _ in api.calls] == ["PATCH"]
+
+
+async def test_a_secret_labelled_by_an_earlier_run_is_read_not_patched() -> None:
+    """The cache holds it without data (nobody referred to it since the operator started): one GET,
+    which also checks the opt-in, and no second request to label what is labelled."""
+    api = RecordingApi(200, _secret({ALLOWED_AGENTS_ANNOTATION: "mallory"}))
+    sources = _sources(api)
+    cached = {"metadata": {"name": SOURCE.name, "namespace": SOURCE.namespace}, "dataWithheld": True}
+    sources._cached = lambda source: cached if source == SOURCE else None  # type: ignore[method-assign]
+
+    found = await sources.read(SOURCE, lambda obj: opted_in(obj, "mallory"))
+
+    assert [verb for verb, _ in api.calls] == ["GET"]
+    assert found is not None
+    assert SOURCE in sources.referenced()

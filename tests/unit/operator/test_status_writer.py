@@ -116,6 +116,44 @@ async def test_a_stored_status_equal_to_the_computed_one_is_not_written_again(
     assert writer.status(KEY) == stored
 
 
+async def test_a_restart_keeps_a_stored_connected_while_the_worker_reconnects(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last run left Connected; this run's worker is still connecting: no Connecting in between
+    (one patch per agent, not two, and no Event), unless it takes longer than the hold."""
+    monkeypatch.setattr(status_writer, "RESTART_CONNECTED_HOLD_S", 0.3)
+    writer, api, events, snapshots = parts
+    stored = compute_status(FACTS, snapshots.current, None, NOW)
+    snapshots.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTING)
+    writer.track(KEY, REF, FACTS, stored)
+    await _settle()
+    assert api.patches == []
+
+    later = NOW.replace(second=30)
+    snapshots.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTED, connected_since=later)
+    writer.on_snapshot(snapshots.current)
+    await _settle()
+    assert [p["phase"] for p in api.patches] == ["Connected"]
+    assert api.patches[0]["connectedSince"] == "2026-05-01T12:00:30Z"
+    assert events.reasons == []
+
+
+async def test_a_restart_writes_connecting_once_the_hold_is_over(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(status_writer, "RESTART_CONNECTED_HOLD_S", 0.3)
+    writer, api, _, snapshots = parts
+    stored = compute_status(FACTS, snapshots.current, None, NOW)
+    snapshots.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTING)
+    writer.track(KEY, REF, FACTS, stored)
+    await asyncio.sleep(0.1)
+    assert api.patches == []
+    await asyncio.sleep(0.4)
+    assert [p["phase"] for p in api.patches] == ["Connecting"]
+
+
 class _SlowApi:
     """Holds every patch until released; counts how many are in flight at once."""
 
