@@ -2,7 +2,8 @@
 
 `kick(key)` asks for `work(key)` to run (again); kicks that arrive while it runs coalesce into one more
 run, after an optional debounce. The debounce is leading-edge: the first kick of an idle key runs at once
-(a new resource's first status is not delayed), only the follow-ups wait. The tasks are named
+(a new resource's first status is not delayed), only the follow-ups wait; `kick(key, now=True)` skips or
+cuts short the wait (a change the caller knows to be due now). The tasks are named
 `<name>:<key>` and live in the TaskGroup of `run()`,
 so cancelling `run()` stops them all. `work` failures are logged, never propagated: one key's bug must not
 stop the others.
@@ -11,6 +12,7 @@ stop the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
@@ -28,12 +30,21 @@ class KeyedTasks(Generic[K]):
         self._work = work
         self._debounce = debounce
         self._pending: set[K] = set()
+        self._now: set[K] = set()
+        """Keys kicked with `now`: their next run does not wait for the debounce."""
+        self._waking: dict[K, asyncio.Event] = {}
+        """Keys waiting for the debounce now: set to cut the wait short."""
         self._tasks: dict[K, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
 
-    def kick(self, key: K) -> None:
-        """Run `work(key)` soon (once more if it is running now)."""
+    def kick(self, key: K, *, now: bool = False) -> None:
+        """Run `work(key)` soon (once more if it is running now); `now`: without the debounce."""
         self._pending.add(key)
+        if now and self._debounce:
+            self._now.add(key)
+            waking = self._waking.get(key)
+            if waking is not None:
+                waking.set()
         self._start(key)
 
     def busy(self, key: K) -> bool:
@@ -61,13 +72,25 @@ class KeyedTasks(Generic[K]):
         first = True
         try:
             while key in self._pending:
-                if self._debounce and not first:
-                    await asyncio.sleep(self._debounce)
+                if self._debounce and not first and key not in self._now:
+                    await self._debounced(key)
                 first = False
                 self._pending.discard(key)
+                self._now.discard(key)
                 try:
                     await self._work(key)
                 except Exception:
                     log.exception("%s failed", self._name, extra={"key": str(key)})
         finally:
             self._tasks.pop(key, None)
+            self._now.discard(key)
+
+    async def _debounced(self, key: K) -> None:
+        """Wait the debounce, or less when `kick(key, now=True)` comes meanwhile."""
+        waking = self._waking[key] = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._debounce):
+                    await waking.wait()
+        finally:
+            del self._waking[key]

@@ -185,7 +185,7 @@ class StatusWriter:
         if key not in self._finalized:
             self._finalized.add(key)
             if key in self._entries:
-                self._tasks.kick(key)
+                self._tasks.kick(key, now=True)
 
     def forget(self, key: AgentKey) -> None:
         """Stop writing the status of a resource (deleted, or handed over to another operator)."""
@@ -201,8 +201,11 @@ class StatusWriter:
             key = AgentKey.parse(snapshot.id)
         except ValueError:
             return
-        if key in self._entries:
-            self._tasks.kick(key)
+        entry = self._entries.get(key)
+        if entry is not None:
+            # This process's first status goes out as soon as it may (Apply -> Connected); later changes
+            # of a busy worker are debounced into one patch.
+            self._tasks.kick(key, now=entry.written_at == -math.inf)
 
     def status(self, key: AgentKey) -> GitLabAgentStatus | None:
         """The status last written for a resource."""
@@ -254,7 +257,7 @@ class StatusWriter:
         entry = self._entries.get(key)
         if entry is not None:
             entry.wake = None
-            self._tasks.kick(key)
+            self._tasks.kick(key, now=True)  # deferred to this moment already
 
     async def _write(self, key: AgentKey) -> None:
         events: list[tuple[ObjectRef, EventSpec]] = []

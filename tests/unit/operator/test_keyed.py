@@ -64,3 +64,30 @@ async def test_a_failing_key_does_not_stop_the_others() -> None:
         supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
+
+
+async def test_a_kick_marked_now_cuts_the_debounce_short() -> None:
+    loop = asyncio.get_running_loop()
+    runs: list[float] = []
+
+    async def work(key: str) -> None:
+        runs.append(loop.time())
+
+    tasks: KeyedTasks[str] = KeyedTasks("test", work, debounce=1.0)
+    supervisor = asyncio.create_task(tasks.run(), name="keyed-supervisor")
+    try:
+        await asyncio.sleep(0)
+        tasks.kick("a")
+        tasks.kick("a")  # a follow-up: waits for the debounce
+        await asyncio.sleep(0.05)
+        assert len(runs) == 1
+        tasks.kick("a", now=True)  # due now: the wait ends
+        async with asyncio.timeout(2):
+            while tasks.busy("a"):  # noqa: ASYNC110 - observing the supervisor from outside
+                await asyncio.sleep(0.01)
+        assert len(runs) == 2, "the waiting follow-up and the urgent kick coalesce into one run"
+        assert runs[1] - runs[0] < 0.5
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
