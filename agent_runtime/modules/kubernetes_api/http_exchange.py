@@ -23,7 +23,8 @@ from agent_runtime.modules.kubernetes_api.outgoing import OutgoingRequest, respo
 
 _SKIP_AUTO = ("Accept-Encoding", "User-Agent", "Content-Type", "Accept")
 """aiohttp must not add headers the client did not send (an added Accept-Encoding would gzip replies)."""
-_CONNECT_TIMEOUT_S = 10.0
+_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
+"""No limit on the exchange (watches stay open), 10 s to connect."""
 
 
 def _unexpected(what: str) -> RpcStatusError:
@@ -113,7 +114,7 @@ async def _relay(
             allow_redirects=False,
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_S),
+            timeout=_TIMEOUT,
         )
         response = await response_cm.__aenter__()
     except (aiohttp.ClientError, OSError, TimeoutError) as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -97,8 +97,11 @@ class _Stream:
                 await self.send_header({})
 
     async def write(self, frame: bytes) -> None:
-        async with self._write_lock, _ended_is_call_ended():
-            await self._call.write(frame)
+        async with self._write_lock:
+            try:
+                await self._call.write(frame)
+            except _STREAM_OVER as e:  # not a context manager: this runs for every frame of every request
+                raise _call_ended(e) from e
 
     def call_done(self) -> bool:
         return self._call.done()
@@ -112,8 +115,10 @@ class _Stream:
             await self.write(frames.trailer({}))
         if code is not grpc.StatusCode.OK:
             await self.write(frames.error(code, text))
-        async with _ended_is_call_ended():
+        try:
             await self._call.done_writing()
+        except _STREAM_OVER as e:
+            raise _call_ended(e) from e
         self.half_closed = True
 
 
@@ -345,13 +350,9 @@ class TunnelAttempt:
         await self._finish(target, (grpc.StatusCode.INVALID_ARGUMENT, text))
 
 
-@contextlib.asynccontextmanager
-async def _ended_is_call_ended() -> AsyncIterator[None]:
-    """What grpc.aio raises on a write to a call that has ended becomes CallEndedError."""
-    try:
-        yield
-    except _STREAM_OVER as e:
-        raise CallEndedError(f"the tunnel stream ended: {_describe(e)}") from e
+def _call_ended(e: BaseException) -> CallEndedError:
+    """What grpc.aio raises on a write to a call that has ended, as CallEndedError."""
+    return CallEndedError(f"the tunnel stream ended: {_describe(e)}")
 
 
 def _describe(e: BaseException) -> str:

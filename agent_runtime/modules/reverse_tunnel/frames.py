@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import grpc
@@ -16,8 +17,9 @@ from agent_proto.ordering import OrderingValidator, StreamOrderError
 Meta = Mapping[str, Sequence[str]]
 
 
+@functools.cache
 def descriptor(wire: WireNames) -> bytes:
-    """The first frame of every tunnel: what the agent serves."""
+    """The first frame of every tunnel: what the agent serves (the same bytes every time: built once)."""
     return rpc_pb2.ConnectRequest(
         descriptor=rpc_pb2.Descriptor(agent_descriptor=wire.agent_descriptor())
     ).SerializeToString()
