@@ -19,6 +19,7 @@ This is the one place that re-establishes what the API server must be able to tr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -29,6 +30,11 @@ from agent_proto.http_headers import HOP_BY_HOP_HEADERS, canonical_header_key
 _TOKEN_CHARS: Final = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""One or more of _TOKEN_CHARS (fullmatch): a regular expression, as every header of every request is
+checked and a character-by-character loop cost ~50 us per request."""
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters other than HTAB."""
 _UPGRADE_CHARS: Final = _TOKEN_CHARS | frozenset("/, \t")
 """An Upgrade value is a list of protocol tokens with optional `/version` (RFC 7230 §6.7)."""
 _MAX_METHOD: Final = 32
@@ -63,12 +69,12 @@ class CleanRequest:
 
 def is_token(value: str) -> bool:
     """RFC 7230 token: one or more tchar."""
-    return bool(value) and all(ch in _TOKEN_CHARS for ch in value)
+    return _TOKEN.fullmatch(value) is not None
 
 
 def _safe_value(value: str) -> bool:
     # field-value = VCHAR / obs-text / SP / HTAB: refuse every other control character (CR, LF, NUL...).
-    return all(ch == "\t" or (ch >= " " and ch != "\x7f") for ch in value)
+    return _CONTROL.search(value) is None
 
 
 def _merge(header: Mapping[str, prototool_pb2.Values]) -> dict[str, list[str]]:
