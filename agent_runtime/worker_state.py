@@ -78,6 +78,8 @@ class WorkerState:
         self._refine = refine or (lambda e: e)
         self._health: dict[Component, _Health | WorkerError] = {}
         self._override: Phase | None = None
+        self._derived = False
+        """The snapshot's phase, error and connected-since were derived from `_health` by `_update`."""
 
     @property
     def snapshot(self) -> WorkerSnapshot:
@@ -111,8 +113,16 @@ class WorkerState:
             self._update(registered=ok, kubernetes_version=kubernetes_version)
 
     def tunnel_counts(self, idle: int, active: int) -> None:
-        """See StateReporter."""
-        self._update(tunnels_idle=idle, tunnels_active=active)
+        """See StateReporter. Every tunnelled request moves the counts twice and nothing else: once a
+        snapshot has been derived from the health (phase, error, connected since), which only changes
+        through `_update`, the counts are swapped in without deriving it all again."""
+        if not self._derived:
+            self._update(tunnels_idle=idle, tunnels_active=active)
+            return
+        snap = self._snapshot
+        if snap.tunnels_idle != idle or snap.tunnels_active != active:
+            self._snapshot = replace(snap, tunnels_idle=idle, tunnels_active=active)
+            self._publish(self._snapshot)
 
     def flux(self, status: FluxStatus) -> None:
         """See StateReporter."""
@@ -178,6 +188,7 @@ class WorkerState:
         if connected and since is None:
             since = datetime.now(UTC)
         snap = replace(snap, phase=phase, last_error=last_error, connected_since=since)
+        self._derived = True
         if snap != self._snapshot:
             self._snapshot = snap
             self._publish(snap)

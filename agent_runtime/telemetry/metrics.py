@@ -7,6 +7,7 @@ series are deleted by `forget()`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Final
 
@@ -140,6 +141,8 @@ class RuntimeMetrics:
         self._build = Info(f"{p}_build", "Version of this engine", registry=registry)
         self._build.info({"version": version, "commit": commit})
         self._connected_since: dict[str, datetime] = {}
+        self._observed: dict[str, WorkerSnapshot] = {}
+        """The last snapshot observed per worker: most snapshots only move the tunnel counts."""
 
     # --- agent_runtime.environment.WorkerMetrics ------------------------------------------------
     def tunnel_request_done(self, worker_id: str, method: str, code: str, seconds: float) -> None:
@@ -165,10 +168,13 @@ class RuntimeMetrics:
     def observe_snapshot(self, snapshot: WorkerSnapshot) -> None:
         """Update the gauges (and the reconnect counter) from a worker's latest snapshot."""
         agent = snapshot.id
-        connected = snapshot.phase in (Phase.CONNECTED, Phase.DEGRADED)
-        self._connected.labels(agent).set(1 if connected else 0)
         self._tunnels_idle.labels(agent).set(snapshot.tunnels_idle)
         self._tunnels_active.labels(agent).set(snapshot.tunnels_active)
+        last, self._observed[agent] = self._observed.get(agent), snapshot
+        if last is not None and _same_but_tunnels(last, snapshot):
+            return  # every tunnelled request moves the tunnel counts twice: nothing else to derive again
+        connected = snapshot.phase in (Phase.CONNECTED, Phase.DEGRADED)
+        self._connected.labels(agent).set(1 if connected else 0)
         self._configuration_received.labels(agent).set(1 if snapshot.configuration_received else 0)
         self._observe_flux(snapshot)
         verdict = check_kas_version(snapshot.kas_version, snapshot.agent_version or AGENT_VERSION)
@@ -206,6 +212,7 @@ class RuntimeMetrics:
     def forget(self, worker_id: str) -> None:
         """Delete every series of a removed worker, so label cardinality follows the live workers."""
         self._connected_since.pop(worker_id, None)
+        self._observed.pop(worker_id, None)
         seen = self._flux_seen.pop(worker_id, None)
         if seen is not None and seen[2] is not None:
             self._flux_state.remove(worker_id, seen[2].value)
@@ -229,3 +236,9 @@ class RuntimeMetrics:
                 self._attempts.remove(worker_id, rpc, code)
         for direction in ("in", "out"):
             self._bytes.remove(worker_id, direction)
+
+
+def _same_but_tunnels(previous: WorkerSnapshot, snapshot: WorkerSnapshot) -> bool:
+    """`snapshot` differs from `previous` in its tunnel counts at most."""
+    moved = replace(previous, tunnels_idle=snapshot.tunnels_idle, tunnels_active=snapshot.tunnels_active)
+    return moved == snapshot

@@ -57,3 +57,36 @@ def test_a_repeated_ok_publishes_nothing_new() -> None:
     state.ok(Component.TUNNELS)
     assert len(published) == count
     assert published[-1].phase is Phase.CONNECTED
+
+
+def test_tunnel_counts_move_alone_and_keep_the_derived_phase() -> None:
+    """Every request moves the counts twice without deriving the phase again (issue 11): the published
+    snapshots still carry the phase, error and connection time the health gives, and a later health
+    change keeps the counts."""
+    state, published = _state()
+    state.tunnel_counts(2, 0)
+    assert _phase(state) is Phase.CONNECTING
+    state.ok(Component.TUNNELS)
+    state.failed(Component.CONFIGURATION, UNREACHABLE)
+    degraded = published[-1]
+    assert degraded.phase is Phase.DEGRADED
+    assert degraded.connected_since is not None
+
+    state.tunnel_counts(1, 1)
+    assert published[-1] == WorkerSnapshot(
+        id="ns/a",
+        phase=Phase.DEGRADED,
+        connected_since=degraded.connected_since,
+        tunnels_idle=1,
+        tunnels_active=1,
+        last_error=UNREACHABLE,
+    )
+    count = len(published)
+    state.tunnel_counts(1, 1)
+    assert len(published) == count  # no change, nothing published
+
+    state.ok(Component.CONFIGURATION)
+    connected = published[-1]
+    assert connected.phase is Phase.CONNECTED
+    assert connected.last_error is None
+    assert (connected.tunnels_idle, connected.tunnels_active) == (1, 1)

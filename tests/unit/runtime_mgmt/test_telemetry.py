@@ -190,3 +190,23 @@ def test_version_skew_is_a_per_agent_gauge_absent_while_unknown() -> None:
     metrics.observe_snapshot(replace(base, kas_version="v18.6.0"))
     metrics.forget("ns/a")
     assert value() is None
+
+
+def test_snapshots_that_only_move_tunnel_counts_leave_the_other_gauges_right() -> None:
+    """The per-request path sets only the tunnel gauges (issue 11); a snapshot that changes anything else
+    still updates every gauge."""
+    registry = CollectorRegistry()
+    metrics = RuntimeMetrics(registry)
+    since = datetime(2025, 1, 1, tzinfo=UTC)
+    connected = WorkerSnapshot(id="ns/a", phase=Phase.CONNECTED, connected_since=since)
+    metrics.observe_snapshot(connected)
+    metrics.observe_snapshot(replace(connected, tunnels_idle=1, tunnels_active=1))
+    assert registry.get_sample_value("agentk_tunnels_active", {"agent": "ns/a"}) == 1
+    assert registry.get_sample_value("agentk_connected", {"agent": "ns/a"}) == 1
+
+    metrics.observe_snapshot(replace(connected, phase=Phase.CONNECTING, connected_since=None, tunnels_idle=1))
+    assert registry.get_sample_value("agentk_connected", {"agent": "ns/a"}) == 0
+    assert registry.get_sample_value("agentk_tunnels_active", {"agent": "ns/a"}) == 0
+    metrics.observe_snapshot(replace(connected, connected_since=since.replace(hour=1)))
+    assert registry.get_sample_value("agentk_connected", {"agent": "ns/a"}) == 1
+    assert registry.get_sample_value("agentk_reconnects_total", {"agent": "ns/a"}) == 1
