@@ -172,6 +172,8 @@ class Admission:
         self._unseen: dict[AgentKey, Order] = {}
         self._unseen_heap: list[tuple[Order, AgentKey]] = []
         """Every unseen agent's order, oldest first; entries of agents seen since are dropped lazily."""
+        self._waiting_heap: list[tuple[Order, AgentKey]] = []
+        """Candidates refused with WAIT, oldest first; entries no longer waiting are dropped lazily."""
         self._by_token: dict[TokenDigest, set[AgentKey]] = {}
         self._by_agent: dict[tuple[str, str, int], set[AgentKey]] = {}
         self._per_namespace: dict[str, int] = {}
@@ -194,9 +196,11 @@ class Admission:
         old = self._candidates.get(key)
         if old == candidate and seen is None:
             return self._refused.get(key), []
-        first = self._first_unseen()
-        # The oldest unseen agent stays the same (nobody's WAIT moves) unless `key` was it.
-        alone = (seen is None or (first is not None and seen > first)) and self._alone(old, key)
+        first = self._first_unseen()  # without `key` now
+        # The oldest unseen agent stays the same (nobody's WAIT moves) unless `key` was it; then the
+        # candidates that waited for it are looked at (at start, agents mostly come oldest first).
+        was_first = seen is not None and (first is None or seen < first)
+        alone = self._alone(old, key)
         if old is not None:
             self._unindex(old)
             del self._candidates[key]
@@ -206,10 +210,39 @@ class Admission:
         if not (alone and self._alone(candidate, key)):
             moved = self._recompute(exclude=key)
             return self._refused.get(key), moved
+        moved = []
+        if was_first:
+            released = self._release_waiting(first)
+            if released is None:
+                moved = self._recompute(exclude=key)
+                return self._refused.get(key), moved
+            moved = released
         self._refused.pop(key, None)
         if candidate is not None and first is not None and candidate.order > first:
-            self._refused[key] = WAIT
-        return self._refused.get(key), []
+            self._wait(key, candidate)
+        return self._refused.get(key), moved
+
+    def _wait(self, key: AgentKey, candidate: Candidate) -> None:
+        self._refused[key] = WAIT
+        heapq.heappush(self._waiting_heap, (candidate.order, key))
+
+    def _release_waiting(self, first: Order | None) -> list[AgentKey] | None:
+        """Candidates that waited and are now older than the oldest unseen agent (`first`; None: no
+        agent is unseen) may run when nobody else's decision hangs on theirs: the ones that moved. None
+        when one of them is not alone (the caller decides everything again)."""
+        released: set[AgentKey] = set()
+        heap = self._waiting_heap
+        while heap and (first is None or heap[0][0] <= first):
+            order, key = heapq.heappop(heap)
+            candidate = self._candidates.get(key)
+            if self._refused.get(key) is not WAIT or candidate is None or candidate.order != order:
+                continue  # no longer waiting: a stale entry
+            if not self._alone(candidate, key):
+                return None  # nothing changed yet: the caller decides everything again
+            released.add(key)
+        for key in released:
+            del self._refused[key]
+        return sorted(released)
 
     def _first_unseen(self) -> Order | None:
         heap = self._unseen_heap
@@ -251,6 +284,8 @@ class Admission:
     def _recompute(self, exclude: AgentKey | None) -> list[AgentKey]:
         before = self._refused
         self._refused = decide(self._candidates.values(), self._limits, self._unseen.values())
+        self._waiting_heap = [(self._candidates[k].order, k) for k, p in self._refused.items() if p is WAIT]
+        heapq.heapify(self._waiting_heap)
         return _changed(before, self._refused, exclude=exclude)
 
     def refusal(self, key: AgentKey) -> Problem | None:

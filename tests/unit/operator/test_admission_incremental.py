@@ -36,7 +36,7 @@ def test_every_update_matches_deciding_everything_again(cap: int, seed: int) -> 
     limits = AdmissionLimits(max_agents_per_namespace=cap)
     admission = Admission(limits)
     candidates: dict[AgentKey, Candidate] = {}
-    unseen = {k: f"2026-12-05T20:00:{rng.randrange(10):02d}Z" for k in rng.sample(KEYS, rng.randrange(4))}
+    unseen = {k: f"2026-12-05T20:00:{rng.randrange(10):02d}Z" for k in rng.sample(KEYS, rng.randrange(9))}
     admission.expect(unseen)
     orders = {k: (created, k.namespace, k.name) for k, created in unseen.items()}
     for _ in range(60):
@@ -56,3 +56,32 @@ def test_every_update_matches_deciding_everything_again(cap: int, seed: int) -> 
         assert after == {k: expected.get(k) for k in KEYS}
         assert refusal == expected.get(key)
         assert sorted(moved) == sorted(k for k in KEYS if k != key and before[k] != after[k])
+
+
+def test_agents_reported_oldest_first_release_the_waiting_ones_without_deciding_everything() -> None:
+    """A restart: every agent existed at start and is reported about in creation order; each report
+    releases the younger candidates that waited for it, a step that need not look at all of them."""
+    limits = AdmissionLimits(max_agents_per_namespace=0)
+    admission = Admission(limits)
+    keys = [AgentKey("n", f"a{i:03d}") for i in range(200)]
+    created = {key: f"2026-12-05T20:{i // 60:02d}:{i % 60:02d}Z" for i, key in enumerate(keys)}
+    admission.expect(created)
+    calls = 0
+    original = admission._recompute
+
+    def counting(exclude: AgentKey | None) -> list[AgentKey]:
+        nonlocal calls
+        calls += 1
+        return original(exclude)
+
+    admission._recompute = counting  # type: ignore[method-assign]
+    for key in reversed(keys[1:]):  # the youngest first: each waits for the oldest, still unseen
+        refusal, _ = admission.update(key, Candidate(key, created[key], token_digest(Secret(key.name)), None))
+        assert refusal is not None
+    refusal, moved = admission.update(
+        keys[0], Candidate(keys[0], created[keys[0]], token_digest(Secret("x")), None)
+    )
+    assert refusal is None
+    assert moved == sorted(keys[1:])  # all released at once
+    assert calls == 0
+    assert all(admission.refusal(key) is None for key in keys)
