@@ -96,14 +96,18 @@ class TunnelShare:
         self.peak_open = 0
         """The most streams ever open at once (for tests and diagnostics)."""
         self._seats: dict[int, TunnelSeat] = {}
+        self._short: dict[int, TunnelSeat] = {}
+        """Seats holding fewer permits than their floor (few: only while the tenant is at its limit or
+        right after a join), so that granting floors never walks every agent of the tenant."""
         self._numbers = itertools.count()
         self._granted = 0
+        self._open = 0
         self._changed = asyncio.Event()
 
     @property
     def open(self) -> int:
         """Streams of the tenant's agents open now."""
-        return sum(seat.open for seat in self._seats.values())
+        return self._open
 
     @property
     def granted(self) -> int:
@@ -114,6 +118,8 @@ class TunnelShare:
         """A new agent with `floor` reserved streams (as much of it as fits now; the rest when freed)."""
         seat = TunnelSeat(next(self._numbers), max(0, floor))
         self._seats[seat.number] = seat
+        if seat.floor:
+            self._short[seat.number] = seat
         self._grant_floors()
         self._notify()
         return seat
@@ -122,7 +128,9 @@ class TunnelShare:
         """The agent stopped: its permits go back (its streams are closed by then)."""
         if self._seats.pop(seat.number, None) is None:
             return
+        self._short.pop(seat.number, None)
         self._granted -= seat.granted
+        self._open -= seat.open
         seat.granted = seat.open = 0
         self._grant_floors()
         self._notify()
@@ -135,9 +143,12 @@ class TunnelShare:
             seat.granted += 1
             self._granted += 1
             seat.open += 1
+            if seat.granted >= seat.floor:
+                self._short.pop(seat.number, None)
         else:
             return False
-        self.peak_open = max(self.peak_open, self.open)
+        self._open += 1
+        self.peak_open = max(self.peak_open, self._open)
         return True
 
     async def wait_open(self, seat: TunnelSeat) -> None:
@@ -150,6 +161,7 @@ class TunnelShare:
         if seat.number not in self._seats:
             return  # it left already, giving everything back
         seat.open -= 1
+        self._open -= 1
         if seat.granted > max(seat.floor, seat.open):
             seat.granted -= 1
             self._granted -= 1
@@ -168,13 +180,12 @@ class TunnelShare:
     def _grant_floors(self) -> None:
         """Reserve free permits for agents short of their floor, one at a time to the agent holding the
         fewest (the oldest of those): every agent gets its first stream before any gets its second."""
-        while self._granted < self.limit:  # at most `limit` rounds
-            short = [seat for seat in self._seats.values() if seat.granted < seat.floor]
-            if not short:
-                return
-            neediest = min(short, key=lambda seat: (seat.granted, seat.number))
+        while self._granted < self.limit and self._short:  # at most `limit` rounds
+            neediest = min(self._short.values(), key=lambda seat: (seat.granted, seat.number))
             neediest.granted += 1
             self._granted += 1
+            if neediest.granted >= neediest.floor:
+                del self._short[neediest.number]
 
     def _notify(self) -> None:
         # A fresh event per change: every waiter re-checks once, none misses a change made meanwhile.

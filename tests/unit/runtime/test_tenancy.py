@@ -95,6 +95,8 @@ def test_random_opens_and_closes_never_exceed_the_cap_nor_leak_permits() -> None
             share.try_open(seat)
         assert share.open <= share.granted <= share.limit
         assert all(s.open <= s.granted for s in seats)
+        assert share.open == sum(s.open for s in seats)  # the running count, checked against the seats
+        assert set(share._short) == {s.number for s in seats if s.granted < s.floor}
     for seat in seats:
         while seat.open:
             share.closed(seat)
