@@ -212,12 +212,14 @@ class StatusWriter:
         entry = self._entries.get(key)
         return _from_json(entry.written_json) if entry is not None else None
 
-    def _held(self, key: AgentKey, entry: _Entry, status: GitLabAgentStatus) -> bool:
+    def _held(
+        self, key: AgentKey, entry: _Entry, status: GitLabAgentStatus, stored: GitLabAgentStatus | None
+    ) -> bool:
         """Hold a brand-new resource's first status until kopf's finalizer is on it, and this process's
-        first status of any resource while it only says Connecting (see the constants)."""
+        first status of any resource while it only says Connecting (see the constants). `stored`: the
+        status on the resource (this process has written none yet)."""
         if entry.written_at != -math.inf:
             return False  # written by this process already
-        stored = _from_json(entry.written_json)
         if stored is None:
             waits_for_finalizer = bool(self._finalizer_wait) and key not in self._finalized
             if waits_for_finalizer and self._deferred(key, entry, entry.tracked_at + self._finalizer_wait):
@@ -282,7 +284,7 @@ class StatusWriter:
         self._metrics.observe_status(key.worker_id, status)  # also when unchanged: e.g. after a restart
         if (
             status == written
-            or self._held(key, entry, status)
+            or self._held(key, entry, status, written)
             or self._counts_wait(key, entry, written, status)
         ):
             return None
