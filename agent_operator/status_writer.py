@@ -135,6 +135,12 @@ class _Entry:
     """When this writer last wrote a status that differed from the one before only in its tunnel counts."""
     wake: asyncio.TimerHandle | None = None
     """Set while a write is deferred (first Connecting hold, counts-only change) until it is due."""
+    decided: tuple[AgentFacts, WorkerSnapshot | None] | None = None
+    """The inputs of the last decision that needs no new one while they stay the same (written, equal to
+    the written status, or deferred): a kick with the same inputs computes nothing (a thousand agents
+    starting kick the writer about ten times each)."""
+    due: bool = False
+    """Something other than the inputs changed the decision (a deferral is due, the finalizer came)."""
 
 
 class StatusWriter:
@@ -184,7 +190,9 @@ class StatusWriter:
         """kopf's finalizer is on the resource: its first status need not wait any more."""
         if key not in self._finalized:
             self._finalized.add(key)
-            if key in self._entries:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.due = True
                 self._tasks.kick(key, now=True)
 
     def forget(self, key: AgentKey) -> None:
@@ -203,9 +211,9 @@ class StatusWriter:
             return
         entry = self._entries.get(key)
         if entry is not None:
-            # This process's first status goes out as soon as it may (Apply -> Connected); later changes
-            # of a busy worker are debounced into one patch.
-            self._tasks.kick(key, now=entry.written_at == -math.inf)
+            # This process's first status goes out as soon as it may (Apply -> Connected) unless a hold
+            # is waited for; later changes of a busy worker are debounced into one patch.
+            self._tasks.kick(key, now=entry.written_at == -math.inf and entry.wake is None)
 
     def status(self, key: AgentKey) -> GitLabAgentStatus | None:
         """The status last written for a resource."""
@@ -258,7 +266,7 @@ class StatusWriter:
     def _wake(self, key: AgentKey) -> None:
         entry = self._entries.get(key)
         if entry is not None:
-            entry.wake = None
+            entry.wake, entry.due = None, True
             self._tasks.kick(key, now=True)  # deferred to this moment already
 
     async def _write(self, key: AgentKey) -> None:
@@ -279,14 +287,19 @@ class StatusWriter:
         entry = self._entries.get(key)
         if entry is None:
             return None
+        inputs = (entry.facts, self._snapshots(key.worker_id))
+        if inputs == entry.decided and not entry.due:
+            return None
+        entry.decided, entry.due = None, False
         written = _from_json(entry.written_json)
-        status = compute_status(entry.facts, self._snapshots(key.worker_id), written, self._clock())
+        status = compute_status(*inputs, written, self._clock())
         self._metrics.observe_status(key.worker_id, status)  # also when unchanged: e.g. after a restart
         if (
             status == written
             or self._held(key, entry, status, written)
             or self._counts_wait(key, entry, written, status)
         ):
+            entry.decided = inputs
             return None
         extra = resource_extra(key.namespace, key.name)
         path = group_path(API_VERSION, key.namespace, PLURAL, key.name) + "/status"
@@ -299,7 +312,7 @@ class StatusWriter:
         self._metrics.status_patches.labels(result=str(code // 100) + "xx" if code else "error").inc()
         if answer is not None and answer.ok:
             transitions = transition_events(written, status, entry.facts)
-            entry.written_json, entry.failures = _to_json(status), 0
+            entry.written_json, entry.failures, entry.decided = _to_json(status), 0, inputs
             entry.written_at = time.monotonic()
             if written is not None and _only_counts_differ(written, status):
                 entry.counts_written_at = entry.written_at
