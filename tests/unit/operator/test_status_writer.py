@@ -154,6 +154,35 @@ async def test_a_restart_writes_connecting_once_the_hold_is_over(
     assert [p["phase"] for p in api.patches] == ["Connecting"]
 
 
+async def test_kicks_with_the_inputs_of_the_last_decision_compute_nothing(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer, api, _, snapshots = parts
+    computed: list[str] = []
+
+    def counting(*args: Any) -> Any:
+        computed.append("status")
+        return compute_status(*args)
+
+    monkeypatch.setattr(status_writer, "compute_status", counting)
+    writer.track(KEY, REF, FACTS, None)
+    await _settle()
+    assert len(api.patches) == 1
+    assert len(computed) == 1
+    for _ in range(5):
+        writer.on_snapshot(snapshots.current)
+        writer.track(KEY, REF, AgentFacts(generation=1, kas_address="grpc://kas:8150"), None)  # equal facts
+        await asyncio.sleep(0.01)
+    await _settle()
+    assert len(computed) == 1, "same facts, same snapshot: nothing to compute"
+    snapshots.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTING)
+    writer.on_snapshot(snapshots.current)
+    await _settle()
+    assert len(computed) == 2
+    assert [p["phase"] for p in api.patches] == ["Connected", "Connecting"]
+
+
 class _SlowApi:
     """Holds every patch until released; counts how many are in flight at once."""
 
