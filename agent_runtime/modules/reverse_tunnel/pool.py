@@ -68,6 +68,8 @@ class Slot:
 
     def set_established(self, established: bool) -> None:
         """The attempt's stream is (no longer) open and idle."""
+        if established == self.established:
+            return  # every request's attempt says "not established" twice, mostly without a change
         self.established = established
         self._pool.report()
 
@@ -122,10 +124,13 @@ class TunnelPool:
 
     def report(self) -> None:
         """Publish (established idle, active) if changed."""
-        counts = (
-            sum(1 for s in self._slots.values() if s.established and not s.active),
-            self.active,
-        )
+        idle_established = active = 0
+        for slot in self._slots.values():  # one pass: this runs several times per tunnelled request
+            if slot.active:
+                active += 1
+            elif slot.established:
+                idle_established += 1
+        counts = (idle_established, active)
         if counts != self._last_report:
             self._last_report = counts
             self._report(*counts)
