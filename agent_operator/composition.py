@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from pydantic import ValidationError
 
 from agent_operator.api import GitLabAgentSpec
-from agent_operator.controller import AgentController, WorkerRuntime
+from agent_operator.controller import AgentController, WorkerRuntime, listed_body
 from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
 from agent_operator.label_sweep import ListError, list_agents, sweep_periodically
@@ -127,6 +127,8 @@ class Composition:
             finalizer=FINALIZER,
         )
         self._task: asyncio.Task[None] | None = None
+        self._listed: list[tuple[AgentKey, dict[str, Any]]] = []
+        """The GitLabAgents listed at start, to reconcile once the caches are synced (see `_adopt_listed`)."""
 
     def _ready(self) -> bool:
         if self._task is None or self._task.done():
@@ -160,6 +162,8 @@ class Composition:
                     created[key] = str(meta.get("creationTimestamp", ""))
                     with contextlib.suppress(ValidationError):  # the controller reports it
                         add_uses(uses, key, GitLabAgentSpec.model_validate(item.get("spec") or {}))
+                    if self.settings.peering is None and not meta.get("deletionTimestamp"):
+                        self._listed.append((key, listed_body(item)))
         except ListError as exc:
             log.warning("agents are admitted in the order kopf hands them over: %s", exc)
             return
@@ -172,6 +176,7 @@ class Composition:
             tg.create_task(self.controller.run(), name="agent-remapper")
             tg.create_task(self._sweep_labels(), name="label-sweep")
             tg.create_task(self._publish_readiness(), name="readiness-metric")
+            tg.create_task(self._adopt_listed(), name="listed-agents")
             if self.sharding is not None:
                 tg.create_task(self.sharding.run(), name="sharding")
 
@@ -180,6 +185,18 @@ class Composition:
         while True:
             self.metrics.ready.set(1 if self._ready() else 0)
             await asyncio.sleep(READINESS_METRIC_INTERVAL_S)
+
+    async def _adopt_listed(self) -> None:
+        """Reconcile the GitLabAgents listed at start as soon as the Secret caches are synced, instead of
+        as kopf gets to each (about a hundred a second): a restart's agents start at once, their
+        Secrets read from the caches. kopf's own events for them then find nothing new. Not with
+        peering: there only the replica that kopf lets run an agent may start it (handlers.py)."""
+        listed, self._listed = self._listed, []
+        if not listed:
+            return
+        await self.sources.wait_synced()
+        for key, body in listed:
+            self.controller.observe(key, body)
 
     async def _sweep_labels(self) -> None:
         """At start and then periodically (see label_sweep.py); a failed pass is logged and retried later."""

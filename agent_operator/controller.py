@@ -109,6 +109,16 @@ def kept_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def listed_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """`kept_body` and the finalizers (`observe` looks for kopf's): what to keep of a listed resource
+    until it is observed."""
+    kept = kept_body(body)
+    finalizers = (body.get("metadata") or {}).get("finalizers")
+    if finalizers:
+        kept["metadata"]["finalizers"] = list(finalizers)
+    return kept
+
+
 def _version_of(body: Mapping[str, Any]) -> tuple[str, int | None]:
     """(uid, generation): a spec change makes a new generation, a new object a new uid."""
     meta = body.get("metadata") or {}
