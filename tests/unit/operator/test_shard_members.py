@@ -4,6 +4,8 @@ before the others may take its agents, and takes part again once a renewal goes 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -88,13 +90,7 @@ class OneMemberLeases(Leases):
 async def test_a_member_seen_since_the_last_recompute_is_not_dead() -> None:
     """The race CI found: replica a saw b's member Lease a moment ago (not yet in `live`, which is
     recomputed every CHECK_INTERVAL_S), and b's claim on an agent; b is alive, so a must not take over."""
-    members = Members(
-        OneMemberLeases(),
-        DURATION,
-        ShardMetrics(CollectorRegistry()),
-        on_change=lambda: None,
-        on_fence=_nothing,
-    )
+    members = _members_beside_b(time.monotonic)
     members.synced()  # before b joined: live is unknown (a has not joined), b not in the table
     members.observe(LeaseView("g-member-b", MEMBER, "b", "7", DURATION, ""))
     assert not await members.confirm_dead("b")
@@ -103,18 +99,23 @@ async def test_a_member_seen_since_the_last_recompute_is_not_dead() -> None:
 
 async def test_a_member_whose_lease_stopped_changing_is_dead() -> None:
     now = [100.0]
-    members = Members(
+    members = _members_beside_b(lambda: now[0])
+    members.observe(LeaseView("g-member-b", MEMBER, "b", "7", DURATION, ""))
+    assert not await members.confirm_dead("b")
+    now[0] += DURATION + 0.1  # b's Lease unchanged for a whole duration, and still at "7" when read
+    assert await members.confirm_dead("b")
+
+
+def _members_beside_b(clock: Callable[[], float]) -> Members:
+    """Replica a's view, with b's member Lease at version "7" on the API server."""
+    return Members(
         OneMemberLeases(),
         DURATION,
         ShardMetrics(CollectorRegistry()),
         on_change=lambda: None,
         on_fence=_nothing,
-        clock=lambda: now[0],
+        clock=clock,
     )
-    members.observe(LeaseView("g-member-b", MEMBER, "b", "7", DURATION, ""))
-    assert not await members.confirm_dead("b")
-    now[0] += DURATION + 0.1  # b's Lease unchanged for a whole duration, and still at "7" when read
-    assert await members.confirm_dead("b")
 
 
 async def _nothing() -> None:
