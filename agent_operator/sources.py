@@ -7,8 +7,10 @@ the agents that use it, so a change re-maps exactly those agents. When the last 
 referring to an object (spec changed, resource deleted), the label comes off again.
 
 Anyone who may label a Secret can put it into the watch, so the cache keeps an object's data only while a
-GitLabAgent refers to it (it was read for one: `read`) and only up to `MAX_KEPT_DATA_BYTES`; every other
-labelled object is kept as its name alone (`DATA_WITHHELD`), and `read` goes to the API server for it.
+GitLabAgent refers to it (it was read for one: `read`; or, at start, a GitLabAgent listed then refers to
+it and, for a credential, it opted in to that agent: `expect`) and only up to `MAX_KEPT_DATA_BYTES`;
+every other labelled object is kept as its name alone (`DATA_WITHHELD`), and `read` goes to the API
+server for it.
 The label sweep (label_sweep.py) runs periodically and takes the label off objects nobody refers to.
 """
 
