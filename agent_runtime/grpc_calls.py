@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import grpc
 
@@ -19,6 +20,24 @@ uncompressed it reaches 52 to 62 % (LIST) and 69 to 83 % (watch). Every gRPC ser
 identity-encoded messages, so this is wire compatible; the API server still gzips large responses when
 the client asks, as kubectl does.
 """
+
+
+class TunnelCall(Protocol):
+    """What the reverse tunnel uses of a Connect call: grpc.aio's StreamStreamCall, or the runtime's own
+    HTTP/2 call (agent_runtime.transport.h2), which raises the same errors."""
+
+    async def write(self, message: bytes) -> None: ...
+    async def read(self) -> Any: ...  # bytes, or grpc.aio.EOF
+    async def done_writing(self) -> None: ...
+    def done(self) -> bool: ...
+    def cancel(self) -> bool: ...
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None: ...
+
+
+class TunnelChannel(Protocol):
+    """Where Connect calls are opened: a grpc.aio channel, or the runtime's own HTTP/2 channel."""
+
+    def stream_stream(self, method: str) -> Callable[..., TunnelCall]: ...
 
 
 class EstablishedProbe:

@@ -28,6 +28,7 @@ from agent_proto.flavor import WireNames, wire_names
 from agent_runtime.auth_gate import AuthGate
 from agent_runtime.clock import SYSTEM_CLOCK
 from agent_runtime.environment import NoMetrics, WorkerEnvironment
+from agent_runtime.grpc_calls import TunnelChannel
 from agent_runtime.kube import PrivatePool
 from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
@@ -72,6 +73,10 @@ class _KasLink:
     @property
     def channel(self) -> grpc.aio.Channel:
         return self._connection.channel
+
+    @property
+    def tunnel_channel(self) -> TunnelChannel:
+        return self._connection.tunnel_channel
 
     @property
     def wire(self) -> WireNames:

@@ -11,20 +11,23 @@ speaks plaintext HTTP/2 to it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal, cast
 
 import grpc
 import grpc.aio
 
+from agent_runtime.grpc_calls import TunnelChannel
 from agent_runtime.policy import DestinationPolicy
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, TlsSettings, WorkerError, WorkerSpec
 from agent_runtime.transport.address import KasAddress, Scheme, parse_kas_address
+from agent_runtime.transport.config_error import TransportConfigError
 from agent_runtime.transport.destination import Destination, DestinationGuard
 from agent_runtime.transport.dialer import DialPlan, DialTimeouts
 from agent_runtime.transport.direct import DirectRoute
@@ -34,6 +37,7 @@ from agent_runtime.transport.errors import (
     classify_rpc_error,
     connect_error,
 )
+from agent_runtime.transport.h2 import H2Channel, H2Target, LinkSettings
 from agent_runtime.transport.headers import handshake_headers, metadata_headers
 from agent_runtime.transport.kas_version import from_metadata
 from agent_runtime.transport.proxy import Proxy, proxy_for
@@ -63,6 +67,15 @@ class ChannelSettings:
     """Largest message accepted from kas."""
     dial: DialTimeouts = field(default_factory=DialTimeouts)
     """The bridge's dial/TLS/response-header timeouts."""
+    tunnel_transport: TunnelTransport = "h2"
+    """What carries the reverse tunnel's Connect streams: "h2", the runtime's own HTTP/2 client on the
+    event loop (`transport/h2`: a second connection to kas, a fraction of grpc.aio's CPU per request), or
+    "grpc", the grpc.aio channel every other call uses. The environment variable GAO_TUNNEL_TRANSPORT
+    overrides it for the whole process."""
+
+
+TunnelTransport = Literal["h2", "grpc"]
+TUNNEL_TRANSPORT_ENV: Final = "GAO_TUNNEL_TRANSPORT"
 
 
 class KasConnection:
@@ -77,9 +90,11 @@ class KasConnection:
         bridge: WsBridge,
         route: DirectRoute | None = None,
         build: Callable[[str], grpc.aio.Channel] | None = None,
+        tunnel: H2Channel | None = None,
     ) -> None:
         self.channel = channel
         """The grpc.aio channel to kas; replaced when `reroute()` finds kas at other addresses."""
+        self._tunnel = tunnel
         self.address = address
         """The parsed kas address."""
         self._token = token
@@ -91,6 +106,16 @@ class KasConnection:
         self._kas_version: str | None = None
         self._version_listeners: list[Callable[[str], None]] = []
         bridge.on_kas_version = self._kas_version_learned
+
+    @property
+    def tunnel_channel(self) -> TunnelChannel:
+        """What the reverse tunnel opens its Connect streams on: the own HTTP/2 channel, or `channel`.
+
+        Both give calls with grpc.aio's surface (agent_runtime.grpc_calls.TunnelCall)."""
+        if self._tunnel is not None:
+            return self._tunnel
+        # grpc.aio's stubs type Connect's call generically; its calls do have TunnelCall's surface.
+        return cast(TunnelChannel, self.channel)
 
     @property
     def kas_version(self) -> str | None:
@@ -180,6 +205,8 @@ class KasConnection:
     async def close(self, grace: float) -> None:
         """Let calls finish for up to `grace` seconds, then close the channel and the bridge."""
         try:
+            if self._tunnel is not None:
+                await self._tunnel.close(grace)
             await self.channel.close(grace)
         finally:
             await self._bridge.close(grace)
@@ -235,7 +262,9 @@ async def open_kas_connection(
     ]
     # No channel-wide compression: grpc.aio lets no call override a channel default, and the tunnel must
     # stay uncompressed (agent_runtime.grpc_calls.TUNNEL_COMPRESSION); each call asks for gzip itself.
-    bridge = await _start_bridge(spec, address, proxy, guard, user_agent, settings)
+    plan = _dial_plan(spec, address, proxy, guard, user_agent, settings)
+    bridge = WsBridge(plan, name=spec.id)
+    await bridge.start()
     metadata = () if address.websocket else metadata_headers(spec.kas_headers)
     try:
         build = functools.partial(_build_channel, spec, address, options)
@@ -247,7 +276,41 @@ async def open_kas_connection(
     except BaseException:
         await bridge.close(0)
         raise
-    return KasConnection(channel, address, spec.token, metadata, bridge, route, build)
+    tunnel = None
+    if _tunnel_transport(settings, env) == "h2":
+        tunnel = _tunnel_channel(spec, address, plan, user_agent, settings, bridge)
+    return KasConnection(channel, address, spec.token, metadata, bridge, route, build, tunnel)
+
+
+def _tunnel_transport(settings: ChannelSettings, env: Mapping[str, str]) -> TunnelTransport:
+    chosen = env.get(TUNNEL_TRANSPORT_ENV, settings.tunnel_transport)
+    if chosen not in ("h2", "grpc"):
+        raise TransportConfigError(f"{TUNNEL_TRANSPORT_ENV} must be h2 or grpc, not {chosen[:20]!r}")
+    return "h2" if chosen == "h2" else "grpc"
+
+
+def _tunnel_channel(
+    spec: WorkerSpec,
+    address: KasAddress,
+    bridge_plan: DialPlan,
+    user_agent: str,
+    settings: ChannelSettings,
+    bridge: WsBridge,
+) -> H2Channel:
+    """The tunnel's own HTTP/2 channel: dials as the bridge does, doing grpcs's TLS itself (verified)."""
+    alpn = ("http/1.1",) if address.websocket else ("h2",)
+    tls = client_context(spec.tls, alpn=alpn) if address.tls else None
+    target = H2Target(
+        plan=dataclasses.replace(bridge_plan, tls=tls),
+        scheme="https" if address.tls else "http",
+        authority=address.host_header,
+        user_agent=user_agent,
+        max_message=settings.max_receive_message_length,
+        link=LinkSettings(
+            keepalive_s=settings.keepalive_time_ms / 1000, ping_timeout_s=settings.keepalive_timeout_ms / 1000
+        ),
+    )
+    return H2Channel(target, name=spec.id, on_kas_version=bridge.note_kas_version)
 
 
 def _build_channel(
@@ -262,17 +325,18 @@ def _build_channel(
     return grpc.aio.insecure_channel(target, options=options)
 
 
-async def _start_bridge(
+def _dial_plan(
     spec: WorkerSpec,
     address: KasAddress,
     proxy: Proxy | None,
     guard: DestinationGuard,
     user_agent: str,
     settings: ChannelSettings,
-) -> WsBridge:
+) -> DialPlan:
+    """How the bridge reaches kas (TLS only where grpc cannot do it inside the pipe)."""
     bridge_tls = address.websocket or spec.tls.insecure_skip_verify
     alpn = ("http/1.1",) if address.websocket else ("h2",)
-    plan = DialPlan(
+    return DialPlan(
         address=address,
         websocket=address.websocket,
         tls=client_context(spec.tls, alpn=alpn) if address.tls and bridge_tls else None,
@@ -285,9 +349,6 @@ async def _start_bridge(
         headers=handshake_headers(spec.kas_headers) if address.websocket else (),
         timeouts=settings.dial,
     )
-    bridge = WsBridge(plan, name=spec.id)
-    await bridge.start()
-    return bridge
 
 
 def _proxy_context(spec: WorkerSpec) -> ssl.SSLContext:

@@ -8,9 +8,10 @@ from typing import Final
 
 _log = logging.getLogger(__name__)
 
-FDS_PER_AGENT: Final = 4
-"""grpc's socket to the bridge, the bridge's accepted socket, the socket to kas, and the listener: every
-scheme goes through the bridge (the destination policy is applied there)."""
+FDS_PER_AGENT: Final = 5
+"""At most: grpc's socket to the bridge, the bridge's accepted socket, its socket to kas, the bridge's
+listener, and the reverse tunnel's own connection to kas (transport/h2); grpc:// and grpcs:// dial kas
+directly without the two bridge sockets."""
 FDS_RESERVE: Final = 256
 """Descriptors for everything else in the process (API server connections, logs, metrics)."""
 

@@ -30,14 +30,13 @@ from agent_proto import wstunnel
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.dialer import Dialed, DialPlan, KasStream, dial
 from agent_runtime.transport.errors import TransportError
+from agent_runtime.transport.ws_framing import WsClientFraming
 
 _log = logging.getLogger(__name__)
 
 HIGH_WATER: Final = 1 << 20
 """Write-buffer size (bytes) above which the opposite side stops reading."""
 _LOW_WATER: Final = HIGH_WATER // 4
-_MAX_FRAME: Final = 1 << 20
-"""Largest binary message we send (kas accepts up to 10 MiB)."""
 _MAX_DIRECTORY: Final = 90
 """Longest socket directory path (bytes): a Unix socket path must fit in 108 bytes with "/kas.sock"."""
 
@@ -96,8 +95,7 @@ class _Pipe:
         self._local_transport: asyncio.Transport = local.transport
         self._kas: asyncio.Transport = dialed.transport
         self._stream: KasStream = dialed.stream
-        self._websocket = websocket
-        self._decoder = wstunnel.FrameDecoder(expect_masked=False)
+        self._ws = WsClientFraming(dialed.transport) if websocket else None
         self._close_sent = False
         self._finished = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -120,8 +118,8 @@ class _Pipe:
     def from_local(self, data: bytes) -> None:
         if self._close_sent or self._kas.is_closing():
             return
-        if self._websocket:
-            self._kas.write(wstunnel.encode_binary(data, mask=True, max_frame=_MAX_FRAME))
+        if self._ws is not None:
+            self._ws.send(data)
         else:
             self._kas.write(data)
 
@@ -136,26 +134,21 @@ class _Pipe:
 
     # kas → local
     def kas_data(self, data: bytes) -> None:
-        if not self._websocket:
+        if self._ws is None:
             self._local_transport.write(data)
             return
-        if self._decoder.closed:
-            return  # after kas's close frame, or after we failed the connection: nothing more counts
         try:
-            events = self._decoder.feed(data)
+            payloads, close = self._ws.receive(data)
         except wstunnel.WebSocketProtocolError as e:
             self._bridge.record(
                 WorkerError(ErrorReason.PROTOCOL_ERROR, f"kas broke the WebSocket protocol: {e}")
             )
             self.shutdown(e.code, str(e))
             return
-        for event in events:
-            if isinstance(event, wstunnel.Data):
-                self._local_transport.write(event.payload)
-            elif isinstance(event, wstunnel.Ping):
-                self._kas.write(wstunnel.encode_frame(wstunnel.Opcode.PONG, event.payload, mask=True))
-            elif isinstance(event, wstunnel.Close):
-                self.shutdown(event.code, "")
+        for payload in payloads:
+            self._local_transport.write(payload)
+        if close is not None:
+            self.shutdown(close.code, "")
 
     def kas_lost(self) -> None:
         self._close_sent = True
@@ -172,8 +165,8 @@ class _Pipe:
         """Close both sides, telling kas why (a close frame) when we still can."""
         if not self._close_sent:
             self._close_sent = True
-            if self._websocket and not self._kas.is_closing():
-                self._kas.write(wstunnel.encode_close(code, reason, mask=True))
+            if self._ws is not None:
+                self._ws.close(code, reason)
         self._kas.close()
         self._local_transport.close()
         if self._stream.lost:
@@ -271,6 +264,13 @@ class WsBridge:
             _log.warning("kas connection %s: %s", self._name, error.message)
         self._last_error = error
 
+    def note_kas_version(self, version: str) -> None:
+        """A handshake (ours, or another connection's to the same kas) announced `version`."""
+        if version != self._kas_version:
+            self._kas_version = version
+            if self.on_kas_version is not None:
+                self.on_kas_version(version)
+
     # Called by _LocalSide / _Pipe
 
     def accepted(self, local: _LocalSide) -> None:
@@ -314,10 +314,8 @@ class WsBridge:
             return
         self._handshakes += 1
         self._last_error = None
-        if dialed.kas_version and dialed.kas_version != self._kas_version:
-            self._kas_version = dialed.kas_version
-            if self.on_kas_version is not None:
-                self.on_kas_version(dialed.kas_version)
+        if dialed.kas_version:
+            self.note_kas_version(dialed.kas_version)
         pipe = _Pipe(self, local, dialed, self._plan.websocket)
         self._pipes.add(pipe)
         pipe.start()

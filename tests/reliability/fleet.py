@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from tests.e2e.harness import KasAgent, KasProcess, Kube, OperatorProcess, phase, wait_for
 from tests.support.tcp import established_on
 
+CONNECTIONS_PER_WORKER = 2
+"""A worker holds two connections to kas: its grpc channel and its reverse tunnel's own (transport/h2)."""
+
 
 def kas_agent_connections(kas: KasProcess) -> int:
-    """Established TCP connections on kas's agent port. A worker dials kas over one channel, so this
-    counts live workers."""
+    """Established TCP connections on kas's agent port: CONNECTIONS_PER_WORKER for every live worker."""
     return established_on(kas.agent_port)
 
 

@@ -43,6 +43,7 @@ from tests.e2e.harness import (
 from tests.e2e.test_peering import KOPF_PEERING_CRD, _namespaced_peering_rights
 from tests.reliability.figures import record
 from tests.reliability.fleet import (
+    CONNECTIONS_PER_WORKER,
     SteadyClient,
     connected_since,
     kas_agent_connections,
@@ -122,7 +123,7 @@ def _assert_one_worker_each(
     stage: Stage, live: list[OperatorProcess], restarted_at: datetime.datetime
 ) -> int:
     """The end state (see the module docstring); returns the extra Register entries of live pods."""
-    count = len(stage.agents)
+    count = len(stage.agents) * CONNECTIONS_PER_WORKER
     seen: list[int] = []
 
     def steady() -> bool:

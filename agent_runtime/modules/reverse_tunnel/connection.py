@@ -20,7 +20,7 @@ from agent_proto.ordering import StreamOrderError
 from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
 from agent_runtime.environment import WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error, is_cancel
-from agent_runtime.grpc_calls import TUNNEL_COMPRESSION, EstablishedProbe
+from agent_runtime.grpc_calls import TUNNEL_COMPRESSION, EstablishedProbe, TunnelCall
 from agent_runtime.local_rpc import CallEndedError, LocalHandler, RpcStatusError
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.reverse_tunnel import frames
@@ -33,8 +33,11 @@ _STREAM_OVER = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageE
 racing kas's end of the call fails as ExecuteBatchError (SendCloseFromClientOperation), which took the
 whole worker down through the pool's TaskGroup (found by tests/reliability/test_fuzz.py)."""
 
+_LINGER_S = 1.0
+"""How long a stream we failed waits for kas to end it (see _linger)."""
+
 Status = tuple[grpc.StatusCode, str]
-_Call = grpc.aio.StreamStreamCall[bytes, bytes]
+_Call = TunnelCall
 
 
 class _Stream:
@@ -159,10 +162,10 @@ class TunnelAttempt:
 
     async def _attempt(self) -> Outcome:
         ctx = self._ctx
-        connect: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = ctx.kas.channel.stream_stream(
-            ctx.kas.wire.connect_path
+        connect = ctx.kas.tunnel_channel.stream_stream(ctx.kas.wire.connect_path)
+        call: TunnelCall = connect(
+            metadata=ctx.kas.call_metadata(), wait_for_ready=True, compression=TUNNEL_COMPRESSION
         )
-        call = connect(metadata=ctx.kas.call_metadata(), wait_for_ready=True, compression=TUNNEL_COMPRESSION)
         call.add_done_callback(lambda _call: self._call_ended.set())
         probe = EstablishedProbe(TUNNEL_ESTABLISHED_AFTER_S, self._established)
         try:
@@ -182,6 +185,7 @@ class TunnelAttempt:
         except StreamOrderError as e:
             await self._fail_stream(call, None, str(e))
             self._ended_with = grpc.StatusCode.INVALID_ARGUMENT
+            await _linger(call)
             return Outcome.ERROR
         finally:
             probe.stop()
@@ -273,6 +277,7 @@ class TunnelAttempt:
             stream.discard_inbox()  # whatever is still queued goes back to the agent's budget
         if fault is not None:
             self._ended_with = fault[0]
+            await _linger(call)
             return Outcome.ERROR
         return Outcome.DONE
 
@@ -348,6 +353,15 @@ class TunnelAttempt:
         self._ctx.logger.warning("invalid frame from kas: %s", text)
         target = stream or _Stream(call, "", {}, self._budget)
         await self._finish(target, (grpc.StatusCode.INVALID_ARGUMENT, text))
+
+
+async def _linger(call: _Call) -> None:
+    """After our error frame and half-close, give kas a moment to end the call before we reset it: a
+    reset right behind the frames may make kas drop them unread (bounded: a hostile kas never ends it)."""
+    with contextlib.suppress(TimeoutError, *_STREAM_OVER):
+        async with asyncio.timeout(_LINGER_S):
+            while await call.read() is not grpc.aio.EOF:
+                pass
 
 
 def _call_ended(e: BaseException) -> CallEndedError:

@@ -1,0 +1,422 @@
+"""One HTTP/2 connection to kas carrying tunnel calls (`H2Call`), driven by the event loop.
+
+Bytes come from the dialer's KasStream (TCP, proxy, TLS and the WebSocket upgrade are done there, after
+the destination policy); h2 keeps the protocol state. What we send is collected and written once per
+loop iteration, so a request's response frames leave in one write. Flow control: kas may run one window
+(64 KiB) ahead on each stream; a stream's window reopens as its messages are read, the connection's as
+data arrives (each stream is bounded already). kas's GOAWAY leaves the streams it accepted running
+(h2 itself would end the connection); streams it did not accept are opened again elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from agent_proto import wstunnel
+from agent_runtime.transport.dialer import Dialed
+from agent_runtime.transport.h2.call import H2Call
+from agent_runtime.transport.h2.wire import Status
+from agent_runtime.transport.ws_framing import WsClientFraming
+
+_log = logging.getLogger(__name__)
+
+STREAM_WINDOW: Final = 65_535
+"""How far kas may run ahead on one stream (HTTP/2's default, grpc's without BDP probing)."""
+CONNECTION_WINDOW: Final = 4 << 20
+"""How far kas may run ahead on the connection: never the limit, each stream is bounded already."""
+_HIGH_WATER: Final = 1 << 20
+"""Unsent bytes above which writers wait for the socket to drain."""
+
+LOST: Final = Status(grpc.StatusCode.UNAVAILABLE, "the connection to kas was lost")
+REFUSED: Final = Status(grpc.StatusCode.UNAVAILABLE, "kas went away before it accepted the stream")
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """Per-connection tuning; the defaults are agentk's."""
+
+    keepalive_s: float = 55.0
+    """Ping kas after this long without receiving anything."""
+    ping_timeout_s: float = 20.0
+    """Give the connection up when a ping is not answered within this time."""
+
+
+class _KeepStreamsAfterGoaway(h2.connection.H2Connection):
+    """h2's connection, except that a GOAWAY does not end it at once.
+
+    h2 moves to CLOSED on GOAWAY and then refuses every later frame, while a gRPC server's graceful GOAWAY
+    (kas's connection rotation) lets the streams it accepted run to their end. The event is still
+    reported; the link then opens no more streams here.
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        event = h2.events.ConnectionTerminated()
+        event.error_code = _error_code(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+def _error_code(code: int) -> ErrorCodes | int:
+    try:
+        return ErrorCodes(code)
+    except ValueError:
+        return code
+
+
+def _new_h2() -> h2.connection.H2Connection:
+    config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+    conn = _KeepStreamsAfterGoaway(config=config)
+    conn.local_settings = h2.settings.Settings(
+        client=True,
+        initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,  # a PUSH_PROMISE is then a protocol error
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0,  # kas opens no streams towards us
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: conn.DEFAULT_MAX_HEADER_LIST_SIZE,
+        },
+    )
+    conn.initiate_connection()
+    conn.increment_flow_control_window(CONNECTION_WINDOW - STREAM_WINDOW)
+    return conn
+
+
+class H2Link:
+    """A KasSink (dialer.py) speaking HTTP/2 to kas for the calls opened on it."""
+
+    window_update_threshold: Final = STREAM_WINDOW // 4
+    """A stream's read bytes are returned to kas's window in pieces of at least this size."""
+
+    def __init__(
+        self,
+        dialed: Dialed,
+        *,
+        websocket: bool,
+        settings: LinkSettings,
+        on_unusable: Callable[[H2Link], None],
+        name: str,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport = dialed.transport
+        self._transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._ws = WsClientFraming(dialed.transport) if websocket else None
+        self._settings = settings
+        self._on_unusable = on_unusable
+        self._name = name
+        self._h2 = _new_h2()
+        self._calls: dict[int, H2Call] = {}
+        self._window_waiters: dict[int, asyncio.Future[None]] = {}
+        self._writable: asyncio.Future[None] | None = None
+        """Set while the socket's buffer is over the high-water mark."""
+        self._flush_handle: asyncio.Handle | None = None
+        self._connection_unacknowledged = 0
+        self._draining = False
+        self._lost = False
+        self._last_received = self._loop.time()
+        self._ping_deadline: asyncio.TimerHandle | None = None
+        self._keepalive = self._loop.call_later(settings.keepalive_s, self._keepalive_due)
+        self.idle = self._loop.create_future()
+        """Resolved once the link carries no call and opens none (drained or lost)."""
+        self._handlers: dict[type[h2.events.Event], Callable[[Any], None]] = {
+            h2.events.ResponseReceived: self._response,
+            h2.events.DataReceived: self._data,
+            h2.events.TrailersReceived: self._trailers,
+            h2.events.StreamEnded: self._stream_ended,
+            h2.events.StreamReset: self._stream_reset,
+            h2.events.WindowUpdated: self._window_updated,
+            h2.events.RemoteSettingsChanged: self._settings_changed,
+            h2.events.PingAckReceived: self._ping_acknowledged,
+            h2.events.ConnectionTerminated: self._goaway,
+        }
+        leftover = dialed.stream.attach(self)
+        self._flush()
+        if leftover:
+            self.kas_data(leftover)
+        if dialed.stream.lost:
+            self.kas_lost()
+
+    @property
+    def usable(self) -> bool:
+        """New calls may open streams here."""
+        return not (self._draining or self._lost)
+
+    @property
+    def calls(self) -> int:
+        """Calls open on the link."""
+        return len(self._calls)
+
+    # Used by H2Call
+
+    def open_stream(self, call: H2Call, headers: list[tuple[bytes, bytes]]) -> int:
+        """Send `headers` on a new stream for `call`; 0 when this link takes no more streams."""
+        if not self.usable:
+            return 0
+        if len(self._calls) >= self._h2.remote_settings.max_concurrent_streams:
+            self.drain()  # kas's stream limit: later calls go to a new connection
+            return 0
+        try:
+            stream_id = self._h2.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.drain()
+            return 0
+        self._h2.send_headers(stream_id, headers)
+        self._calls[stream_id] = call
+        self._schedule_flush()
+        return stream_id
+
+    async def send(self, call: H2Call, stream_id: int, data: bytes) -> None:
+        """Send `data` on the stream as kas's flow-control windows and the socket allow."""
+        while data:
+            if call.over:
+                raise call.error()
+            if self._writable is not None:
+                await self._writable
+                continue
+            try:
+                window = self._h2.local_flow_control_window(stream_id)
+            except h2.exceptions.StreamClosedError:
+                raise (call.error() if call.over else LOST.error()) from None
+            if window <= 0:
+                await self._window(stream_id)
+                continue
+            size = min(window, self._h2.max_outbound_frame_size, len(data))
+            chunk, data = (data, b"") if size == len(data) else (data[:size], data[size:])
+            self._h2.send_data(stream_id, chunk)
+        self._schedule_flush()
+
+    def end_stream(self, stream_id: int) -> None:
+        """Half-close the stream (after everything sent on it)."""
+        if stream_id in self._calls:
+            self._h2.end_stream(stream_id)
+            self._schedule_flush()
+
+    def return_window(self, stream_id: int, size: int) -> None:
+        """`size` bytes of the stream were taken: kas may send that much more on it."""
+        if stream_id in self._calls:
+            try:
+                self._h2.increment_flow_control_window(size, stream_id=stream_id)
+            except h2.exceptions.StreamClosedError:
+                return
+            self._schedule_flush()
+
+    def forget(self, call: H2Call, *, reset: bool) -> None:
+        """The call is over; `reset`: tell kas (RST_STREAM CANCEL) because the stream is still open."""
+        stream_id = call.stream_id
+        if self._calls.get(stream_id) is not call:
+            return
+        del self._calls[stream_id]
+        self._wake_window(stream_id)
+        if reset and not self._lost:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self._h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+            self._schedule_flush()
+        self._close_if_done()
+
+    # KasSink
+
+    def kas_data(self, data: bytes) -> None:
+        self._last_received = self._loop.time()
+        if self._ws is None:
+            self._receive(data)
+            return
+        try:
+            payloads, close = self._ws.receive(data)
+        except wstunnel.WebSocketProtocolError as e:
+            self._fail(f"kas broke the WebSocket protocol: {e}", ws_code=e.code)
+            return
+        for payload in payloads:
+            if self._lost:
+                return
+            self._receive(payload)
+        if close is not None:
+            self._fail("kas closed the WebSocket connection", ws_code=close.code)
+
+    def kas_lost(self) -> None:
+        self._give_up(LOST)
+
+    def kas_pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self._loop.create_future()
+
+    def kas_resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    # Receiving
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._flush()  # h2's GOAWAY tells kas why
+            self._fail(f"kas broke the HTTP/2 protocol ({type(e).__name__})")
+            return
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        self._schedule_flush()  # acknowledgements of SETTINGS and PING, window updates
+
+    def _response(self, event: h2.events.ResponseReceived) -> None:
+        call = self._calls.get(event.stream_id)
+        if call is not None:
+            call.received_headers(event.headers, ended=event.stream_ended is not None)
+
+    def _data(self, event: h2.events.DataReceived) -> None:
+        self._connection_unacknowledged += event.flow_controlled_length
+        if self._connection_unacknowledged >= CONNECTION_WINDOW // 2:
+            self._h2.increment_flow_control_window(self._connection_unacknowledged)
+            self._connection_unacknowledged = 0
+        call = self._calls.get(event.stream_id)
+        if call is not None:
+            call.received_data(event.data, event.flow_controlled_length)
+
+    def _trailers(self, event: h2.events.TrailersReceived) -> None:
+        call = self._calls.get(event.stream_id)
+        if call is not None:
+            call.received_trailers(event.headers)
+
+    def _stream_ended(self, event: h2.events.StreamEnded) -> None:
+        call = self._calls.get(event.stream_id)
+        if call is not None:
+            call.stream_ended()
+
+    def _stream_reset(self, event: h2.events.StreamReset) -> None:
+        call = self._calls.get(event.stream_id)
+        if call is None:
+            return
+        if event.error_code == ErrorCodes.REFUSED_STREAM:
+            self._calls.pop(event.stream_id)
+            call.refused(REFUSED)
+            self._close_if_done()
+        else:
+            call.stream_reset(event.error_code)
+
+    def _window_updated(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            self._wake_window(event.stream_id)
+        else:
+            self._wake_windows()
+
+    def _settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+        self._wake_windows()  # the initial window may have grown
+
+    def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        if event.error_code not in (ErrorCodes.NO_ERROR, None):
+            reason = event.error_code.name if isinstance(event.error_code, ErrorCodes) else event.error_code
+            _log.warning("kas %s ended the connection: GOAWAY %s", self._name, reason)
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        for stream_id in [sid for sid in self._calls if sid > last]:
+            self._calls.pop(stream_id).refused(REFUSED)
+        self.drain()
+
+    # Keepalive (agentk's: a ping after 55 s without traffic, 20 s for the answer)
+
+    def _keepalive_due(self) -> None:
+        idle = self._loop.time() - self._last_received
+        if idle < self._settings.keepalive_s:
+            self._keepalive = self._loop.call_later(self._settings.keepalive_s - idle, self._keepalive_due)
+            return
+        self._h2.ping(os.urandom(8))
+        self._schedule_flush()
+        self._ping_deadline = self._loop.call_later(self._settings.ping_timeout_s, self._ping_unanswered)
+
+    def _ping_acknowledged(self, event: h2.events.PingAckReceived) -> None:
+        if self._ping_deadline is not None:
+            self._ping_deadline.cancel()
+            self._ping_deadline = None
+            self._keepalive = self._loop.call_later(self._settings.keepalive_s, self._keepalive_due)
+
+    def _ping_unanswered(self) -> None:
+        self._ping_deadline = None
+        self._fail(f"kas did not answer a keepalive ping within {self._settings.ping_timeout_s:g} s")
+
+    # Sending and ending
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and not self._lost:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        data = self._h2.data_to_send()
+        if not data or self._transport.is_closing():
+            return
+        if self._ws is not None:
+            self._ws.send(data)
+        else:
+            self._transport.write(data)
+
+    async def _window(self, stream_id: int) -> None:
+        waiter = self._window_waiters.get(stream_id)
+        if waiter is None:
+            waiter = self._window_waiters[stream_id] = self._loop.create_future()
+        await waiter
+
+    def _wake_window(self, stream_id: int) -> None:
+        waiter = self._window_waiters.pop(stream_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_windows(self) -> None:
+        for stream_id in list(self._window_waiters):
+            self._wake_window(stream_id)
+
+    def drain(self) -> None:
+        """Open no more streams here; close the connection once the open calls ended."""
+        if not self._draining:
+            self._draining = True
+            self._on_unusable(self)
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._draining and not self._calls and not self._lost:
+            self._flush()
+            self._give_up(LOST)
+            self._transport.close()
+
+    def _fail(self, message: str, *, ws_code: int | None = None) -> None:
+        if self._lost:
+            return
+        _log.warning("kas connection %s: %s", self._name, message)
+        if self._ws is not None:
+            self._ws.close(ws_code, "")
+        self._give_up(Status(grpc.StatusCode.UNAVAILABLE, message))
+        self._transport.close()
+
+    def abort(self, status: Status) -> None:
+        """End every call with `status` and drop the connection now."""
+        self._give_up(status)
+        self._transport.abort()
+
+    def _give_up(self, status: Status) -> None:
+        """No call can go on here: fail the ones left, stop the timers, tell the channel."""
+        if self._lost:
+            return
+        self._lost = True
+        self._keepalive.cancel()
+        if self._ping_deadline is not None:
+            self._ping_deadline.cancel()
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            call.connection_failed(status)
+        self._wake_windows()
+        self.kas_resume_writing()
+        if not self.idle.done():
+            self.idle.set_result(None)
+        self._on_unusable(self)

@@ -1,0 +1,172 @@
+"""gRPC over HTTP/2, the parts a client needs: message framing, request headers and the final status."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote
+
+import grpc
+import grpc.aio
+from h2.errors import ErrorCodes
+
+PREFIX: Final = struct.Struct(">BI")
+"""Each gRPC message: a compressed flag (1 byte) and the length (4 bytes, big-endian)."""
+
+_HTTP_TO_GRPC: Final = {
+    400: grpc.StatusCode.INTERNAL,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.UNIMPLEMENTED,
+    429: grpc.StatusCode.UNAVAILABLE,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.UNAVAILABLE,
+}
+"""gRPC's mapping of an HTTP status that is not 200 (a proxy answering instead of kas)."""
+
+_RESET_TO_GRPC: Final = {
+    ErrorCodes.REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE,
+    ErrorCodes.CANCEL: grpc.StatusCode.CANCELLED,
+    ErrorCodes.ENHANCE_YOUR_CALM: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCodes.INADEQUATE_SECURITY: grpc.StatusCode.PERMISSION_DENIED,
+}
+"""gRPC's mapping of RST_STREAM codes; every other code is INTERNAL."""
+
+_CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class Status:
+    """How a call ended."""
+
+    code: grpc.StatusCode
+    """The gRPC status code."""
+    details: str
+    """The status message (kas's grpc-message, or ours for local and transport failures)."""
+
+    def error(self) -> grpc.aio.AioRpcError:
+        """The exception grpc.aio raises for this status, so callers handle both transports alike."""
+        empty = grpc.aio.Metadata()
+        return grpc.aio.AioRpcError(self.code, empty, empty, details=self.details)
+
+
+OK: Final = Status(grpc.StatusCode.OK, "")
+
+
+def frame(message: bytes) -> bytes:
+    """`message` with its uncompressed-message prefix."""
+    return PREFIX.pack(0, len(message)) + message
+
+
+def request_headers(
+    *, path: str, scheme: str, authority: str, user_agent: str, metadata: Iterable[tuple[str, str]]
+) -> list[tuple[bytes, bytes]]:
+    """The HEADERS of a call: pseudo-headers first, then gRPC's, then the caller's metadata."""
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", scheme.encode()),
+        (b":path", path.encode()),
+        (b":authority", authority.encode()),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"user-agent", user_agent.encode()),
+        # Messages we receive are never compressed: a compressed one fails the call (see Reassembler).
+        (b"grpc-accept-encoding", b"identity"),
+    ]
+    headers.extend((name.encode(), value.encode()) for name, value in metadata)
+    return headers
+
+
+def response_status(headers: Sequence[tuple[bytes, bytes]]) -> Status | None:
+    """The status a response HEADERS block ends the call with before any message, or None if it may go on.
+
+    A block carrying grpc-status is a trailers-only response; a non-200 :status or a content type that is
+    not gRPC ends the call as gRPC clients do.
+    """
+    fields = dict(headers)
+    if b"grpc-status" in fields:
+        return trailer_status(headers)
+    status = fields.get(b":status", b"")
+    if status != b"200":
+        code = _HTTP_TO_GRPC.get(int(status), grpc.StatusCode.UNKNOWN) if status.isdigit() else None
+        return Status(code or grpc.StatusCode.INTERNAL, f"kas answered HTTP {status[:3].decode('latin-1')}")
+    if not fields.get(b"content-type", b"").startswith(b"application/grpc"):
+        return Status(grpc.StatusCode.UNKNOWN, "kas answered with a content type that is not gRPC")
+    return None
+
+
+def trailer_status(headers: Sequence[tuple[bytes, bytes]]) -> Status:
+    """The status in a trailers block (grpc-status and the percent-encoded grpc-message)."""
+    fields = dict(headers)
+    raw = fields.get(b"grpc-status")
+    if raw is None:
+        return Status(grpc.StatusCode.INTERNAL, "kas ended the stream without a grpc-status")
+    code = _CODES.get(int(raw)) if raw.isdigit() and len(raw) <= 3 else None
+    if code is None:
+        return Status(grpc.StatusCode.UNKNOWN, f"kas sent an unknown grpc-status {raw[:8]!r}")
+    message = unquote(fields.get(b"grpc-message", b"").decode("utf-8", "replace"), errors="replace")
+    return Status(code, message)
+
+
+def reset_status(error_code: int) -> Status:
+    """The status of a call kas reset with RST_STREAM `error_code`."""
+    try:
+        name = ErrorCodes(error_code)
+    except ValueError:
+        return Status(grpc.StatusCode.INTERNAL, f"kas reset the stream (HTTP/2 error {error_code})")
+    code = _RESET_TO_GRPC.get(name, grpc.StatusCode.INTERNAL)
+    return Status(code, f"kas reset the stream ({name.name})")
+
+
+class MessageTooLargeError(Exception):
+    """kas sent a message above the receive limit."""
+
+
+class CompressedMessageError(Exception):
+    """kas sent a compressed message although we accept identity only."""
+
+
+class Reassembler:
+    """Cuts the DATA bytes of one stream into gRPC messages."""
+
+    def __init__(self, max_message: int) -> None:
+        self._max = max_message
+        self._buffer = bytearray()
+        self._need = -1
+        """The length of the message being read, or -1 while its prefix is incomplete."""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The messages `data` completes; raises MessageTooLargeError or CompressedMessageError."""
+        if not self._buffer and self._need < 0 and len(data) >= PREFIX.size:
+            flag, length = PREFIX.unpack_from(data)
+            if len(data) == PREFIX.size + length and not flag and length <= self._max:
+                return [data[PREFIX.size :]]  # the common case: one DATA frame, one message
+        self._buffer += data
+        messages: list[bytes] = []
+        while True:
+            if self._need < 0:
+                if len(self._buffer) < PREFIX.size:
+                    return messages
+                flag, self._need = PREFIX.unpack_from(self._buffer)
+                if flag:
+                    raise CompressedMessageError(
+                        "kas sent a compressed message without a negotiated encoding"
+                    )
+                if self._need > self._max:
+                    raise MessageTooLargeError(
+                        f"received message larger than max ({self._need} vs. {self._max})"
+                    )
+                del self._buffer[: PREFIX.size]
+            if len(self._buffer) < self._need:
+                return messages
+            messages.append(bytes(self._buffer[: self._need]))
+            del self._buffer[: self._need]
+            self._need = -1
+
+    @property
+    def partial(self) -> bool:
+        """A message is cut off (the stream must not end here)."""
+        return bool(self._buffer) or self._need >= 0

@@ -1,0 +1,224 @@
+"""The tunnel's own HTTP/2 client (agent_runtime.transport.h2) against a real grpc.aio server on loopback.
+
+Each scenario is one a Connect stream meets at kas: messages both ways past the 64 KiB windows, a
+trailers-only refusal, an oversized message, a cancel, kas's connection rotation (GOAWAY, streams keep
+running), kas going away and coming back (calls wait for it, as with grpc's wait-for-ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import pytest
+
+from agent_runtime.policy import DestinationPolicy
+from agent_runtime.transport.address import parse_kas_address
+from agent_runtime.transport.destination import DestinationGuard
+from agent_runtime.transport.dialer import DialPlan
+from agent_runtime.transport.h2 import H2Channel, H2Target
+
+pytestmark = pytest.mark.asyncio
+
+CHAT = "/test.Chat/Chat"
+_LIMIT = 256 * 1024
+
+
+class ChatPeer:
+    """A grpc.aio server whose Chat call does what the first message says."""
+
+    def __init__(self, options: list[tuple[str, int]] | None = None, port: int = 0) -> None:
+        self._options = options or []
+        self.port = port
+        self.metadata: list[dict[str, str]] = []
+        self.cancelled = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> ChatPeer:
+        server = grpc.aio.server(options=self._options)
+        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(self._chat)
+        generic = grpc.method_handlers_generic_handler("test.Chat", {"Chat": handler})
+        server.add_generic_rpc_handlers((generic,))
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await server.start()
+        self._server = server
+        return self
+
+    async def _chat(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        self.metadata.append({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+        command = await anext(aiter(requests))
+        if command == b"refuse":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated: bad token")
+        elif command.startswith(b"big:"):
+            yield b"x" * int(command[4:])
+        elif command == b"wait":
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:  # grpc cancels the handler when the client cancels
+                self.cancelled.set()
+                raise
+        else:
+            async for message in requests:
+                yield message
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+
+
+def _channel(port: int) -> H2Channel:
+    address = parse_kas_address(f"grpc://127.0.0.1:{port}")
+    policy = DestinationPolicy(allow_private=True, allow_plaintext=True)
+    plan = DialPlan(
+        address=address,
+        websocket=False,
+        tls=None,
+        server_hostname=None,
+        guard=DestinationGuard(policy),
+        proxy=None,
+        proxy_trusted=True,
+        proxy_tls=None,
+        user_agent="gitlab-agent/test",
+    )
+    target = H2Target(plan, "http", address.host_header, "gitlab-agent/test", _LIMIT)
+    return H2Channel(target, name="test")
+
+
+async def _read_all(call: object) -> list[bytes]:
+    messages = []
+    while (message := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+        messages.append(message)
+    return messages
+
+
+async def test_messages_both_ways_past_the_windows_then_ok() -> None:
+    peer = await ChatPeer().start()
+    channel = _channel(peer.port)
+    try:
+        call = channel.stream_stream(CHAT)(metadata=[("authorization", "Bearer t0ken")])
+        sent = [b"echo", b"a" * 10, b"b" * 200_000, b"c" * 70_000, b""]
+        for message in sent:
+            await call.write(message)
+        await call.done_writing()
+        assert await _read_all(call) == sent[1:]
+        assert call.done()
+        assert peer.metadata[0]["authorization"] == "Bearer t0ken"
+        assert peer.metadata[0]["user-agent"].startswith("gitlab-agent/test")
+    finally:
+        await channel.close(1)
+        await peer.stop()
+
+
+async def test_trailers_only_refusal_raises_the_status() -> None:
+    peer = await ChatPeer().start()
+    channel = _channel(peer.port)
+    try:
+        call = channel.stream_stream(CHAT)()
+        await call.write(b"refuse")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+        assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert raised.value.details() == "unauthenticated: bad token"
+        assert call.done()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call.write(b"more")
+    finally:
+        await channel.close(1)
+        await peer.stop()
+
+
+async def test_oversized_message_ends_that_call_only() -> None:
+    peer = await ChatPeer().start()
+    channel = _channel(peer.port)
+    try:
+        big = channel.stream_stream(CHAT)()
+        await big.write(f"big:{_LIMIT + 1}".encode())
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await big.read()
+        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        fine = channel.stream_stream(CHAT)()
+        await fine.write(f"big:{_LIMIT}".encode())
+        assert await _read_all(fine) == [b"x" * _LIMIT]
+        assert channel.connections == 1
+    finally:
+        await channel.close(1)
+        await peer.stop()
+
+
+async def test_cancel_reaches_kas() -> None:
+    peer = await ChatPeer().start()
+    channel = _channel(peer.port)
+    try:
+        call = channel.stream_stream(CHAT)()
+        await call.write(b"wait")
+        await asyncio.sleep(0.2)
+        assert call.cancel()
+        async with asyncio.timeout(5):
+            await peer.cancelled.wait()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+        assert raised.value.code() is grpc.StatusCode.CANCELLED
+        assert not call.cancel()
+    finally:
+        await channel.close(1)
+        await peer.stop()
+
+
+async def test_goaway_keeps_open_calls_and_moves_new_ones() -> None:
+    rotating = [("grpc.max_connection_age_ms", 500), ("grpc.max_connection_age_grace_ms", 60_000)]
+    peer = await ChatPeer(rotating).start()
+    channel = _channel(peer.port)
+    try:
+        old = channel.stream_stream(CHAT)()
+        await old.write(b"echo")
+        await old.write(b"before")
+        assert await old.read() == b"before"
+        await asyncio.sleep(1.5)  # kas's connection age passed: GOAWAY
+        new = channel.stream_stream(CHAT)()
+        await new.write(b"echo")
+        await new.write(b"new")
+        assert await new.read() == b"new"
+        assert channel.connections == 2
+        await old.write(b"after")  # the old connection still carries its call
+        assert await old.read() == b"after"
+        for call in (old, new):
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+        async with asyncio.timeout(5):
+            while channel.connections > 1:  # noqa: ASYNC110 - polling observed state, bounded
+                await asyncio.sleep(0.05)
+    finally:
+        await channel.close(1)
+        await peer.stop()
+
+
+async def test_calls_fail_unavailable_when_kas_goes_and_wait_for_it_to_return() -> None:
+    peer = await ChatPeer().start()
+    port = peer.port
+    channel = _channel(port)
+    try:
+        call = channel.stream_stream(CHAT)()
+        await call.write(b"echo")
+        await call.write(b"accepted")
+        assert await call.read() == b"accepted"  # kas has the stream: it cannot be opened again elsewhere
+        await peer.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+        # grpc's server resets its calls as it stops (CANCELLED), or the connection ends first.
+        assert raised.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        waiting = channel.stream_stream(CHAT)()
+        opened = asyncio.create_task(waiting.write(b"echo"), name="test-open")
+        await asyncio.sleep(0.5)
+        assert not opened.done()  # kas is away: the call waits
+        peer = await ChatPeer(port=port).start()
+        async with asyncio.timeout(10):  # the connect backoff's first steps: 1 s, 1.6 s
+            await opened
+        await waiting.write(b"back")
+        assert await waiting.read() == b"back"
+    finally:
+        await channel.close(1)
+        await peer.stop()

@@ -1,0 +1,89 @@
+"""gRPC's HTTP/2 mapping as the tunnel's own client reads it (agent_runtime.transport.h2.wire)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from h2.errors import ErrorCodes
+
+from agent_runtime.transport.h2 import wire
+
+
+def test_reassembler_cuts_messages_across_and_within_frames() -> None:
+    stream = b"".join(wire.frame(m) for m in (b"one", b"", b"three" * 1000))
+    reader = wire.Reassembler(max_message=10_000)
+    got = []
+    for start in range(0, len(stream), 7):  # 7-byte pieces: prefixes and bodies split anywhere
+        got += reader.feed(stream[start : start + 7])
+    assert got == [b"one", b"", b"three" * 1000]
+    assert not reader.partial
+    assert reader.feed(wire.frame(b"whole")) == [b"whole"]
+
+
+def test_reassembler_refuses_oversized_and_compressed_messages() -> None:
+    with pytest.raises(wire.MessageTooLargeError, match=r"\(11 vs. 10\)"):
+        wire.Reassembler(max_message=10).feed(wire.PREFIX.pack(0, 11))
+    with pytest.raises(wire.CompressedMessageError):
+        wire.Reassembler(max_message=10).feed(wire.PREFIX.pack(1, 3) + b"abc")
+    reader = wire.Reassembler(max_message=10)
+    assert reader.feed(wire.frame(b"abc")[:6]) == []
+    assert reader.partial
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b":status", b"200"), (b"content-type", b"application/grpc")], None),
+        ([(b":status", b"200"), (b"content-type", b"application/grpc+proto")], None),
+        ([(b":status", b"401"), (b"content-type", b"text/html")], grpc.StatusCode.UNAUTHENTICATED),
+        ([(b":status", b"503")], grpc.StatusCode.UNAVAILABLE),
+        ([(b":status", b"418")], grpc.StatusCode.UNKNOWN),
+        ([(b":status", b"2xx")], grpc.StatusCode.INTERNAL),
+        ([(b":status", b"200"), (b"content-type", b"text/html")], grpc.StatusCode.UNKNOWN),
+        (
+            [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"16")],
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+    ],
+)
+def test_response_headers(headers: list[tuple[bytes, bytes]], expected: grpc.StatusCode | None) -> None:
+    status = wire.response_status(headers)
+    assert (status.code if status else None) is expected
+
+
+def test_trailer_status_decodes_the_message_and_refuses_nonsense() -> None:
+    ok = wire.trailer_status([(b"grpc-status", b"0")])
+    assert ok == wire.OK
+    denied = wire.trailer_status([(b"grpc-status", b"7"), (b"grpc-message", b"no%20access%3A%20%E2%9C%93")])
+    assert denied == wire.Status(grpc.StatusCode.PERMISSION_DENIED, "no access: \u2713")
+    assert wire.trailer_status([]).code is grpc.StatusCode.INTERNAL
+    assert wire.trailer_status([(b"grpc-status", b"99")]).code is grpc.StatusCode.UNKNOWN
+    assert wire.trailer_status([(b"grpc-status", b"-1")]).code is grpc.StatusCode.UNKNOWN
+
+
+def test_reset_codes_map_as_grpc_maps_them() -> None:
+    assert wire.reset_status(ErrorCodes.CANCEL).code is grpc.StatusCode.CANCELLED
+    assert wire.reset_status(ErrorCodes.REFUSED_STREAM).code is grpc.StatusCode.UNAVAILABLE
+    assert wire.reset_status(ErrorCodes.ENHANCE_YOUR_CALM).code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert wire.reset_status(ErrorCodes.PROTOCOL_ERROR).code is grpc.StatusCode.INTERNAL
+    assert wire.reset_status(0xFFFF).code is grpc.StatusCode.INTERNAL
+
+
+def test_status_error_is_what_grpc_aio_raises() -> None:
+    error = wire.Status(grpc.StatusCode.UNAVAILABLE, "gone").error()
+    assert isinstance(error, grpc.aio.AioRpcError)
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE, "gone")
+
+
+def test_request_headers_put_pseudo_headers_first() -> None:
+    headers = wire.request_headers(
+        path="/s/M",
+        scheme="http",
+        authority="kas:80",
+        user_agent="ua",
+        metadata=[("authorization", "Bearer x")],
+    )
+    names = [name for name, _ in headers]
+    assert names[:4] == [b":method", b":scheme", b":path", b":authority"]
+    assert (b"te", b"trailers") in headers
+    assert headers[-1] == (b"authorization", b"Bearer x")
