@@ -1,7 +1,8 @@
 """One worker's connection to kas: a grpc.aio channel set up like agentk's (PROTOCOL.md §3.5).
 
 Every TCP connection to kas, reconnects included, passes the operator's destination policy after DNS.
-grpc:// and grpcs:// without a proxy: grpc dials the addresses the policy checked itself (`direct.py`).
+grpc:// and grpcs:// without a proxy: grpc dials the addresses the policy checked itself (`direct.py`),
+and the bridge is never started (no socket, no directory) unless kas's name does not resolve at first.
 Everything else goes through the worker's private `WsBridge` (a Unix socket), which dials for grpc:
 ws:// and wss:// bridged as WebSocket; grpc/grpcs behind a proxy as a raw pipe (grpc doing its own
 verified TLS inside it). grpcs with insecure-skip-verify is a raw TLS pipe: grpcio has no way to turn
@@ -264,15 +265,18 @@ async def open_kas_connection(
     # stay uncompressed (agent_runtime.grpc_calls.TUNNEL_COMPRESSION); each call asks for gzip itself.
     plan = _dial_plan(spec, address, proxy, guard, user_agent, settings)
     bridge = WsBridge(plan, name=spec.id)
-    await bridge.start()
     metadata = () if address.websocket else metadata_headers(spec.kas_headers)
     try:
         build = functools.partial(_build_channel, spec, address, options)
         route = None
         if not address.websocket and proxy is None and not spec.tls.insecure_skip_verify:
-            route = DirectRoute(address, guard, bridge.grpc_target, within=settings.dial.dial)
+            route = DirectRoute(address, guard, within=settings.dial.dial)
             await route.next_target()  # stays on the relay when the name does not resolve to permitted IPs
-        channel = build(route.target if route is not None else bridge.grpc_target)
+        if route is not None and route.target is not None:
+            channel = build(route.target)  # the bridge is never needed: not even its socket is made
+        else:
+            await bridge.start()
+            channel = build(bridge.grpc_target)
     except BaseException:
         await bridge.close(0)
         raise

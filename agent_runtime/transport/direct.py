@@ -49,17 +49,14 @@ def grpc_target(ips: Sequence[IPAddress], port: int) -> str:
 class DirectRoute:
     """Chooses the channel's target: kas's checked addresses, or the relay until the name resolves."""
 
-    def __init__(
-        self, address: KasAddress, guard: DestinationGuard, relay_target: str, *, within: float
-    ) -> None:
+    def __init__(self, address: KasAddress, guard: DestinationGuard, *, within: float) -> None:
         self._kas = Destination(address.host, address.port, "kas")
         self._guard = guard
-        self._relay_target = relay_target
         self._within = within
         self._addresses: frozenset[IPAddress] | None = None
         self._resolved_at = float("-inf")
-        self.target = relay_target
-        """The current target: a direct `ipv4:`/`ipv6:` one, or the relay's socket."""
+        self.target: str | None = None
+        """The current direct `ipv4:`/`ipv6:` target, or None while the channel uses the relay."""
 
     @property
     def direct(self) -> bool:
@@ -76,9 +73,8 @@ class DirectRoute:
             ips = await self._guard.resolve(self._kas, within=self._within)
         except (DestinationRefused, OSError, TimeoutError) as e:
             # Keep what we have: checked addresses, or the relay (which reports this on every attempt).
-            _log.debug(
-                "kas %s: resolution failed (%s); keeping %s", self._kas.shown, type(e).__name__, self.target
-            )
+            kept = self.target or "the relay"
+            _log.debug("kas %s: resolution failed (%s); keeping %s", self._kas.shown, type(e).__name__, kept)
             return None
         if frozenset(ips) == self._addresses:
             return None
