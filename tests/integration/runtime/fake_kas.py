@@ -35,6 +35,8 @@ class FakeTunnel:
         self.descriptor = descriptor
         self.done: asyncio.Event = asyncio.Event()
         self.cancelled = False
+        self.gone = False
+        """The agent ended the stream while it waited for a request."""
 
     async def send(self, frame: tunnel_rpc.ConnectResponse | bytes) -> None:
         await self.context.write(frame if isinstance(frame, bytes) else frame.SerializeToString())
@@ -129,7 +131,11 @@ class FakeKas:
         assert isinstance(raw, bytes)
         tunnel = FakeTunnel(context, tunnel_rpc.ConnectRequest.FromString(raw))
         await self.tunnels.put(tunnel)
-        await tunnel.done.wait()
+        try:
+            await tunnel.done.wait()
+        except asyncio.CancelledError:
+            tunnel.gone = True  # the agent ended the stream (e.g. a new token): kas forgets the tunnel
+            raise
         if tunnel.cancelled:
             await context.abort(grpc.StatusCode.CANCELLED, "the client went away")
 
@@ -178,11 +184,25 @@ def http_request_frames(
     return out
 
 
+async def _live_tunnel(kas: FakeKas, info: tunnel_rpc.RequestInfo) -> FakeTunnel:
+    """The next parked tunnel that takes `info`, skipping streams the agent ended (as kas does: a
+    tunnel whose agent went away is dropped from its registry, and the request goes to another)."""
+    async with asyncio.timeout(30):
+        while True:
+            tunnel = await kas.tunnels.get()
+            if tunnel.gone:
+                continue
+            try:
+                await tunnel.send(tunnel_rpc.ConnectResponse(request_info=info))
+            except (grpc.RpcError, grpc.aio.UsageError, grpc.aio.InternalError):  # ExecuteBatchError
+                continue  # ended between queueing and now
+            return tunnel
+
+
 async def start_request(
     kas: FakeKas, frames: list[Message], method: str = WIRE.make_request_path
 ) -> FakeTunnel:
-    tunnel = await asyncio.wait_for(kas.tunnels.get(), 30)
-    await tunnel.send(tunnel_rpc.ConnectResponse(request_info=tunnel_rpc.RequestInfo(method_name=method)))
+    tunnel = await _live_tunnel(kas, tunnel_rpc.RequestInfo(method_name=method))
     for f in frames:
         await tunnel.send(tunnel_rpc.ConnectResponse(message=tunnel_rpc.Message(data=f.SerializeToString())))
     await tunnel.send(tunnel_rpc.ConnectResponse(close_send=tunnel_rpc.CloseSend()))
