@@ -61,7 +61,13 @@ class _KeepStreamsAfterGoaway(h2.connection.H2Connection):
     h2 moves to CLOSED on GOAWAY and then refuses every later frame, while a gRPC server's graceful GOAWAY
     (kas's connection rotation) lets the streams it accepted run to their end. The event is still
     reported; the link then opens no more streams here.
+
+    It also remembers fewer closed streams: h2 keeps up to 65 536 per connection (to tell a late frame
+    from a protocol error), several MiB on a busy agent's long-lived connection, since every tunnelled
+    request is a stream. A late frame on a stream forgotten here is answered with RST_STREAM, not an error.
     """
+
+    MAX_CLOSED_STREAMS = 256
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
         event = h2.events.ConnectionTerminated()

@@ -19,6 +19,7 @@ from agent_runtime.transport.address import parse_kas_address
 from agent_runtime.transport.destination import DestinationGuard
 from agent_runtime.transport.dialer import DialPlan
 from agent_runtime.transport.h2 import H2Channel, H2Target
+from agent_runtime.transport.h2.call import H2Call
 
 pytestmark = pytest.mark.asyncio
 
@@ -88,84 +89,76 @@ def _channel(port: int) -> H2Channel:
     return H2Channel(target, name="test")
 
 
-async def _read_all(call: object) -> list[bytes]:
+@pytest.fixture
+async def chat() -> AsyncIterator[tuple[ChatPeer, H2Channel]]:
+    """A ChatPeer and a channel to it, both closed afterwards."""
+    peer = await ChatPeer().start()
+    channel = _channel(peer.port)
+    try:
+        yield peer, channel
+    finally:
+        await channel.close(1)
+        await peer.stop()
+
+
+async def _read_all(call: H2Call) -> list[bytes]:
     messages = []
-    while (message := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+    while (message := await call.read()) is not grpc.aio.EOF:
         messages.append(message)
     return messages
 
 
-async def test_messages_both_ways_past_the_windows_then_ok() -> None:
-    peer = await ChatPeer().start()
-    channel = _channel(peer.port)
-    try:
-        call = channel.stream_stream(CHAT)(metadata=[("authorization", "Bearer t0ken")])
-        sent = [b"echo", b"a" * 10, b"b" * 200_000, b"c" * 70_000, b""]
-        for message in sent:
-            await call.write(message)
-        await call.done_writing()
-        assert await _read_all(call) == sent[1:]
-        assert call.done()
-        assert peer.metadata[0]["authorization"] == "Bearer t0ken"
-        assert peer.metadata[0]["user-agent"].startswith("gitlab-agent/test")
-    finally:
-        await channel.close(1)
-        await peer.stop()
+async def test_messages_both_ways_past_the_windows_then_ok(chat: tuple[ChatPeer, H2Channel]) -> None:
+    peer, channel = chat
+    call = channel.stream_stream(CHAT)(metadata=[("authorization", "Bearer t0ken")])
+    sent = [b"echo", b"a" * 10, b"b" * 200_000, b"c" * 70_000, b""]
+    for message in sent:
+        await call.write(message)
+    await call.done_writing()
+    assert await _read_all(call) == sent[1:]
+    assert call.done()
+    assert peer.metadata[0]["authorization"] == "Bearer t0ken"
+    assert peer.metadata[0]["user-agent"].startswith("gitlab-agent/test")
 
 
-async def test_trailers_only_refusal_raises_the_status() -> None:
-    peer = await ChatPeer().start()
-    channel = _channel(peer.port)
-    try:
-        call = channel.stream_stream(CHAT)()
-        await call.write(b"refuse")
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await call.read()
-        assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
-        assert raised.value.details() == "unauthenticated: bad token"
-        assert call.done()
-        with pytest.raises(grpc.aio.AioRpcError):
-            await call.write(b"more")
-    finally:
-        await channel.close(1)
-        await peer.stop()
+async def test_trailers_only_refusal_raises_the_status(chat: tuple[ChatPeer, H2Channel]) -> None:
+    _, channel = chat
+    call = channel.stream_stream(CHAT)()
+    await call.write(b"refuse")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert raised.value.details() == "unauthenticated: bad token"
+    assert call.done()
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call.write(b"more")
 
 
-async def test_oversized_message_ends_that_call_only() -> None:
-    peer = await ChatPeer().start()
-    channel = _channel(peer.port)
-    try:
-        big = channel.stream_stream(CHAT)()
-        await big.write(f"big:{_LIMIT + 1}".encode())
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await big.read()
-        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        fine = channel.stream_stream(CHAT)()
-        await fine.write(f"big:{_LIMIT}".encode())
-        assert await _read_all(fine) == [b"x" * _LIMIT]
-        assert channel.connections == 1
-    finally:
-        await channel.close(1)
-        await peer.stop()
+async def test_oversized_message_ends_that_call_only(chat: tuple[ChatPeer, H2Channel]) -> None:
+    _, channel = chat
+    big = channel.stream_stream(CHAT)()
+    await big.write(f"big:{_LIMIT + 1}".encode())
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await big.read()
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    fine = channel.stream_stream(CHAT)()
+    await fine.write(f"big:{_LIMIT}".encode())
+    assert await _read_all(fine) == [b"x" * _LIMIT]
+    assert channel.connections == 1
 
 
-async def test_cancel_reaches_kas() -> None:
-    peer = await ChatPeer().start()
-    channel = _channel(peer.port)
-    try:
-        call = channel.stream_stream(CHAT)()
-        await call.write(b"wait")
-        await asyncio.sleep(0.2)
-        assert call.cancel()
-        async with asyncio.timeout(5):
-            await peer.cancelled.wait()
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await call.read()
-        assert raised.value.code() is grpc.StatusCode.CANCELLED
-        assert not call.cancel()
-    finally:
-        await channel.close(1)
-        await peer.stop()
+async def test_cancel_reaches_kas(chat: tuple[ChatPeer, H2Channel]) -> None:
+    peer, channel = chat
+    call = channel.stream_stream(CHAT)()
+    await call.write(b"wait")
+    await asyncio.sleep(0.2)
+    assert call.cancel()
+    async with asyncio.timeout(5):
+        await peer.cancelled.wait()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    assert raised.value.code() is grpc.StatusCode.CANCELLED
+    assert not call.cancel()
 
 
 async def test_goaway_keeps_open_calls_and_moves_new_ones() -> None:
