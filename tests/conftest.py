@@ -32,6 +32,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STARTUP_REPORT] = []
 
 
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with the session's status once every result is reported and every fixture torn down.
+
+    pytest's last step collects garbage, and a grpc.aio completion queue freed there joins grpc's poller
+    thread, which waits for calls some test left unfinished: three CI runs of session 7 printed their
+    results and then hung for 46 minutes or more (`py-spy dump`: `gc_collect_harder` -> `Thread.join` on
+    grpc's `_poll_wrapper`). Which test leaves the call is not found yet; this keeps the suite's end
+    bounded. GAO_TESTS_NORMAL_EXIT=1 turns it off, to look for the culprit.
+    """
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None or os.environ.get("GAO_TESTS_NORMAL_EXIT") == "1":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     for line in config.stash.get(_STARTUP_REPORT, []):
         terminalreporter.write_line(line)
