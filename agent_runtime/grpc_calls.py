@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 import grpc
@@ -34,9 +34,30 @@ class TunnelCall(Protocol):
     def add_done_callback(self, callback: Callable[[Any], None]) -> None: ...
 
 
-class TunnelChannel(Protocol):
-    """Where Connect calls are opened: a grpc.aio channel, or the runtime's own HTTP/2 channel."""
+class UnaryCall(Protocol):
+    """What the modules use of a unary call (grpc.aio's UnaryUnaryCall, or the own HTTP/2 client's)."""
 
+    def __await__(self) -> Generator[Any, None, bytes]: ...
+    async def initial_metadata(self) -> Any: ...
+    def cancel(self) -> bool: ...
+    def done(self) -> bool: ...
+
+
+class ServerStreamCall(Protocol):
+    """What the modules use of a server-streaming call (grpc.aio's UnaryStreamCall, or the own one's)."""
+
+    async def read(self) -> Any: ...  # bytes, or grpc.aio.EOF
+    async def initial_metadata(self) -> Any: ...
+    def cancel(self) -> bool: ...
+    def done(self) -> bool: ...
+
+
+class KasChannel(Protocol):
+    """Where calls to kas are opened: a grpc.aio channel, or the runtime's own HTTP/2 channel. Each
+    method gives a factory called as grpc.aio's multi-callables are (request, metadata=, ...)."""
+
+    def unary_unary(self, method: str) -> Callable[..., UnaryCall]: ...
+    def unary_stream(self, method: str) -> Callable[..., ServerStreamCall]: ...
     def stream_stream(self, method: str) -> Callable[..., TunnelCall]: ...
 
 

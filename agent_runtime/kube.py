@@ -23,11 +23,12 @@ import os
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+
+from agent_runtime.kubeconfig import KubeconfigError, NotHandledHereError, from_kubeconfig, in_cluster
 
 _TOKEN_REFRESH_SECONDS: Final = 10.0
 """How often the loader's hook is asked for a fresh token (it re-reads only what has expired)."""
@@ -43,11 +44,6 @@ _VERSION_KEYS: Final = ("major", "minor", "gitVersion", "platform")
 """The `/version` fields AgentMeta.kubernetes_version carries (PROTOCOL.md §5)."""
 
 log = logging.getLogger(__name__)
-
-
-# The kubernetes package's loaders carry no annotations; give them the signatures we rely on.
-_load_incluster_config: Callable[[Any], None] = k8s_config.load_incluster_config
-_load_kube_config: Callable[..., None] = k8s_config.load_kube_config
 
 
 class KubeConfigError(RuntimeError):
@@ -268,35 +264,52 @@ class PrivatePool:
 
 
 def load_configuration(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
-    """A filled `kubernetes.client.Configuration`: an explicit kubeconfig; else in-cluster; else
-    $KUBECONFIG / ~/.kube/config. KubeConfigError says where it looked (never a credential).
+    """Credentials with the attributes of a `kubernetes.client.Configuration`: an explicit kubeconfig;
+    else in-cluster; else $KUBECONFIG / ~/.kube/config. KubeConfigError says where it looked (never a
+    credential).
 
     Blocking (reads files, may run an exec plugin): call it with `asyncio.to_thread` from async code.
     """
-    configuration = k8s_client.Configuration()
-    loaders: list[tuple[str, Callable[[], None]]] = []
+    loaders: list[tuple[str, Callable[[], Any]]] = []
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        loaders.append(("in-cluster service account", lambda: _load_incluster_config(configuration)))
-    loaders.append(
-        (
-            f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}",
-            lambda: _load_kube_config(
-                config_file=kubeconfig,
-                context=context,
-                client_configuration=configuration,
-                persist_config=False,
-            ),
-        )
-    )
+        loaders.append(("in-cluster service account", lambda: in_cluster(os.environ)))
+    where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    loaders.append((f"kubeconfig {where}", lambda: _from_kubeconfig(kubeconfig, context)))
     problems: list[str] = []
     for where, load in loaders:
         try:
-            load()
-        except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+            return load()
+        except (KubeconfigError, OSError, ValueError, TypeError) as exc:
             problems.append(f"{where}: {type(exc).__name__}: {exc}")
-            continue
-        return configuration
     raise KubeConfigError("no Kubernetes credentials found (" + "; ".join(problems) + ")")
+
+
+def _from_kubeconfig(kubeconfig: str | None, context: str | None) -> Any:
+    """Our own reading of the kubeconfig; the kubernetes package for what only it does."""
+    named = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    if os.pathsep not in named:
+        try:
+            return from_kubeconfig(Path(os.path.expanduser(named)), context)
+        except NotHandledHereError:
+            pass
+    return _with_kubernetes_package(kubeconfig, context)
+
+
+def _with_kubernetes_package(kubeconfig: str | None, context: str | None) -> Any:
+    """Exec plugins, auth providers, merged $KUBECONFIG files: the kubernetes package's loader (imported
+    only here: its API models cost about 15 MiB)."""
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    configuration = k8s_client.Configuration()
+    load: Callable[..., None] = k8s_config.load_kube_config
+    try:
+        load(
+            config_file=kubeconfig, context=context, client_configuration=configuration, persist_config=False
+        )
+    except k8s_config.ConfigException as e:
+        raise KubeconfigError(str(e)) from None
+    return configuration
 
 
 def load_kube_access(kubeconfig: str | None = None, *, context: str | None = None) -> KubeAccess:

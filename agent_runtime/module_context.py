@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-import grpc
-
 from agent_proto.flavor import WireNames
 from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
 from agent_proto.gitlab.agent.entity import entity_pb2
 from agent_runtime.auth_gate import AuthGate
 from agent_runtime.clock import Clock
 from agent_runtime.constants import POD_ID_BITS
-from agent_runtime.grpc_calls import TunnelChannel
+from agent_runtime.grpc_calls import KasChannel
 from agent_runtime.informer import SharedInformers
 from agent_runtime.kube import KubeAccess, PrivatePool
 from agent_runtime.latest import LatestValue, Signal
@@ -42,13 +40,8 @@ class KasLink(Protocol):
     """The worker's current connection to kas, as modules use it."""
 
     @property
-    def channel(self) -> grpc.aio.Channel:
-        """The gRPC channel (one HTTP/2 connection, possibly through the WebSocket bridge)."""
-        ...
-
-    @property
-    def tunnel_channel(self) -> TunnelChannel:
-        """Where the reverse tunnel opens its Connect calls (its own HTTP/2 connection, or `channel`)."""
+    def channel(self) -> KasChannel:
+        """Where calls to kas are opened (one HTTP/2 connection at a time)."""
         ...
 
     @property

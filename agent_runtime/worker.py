@@ -28,7 +28,7 @@ from agent_proto.flavor import WireNames, wire_names
 from agent_runtime.auth_gate import AuthGate
 from agent_runtime.clock import SYSTEM_CLOCK
 from agent_runtime.environment import NoMetrics, WorkerEnvironment
-from agent_runtime.grpc_calls import TunnelChannel
+from agent_runtime.grpc_calls import KasChannel
 from agent_runtime.kube import PrivatePool
 from agent_runtime.latest import LatestValue, Signal
 from agent_runtime.local_rpc import HandlerTable
@@ -71,12 +71,8 @@ class _KasLink:
         self._wire = wire
 
     @property
-    def channel(self) -> grpc.aio.Channel:
+    def channel(self) -> KasChannel:
         return self._connection.channel
-
-    @property
-    def tunnel_channel(self) -> TunnelChannel:
-        return self._connection.tunnel_channel
 
     @property
     def wire(self) -> WireNames:
@@ -223,8 +219,12 @@ class Worker:
                 start("kubernetes_api", k8s.run()),
                 start("agent_registrar", agent_registrar.build(ctx, metrics).run()),
                 start("agent_configuration", agent_configuration.build(ctx, metrics).run()),
-                start("channel_watch", self._watch_channel(connection)),
             ]
+            grpc_channel = connection.grpc_channel
+            if grpc_channel is None:
+                connection.on_kas_lost(self._kas_lost)
+            else:
+                others.append(start("channel_watch", self._watch_channel(connection, grpc_channel)))
             if self._spec.flux_enabled:
                 others.append(
                     start("flux", flux.build(ctx, self._env.flux, metrics, self._spec.flux_mode).run())
@@ -234,7 +234,12 @@ class Worker:
             tunnels = start("reverse_tunnel", reverse_tunnel.build(tunnel_ctx, metrics).run())
             start("stopper", self._stopper(others, tunnels))
 
-    async def _watch_channel(self, connection: KasConnection) -> None:
+    def _kas_lost(self) -> None:
+        """A connection to kas could not be made: the tunnels are unreachable until kas accepts one again
+        (the transport's diagnosis replaces the generic message, `_refine`)."""
+        self._state.failed(Component.TUNNELS, WorkerError(ErrorReason.KAS_UNREACHABLE, CHANNEL_LOST_MESSAGE))
+
+    async def _watch_channel(self, connection: KasConnection, channel: grpc.aio.Channel) -> None:
         """Report a lost kas the calls cannot: every call waits for the channel (wait_for_ready), and a kas
         that stops gracefully ends its streams with OK, so without this the worker stayed Connected with
         no tunnel and no error. A failed (re)connection marks the tunnels unreachable; the next stream
@@ -245,7 +250,6 @@ class Worker:
         (the reconnect signal, as for a new token: the calls of a failing channel only wait), and the old
         channel is closed after they moved. The smallest design that keeps the relay's "resolve for every
         connection": grpc keeps retrying the checked addresses with its own backoff in between."""
-        channel = connection.channel
         state = channel.get_state(try_to_connect=False)
         while True:
             if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
@@ -260,7 +264,7 @@ class Worker:
                     except asyncio.CancelledError:  # the worker stops: close it now, not by the GC
                         await old.close(None)
                         raise
-                    channel = connection.channel
+                    channel = connection.grpc_channel or channel
                     state = channel.get_state(try_to_connect=True)
                     continue
                 with contextlib.suppress(TimeoutError):

@@ -16,9 +16,6 @@ import asyncio
 import statistics
 import time
 
-import grpc
-import grpc.aio
-
 from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.secret import Secret
 from agent_runtime.spec import WorkerSpec
@@ -30,7 +27,7 @@ _LIMIT_S = 120.0
 
 
 async def _latencies(conn: KasConnection, calls: int, warmup: int, payload: bytes) -> list[float]:
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = conn.channel.unary_unary(ECHO)
+    call = conn.channel.unary_unary(ECHO)
     metadata = conn.call_metadata()
     for _ in range(warmup):
         await call(payload, metadata=metadata, wait_for_ready=True)

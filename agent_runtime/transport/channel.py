@@ -1,7 +1,12 @@
-"""One worker's connection to kas: a grpc.aio channel set up like agentk's (PROTOCOL.md §3.5).
+"""One worker's connection to kas, set up like agentk's channel (PROTOCOL.md §3.5).
 
 Every TCP connection to kas, reconnects included, passes the operator's destination policy after DNS.
-grpc:// and grpcs:// without a proxy: grpc dials the addresses the policy checked itself (`direct.py`),
+By default every call goes over the runtime's own HTTP/2 client (`transport/h2`), whose connections the
+dialer makes (`dialer.py`: the policy, the proxy, TLS verified for grpcs, the WebSocket for ws/wss): one
+connection to kas per agent, as agentk has.
+
+With `GAO_KAS_TRANSPORT=grpc` the calls go over a grpc.aio channel instead. grpc:// and grpcs:// without
+a proxy: grpc dials the addresses the policy checked itself (`direct.py`),
 and the bridge is never started (no socket, no directory) unless kas's name does not resolve at first.
 Everything else goes through the worker's private `WsBridge` (a Unix socket), which dials for grpc:
 ws:// and wss:// bridged as WebSocket; grpc/grpcs behind a proxy as a raw pipe (grpc doing its own
@@ -23,7 +28,7 @@ from typing import Final, Literal, cast
 import grpc
 import grpc.aio
 
-from agent_runtime.grpc_calls import TunnelChannel
+from agent_runtime.grpc_calls import KasChannel
 from agent_runtime.policy import DestinationPolicy
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, TlsSettings, WorkerError, WorkerSpec
@@ -38,7 +43,7 @@ from agent_runtime.transport.errors import (
     classify_rpc_error,
     connect_error,
 )
-from agent_runtime.transport.h2 import H2Channel, H2Target, LinkSettings
+from agent_runtime.transport.h2 import DialObserver, H2Channel, H2Target, LinkSettings
 from agent_runtime.transport.headers import handshake_headers, metadata_headers
 from agent_runtime.transport.kas_version import from_metadata
 from agent_runtime.transport.proxy import Proxy, proxy_for
@@ -68,15 +73,15 @@ class ChannelSettings:
     """Largest message accepted from kas."""
     dial: DialTimeouts = field(default_factory=DialTimeouts)
     """The bridge's dial/TLS/response-header timeouts."""
-    tunnel_transport: TunnelTransport = "h2"
-    """What carries the reverse tunnel's Connect streams: "h2", the runtime's own HTTP/2 client on the
-    event loop (`transport/h2`: a second connection to kas, a fraction of grpc.aio's CPU per request), or
-    "grpc", the grpc.aio channel every other call uses. The environment variable GAO_TUNNEL_TRANSPORT
-    overrides it for the whole process."""
+    transport: KasTransport = "h2"
+    """What carries the calls to kas: "h2", the runtime's own HTTP/2 client on the event loop
+    (`transport/h2`: one connection per agent, a fraction of grpc.aio's CPU and memory), or "grpc", a
+    grpc.aio channel (and, for ws/wss and proxies, the bridge). The environment variable
+    GAO_KAS_TRANSPORT overrides it for the whole process."""
 
 
-TunnelTransport = Literal["h2", "grpc"]
-TUNNEL_TRANSPORT_ENV: Final = "GAO_TUNNEL_TRANSPORT"
+KasTransport = Literal["h2", "grpc"]
+KAS_TRANSPORT_ENV: Final = "GAO_KAS_TRANSPORT"
 
 
 class KasConnection:
@@ -84,18 +89,15 @@ class KasConnection:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: grpc.aio.Channel | H2Channel,
         address: KasAddress,
         token: Secret,
         metadata: tuple[tuple[str, str], ...],
         bridge: WsBridge,
         route: DirectRoute | None = None,
         build: Callable[[str], grpc.aio.Channel] | None = None,
-        tunnel: H2Channel | None = None,
     ) -> None:
-        self.channel = channel
-        """The grpc.aio channel to kas; replaced when `reroute()` finds kas at other addresses."""
-        self._tunnel = tunnel
+        self._channel = channel
         self.address = address
         """The parsed kas address."""
         self._token = token
@@ -106,17 +108,32 @@ class KasConnection:
         self._rpc_error: WorkerError | None = None
         self._kas_version: str | None = None
         self._version_listeners: list[Callable[[str], None]] = []
+        self._lost_listeners: list[Callable[[], None]] = []
         bridge.on_kas_version = self._kas_version_learned
+        if isinstance(channel, H2Channel):
+            channel.observer = DialObserver(dialed=bridge.note_dialed, failed=self._dial_failed)
 
     @property
-    def tunnel_channel(self) -> TunnelChannel:
-        """What the reverse tunnel opens its Connect streams on: the own HTTP/2 channel, or `channel`.
+    def channel(self) -> KasChannel:
+        """Where calls to kas are made: the own HTTP/2 channel, or grpc.aio's (the same surface)."""
+        # grpc.aio's stubs type calls generically; its calls do have the surface KasChannel names.
+        return cast(KasChannel, self._channel)
 
-        Both give calls with grpc.aio's surface (agent_runtime.grpc_calls.TunnelCall)."""
-        if self._tunnel is not None:
-            return self._tunnel
-        # grpc.aio's stubs type Connect's call generically; its calls do have TunnelCall's surface.
-        return cast(TunnelChannel, self.channel)
+    @property
+    def grpc_channel(self) -> grpc.aio.Channel | None:
+        """The grpc.aio channel, with GAO_KAS_TRANSPORT=grpc; replaced when `reroute()` finds kas at other
+        addresses."""
+        return None if isinstance(self._channel, H2Channel) else self._channel
+
+    def _dial_failed(self, error: WorkerError) -> None:
+        self._bridge.record(error)
+        for listener in self._lost_listeners:
+            listener()
+
+    def on_kas_lost(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` whenever a connection to kas cannot be made (own HTTP/2 channel only: the
+        worker watches grpc.aio's channel state itself)."""
+        self._lost_listeners.append(listener)
 
     @property
     def kas_version(self) -> str | None:
@@ -175,20 +192,21 @@ class KasConnection:
             self._rpc_error = self.refine(error) if self.direct else error
         return self.last_error() if error is not None else None
 
+    def record_rpc_success(self) -> None:
+        """An RPC reached kas: forget the transport error learned from RPCs."""
+        self._rpc_error = None
+
     async def reroute(self) -> grpc.aio.Channel | None:
-        """Resolve kas again (direct grpc only); if its checked addresses changed, switch `channel` to a
-        new channel for them and return the old one, which the caller closes once its calls moved."""
-        if self._route is None or self._build is None:
+        """Resolve kas again (direct grpc only); if its checked addresses changed, switch `grpc_channel` to
+        a new channel for them and return the old one, which the caller closes once its calls moved."""
+        old = self.grpc_channel
+        if self._route is None or self._build is None or old is None:
             return None
         target = await self._route.next_target()
         if target is None:
             return None
-        old, self.channel = self.channel, self._build(target)
+        self._channel = self._build(target)
         return old
-
-    def record_rpc_success(self) -> None:
-        """An RPC reached kas: forget the transport error learned from RPCs."""
-        self._rpc_error = None
 
     def set_token(self, token: Secret) -> None:
         """Use `token` for calls started from now on (rotation without reconnecting)."""
@@ -199,16 +217,22 @@ class KasConnection:
         return (("authorization", f"Bearer {self._token.reveal()}"), *self._metadata)
 
     @property
+    def open_connections(self) -> int:
+        """Connections to kas open now (the bridge's, or the own HTTP/2 channel's, draining ones too)."""
+        if isinstance(self._channel, H2Channel):
+            return self._channel.connections
+        return self._bridge.open_connections
+
+    @property
     def bridge(self) -> WsBridge:
-        """The private bridge every connection to kas goes through."""
+        """The private bridge (grpc.aio only; with the own HTTP/2 channel it only keeps the record of
+        dials: the last error, the kas version, the handshakes)."""
         return self._bridge
 
     async def close(self, grace: float) -> None:
         """Let calls finish for up to `grace` seconds, then close the channel and the bridge."""
         try:
-            if self._tunnel is not None:
-                await self._tunnel.close(grace)
-            await self.channel.close(grace)
+            await self._channel.close(grace)
         finally:
             await self._bridge.close(grace)
 
@@ -266,6 +290,9 @@ async def open_kas_connection(
     plan = _dial_plan(spec, address, proxy, guard, user_agent, settings)
     bridge = WsBridge(plan, name=spec.id)
     metadata = () if address.websocket else metadata_headers(spec.kas_headers)
+    if _transport(settings, env) == "h2":
+        h2 = _h2_channel(spec, address, plan, user_agent, settings)
+        return KasConnection(h2, address, spec.token, metadata, bridge)
     try:
         build = functools.partial(_build_channel, spec, address, options)
         route = None
@@ -280,32 +307,24 @@ async def open_kas_connection(
     except BaseException:
         await bridge.close(0)
         raise
-    tunnel = None
-    if _tunnel_transport(settings, env) == "h2":
-        tunnel = _tunnel_channel(spec, address, plan, user_agent, settings, bridge)
-    return KasConnection(channel, address, spec.token, metadata, bridge, route, build, tunnel)
+    return KasConnection(channel, address, spec.token, metadata, bridge, route, build)
 
 
-def _tunnel_transport(settings: ChannelSettings, env: Mapping[str, str]) -> TunnelTransport:
-    chosen = env.get(TUNNEL_TRANSPORT_ENV, settings.tunnel_transport)
+def _transport(settings: ChannelSettings, env: Mapping[str, str]) -> KasTransport:
+    chosen = env.get(KAS_TRANSPORT_ENV, settings.transport)
     if chosen not in ("h2", "grpc"):
-        raise TransportConfigError(f"{TUNNEL_TRANSPORT_ENV} must be h2 or grpc, not {chosen[:20]!r}")
+        raise TransportConfigError(f"{KAS_TRANSPORT_ENV} must be h2 or grpc, not {chosen[:20]!r}")
     return "h2" if chosen == "h2" else "grpc"
 
 
-def _tunnel_channel(
-    spec: WorkerSpec,
-    address: KasAddress,
-    bridge_plan: DialPlan,
-    user_agent: str,
-    settings: ChannelSettings,
-    bridge: WsBridge,
+def _h2_channel(
+    spec: WorkerSpec, address: KasAddress, plan: DialPlan, user_agent: str, settings: ChannelSettings
 ) -> H2Channel:
-    """The tunnel's own HTTP/2 channel: dials as the bridge does, doing grpcs's TLS itself (verified)."""
+    """The own HTTP/2 channel: dials as the bridge would, doing grpcs's TLS itself (verified)."""
     alpn = ("http/1.1",) if address.websocket else ("h2",)
     tls = client_context(spec.tls, alpn=alpn) if address.tls else None
     target = H2Target(
-        plan=dataclasses.replace(bridge_plan, tls=tls),
+        plan=dataclasses.replace(plan, tls=tls),
         scheme="https" if address.tls else "http",
         authority=address.host_header,
         user_agent=user_agent,
@@ -314,7 +333,7 @@ def _tunnel_channel(
             keepalive_s=settings.keepalive_time_ms / 1000, ping_timeout_s=settings.keepalive_timeout_ms / 1000
         ),
     )
-    return H2Channel(target, name=spec.id, on_kas_version=bridge.note_kas_version)
+    return H2Channel(target, name=spec.id)
 
 
 def _build_channel(

@@ -264,6 +264,13 @@ class WsBridge:
             _log.warning("kas connection %s: %s", self._name, error.message)
         self._last_error = error
 
+    def note_dialed(self, kas_version: str | None) -> None:
+        """A connection to kas is up (ours, or the own HTTP/2 channel's): no error now; its kas version."""
+        self._handshakes += 1
+        self._last_error = None
+        if kas_version:
+            self.note_kas_version(kas_version)
+
     def note_kas_version(self, version: str) -> None:
         """A handshake (ours, or another connection's to the same kas) announced `version`."""
         if version != self._kas_version:
@@ -312,10 +319,7 @@ class WsBridge:
         if local.lost or self._closing:
             dialed.transport.abort()
             return
-        self._handshakes += 1
-        self._last_error = None
-        if dialed.kas_version:
-            self.note_kas_version(dialed.kas_version)
+        self.note_dialed(dialed.kas_version)
         pipe = _Pipe(self, local, dialed, self._plan.websocket)
         self._pipes.add(pipe)
         pipe.start()

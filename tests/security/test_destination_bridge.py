@@ -72,13 +72,17 @@ async def kas_of_b(grpc_peer: GrpcPeer) -> AsyncIterator[WsTunnelPeer]:
 
 async def _connect(address: str, *, headers: tuple[tuple[str, str], ...] = ()) -> KasConnection:
     spec = WorkerSpec(id=address, kas_address=address, token=Secret("t" * 50), kas_headers=headers)
+    # The bridge serves the grpc.aio transport only (the own HTTP/2 client, the default, listens on nothing).
     return await open_kas_connection(
-        spec, user_agent="gitlab-agent/v0/0", policy=ADMIN_ALLOWS_LOOPBACK, environ={}
+        spec,
+        user_agent="gitlab-agent/v0/0",
+        policy=ADMIN_ALLOWS_LOOPBACK,
+        environ={"GAO_KAS_TRANSPORT": "grpc"},
     )
 
 
 async def _echo(conn: KasConnection, deadline: float) -> None:
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = conn.channel.unary_unary(ECHO)
+    call = conn.channel.unary_unary(ECHO)
     await call(b"ping", metadata=conn.call_metadata(), timeout=deadline)
 
 

@@ -64,7 +64,7 @@ async def _last_error(address: str, proxy: ProxySettings | None = None) -> Worke
 
 
 async def _failure(conn: KasConnection) -> WorkerError:
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = conn.channel.unary_unary(ECHO)
+    call = conn.channel.unary_unary(ECHO)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call(b"ping", metadata=conn.call_metadata(), timeout=20)
     error = conn.record_rpc_error(info.value)

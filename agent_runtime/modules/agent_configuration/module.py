@@ -84,9 +84,7 @@ class ConfigurationModule:
         request = rpc_pb2.ConfigurationRequest(
             commit_id=self._progress.commit, agent_meta=ctx.agent.meta(), skip_register=True
         )
-        method: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = ctx.kas.channel.unary_stream(
-            ctx.kas.wire.get_configuration_path
-        )
+        method = ctx.kas.channel.unary_stream(ctx.kas.wire.get_configuration_path)
         call = method(
             request.SerializeToString(),
             metadata=ctx.kas.call_metadata(),

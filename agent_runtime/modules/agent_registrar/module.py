@@ -63,9 +63,7 @@ class RegistrarModule:
             agent_meta=ctx.agent.meta(self._kubernetes_version), pod_id=ctx.agent.pod_id
         )
         try:
-            method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ctx.kas.channel.unary_unary(
-                ctx.kas.wire.register_path
-            )
+            method = ctx.kas.channel.unary_unary(ctx.kas.wire.register_path)
             call = method(
                 request.SerializeToString(),
                 metadata=ctx.kas.call_metadata(),

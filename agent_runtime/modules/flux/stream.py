@@ -105,9 +105,7 @@ class ProjectStream:
         """One call; True when it failed (back off)."""
         ctx = self._ctx
         request = rpc_pb2.ReconcileProjectsRequest(project=[rpc_pb2.Project(id=p) for p in sorted(projects)])
-        method: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = ctx.kas.channel.unary_stream(
-            method_path(ctx.kas.wire.flavor)
-        )
+        method = ctx.kas.channel.unary_stream(method_path(ctx.kas.wire.flavor))
         self.opened += 1
         opened_at = ctx.clock.now()
         call = method(

@@ -162,7 +162,7 @@ class TunnelAttempt:
 
     async def _attempt(self) -> Outcome:
         ctx = self._ctx
-        connect = ctx.kas.tunnel_channel.stream_stream(ctx.kas.wire.connect_path)
+        connect = ctx.kas.channel.stream_stream(ctx.kas.wire.connect_path)
         call: TunnelCall = connect(
             metadata=ctx.kas.call_metadata(), wait_for_ready=True, compression=TUNNEL_COMPRESSION
         )

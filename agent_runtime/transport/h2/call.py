@@ -1,6 +1,6 @@
-"""One gRPC call on the tunnel's HTTP/2 connection, with the surface of grpc.aio's StreamStreamCall the
-reverse tunnel uses (`read`, `write`, `done_writing`, `done`, `cancel`, `add_done_callback`), and the same
-errors (AioRpcError with the call's status), so the tunnel's code serves both transports."""
+"""One gRPC call on an HTTP/2 connection to kas, with the surface of grpc.aio's calls the modules use
+(`read`, `write`, `done_writing`, `initial_metadata`, `done`, `cancel`, `add_done_callback`), and the same
+errors (AioRpcError with the call's status), so the modules' code serves both transports."""
 
 from __future__ import annotations
 
@@ -22,10 +22,20 @@ LOCALLY_CANCELLED = Status(grpc.StatusCode.CANCELLED, "Locally cancelled by appl
 
 
 class H2Call:
-    """A bidirectional-streaming call of bytes messages; opens its stream on the first operation."""
+    """A streaming call of bytes messages; opens its stream on the first operation.
+
+    Given a `request`, the call sends it and half-closes at once (a unary or server-streaming call).
+    `gzip`: the request goes gzip-compressed, and kas's messages may come compressed (the request headers
+    must say so too)."""
 
     def __init__(
-        self, connect: Callable[[], Any], headers: list[tuple[bytes, bytes]], max_message: int
+        self,
+        connect: Callable[[], Any],
+        headers: list[tuple[bytes, bytes]],
+        max_message: int,
+        request: bytes | None = None,
+        *,
+        gzip: bool = False,
     ) -> None:
         self._connect = connect
         """Returns (awaitable) a connection with room for a new stream: waits for kas (wait-for-ready)."""
@@ -35,18 +45,21 @@ class H2Call:
         self._opening: asyncio.Lock | None = None
         self._replaying_on: H2Link | None = None
         """The connection a refused stream is being opened again on, until the replay is sent."""
-        self._reassembler = wire.Reassembler(max_message)
+        self._reassembler = wire.Reassembler(max_message, gzip=gzip)
         self._messages: deque[bytes] = deque()
         self._status: Status | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._callbacks: list[Callable[[H2Call], None]] = []
-        self._half_closed = False
+        self._half_closed = request is not None
+        self._initial_metadata: tuple[tuple[str, str], ...] | None = None
+        """kas's response headers without the pseudo-headers; () after a trailers-only response."""
+        self._headers_waiter: asyncio.Future[None] | None = None
         self._unacknowledged = 0
         """Bytes received and not yet returned to kas's window for this stream. They are returned while
         the caller keeps up (nothing unread): as they arrive, and when a read empties the queue. So kas
         runs at most one window past what the caller left unread, and a message larger than the window
         still arrives."""
-        self._sent: list[bytes] | None = []
+        self._sent: list[bytes] | None = [] if request is None else [wire.frame(request, gzip=gzip)]
         """What we sent before kas's response headers, to send again if kas refuses the stream unprocessed
         (GOAWAY below its id, REFUSED_STREAM); None once kas answered (the call is committed)."""
 
@@ -93,6 +106,17 @@ class H2Call:
             finally:
                 self._wakeup = None
 
+    async def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        """kas's response headers (empty when the call ended without any), once they arrived."""
+        while self._initial_metadata is None and self._status is None:
+            if self._link is None:
+                await self._open()
+                continue
+            if self._headers_waiter is None:
+                self._headers_waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._headers_waiter)
+        return self._initial_metadata or ()
+
     def done(self) -> bool:
         """The call has its status and nothing received is left unread (grpc.aio's meaning)."""
         return self._status is not None and not self._messages
@@ -103,6 +127,10 @@ class H2Call:
             return False
         self._end(LOCALLY_CANCELLED, reset=True)
         return True
+
+    def fail(self, status: Status) -> None:
+        """End the call from our side with `status` (a deadline, a broken response): RST_STREAM CANCEL."""
+        self._end(status, reset=True)
 
     def add_done_callback(self, callback: Callable[[H2Call], None]) -> None:
         """Call `callback(self)` once the call is done (at once if it is)."""
@@ -116,6 +144,8 @@ class H2Call:
     def received_headers(self, headers: Sequence[tuple[bytes, bytes]], ended: bool) -> None:
         """kas's response HEADERS (`ended`: they ended the stream: a trailers-only response)."""
         self._sent = None
+        self._initial_metadata = () if ended else wire.metadata(headers)
+        self._wake_headers()
         status = wire.response_status(headers)
         if status is None and ended:
             status = Status(grpc.StatusCode.INTERNAL, "kas ended the stream without a grpc-status")
@@ -227,7 +257,13 @@ class H2Call:
         if link is not None:
             link.forget(self, reset=reset)
         self._wake()
+        self._wake_headers()
         self._run_callbacks_if_done()
+
+    def _wake_headers(self) -> None:
+        waiter, self._headers_waiter = self._headers_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _wake(self) -> None:
         wakeup = self._wakeup

@@ -1,33 +1,37 @@
-"""The tunnel's HTTP/2 "channel": hands each new call a connection to kas, dialing one when needed.
+"""The worker's HTTP/2 "channel" to kas: hands each new call a connection, dialing one when needed.
 
-Like grpc's channel with wait-for-ready: a call waits while kas cannot be reached, and the connection is
-dialed again with gRPC's connect backoff (1 s, x1.6, jitter 0.2, at most 120 s; PROTOCOL.md §3.5). Calls
-never share a connection with another worker's; a connection kas sends GOAWAY on keeps its calls and the
-next call dials a new one.
+Like grpc's channel: a call waits while kas cannot be reached (wait-for-ready; without it a call fails
+UNAVAILABLE at once while the last dial failed), and the connection is dialed again with gRPC's connect
+backoff (1 s, x1.6, jitter 0.2, at most 120 s; PROTOCOL.md §3.5). Calls never share a connection with
+another worker's; a connection kas sends GOAWAY on keeps its calls and the next call dials a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 import grpc
 
 from agent_runtime.backoff import Backoff, BackoffPolicy
+from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.dialer import DialPlan, dial
 from agent_runtime.transport.errors import TransportError
 from agent_runtime.transport.h2 import wire
 from agent_runtime.transport.h2.call import H2Call
 from agent_runtime.transport.h2.link import H2Link, LinkSettings
+from agent_runtime.transport.h2.unary import H2UnaryCall
 
 _log = logging.getLogger(__name__)
 
 CONNECT_BACKOFF: Final = BackoffPolicy(initial=1.0, cap=120.0, factor=1.6, jitter=0.2, reset_after=150.0)
 """gRPC's connect backoff, which agentk uses (PROTOCOL.md §3.5)."""
 CLOSED: Final = wire.Status(grpc.StatusCode.CANCELLED, "the connection to kas was closed")
+UNREACHABLE: Final = wire.Status(grpc.StatusCode.UNAVAILABLE, "kas cannot be reached")
 
 
 @dataclass(frozen=True)
@@ -48,91 +52,185 @@ class H2Target:
     """Keepalive of each connection."""
 
 
-class H2Channel:
-    """Connections to one kas for one worker's tunnel calls."""
+@dataclass(frozen=True)
+class DialObserver:
+    """Who learns how dialing kas goes (the worker's status and kas version)."""
 
-    def __init__(
-        self, target: H2Target, *, name: str, on_kas_version: Callable[[str], None] | None = None
-    ) -> None:
+    dialed: Callable[[str | None], None]
+    """A connection is up; called with the kas version its handshake announced, if any."""
+    failed: Callable[[WorkerError], None]
+    """A dial failed; called with what the worker reports."""
+
+
+class H2Channel:
+    """Connections to one kas for one worker's calls."""
+
+    def __init__(self, target: H2Target, *, name: str, observer: DialObserver | None = None) -> None:
         self._target = target
         self._name = name
-        self._on_kas_version = on_kas_version
+        self.observer = observer
+        """Who learns how dialing goes; its owner may set it before the first call."""
         self._current: H2Link | None = None
         self._links: set[H2Link] = set()
         self._dialing: asyncio.Task[None] | None = None
         self._backoff = Backoff(CONNECT_BACKOFF)
         self._closing = False
+        self._attempted: asyncio.Future[None] | None = None
+        """Resolved after the dial attempt under way, so that calls not waiting for kas learn its outcome."""
+        self._failing = False
+        """The last dial failed (and none succeeded since): calls that do not wait for kas fail at once."""
 
     def stream_stream(self, path: str) -> Callable[..., H2Call]:
-        """A factory of calls to `path`, called as grpc.aio's multi-callable is (metadata, ...)."""
-        target = self._target
+        """A factory of bidirectional-streaming calls to `path`, called as grpc.aio's multi-callable is."""
 
         def start(
             *,
             metadata: Iterable[tuple[str, str]] = (),
-            wait_for_ready: bool = True,
+            wait_for_ready: bool | None = None,
             compression: object = None,
         ) -> H2Call:
-            # Calls always wait for kas (the tunnel's only use); messages go uncompressed (as
-            # TUNNEL_COMPRESSION says), so both keyword arguments are accepted and need nothing.
-            headers = wire.request_headers(
-                path=path,
-                scheme=target.scheme,
-                authority=target.authority,
-                user_agent=target.user_agent,
-                metadata=metadata,
-            )
-            return H2Call(self.link, headers, target.max_message)
+            # The tunnel's messages go uncompressed, whatever `compression` asks (TUNNEL_COMPRESSION).
+            return H2Call(self._connector(wait_for_ready), self._headers(path, metadata), self._max)
 
         return start
+
+    def unary_stream(self, path: str) -> Callable[..., H2Call]:
+        """A factory of server-streaming calls to `path`: `(request, metadata=..., ...)`."""
+
+        def start(
+            request: bytes,
+            *,
+            metadata: Iterable[tuple[str, str]] = (),
+            wait_for_ready: bool | None = None,
+            compression: object = None,
+        ) -> H2Call:
+            gzip = compression is grpc.Compression.Gzip
+            headers = self._headers(path, metadata, gzip=gzip)
+            return H2Call(self._connector(wait_for_ready), headers, self._max, request, gzip=gzip)
+
+        return start
+
+    def unary_unary(self, path: str) -> Callable[..., H2UnaryCall]:
+        """A factory of unary calls to `path`: `(request, metadata=..., timeout=..., ...)`."""
+
+        def start(
+            request: bytes,
+            *,
+            metadata: Iterable[tuple[str, str]] = (),
+            timeout: float | None = None,
+            wait_for_ready: bool | None = None,
+            compression: object = None,
+        ) -> H2UnaryCall:
+            gzip = compression is grpc.Compression.Gzip
+            headers = self._headers(path, metadata, timeout, gzip=gzip)
+            call = H2Call(self._connector(wait_for_ready), headers, self._max, request, gzip=gzip)
+            return H2UnaryCall(call, timeout)
+
+        return start
+
+    @property
+    def _max(self) -> int:
+        return self._target.max_message
+
+    def _headers(
+        self,
+        path: str,
+        metadata: Iterable[tuple[str, str]],
+        timeout: float | None = None,
+        *,
+        gzip: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        target = self._target
+        return wire.request_headers(
+            path=path,
+            scheme=target.scheme,
+            authority=target.authority,
+            user_agent=target.user_agent,
+            metadata=metadata,
+            timeout=timeout,
+            gzip=gzip,
+        )
+
+    def _connector(self, wait_for_ready: bool | None) -> Callable[[], Awaitable[H2Link]]:
+        return self.link if wait_for_ready else functools.partial(self.link, wait_for_ready=False)
 
     @property
     def connections(self) -> int:
         """Connections to kas open now (draining ones included)."""
         return len(self._links)
 
-    async def link(self) -> H2Link:
-        """A connection that takes new streams, dialed (with backoff) if there is none."""
+    async def link(self, *, wait_for_ready: bool = True) -> H2Link:
+        """A connection that takes new streams, dialed (with backoff) if there is none. Without
+        `wait_for_ready`, UNAVAILABLE as soon as a dial fails (at once while the last one failed)."""
         while True:
             current = self._current
             if current is not None and current.usable:
                 return current
             if self._closing:
                 raise CLOSED.error()
+            if self._failing and not wait_for_ready:
+                raise UNREACHABLE.error()
             if self._dialing is None or self._dialing.done():
                 self._dialing = asyncio.create_task(self._dial_until_up(), name=f"h2-dial:{self._name}")
+            if self._attempted is None:
+                self._attempted = asyncio.get_running_loop().create_future()
             # asyncio.wait: a call given up does not cancel the dial others wait for, and the dial's own
             # end (cancelled by close()) is not mistaken for the caller's cancellation.
-            await asyncio.wait({self._dialing})
+            await asyncio.wait({self._dialing, self._attempted}, return_when=asyncio.FIRST_COMPLETED)
 
     async def _dial_until_up(self) -> None:
         while not self._closing:
-            try:
-                dialed = await dial(self._target.plan)
-            except TransportError as e:
-                # The grpc channel's bridge reports the same failures on the resource; logs only here.
-                _log.debug("tunnel connection %s: %s", self._name, e.error.message)
-            except Exception:  # noqa: BLE001 - the dial loop must outlive any failure, as the bridge's does
-                _log.exception("tunnel connection %s: unexpected dial failure", self._name)
-            else:
-                if self._closing:
-                    dialed.transport.abort()
-                    return
+            link = await self._dial_once()
+            attempted, self._attempted = self._attempted, None
+            if attempted is not None and not attempted.done():
+                attempted.set_result(None)  # calls that do not wait for kas look at the outcome
+            if link is not None:
                 self._backoff.reset()
-                if dialed.kas_version and self._on_kas_version is not None:
-                    self._on_kas_version(dialed.kas_version)
-                link = H2Link(
-                    dialed,
-                    websocket=self._target.plan.websocket,
-                    settings=self._target.link,
-                    on_unusable=self._unusable,
-                    name=self._name,
-                )
-                if link.usable:
-                    self._links.add(link)
-                    self._current = link
-                    return
+                return
             await self._backoff.sleep()
+
+    async def _dial_once(self) -> H2Link | None:
+        """One connection attempt; the link when kas took it, else None (the failure is reported)."""
+        try:
+            dialed = await dial(self._target.plan)
+        except TransportError as e:
+            self._dial_failed(e.error)
+            return None
+        except Exception as e:  # noqa: BLE001 - the dial loop must outlive any failure, as the bridge's does
+            _log.exception("kas connection %s: unexpected dial failure", self._name)
+            self._dial_failed(
+                WorkerError(ErrorReason.INTERNAL, f"unexpected failure dialing kas: {type(e).__name__}")
+            )
+            return None
+        if self._closing:
+            dialed.transport.abort()
+            return None
+        self._failing = False
+        if self.observer is not None:
+            self.observer.dialed(dialed.kas_version)
+        link = H2Link(
+            dialed,
+            websocket=self._target.plan.websocket,
+            settings=self._target.link,
+            on_unusable=self._unusable,
+            name=self._name,
+            on_protocol_error=self._report,
+        )
+        if not link.usable:  # kas broke the protocol or left in its first bytes
+            self._failing = True
+            return None
+        self._links.add(link)
+        self._current = link
+        return link
+
+    def _dial_failed(self, error: WorkerError) -> None:
+        self._failing = True
+        self._report(error)
+
+    def _report(self, error: WorkerError) -> None:
+        """A dial failed, or kas broke the protocol on a connection (the next call dials a new one)."""
+        if self.observer is not None:
+            self.observer.failed(error)
 
     def _unusable(self, link: H2Link) -> None:
         if self._current is link:

@@ -27,6 +27,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from agent_proto import wstunnel
+from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.dialer import Dialed
 from agent_runtime.transport.h2.call import H2Call
 from agent_runtime.transport.h2.wire import Status
@@ -114,6 +115,7 @@ class H2Link:
         settings: LinkSettings,
         on_unusable: Callable[[H2Link], None],
         name: str,
+        on_protocol_error: Callable[[WorkerError], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport = dialed.transport
@@ -121,6 +123,8 @@ class H2Link:
         self._ws = WsClientFraming(dialed.transport) if websocket else None
         self._settings = settings
         self._on_unusable = on_unusable
+        self._on_protocol_error = on_protocol_error
+        """Told when kas breaks the WebSocket or HTTP/2 protocol (the worker reports it)."""
         self._name = name
         self._h2 = _new_h2()
         self._calls: dict[int, H2Call] = {}
@@ -230,7 +234,7 @@ class H2Link:
         try:
             payloads, close = self._ws.receive(data)
         except wstunnel.WebSocketProtocolError as e:
-            self._fail(f"kas broke the WebSocket protocol: {e}", ws_code=e.code)
+            self._protocol_error(f"kas broke the WebSocket protocol: {e}", ws_code=e.code)
             return
         for payload in payloads:
             if self._lost:
@@ -258,7 +262,7 @@ class H2Link:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             self._flush()  # h2's GOAWAY tells kas why
-            self._fail(f"kas broke the HTTP/2 protocol ({type(e).__name__})")
+            self._protocol_error(f"kas broke the HTTP/2 protocol ({type(e).__name__})")
             return
         for event in events:
             handler = _HANDLERS.get(type(event))
@@ -383,6 +387,11 @@ class H2Link:
             self._flush()
             self._give_up(LOST)
             self._transport.close()
+
+    def _protocol_error(self, message: str, *, ws_code: int | None = None) -> None:
+        if not self._lost and self._on_protocol_error is not None:
+            self._on_protocol_error(WorkerError(ErrorReason.PROTOCOL_ERROR, message))
+        self._fail(message, ws_code=ws_code)
 
     def _fail(self, message: str, *, ws_code: int | None = None) -> None:
         if self._lost:

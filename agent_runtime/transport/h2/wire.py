@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip as zlib_gzip
 import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -56,15 +58,29 @@ class Status:
 OK: Final = Status(grpc.StatusCode.OK, "")
 
 
-def frame(message: bytes) -> bytes:
-    """`message` with its uncompressed-message prefix."""
+def frame(message: bytes, *, gzip: bool = False) -> bytes:
+    """`message` with its prefix; gzip-compressed if `gzip` and that makes it smaller (as grpc does)."""
+    if gzip:
+        packed = zlib_gzip.compress(message)
+        if len(packed) < len(message):
+            return PREFIX.pack(1, len(packed)) + packed
     return PREFIX.pack(0, len(message)) + message
 
 
 def request_headers(
-    *, path: str, scheme: str, authority: str, user_agent: str, metadata: Iterable[tuple[str, str]]
+    *,
+    path: str,
+    scheme: str,
+    authority: str,
+    user_agent: str,
+    metadata: Iterable[tuple[str, str]],
+    timeout: float | None = None,
+    gzip: bool = False,
 ) -> list[tuple[bytes, bytes]]:
-    """The HEADERS of a call: pseudo-headers first, then gRPC's, then the caller's metadata."""
+    """The HEADERS of a call: pseudo-headers first, then gRPC's, then the caller's metadata.
+
+    `timeout` (seconds) goes to kas as grpc-timeout, in whole milliseconds. `gzip`: our messages may be
+    gzip-compressed, and kas's may be too (kas answers in the encoding of the request)."""
     headers = [
         (b":method", b"POST"),
         (b":scheme", scheme.encode()),
@@ -73,11 +89,24 @@ def request_headers(
         (b"content-type", b"application/grpc"),
         (b"te", b"trailers"),
         (b"user-agent", user_agent.encode()),
-        # Messages we receive are never compressed: a compressed one fails the call (see Reassembler).
-        (b"grpc-accept-encoding", b"identity"),
+        # Without gzip, messages we receive are never compressed: a compressed one fails the call.
+        (b"grpc-accept-encoding", b"identity,gzip" if gzip else b"identity"),
     ]
+    if gzip:
+        headers.append((b"grpc-encoding", b"gzip"))
+    if timeout is not None:
+        headers.append((b"grpc-timeout", b"%dm" % max(1, min(int(timeout * 1000), 99_999_999))))
     headers.extend((name.encode(), value.encode()) for name, value in metadata)
     return headers
+
+
+def metadata(headers: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """Response headers as call metadata: the pseudo-headers left out, values decoded as Latin-1."""
+    return tuple(
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in headers
+        if not name.startswith(b":")
+    )
 
 
 def response_status(headers: Sequence[tuple[bytes, bytes]]) -> Status | None:
@@ -126,14 +155,16 @@ class MessageTooLargeError(Exception):
 
 
 class CompressedMessageError(Exception):
-    """kas sent a compressed message although we accept identity only."""
+    """kas sent a compressed message although we accept identity only, or one that does not decompress."""
 
 
 class Reassembler:
-    """Cuts the DATA bytes of one stream into gRPC messages."""
+    """Cuts the DATA bytes of one stream into gRPC messages (gunzipping them when `gzip` is accepted)."""
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, *, gzip: bool = False) -> None:
         self._max = max_message
+        self._gzip = gzip
+        self._compressed = False
         self._buffer = bytearray()
         self._need = -1
         """The length of the message being read, or -1 while its prefix is incomplete."""
@@ -151,10 +182,11 @@ class Reassembler:
                 if len(self._buffer) < PREFIX.size:
                     return messages
                 flag, self._need = PREFIX.unpack_from(self._buffer)
-                if flag:
+                if flag and not self._gzip:
                     raise CompressedMessageError(
                         "kas sent a compressed message without a negotiated encoding"
                     )
+                self._compressed = bool(flag)
                 if self._need > self._max:
                     raise MessageTooLargeError(
                         f"received message larger than max ({self._need} vs. {self._max})"
@@ -162,9 +194,23 @@ class Reassembler:
                 del self._buffer[: PREFIX.size]
             if len(self._buffer) < self._need:
                 return messages
-            messages.append(bytes(self._buffer[: self._need]))
+            message = bytes(self._buffer[: self._need])
+            messages.append(self._gunzip(message) if self._compressed else message)
             del self._buffer[: self._need]
             self._need = -1
+
+    def _gunzip(self, message: bytes) -> bytes:
+        """`message` decompressed, never past the receive limit (a small bomb must not inflate)."""
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            plain = inflater.decompress(message, self._max + 1)
+        except zlib.error:
+            raise CompressedMessageError("kas sent a message that does not gunzip") from None
+        if len(plain) > self._max:
+            raise MessageTooLargeError(f"received message larger than max ({self._max}) once decompressed")
+        if not inflater.eof:
+            raise CompressedMessageError("kas sent a message that does not gunzip")
+        return plain
 
     @property
     def partial(self) -> bool:

@@ -28,21 +28,37 @@ not authenticated (401)."""
 
 
 class _TokenSource:
-    """Stands in for a rotating token file: the loader's refresh hook reads `current`."""
+    """A rotating token file (as a mounted ServiceAccount token is), named by the kubeconfig's `tokenFile`."""
 
-    def __init__(self, configuration: Any) -> None:
+    def __init__(self, path: Path) -> None:
+        self._path = path
         self.current = ADMIN_TOKEN
-        configuration.refresh_api_key_hook = self._hook
 
-    def _hook(self, configuration: Any) -> None:
-        configuration.api_key["BearerToken"] = f"Bearer {self.current}"
+    @property
+    def current(self) -> str:
+        return self._path.read_text()
+
+    @current.setter
+    def current(self, token: str) -> None:
+        self._path.write_text(token)
+
+
+def _token_file_kubeconfig(admin_kubeconfig: Path, tmp_path: Path) -> Path:
+    """The admin kubeconfig with its token moved to the file `tmp_path/token`."""
+    document = yaml.safe_load(admin_kubeconfig.read_text())
+    for entry in document["users"]:
+        entry["user"].pop("token", None)
+        entry["user"]["tokenFile"] = str(tmp_path / "token")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(document))
+    return kubeconfig
 
 
 @pytest.fixture
-async def rotating(admin_kubeconfig: Path) -> AsyncIterator[tuple[KubeAccess, _TokenSource]]:
-    configuration = await asyncio.to_thread(load_configuration, str(admin_kubeconfig))
-    source = _TokenSource(configuration)
-    kube = KubeAccess(configuration)
+async def rotating(admin_kubeconfig: Path, tmp_path: Path) -> AsyncIterator[tuple[KubeAccess, _TokenSource]]:
+    source = _TokenSource(tmp_path / "token")
+    kubeconfig = _token_file_kubeconfig(admin_kubeconfig, tmp_path)
+    kube = KubeAccess(await asyncio.to_thread(load_configuration, str(kubeconfig)))
     try:
         yield kube, source
     finally:

@@ -1,4 +1,5 @@
-"""grpc:// and grpcs:// without a proxy dial kas's checked addresses themselves, not through the relay.
+"""With the grpc.aio transport (GAO_KAS_TRANSPORT=grpc), grpc:// and grpcs:// without a proxy dial kas's
+checked addresses themselves, not through the relay.
 
 Against real grpc servers on loopback: the relay (the worker's bridge) sees no connection, TLS still
 verifies kas's name (not the dialed IP), and a kas that moves to another address is followed once the
@@ -26,6 +27,8 @@ from tests.integration.transport.grpc_peer import ECHO, GrpcPeer
 from tests.integration.transport.peers import TlsFiles, make_tls_files
 
 TOKEN = "glagent-" + "d" * 50
+GRPC_TRANSPORT = {"GAO_KAS_TRANSPORT": "grpc"}
+"""The own HTTP/2 client (the default) always dials through the dialer; these tests are grpc.aio's."""
 
 
 def _spec(address: str, **kwargs: Any) -> WorkerSpec:
@@ -34,12 +37,15 @@ def _spec(address: str, **kwargs: Any) -> WorkerSpec:
 
 async def _connect(spec: WorkerSpec) -> KasConnection:
     return await open_kas_connection(
-        spec, user_agent="gitlab-agent/v16.5.0/test", policy=PERMISSIVE_POLICY.destinations, environ={}
+        spec,
+        user_agent="gitlab-agent/v16.5.0/test",
+        policy=PERMISSIVE_POLICY.destinations,
+        environ=GRPC_TRANSPORT,
     )
 
 
 async def _echo(conn: KasConnection, deadline: float = 10) -> bytes:
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = conn.channel.unary_unary(ECHO)
+    call = conn.channel.unary_unary(ECHO)
     result: bytes = await call(b"ping", metadata=conn.call_metadata(), timeout=deadline)
     return result
 
@@ -132,12 +138,13 @@ async def test_a_failing_channel_follows_kas_to_its_new_address(
         assert await conn.reroute() is None, "same addresses: the channel is kept"
         await grpc_peer.close()
         answer[0] = "127.0.0.2"
-        first = conn.channel
+        first = conn.grpc_channel
         with pytest.raises(grpc.aio.AioRpcError):
             await _echo(conn, deadline=2)  # the old address refuses
         old = await conn.reroute()
         assert old is first
-        assert conn.channel is not first
+        assert conn.grpc_channel is not first
+        assert old is not None
         await old.close(0)
         assert await _echo(conn) == b"ping"
         assert conn.bridge.handshakes == 0

@@ -189,7 +189,7 @@ async def test_goaway_keeps_open_calls_and_moves_new_ones() -> None:
         await peer.stop()
 
 
-async def test_calls_fail_unavailable_when_kas_goes_and_wait_for_it_to_return() -> None:
+async def test_calls_fail_unavailable_when_kas_goes_and_waiting_ones_wait_for_it_to_return() -> None:
     peer = await ChatPeer().start()
     port = peer.port
     channel = _channel(port)
@@ -203,10 +203,14 @@ async def test_calls_fail_unavailable_when_kas_goes_and_wait_for_it_to_return() 
             await call.read()
         # grpc's server resets its calls as it stops (CANCELLED), or the connection ends first.
         assert raised.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-        waiting = channel.stream_stream(CHAT)()
+        waiting = channel.stream_stream(CHAT)(wait_for_ready=True)
         opened = asyncio.create_task(waiting.write(b"echo"), name="test-open")
         await asyncio.sleep(0.5)
         assert not opened.done()  # kas is away: the call waits
+        hasty = channel.stream_stream(CHAT)()  # without wait_for_ready: fails while the dial fails
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await hasty.write(b"echo")
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         peer = await ChatPeer(port=port).start()
         async with asyncio.timeout(10):  # the connect backoff's first steps: 1 s, 1.6 s
             await opened

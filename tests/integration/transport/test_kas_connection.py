@@ -31,6 +31,8 @@ from tests.integration.transport.peers import (
 TOKEN = "glagent-" + "x" * 50
 USER_AGENT = "gitlab-agent/v16.5.0/test"
 NO_PROXY_ENV: dict[str, str] = {}
+GRPC_TRANSPORT: dict[str, str] = {"GAO_KAS_TRANSPORT": "grpc"}
+"""For the tests of the bridge itself, which only the grpc.aio transport uses."""
 
 
 def _spec(address: str, **kwargs: object) -> WorkerSpec:
@@ -51,7 +53,7 @@ async def _connect(
 
 
 async def _echo(conn: KasConnection, payload: bytes = b"ping", deadline: float = 10) -> bytes:
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = conn.channel.unary_unary(ECHO)
+    call = conn.channel.unary_unary(ECHO)
     result: bytes = await call(payload, metadata=conn.call_metadata(), timeout=deadline)
     return result
 
@@ -144,8 +146,9 @@ async def test_large_stream_through_the_bridge(ws_peer: WsTunnelPeer) -> None:
     received = 0
     try:
         async with asyncio.timeout(120):
-            call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = conn.channel.unary_stream(DOWNLOAD)
-            async for chunk in call(download_request(total), metadata=conn.call_metadata()):
+            call = conn.channel.unary_stream(DOWNLOAD)(download_request(total), metadata=conn.call_metadata())
+            while (chunk := await call.read()) is not grpc.aio.EOF:
+                assert isinstance(chunk, bytes)
                 assert chunk == bytes([received // (1 << 20) % 251]) * len(chunk)
                 received += len(chunk)
     finally:
@@ -158,7 +161,7 @@ async def test_bytes_survive_backpressure_both_ways() -> None:
     payload = os.urandom(20 * 1024 * 1024)
     async with echo_server() as echo_port:
         peer = await WsTunnelPeer(target_port=echo_port).start()
-        conn = await _connect(_spec(f"ws://127.0.0.1:{peer.port}/"))
+        conn = await _connect(_spec(f"ws://127.0.0.1:{peer.port}/"), environ=GRPC_TRANSPORT)
         try:
             async with asyncio.timeout(120):
                 reader, writer = await asyncio.open_unix_connection(conn.bridge.path)
@@ -270,9 +273,9 @@ async def test_kas_closing_the_websocket_makes_grpc_reconnect(
         await _echo(conn)
         ws_peer.kick_all()
         async with asyncio.timeout(30):
-            while conn.bridge.open_connections:  # noqa: ASYNC110 - polling a plain counter, bounded
+            while conn.open_connections:  # noqa: ASYNC110 - polling a plain counter, bounded
                 await asyncio.sleep(0.01)
-        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = conn.channel.unary_unary(ECHO)
+        call = conn.channel.unary_unary(ECHO)
         assert await call(b"back", metadata=conn.call_metadata(), timeout=30, wait_for_ready=True) == b"back"
         assert conn.bridge.handshakes == 2
     finally:
@@ -365,20 +368,27 @@ async def grpcs_peer(tls_files: TlsFiles) -> AsyncIterator[GrpcPeer]:
     await peer.close()
 
 
+@pytest.mark.parametrize("transport", ["h2", "grpc"])
 @pytest.mark.parametrize("tls", ["ca", "ca+name", "insecure"])
-async def test_grpcs_with_tls_settings(grpcs_peer: GrpcPeer, tls_files: TlsFiles, tls: str) -> None:
+async def test_grpcs_with_tls_settings(
+    grpcs_peer: GrpcPeer, tls_files: TlsFiles, tls: str, transport: str
+) -> None:
     settings = {
         "ca": TlsSettings(ca_pem=tls_files.ca.read_bytes()),
         "ca+name": TlsSettings(ca_pem=tls_files.ca.read_bytes(), server_name="kas.test"),
         "insecure": TlsSettings(insecure_skip_verify=True),
     }[tls]
     spec = _spec(f"grpcs://127.0.0.1:{grpcs_peer.port}", tls=settings, kas_headers=(("X-Team", "red"),))
-    conn = await _connect(spec)
+    conn = await _connect(spec, environ={**NO_PROXY_ENV, "GAO_KAS_TRANSPORT": transport})
     try:
         assert await _echo(conn) == b"ping"
     finally:
         await conn.close(grace=1)
-    # Verified grpcs dials kas's checked address itself; only skip-verify needs the bridge (it does the TLS).
+    if transport == "h2":  # the own HTTP/2 client's dialer does every TLS itself, verified or not
+        assert conn.bridge.handshakes == 1
+        assert not conn.direct
+        return
+    # grpc.aio dials verified grpcs itself; only skip-verify needs the bridge (it does the TLS).
     assert conn.bridge.handshakes == (1 if tls == "insecure" else 0)
     assert conn.direct is (tls != "insecure")
     assert grpcs_peer.metadata[0]["x-team"] == "red"
