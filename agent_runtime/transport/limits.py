@@ -8,10 +8,10 @@ from typing import Final
 
 _log = logging.getLogger(__name__)
 
-FDS_PER_AGENT: Final = 5
-"""At most: grpc's socket to the bridge, the bridge's accepted socket, its socket to kas, the bridge's
-listener, and the reverse tunnel's own connection to kas (transport/h2); grpc:// and grpcs:// dial kas
-directly without the two bridge sockets."""
+FDS_PER_AGENT: Final = 4
+"""At most: with the own HTTP/2 client (the default), the connection to kas and one draining after a
+GOAWAY; with GAO_KAS_TRANSPORT=grpc, grpc's socket to the bridge, the bridge's accepted socket, its socket
+to kas and the bridge's listener (grpc:// and grpcs:// dial kas directly, without the bridge)."""
 FDS_RESERVE: Final = 256
 """Descriptors for everything else in the process (API server connections, logs, metrics)."""
 

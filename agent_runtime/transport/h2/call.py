@@ -25,8 +25,7 @@ class H2Call:
     """A streaming call of bytes messages; opens its stream on the first operation.
 
     Given a `request`, the call sends it and half-closes at once (a unary or server-streaming call).
-    `gzip`: the request goes gzip-compressed, and kas's messages may come compressed (the request headers
-    must say so too)."""
+    `gzip`: the request goes gzip-compressed (the request headers must say so too)."""
 
     def __init__(
         self,
@@ -45,7 +44,7 @@ class H2Call:
         self._opening: asyncio.Lock | None = None
         self._replaying_on: H2Link | None = None
         """The connection a refused stream is being opened again on, until the replay is sent."""
-        self._reassembler = wire.Reassembler(max_message, gzip=gzip)
+        self._reassembler = wire.Reassembler(max_message)
         self._messages: deque[bytes] = deque()
         self._status: Status | None = None
         self._wakeup: asyncio.Future[None] | None = None
@@ -145,6 +144,7 @@ class H2Call:
         """kas's response HEADERS (`ended`: they ended the stream: a trailers-only response)."""
         self._sent = None
         self._initial_metadata = () if ended else wire.metadata(headers)
+        self._reassembler.gzip = wire.gzip_encoded(headers)
         self._wake_headers()
         status = wire.response_status(headers)
         if status is None and ended:

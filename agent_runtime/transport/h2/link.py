@@ -171,7 +171,15 @@ class H2Link:
         except h2.exceptions.NoAvailableStreamIDError:
             self.drain()
             return 0
-        self._h2.send_headers(stream_id, headers)
+        try:
+            self._h2.send_headers(stream_id, headers)
+        except h2.exceptions.ProtocolError as e:
+            # Metadata h2 refuses (the operator validates what tenants set; this is the last line): that
+            # call fails, and new calls go to a fresh connection, whatever state h2 kept of the stream.
+            _log.warning("kas connection %s: call headers refused by HTTP/2: %s", self._name, e)
+            self.drain()
+            call.fail(Status(grpc.StatusCode.INTERNAL, "the call's headers are not valid HTTP/2"))
+            return 0
         self._calls[stream_id] = call
         self._schedule_flush()
         return stream_id

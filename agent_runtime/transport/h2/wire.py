@@ -80,7 +80,7 @@ def request_headers(
     """The HEADERS of a call: pseudo-headers first, then gRPC's, then the caller's metadata.
 
     `timeout` (seconds) goes to kas as grpc-timeout, in whole milliseconds. `gzip`: our messages may be
-    gzip-compressed, and kas's may be too (kas answers in the encoding of the request)."""
+    gzip-compressed (kas then answers in gzip too; any response saying grpc-encoding gzip is decoded)."""
     headers = [
         (b":method", b"POST"),
         (b":scheme", scheme.encode()),
@@ -89,8 +89,7 @@ def request_headers(
         (b"content-type", b"application/grpc"),
         (b"te", b"trailers"),
         (b"user-agent", user_agent.encode()),
-        # Without gzip, messages we receive are never compressed: a compressed one fails the call.
-        (b"grpc-accept-encoding", b"identity,gzip" if gzip else b"identity"),
+        (b"grpc-accept-encoding", b"identity,gzip"),
     ]
     if gzip:
         headers.append((b"grpc-encoding", b"gzip"))
@@ -98,6 +97,11 @@ def request_headers(
         headers.append((b"grpc-timeout", b"%dm" % max(1, min(int(timeout * 1000), 99_999_999))))
     headers.extend((name.encode(), value.encode()) for name, value in metadata)
     return headers
+
+
+def gzip_encoded(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """The response's messages may be gzip-compressed (grpc-encoding: gzip)."""
+    return dict(headers).get(b"grpc-encoding", b"").strip().lower() == b"gzip"
 
 
 def metadata(headers: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
@@ -159,11 +163,13 @@ class CompressedMessageError(Exception):
 
 
 class Reassembler:
-    """Cuts the DATA bytes of one stream into gRPC messages (gunzipping them when `gzip` is accepted)."""
+    """Cuts the DATA bytes of one stream into gRPC messages (gunzipping them once `gzip` is set: kas said
+    grpc-encoding gzip in its response headers)."""
 
-    def __init__(self, max_message: int, *, gzip: bool = False) -> None:
+    def __init__(self, max_message: int) -> None:
         self._max = max_message
-        self._gzip = gzip
+        self.gzip = False
+        """Compressed messages are gzip (else a compressed message is an error)."""
         self._compressed = False
         self._buffer = bytearray()
         self._need = -1
@@ -182,7 +188,7 @@ class Reassembler:
                 if len(self._buffer) < PREFIX.size:
                     return messages
                 flag, self._need = PREFIX.unpack_from(self._buffer)
-                if flag and not self._gzip:
+                if flag and not self.gzip:
                     raise CompressedMessageError(
                         "kas sent a compressed message without a negotiated encoding"
                     )

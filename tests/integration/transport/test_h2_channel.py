@@ -1,8 +1,9 @@
-"""The tunnel's own HTTP/2 client (agent_runtime.transport.h2) against a real grpc.aio server on loopback.
+"""The runtime's own HTTP/2 client (agent_runtime.transport.h2) against a real grpc.aio server on loopback.
 
-Each scenario is one a Connect stream meets at kas: messages both ways past the 64 KiB windows, a
-trailers-only refusal, an oversized message, a cancel, kas's connection rotation (GOAWAY, streams keep
-running), kas going away and coming back (calls wait for it, as with grpc's wait-for-ready).
+Each scenario is one a call meets at kas: messages both ways past the 64 KiB windows, a trailers-only
+refusal, an oversized message, a cancel, kas's connection rotation (GOAWAY, streams keep running), kas
+going away and coming back (calls wait for it, as with grpc's wait-for-ready); unary and server-streaming
+calls (GetConfiguration, Register) with gzip both ways, deadlines and response metadata.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from agent_runtime.transport.h2.call import H2Call
 pytestmark = pytest.mark.asyncio
 
 CHAT = "/test.Chat/Chat"
+ASK = "/test.Chat/Ask"
+MANY = "/test.Chat/Many"
 _LIMIT = 256 * 1024
 
 
@@ -39,8 +42,12 @@ class ChatPeer:
 
     async def start(self) -> ChatPeer:
         server = grpc.aio.server(options=self._options)
-        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(self._chat)
-        generic = grpc.method_handlers_generic_handler("test.Chat", {"Chat": handler})
+        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
+            "Chat": grpc.stream_stream_rpc_method_handler(self._chat),
+            "Ask": grpc.unary_unary_rpc_method_handler(self._ask),
+            "Many": grpc.unary_stream_rpc_method_handler(self._many),
+        }
+        generic = grpc.method_handlers_generic_handler("test.Chat", handlers)
         server.add_generic_rpc_handlers((generic,))
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         await server.start()
@@ -65,6 +72,23 @@ class ChatPeer:
         else:
             async for message in requests:
                 yield message
+
+    async def _ask(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        context.set_compression(grpc.Compression.Gzip)  # as kas answers a gzip request
+        await context.send_initial_metadata((("x-kas", "v1"),))
+        if request == b"wait":
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        return request
+
+    async def _many(
+        self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield request
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -187,6 +211,56 @@ async def test_goaway_keeps_open_calls_and_moves_new_ones() -> None:
     finally:
         await channel.close(1)
         await peer.stop()
+
+
+async def test_headers_http2_refuses_fail_that_call_only(chat: tuple[ChatPeer, H2Channel]) -> None:
+    _, channel = chat
+    refused = channel.stream_stream(CHAT)(metadata=(("te", "gzip"),))  # h2 allows only "te: trailers"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await refused.write(b"echo")
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert "not valid HTTP/2" in (raised.value.details() or "")
+    call = channel.stream_stream(CHAT)()
+    await call.write(b"echo")
+    await call.write(b"after")
+    assert await call.read() == b"after"
+
+
+@pytest.mark.parametrize("gzip", [True, False])
+async def test_unary_and_server_streaming_calls(chat: tuple[ChatPeer, H2Channel], gzip: bool) -> None:
+    _, channel = chat
+    compression = grpc.Compression.Gzip if gzip else None
+    payload = b"configuration " * 10_000  # 140 KB: past the windows, and gzip shrinks it
+    call = channel.unary_unary(ASK)(payload, compression=compression, timeout=10)
+    assert await call == payload
+    assert ("x-kas", "v1") in await call.initial_metadata()
+    assert call.done()
+    many = channel.unary_stream(MANY)(b"m", compression=compression, wait_for_ready=True)
+    assert await _read_all(many) == [b"m", b"m", b"m"]
+
+
+async def test_a_unary_deadline_ends_the_call_at_kas_too(chat: tuple[ChatPeer, H2Channel]) -> None:
+    peer, channel = chat
+    call = channel.unary_unary(ASK)(b"wait", timeout=0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    async with asyncio.timeout(10):
+        await peer.cancelled.wait()
+
+
+async def test_a_call_not_waiting_for_kas_fails_when_kas_cannot_be_reached() -> None:
+    peer = await ChatPeer().start()
+    port = peer.port
+    await peer.stop()
+    channel = _channel(port)
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await channel.unary_unary(ASK)(b"ping", timeout=30)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await channel.close(0)
 
 
 async def test_calls_fail_unavailable_when_kas_goes_and_waiting_ones_wait_for_it_to_return() -> None:
