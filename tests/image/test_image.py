@@ -212,7 +212,9 @@ def test_container_connects_serves_ci_and_drains(
         "except OSError as e:\n print(errno.errorcode[e.errno])"
     )
     assert errno.strip() == "EROFS"
-    assert container.python("import os; print(os.listdir('/tmp'))").count("gao-kas-") >= 1
+    in_tmp = container.python("import os; print(os.listdir('/tmp'))")
+    assert in_tmp.count("gao-kas-") == 0, "no worker bridge: the agents' calls go over the own HTTP/2 client"
+    assert in_tmp.count("gao-kube-") == 1, "the kubeconfig's inline certificates, in /tmp (root is read-only)"
 
     grace = _termination_grace()
     exit_code, seconds = container.terminate(timeout=grace)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from tests.e2e.harness import KasAgent, KasProcess, Kube, OperatorProcess, phase, wait_for
 from tests.support.tcp import established_on
 
-CONNECTIONS_PER_WORKER = 2
-"""A worker holds two connections to kas: its grpc channel and its reverse tunnel's own (transport/h2)."""
+CONNECTIONS_PER_WORKER = 1
+"""A worker holds one connection to kas (the own HTTP/2 client carries every call), as agentk does."""
 
 
 def kas_agent_connections(kas: KasProcess) -> int:
