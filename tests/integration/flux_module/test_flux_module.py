@@ -251,7 +251,10 @@ async def test_two_replicas_running_one_agent_trigger_each_push_once(
 
         await eventually(lambda: states() == {FluxState.WATCHING, FluxState.STANDBY}, what="one leader")
         leader, follower = (a, b) if _flux(a, spec.id).state is FluxState.WATCHING else (b, a)
-        assert len(flux_kas.requests[107]) == 1
+        # WATCHING is said as the call starts; kas has its request a moment later.
+        await eventually(lambda: len(flux_kas.requests.get(107, ())) == 1, what="the leader's stream at kas")
+        await asyncio.sleep(0.5)
+        assert len(flux_kas.requests[107]) == 1, "only the leader opened a stream"
 
         flux_kas.push(107, "group/app")
         await eventually(lambda: _flux(leader, spec.id).triggered == 1, what="the trigger")
