@@ -111,9 +111,11 @@ class H2Call:
             if self._link is None:
                 await self._open()
                 continue
-            if self._headers_waiter is None:
+            if self._headers_waiter is None or self._headers_waiter.done():
+                # A fresh future if a cancelled caller took the last one down with it (no shield, which
+                # costs a task-like wrapper per wait: one waiter at a time in practice).
                 self._headers_waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._headers_waiter)
+            await self._headers_waiter
         return self._initial_metadata or ()
 
     def done(self) -> bool:
