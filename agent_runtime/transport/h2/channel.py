@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import grpc
 
@@ -96,37 +96,30 @@ class H2Channel:
 
     def unary_stream(self, path: str) -> Callable[..., H2Call]:
         """A factory of server-streaming calls to `path`: `(request, metadata=..., ...)`."""
-
-        def start(
-            request: bytes,
-            *,
-            metadata: Iterable[tuple[str, str]] = (),
-            wait_for_ready: bool | None = None,
-            compression: object = None,
-        ) -> H2Call:
-            gzip = compression is grpc.Compression.Gzip
-            headers = self._headers(path, metadata, gzip=gzip)
-            return H2Call(self._connector(wait_for_ready), headers, self._max, request, gzip=gzip)
-
-        return start
+        return functools.partial(self._request_call, path)
 
     def unary_unary(self, path: str) -> Callable[..., H2UnaryCall]:
         """A factory of unary calls to `path`: `(request, metadata=..., timeout=..., ...)`."""
 
-        def start(
-            request: bytes,
-            *,
-            metadata: Iterable[tuple[str, str]] = (),
-            timeout: float | None = None,
-            wait_for_ready: bool | None = None,
-            compression: object = None,
-        ) -> H2UnaryCall:
-            gzip = compression is grpc.Compression.Gzip
-            headers = self._headers(path, metadata, timeout, gzip=gzip)
-            call = H2Call(self._connector(wait_for_ready), headers, self._max, request, gzip=gzip)
-            return H2UnaryCall(call, timeout)
+        def start(request: bytes, *, timeout: float | None = None, **options: Any) -> H2UnaryCall:
+            return H2UnaryCall(self._request_call(path, request, timeout=timeout, **options), timeout)
 
         return start
+
+    def _request_call(
+        self,
+        path: str,
+        request: bytes,
+        *,
+        metadata: Iterable[tuple[str, str]] = (),
+        timeout: float | None = None,
+        wait_for_ready: bool | None = None,
+        compression: object = None,
+    ) -> H2Call:
+        """A call that sends `request` and half-closes; gzip if asked, as agentk's calls are."""
+        gzip = compression is grpc.Compression.Gzip
+        headers = self._headers(path, metadata, timeout, gzip=gzip)
+        return H2Call(self._connector(wait_for_ready), headers, self._max, request, gzip=gzip)
 
     @property
     def _max(self) -> int:
