@@ -30,6 +30,7 @@ from agent_operator.preflight import (
     ensure_peering,
 )
 from agent_operator.settings import OperatorSettings, UsageError, parse_settings
+from agent_runtime.gc_policy import tune_for_long_lived_heap
 from agent_runtime.kube import KubeAccess, KubeConfigError, load_configuration
 
 log = logging.getLogger("agent_operator")
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gitlab-agent-operator: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_level)
+    tune_for_long_lived_heap()
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from agent_runtime.gc_policy import tune_for_long_lived_heap
 from agent_runtime.kube import KubeConfigError, load_kube_access
 from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
@@ -270,6 +271,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     configure_json_logging()
+    tune_for_long_lived_heap()
     exit_code = 0
     try:
         asyncio.run(run_standalone(config))

@@ -27,6 +27,7 @@ from typing import Any
 
 import _bootstrap  # noqa: F401 - same sys.path as the other bench scripts
 
+from agent_runtime.gc_policy import tune_for_long_lived_heap
 from agent_runtime.kube import load_kube_access
 from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.runtime import Runtime, RuntimeSettings
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    tune_for_long_lived_heap()  # as the runtime's and the operator's entry points
     asyncio.run(_main(args.kubeconfig))
 
 
