@@ -41,6 +41,11 @@ CONNECTION_WINDOW: Final = 4 << 20
 """How far kas may run ahead on the connection: never the limit, each stream is bounded already."""
 _HIGH_WATER: Final = 1 << 20
 """Unsent bytes above which writers wait for the socket to drain."""
+ACKNOWLEDGEMENT_HOLD_S: Final = 0.002
+"""What only acknowledges kas's frames (a PING's answer, a SETTINGS ACK) waits at most this long for a
+write to go with (our choice). GitLab's kas pings after each burst of data it receives (grpc's bandwidth
+probe): answered at once, each ping cost a send of its own, three of about eight per tunnelled request
+(docs/benchmarks.md, CPU per request). Nothing waits for these answers but a round-trip estimate."""
 
 LOST: Final = Status(grpc.StatusCode.UNAVAILABLE, "the connection to kas was lost")
 REFUSED: Final = Status(grpc.StatusCode.UNAVAILABLE, "kas went away before it accepted the stream")
@@ -132,6 +137,7 @@ class H2Link:
         self._writable: asyncio.Future[None] | None = None
         """Set while the socket's buffer is over the high-water mark."""
         self._flush_handle: asyncio.Handle | None = None
+        """Set while a flush is due in this turn of the loop (or, for acknowledgements alone, soon)."""
         self._connection_unacknowledged = 0
         self._draining = False
         self._lost = False
@@ -276,7 +282,7 @@ class H2Link:
             handler = _HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
-        self._schedule_flush()  # acknowledgements of SETTINGS and PING, window updates
+        self._schedule_acknowledgements()
 
     def _response(self, event: h2.events.ResponseReceived) -> None:
         call = self._calls.get(event.stream_id)
@@ -288,6 +294,7 @@ class H2Link:
         if self._connection_unacknowledged >= CONNECTION_WINDOW // 2:
             self._h2.increment_flow_control_window(self._connection_unacknowledged)
             self._connection_unacknowledged = 0
+            self._schedule_flush()  # kas may be waiting for this window: not an acknowledgement to hold
         call = self._calls.get(event.stream_id)
         if call is not None:
             call.received_data(event.data, event.flow_controlled_length)
@@ -355,10 +362,23 @@ class H2Link:
     # Sending and ending
 
     def _schedule_flush(self) -> None:
-        if self._flush_handle is None and not self._lost:
+        if self._lost:
+            return
+        if isinstance(self._flush_handle, asyncio.TimerHandle):
+            self._flush_handle.cancel()  # held acknowledgements go now, with this
+            self._flush_handle = None
+        if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
+    def _schedule_acknowledgements(self) -> None:
+        """Send what receiving produced (SETTINGS and PING acknowledgements) with the next write, or
+        after ACKNOWLEDGEMENT_HOLD_S if none comes sooner."""
+        if self._flush_handle is None and not self._lost:
+            self._flush_handle = self._loop.call_later(ACKNOWLEDGEMENT_HOLD_S, self._flush)
+
     def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()  # a held flush, when a close flushes at once
         self._flush_handle = None
         data = self._h2.data_to_send()
         if not data or self._transport.is_closing():

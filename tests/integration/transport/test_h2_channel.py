@@ -1,4 +1,5 @@
-"""The runtime's own HTTP/2 client (agent_runtime.transport.h2) against a real grpc.aio server on loopback.
+"""The runtime's own HTTP/2 client (agent_runtime.transport.h2) against a real grpc.aio server on loopback
+(and a bare h2 server for kas's pings).
 
 Each scenario is one a call meets at kas: messages both ways past the 64 KiB windows, a trailers-only
 refusal, an oversized message, a cancel, kas's connection rotation (GOAWAY, streams keep running), kas
@@ -13,6 +14,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from agent_runtime.policy import DestinationPolicy
@@ -208,6 +212,99 @@ async def test_goaway_keeps_open_calls_and_moves_new_ones() -> None:
         async with asyncio.timeout(5):
             while channel.connections > 1:  # noqa: ASYNC110 - polling observed state, bounded
                 await asyncio.sleep(0.05)
+    finally:
+        await channel.close(1)
+        await peer.stop()
+
+
+class PingingPeer:
+    """A bare HTTP/2 server (h2) that answers a call's first message with a PING and one message in the
+    same send, as GitLab's kas pings after data it receives, and notes which frames come back together."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.reads: list[set[str]] = []
+        """The kinds of the events of each read after the PING went out."""
+        self.answered = asyncio.Event()
+        """Set when the second ping, sent after the first one's answer, is answered."""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> PingingPeer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        pinged = False
+        while data := await reader.read(65_536):
+            events = conn.receive_data(data)
+            if pinged:
+                self.reads.append({type(e).__name__ for e in events})
+            for event in events:
+                if isinstance(event, h2.events.DataReceived) and not pinged:
+                    headers = [(":status", "200"), ("content-type", "application/grpc")]
+                    conn.send_headers(event.stream_id, headers)
+                    conn.ping(b"bdp-ping")
+                    conn.send_data(event.stream_id, b"\0\0\0\0\x05hello")
+                    pinged = True
+                elif isinstance(event, h2.events.PingAckReceived) and event.ping_data == b"bdp-ping":
+                    conn.ping(b"lonesome")  # nothing else will go with its answer
+                elif isinstance(event, h2.events.PingAckReceived):
+                    self.answered.set()
+            writer.write(conn.data_to_send())
+        writer.close()
+
+
+async def test_a_ping_answer_goes_with_the_next_write_or_alone() -> None:
+    """kas's PING and a message arrive together; the agent's answer to the message leaves in the same
+    send as the PING's acknowledgement (link.ACKNOWLEDGEMENT_HOLD_S); a second ping, with nothing to
+    write, is answered on its own a moment later."""
+    peer = await PingingPeer().start()
+    channel = _channel(peer.port)
+    try:
+        call = channel.stream_stream(CHAT)()
+        await call.write(b"first")
+        assert await call.read() == b"hello"
+        for _ in range(3):  # a few turns of the loop, as a tunnel hands the request to its handler
+            await asyncio.sleep(0)
+        await call.write(b"answer")
+        async with asyncio.timeout(5):
+            await peer.answered.wait()
+        assert {"PingAckReceived", "DataReceived"} <= peer.reads[0]
+        call.cancel()
+    finally:
+        await channel.close(1)
+        await peer.stop()
+
+
+async def test_pings_on_a_quiet_connection_are_answered() -> None:
+    """With nothing else to send, held acknowledgements go out by themselves: a kas that pings every
+    0.2 s keeps a quiet call open and working."""
+    pinging = [
+        ("grpc.keepalive_time_ms", 200),
+        ("grpc.keepalive_timeout_ms", 500),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    peer = await ChatPeer(pinging).start()
+    channel = _channel(peer.port)
+    try:
+        call = channel.stream_stream(CHAT)()
+        await call.write(b"echo")
+        await call.write(b"first")
+        assert await call.read() == b"first"
+        await asyncio.sleep(2.0)  # ten pings, nothing else on the wire
+        await call.write(b"still here")
+        assert await call.read() == b"still here"
+        assert channel.connections == 1
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
     finally:
         await channel.close(1)
         await peer.stop()
