@@ -97,11 +97,6 @@ async def test_oversized_frame_ends_that_call_only(
         watch = await open_request(kas, request_header_frame("GET", path, content_length=0, query=_WATCH))
         await end_request(watch)
         hostile = await open_request(kas, request_header_frame("POST", path, content_length=MiB, query={}))
-        # The agent's response header first: a write racing with grpc's refusal makes grpc.aio report the
-        # call as INTERNAL "Internal error from Core" instead (the call ends all the same).
-        header = await hostile.recv()
-        assert header is not None
-        assert header.WhichOneof("msg") == "header"
         with contextlib.suppress(Exception):  # grpc raises ExecuteBatchError when the agent ended the call
             await hostile.send(data_frame(MiB))
         await eventually(lambda: metrics.connect_codes["RESOURCE_EXHAUSTED"] == 1)

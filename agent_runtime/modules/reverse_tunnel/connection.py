@@ -93,12 +93,6 @@ class _Stream:
             await self.send_header({})
         await self.write(frames.message(message))
 
-    async def open_header(self) -> None:
-        """Send the empty response header now unless the handler already sent one; failures show later."""
-        if not self.header_sent:
-            with contextlib.suppress(CallEndedError):
-                await self.send_header({})
-
     async def write(self, frame: bytes) -> None:
         async with self._write_lock:
             try:
@@ -254,12 +248,12 @@ class TunnelAttempt:
         work = asyncio.create_task(self._invoke(handler, stream), name=f"tunnel-call {method}")
         pump = asyncio.create_task(self._pump(call, stream, work), name="tunnel-reader")
         try:
-            # Latency: the handler gets the request's first message before the bookkeeping, and the
-            # (empty) response header goes out while the handler waits for the API server, not in front
-            # of its first response message. gRPC allows the header at any time before the first message.
+            # Latency: the handler gets the request's first message before the bookkeeping. The (empty)
+            # response header goes out with the first response message, in the same send: sent on its
+            # own while the handler waited for the API server, it cost a send, and GitLab kas's ping
+            # after it an answer, per request (docs/benchmarks.md, CPU per request).
             await stream.first_delivered.wait()
             self._activated()
-            await stream.open_header()
             try:
                 status = await work
             except asyncio.CancelledError:
