@@ -1,4 +1,4 @@
-"""The grpc.aio path's boundary (GAO_KAS_TRANSPORT=grpc): its calls, as the modules see every call.
+"""The grpc.aio path's boundary (GAO_KAS_TRANSPORT=grpc): grpc.aio's calls with the runtime's own errors.
 
 The modules know the runtime's own status types only (agent_runtime.rpc_status), so that a process on
 the default transport never imports grpc. Here grpc.aio's calls are wrapped to raise RpcError and
@@ -30,7 +30,7 @@ a half-close racing kas's end of the call fails as ExecuteBatchError (SendCloseF
 
 
 def _compression(gzip: bool) -> grpc.Compression:
-    # Always explicit: grpc.aio lets no call override a channel's default (the channel sets none).
+    # NoCompression rather than None: the tunnel says so itself (grpc_calls.TUNNEL_GZIP), as it did before.
     return grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
 
 
