@@ -6,8 +6,7 @@ put request metadata into them.
 
 from __future__ import annotations
 
-import grpc
-
+from agent_runtime.rpc_status import StatusCode
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.errors import GRPC_CONNECT_FAILED, classify_unavailable
 
@@ -50,33 +49,33 @@ def hint_for(reason: ErrorReason) -> str:
     return _HINTS.get(reason, "")
 
 
-def classify_rpc_error(rpc: str, code: grpc.StatusCode, details: str | None) -> WorkerError:
+def classify_rpc_error(rpc: str, code: StatusCode, details: str | None) -> WorkerError:
     """A WorkerError for RPC `rpc` (e.g. "Register") ending with `code` and kas's `details`."""
     text = (details or "").strip() or code.name
     reason = {
-        grpc.StatusCode.UNAUTHENTICATED: ErrorReason.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED: ErrorReason.PERMISSION_DENIED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorReason.RATE_LIMITED,
-        grpc.StatusCode.UNAVAILABLE: ErrorReason.KAS_UNREACHABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED: ErrorReason.KAS_UNREACHABLE,
-        grpc.StatusCode.INVALID_ARGUMENT: ErrorReason.PROTOCOL_ERROR,
-        grpc.StatusCode.UNIMPLEMENTED: ErrorReason.PROTOCOL_ERROR,
+        StatusCode.UNAUTHENTICATED: ErrorReason.UNAUTHENTICATED,
+        StatusCode.PERMISSION_DENIED: ErrorReason.PERMISSION_DENIED,
+        StatusCode.RESOURCE_EXHAUSTED: ErrorReason.RATE_LIMITED,
+        StatusCode.UNAVAILABLE: ErrorReason.KAS_UNREACHABLE,
+        StatusCode.DEADLINE_EXCEEDED: ErrorReason.KAS_UNREACHABLE,
+        StatusCode.INVALID_ARGUMENT: ErrorReason.PROTOCOL_ERROR,
+        StatusCode.UNIMPLEMENTED: ErrorReason.PROTOCOL_ERROR,
     }.get(code, ErrorReason.INTERNAL)
-    if code is grpc.StatusCode.NOT_FOUND:
+    if code is StatusCode.NOT_FOUND:
         # kas says "agent not found" for a deleted agent; GetConfiguration also uses NOT_FOUND for a
         # missing branch of the configuration project (PROTOCOL.md §3.4, §6.1).
         reason = (
             ErrorReason.AGENT_NOT_FOUND if "agent" in text.lower() else ErrorReason.CONFIGURATION_REJECTED
         )
-    if code is grpc.StatusCode.FAILED_PRECONDITION and rpc == "GetConfiguration":
+    if code is StatusCode.FAILED_PRECONDITION and rpc == "GetConfiguration":
         reason = ErrorReason.CONFIGURATION_REJECTED
-    if code is grpc.StatusCode.UNAVAILABLE and text.startswith(GRPC_CONNECT_FAILED):
+    if code is StatusCode.UNAVAILABLE and text.startswith(GRPC_CONNECT_FAILED):
         # grpc core could not connect: its text names the worker's bridge socket, not kas; the transport
         # reads it (e.g. grpcs certificate failures) without repeating it.
         return classify_unavailable(text)
     return WorkerError(reason=reason, message=f"{rpc}: {code.name}: {text}", hint=hint_for(reason))
 
 
-def is_cancel(code: grpc.StatusCode) -> bool:
+def is_cancel(code: StatusCode) -> bool:
     """Cancel/deadline ends: agentk reconnects at once instead of backing off (PROTOCOL.md §6.3.3)."""
-    return code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return code in (StatusCode.CANCELLED, StatusCode.DEADLINE_EXCEEDED)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Generator
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
-import grpc
+from agent_runtime.rpc_status import EndOfStream
 
-GZIP = grpc.Compression.Gzip
-"""agentk compresses every call with gzip (§3.5); we do too, except on the tunnel (below)."""
+GZIP: Final = True
+"""agentk compresses every call with gzip (§3.5); we do too, except on the tunnel (below). Passed to the
+call factories as `gzip=`."""
 
-TUNNEL_COMPRESSION = grpc.Compression.NoCompression
+TUNNEL_GZIP: Final = False
 """The Connect (reverse tunnel) stream is sent uncompressed, a deliberate deviation from agentk.
 
 grpc.aio compresses inline on the event loop: gzip on 32 KiB tunnel frames capped a tunnelled LIST at
@@ -23,11 +24,12 @@ the client asks, as kubectl does.
 
 
 class TunnelCall(Protocol):
-    """What the reverse tunnel uses of a Connect call: grpc.aio's StreamStreamCall, or the runtime's own
-    HTTP/2 call (agent_runtime.transport.h2), which raises the same errors."""
+    """What the reverse tunnel uses of a Connect call: the runtime's own HTTP/2 call
+    (agent_runtime.transport.h2), or grpc.aio's StreamStreamCall behind its adapter. Both raise
+    agent_runtime.rpc_status's RpcError (and UsageError on a write the call no longer takes)."""
 
     async def write(self, message: bytes) -> None: ...
-    async def read(self) -> Any: ...  # bytes, or grpc.aio.EOF
+    async def read(self) -> bytes | EndOfStream: ...
     async def done_writing(self) -> None: ...
     def done(self) -> bool: ...
     def cancel(self) -> bool: ...
@@ -35,7 +37,8 @@ class TunnelCall(Protocol):
 
 
 class UnaryCall(Protocol):
-    """What the modules use of a unary call (grpc.aio's UnaryUnaryCall, or the own HTTP/2 client's)."""
+    """What the modules use of a unary call (the own HTTP/2 client's, or grpc.aio's behind its adapter);
+    awaiting it raises RpcError for every failure."""
 
     def __await__(self) -> Generator[Any, None, bytes]: ...
     async def initial_metadata(self) -> Any: ...
@@ -44,17 +47,18 @@ class UnaryCall(Protocol):
 
 
 class ServerStreamCall(Protocol):
-    """What the modules use of a server-streaming call (grpc.aio's UnaryStreamCall, or the own one's)."""
+    """What the modules use of a server-streaming call (the own one's, or grpc.aio's behind its adapter)."""
 
-    async def read(self) -> Any: ...  # bytes, or grpc.aio.EOF
+    async def read(self) -> bytes | EndOfStream: ...
     async def initial_metadata(self) -> Any: ...
     def cancel(self) -> bool: ...
     def done(self) -> bool: ...
 
 
 class KasChannel(Protocol):
-    """Where calls to kas are opened: a grpc.aio channel, or the runtime's own HTTP/2 channel. Each
-    method gives a factory called as grpc.aio's multi-callables are (request, metadata=, ...)."""
+    """Where calls to kas are opened: the runtime's own HTTP/2 channel, or a grpc.aio channel behind its
+    adapter. Each method gives a factory called as grpc.aio's multi-callables are (request, metadata=,
+    timeout=, wait_for_ready=), except that compression is `gzip=` (a bool)."""
 
     def unary_unary(self, method: str) -> Callable[..., UnaryCall]: ...
     def unary_stream(self, method: str) -> Callable[..., ServerStreamCall]: ...

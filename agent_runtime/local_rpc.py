@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import grpc
+from agent_runtime.rpc_status import StatusCode
 
 
 class RpcStatusError(Exception):
     """A handler ends its call with a non-OK gRPC status (sent as the tunnel's `error` frame)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

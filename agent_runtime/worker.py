@@ -22,8 +22,6 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-import grpc
-
 from agent_proto.flavor import WireNames, wire_names
 from agent_runtime.auth_gate import AuthGate
 from agent_runtime.clock import SYSTEM_CLOCK
@@ -55,12 +53,6 @@ SnapshotCallback = Callable[[WorkerSnapshot], None]
 
 _CLOSE_GRACE_S = 1.0
 """Grace for closing the channel once every module has stopped."""
-_SWAP_GRACE_S = 5.0
-"""How long a replaced channel may keep the calls the modules have not moved yet (they reopen at once on
-the reconnect signal; a call still there at the end would be cancelled under its module)."""
-_FAILING_RECHECK_S = 5.0
-"""While the channel fails, how often to look whether kas resolves to other addresses: grpc's channel
-stays in TRANSIENT_FAILURE across its own retries, so waiting for a state change alone would never ask."""
 
 
 class _KasLink:
@@ -220,11 +212,10 @@ class Worker:
                 start("agent_registrar", agent_registrar.build(ctx, metrics).run()),
                 start("agent_configuration", agent_configuration.build(ctx, metrics).run()),
             ]
-            grpc_channel = connection.grpc_channel
-            if grpc_channel is None:
+            if connection.grpc_channel is None:
                 connection.on_kas_lost(self._kas_lost)
             else:
-                others.append(start("channel_watch", self._watch_channel(connection, grpc_channel)))
+                others.append(start("channel_watch", self._watch_channel(connection)))
             if self._spec.flux_enabled:
                 others.append(
                     start("flux", flux.build(ctx, self._env.flux, metrics, self._spec.flux_mode).run())
@@ -239,40 +230,17 @@ class Worker:
         (the transport's diagnosis replaces the generic message, `_refine`)."""
         self._state.failed(Component.TUNNELS, WorkerError(ErrorReason.KAS_UNREACHABLE, CHANNEL_LOST_MESSAGE))
 
-    async def _watch_channel(self, connection: KasConnection, channel: grpc.aio.Channel) -> None:
-        """Report a lost kas the calls cannot: every call waits for the channel (wait_for_ready), and a kas
-        that stops gracefully ends its streams with OK, so without this the worker stayed Connected with
-        no tunnel and no error. A failed (re)connection marks the tunnels unreachable; the next stream
-        that kas accepts marks them healthy again.
+    async def _watch_channel(self, connection: KasConnection) -> None:
+        """The grpc.aio channel's own watch (GAO_KAS_TRANSPORT=grpc): kas lost, kas moved."""
+        # Imported here only: grpc costs every process about 8.6 MiB, and the default transport needs none.
+        from agent_runtime.transport.grpc_channel import watch_channel
 
-        Direct grpc (no relay) also re-resolves here: a failing channel whose kas name now resolves to other
-        checked addresses is replaced (`KasConnection.reroute`), the modules are told to reopen their calls
-        (the reconnect signal, as for a new token: the calls of a failing channel only wait), and the old
-        channel is closed after they moved. The smallest design that keeps the relay's "resolve for every
-        connection": grpc keeps retrying the checked addresses with its own backoff in between."""
-        state = channel.get_state(try_to_connect=False)
-        while True:
-            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-                lost = WorkerError(ErrorReason.KAS_UNREACHABLE, CHANNEL_LOST_MESSAGE)
-                self._state.failed(Component.TUNNELS, lost)
-                old = await connection.reroute()
-                if old is not None:
-                    self._log.info("kas resolves to other addresses: new channel")
-                    self._reconnect.fire()
-                    try:
-                        await old.close(_SWAP_GRACE_S)
-                    except asyncio.CancelledError:  # the worker stops: close it now, not by the GC
-                        await old.close(None)
-                        raise
-                    channel = connection.grpc_channel or channel
-                    state = channel.get_state(try_to_connect=True)
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_FAILING_RECHECK_S):
-                        await channel.wait_for_state_change(state)
-            else:
-                await channel.wait_for_state_change(state)
-            state = channel.get_state(try_to_connect=False)
+        await watch_channel(connection, lost=self._kas_lost, moved=self._kas_moved)
+
+    def _kas_moved(self) -> None:
+        """kas's name resolves to other addresses: a new channel, to which the modules move their calls."""
+        self._log.info("kas resolves to other addresses: new channel")
+        self._reconnect.fire()
 
     async def _stopper(self, others: list[asyncio.Task[None]], tunnels: asyncio.Task[None]) -> None:
         await self._stop_requested.wait()

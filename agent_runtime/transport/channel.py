@@ -12,27 +12,25 @@ Everything else goes through the worker's private `WsBridge` (a Unix socket), wh
 ws:// and wss:// bridged as WebSocket; grpc/grpcs behind a proxy as a raw pipe (grpc doing its own
 verified TLS inside it). grpcs with insecure-skip-verify is a raw TLS pipe: grpcio has no way to turn
 certificate verification off, so the bridge does the TLS (without verification, ALPN h2) and the channel
-speaks plaintext HTTP/2 to it.
+speaks plaintext HTTP/2 to it. That path (`grpc_channel.py`, `grpc_aio.py`) is imported only when chosen,
+and hands the modules calls with the runtime's own errors (agent_runtime.rpc_status), as the own client
+does: a process on the default transport never loads grpc.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, cast
-
-import grpc
-import grpc.aio
+from typing import TYPE_CHECKING, Final, Literal
 
 from agent_runtime.grpc_calls import KasChannel
 from agent_runtime.policy import DestinationPolicy
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, TlsSettings, WorkerError, WorkerSpec
-from agent_runtime.transport.address import KasAddress, Scheme, parse_kas_address
+from agent_runtime.transport.address import KasAddress, parse_kas_address
 from agent_runtime.transport.config_error import TransportConfigError
 from agent_runtime.transport.destination import Destination, DestinationGuard
 from agent_runtime.transport.dialer import DialPlan, DialTimeouts
@@ -47,8 +45,14 @@ from agent_runtime.transport.h2 import DialObserver, H2Channel, H2Target, LinkSe
 from agent_runtime.transport.headers import handshake_headers, metadata_headers
 from agent_runtime.transport.kas_version import from_metadata
 from agent_runtime.transport.proxy import Proxy, proxy_for
-from agent_runtime.transport.tls import client_context, grpc_root_certificates
+from agent_runtime.transport.tls import client_context
 from agent_runtime.transport.ws_bridge import WsBridge
+
+if TYPE_CHECKING:
+    import grpc.aio
+
+    from agent_runtime.rpc_status import RpcError
+    from agent_runtime.transport.grpc_aio import GrpcChannel
 
 MAX_RECEIVE_MESSAGE: Final = 256 * 1024
 """Largest message accepted from kas; grpc ends a call that gets a larger one with RESOURCE_EXHAUSTED
@@ -89,13 +93,13 @@ class KasConnection:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel | H2Channel,
+        channel: H2Channel | GrpcChannel,
         address: KasAddress,
         token: Secret,
         metadata: tuple[tuple[str, str], ...],
         bridge: WsBridge,
         route: DirectRoute | None = None,
-        build: Callable[[str], grpc.aio.Channel] | None = None,
+        build: Callable[[str], GrpcChannel] | None = None,
     ) -> None:
         self._channel = channel
         self.address = address
@@ -115,15 +119,15 @@ class KasConnection:
 
     @property
     def channel(self) -> KasChannel:
-        """Where calls to kas are made: the own HTTP/2 channel, or grpc.aio's (the same surface)."""
-        # grpc.aio's stubs type calls generically; its calls do have the surface KasChannel names.
-        return cast(KasChannel, self._channel)
+        """Where calls to kas are made: the own HTTP/2 channel, or grpc.aio's behind its adapter (the same
+        surface and errors)."""
+        return self._channel
 
     @property
     def grpc_channel(self) -> grpc.aio.Channel | None:
         """The grpc.aio channel, with GAO_KAS_TRANSPORT=grpc; replaced when `reroute()` finds kas at other
         addresses."""
-        return None if isinstance(self._channel, H2Channel) else self._channel
+        return None if isinstance(self._channel, H2Channel) else self._channel.raw
 
     def _dial_failed(self, error: WorkerError) -> None:
         self._bridge.record(error)
@@ -185,7 +189,7 @@ class KasConnection:
             return connect_error(ConnectionError(), self.address.host_port)
         return error
 
-    def record_rpc_error(self, err: grpc.RpcError) -> WorkerError | None:
+    def record_rpc_error(self, err: RpcError) -> WorkerError | None:
         """Classify a failed RPC; transport-level failures become `last_error()`. Returns the reading."""
         error = classify_rpc_error(err)
         if error is not None:
@@ -240,24 +244,6 @@ class KasConnection:
         return f"KasConnection({self.address})"
 
 
-def _base_options(user_agent: str, settings: ChannelSettings) -> list[tuple[str, str | int]]:
-    return [
-        ("grpc.primary_user_agent", user_agent),
-        ("grpc.use_local_subchannel_pool", 1),  # this agent's own HTTP/2 connection, never shared
-        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
-        ("grpc.http2.ping_timeout_ms", settings.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),  # idle agents must keep pinging (load balancers)
-        ("grpc.max_receive_message_length", settings.max_receive_message_length),
-        # No bandwidth probing: on a fast link it grows every stream's receive window to megabytes, which
-        # grpc buffers even while nobody reads, so a hostile kas could park ~25 MiB per tunnel in the
-        # process past the byte budget (reverse_tunnel/budget.py). Without it each stream lets kas run
-        # 64 KiB ahead; responses (our writes) follow kas's window, not ours.
-        ("grpc.http2.bdp_probe", 0),
-    ]
-
-
 async def open_kas_connection(
     spec: WorkerSpec,
     *,
@@ -280,34 +266,25 @@ async def open_kas_connection(
     proxy = proxy_for(address, spec.proxy, env)
     if proxy is not None and spec.proxy is not None:
         guard.check_static(Destination(proxy.host, proxy.port, "proxy"))
-    options = [
-        *_base_options(user_agent, settings),
-        ("grpc.enable_http_proxy", 0),  # the bridge applies the proxy settings, after the policy check
-        ("grpc.default_authority", address.host_header),  # also when dialing an IP: kas may route on it
-    ]
-    # No channel-wide compression: grpc.aio lets no call override a channel default, and the tunnel must
-    # stay uncompressed (agent_runtime.grpc_calls.TUNNEL_COMPRESSION); each call asks for gzip itself.
     plan = _dial_plan(spec, address, proxy, guard, user_agent, settings)
     bridge = WsBridge(plan, name=spec.id)
     metadata = () if address.websocket else metadata_headers(spec.kas_headers)
     if _transport(settings, env) == "h2":
         h2 = _h2_channel(spec, address, plan, user_agent, settings)
         return KasConnection(h2, address, spec.token, metadata, bridge)
-    try:
-        build = functools.partial(_build_channel, spec, address, options)
-        route = None
-        if not address.websocket and proxy is None and not spec.tls.insecure_skip_verify:
-            route = DirectRoute(address, guard, within=settings.dial.dial)
-            await route.next_target()  # stays on the relay when the name does not resolve to permitted IPs
-        if route is not None and route.target is not None:
-            channel = build(route.target)  # the bridge is never needed: not even its socket is made
-        else:
-            await bridge.start()
-            channel = build(bridge.grpc_target)
-    except BaseException:
-        await bridge.close(0)
-        raise
-    return KasConnection(channel, address, spec.token, metadata, bridge, route, build)
+    # Imported here only: grpc costs every process about 8.6 MiB, and the default transport needs none of it.
+    from agent_runtime.transport.grpc_channel import open_grpc_connection
+
+    return await open_grpc_connection(
+        spec,
+        address,
+        guard=guard,
+        proxy=proxy,
+        bridge=bridge,
+        metadata=metadata,
+        user_agent=user_agent,
+        settings=settings,
+    )
 
 
 def _transport(settings: ChannelSettings, env: Mapping[str, str]) -> KasTransport:
@@ -334,18 +311,6 @@ def _h2_channel(
         ),
     )
     return H2Channel(target, name=spec.id)
-
-
-def _build_channel(
-    spec: WorkerSpec, address: KasAddress, options: list[tuple[str, str | int]], target: str
-) -> grpc.aio.Channel:
-    """A channel to `target` (kas's checked IPs or the relay's socket) with the worker's options."""
-    if address.scheme is Scheme.GRPCS and not spec.tls.insecure_skip_verify:
-        credentials = grpc.ssl_channel_credentials(root_certificates=grpc_root_certificates(spec.tls))
-        # Verify the certificate against kas's name (and send it as SNI), whatever IP the target dials.
-        name = ("grpc.ssl_target_name_override", spec.tls.server_name or address.host)
-        return grpc.aio.secure_channel(target, credentials, options=[*options, name])
-    return grpc.aio.insecure_channel(target, options=options)
 
 
 def _dial_plan(

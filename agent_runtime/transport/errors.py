@@ -8,8 +8,7 @@ import ssl
 from typing import Final
 from urllib.parse import urlsplit
 
-import grpc
-
+from agent_runtime.rpc_status import RpcError, StatusCode
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.address import KasAddress
 
@@ -116,13 +115,11 @@ GRPC_CONNECT_FAILED: Final = "failed to connect to all addresses"
 """How grpc core's details start when it could not connect (as opposed to kas answering UNAVAILABLE)."""
 
 
-def classify_rpc_error(err: grpc.RpcError) -> WorkerError | None:
+def classify_rpc_error(err: RpcError) -> WorkerError | None:
     """A transport-level reading of a failed RPC (grpc/grpcs), or None when it is not transport-level."""
-    code = err.code() if isinstance(err, grpc.aio.AioRpcError | grpc.Call) else None
-    details = (err.details() if isinstance(err, grpc.aio.AioRpcError | grpc.Call) else None) or ""
-    if code != grpc.StatusCode.UNAVAILABLE:
+    if err.code() is not StatusCode.UNAVAILABLE:
         return None
-    return classify_unavailable(details)
+    return classify_unavailable(err.details())
 
 
 def classify_unavailable(details: str) -> WorkerError:

@@ -3,8 +3,9 @@
 Found by tests/reliability (issue 13): after a graceful stop the worker keeps phase Connected with no
 tunnel and no error for minutes, so `kubectl get gla` says Connected while nothing can reach the
 cluster (after a SIGKILL it reads Degraded/KasUnreachable within seconds). Every call waits for the
-channel (wait_for_ready) and ends without an error to report; the worker now watches the channel's
-state (Worker._watch_channel).
+channel (wait_for_ready) and ends without an error to report; the worker now hears of every failed
+connection to kas (the own HTTP/2 channel's dial reports; with GAO_KAS_TRANSPORT=grpc, the channel's
+state, transport/grpc_channel.watch_channel).
 """
 
 from __future__ import annotations

@@ -11,11 +11,10 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
-import grpc.aio
 import pytest
 
 from agent_runtime.policy import DestinationPolicy
+from agent_runtime.rpc_status import RpcError
 from agent_runtime.secret import Secret
 from agent_runtime.spec import WorkerSpec
 from agent_runtime.transport import KasConnection, open_kas_connection
@@ -97,7 +96,7 @@ async def test_another_workers_bridge_cannot_be_used_as_kas(kas_of_b: WsTunnelPe
         for port in sorted(new_ports):
             a = await _connect(f"ws://127.0.0.1:{port}/")
             try:
-                with pytest.raises(grpc.aio.AioRpcError):
+                with pytest.raises(RpcError):
                     await _echo(a, deadline=2)
             finally:
                 await a.close(0)

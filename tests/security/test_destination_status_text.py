@@ -20,6 +20,7 @@ from kubernetes import client as k8s_client
 from agent_runtime.environment import WorkerEnvironment
 from agent_runtime.kube import KubeAccess
 from agent_runtime.policy import DestinationPolicy, TenantPolicy
+from agent_runtime.rpc_status import RpcError
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, ProxySettings, WorkerError, WorkerSpec
 from agent_runtime.transport import KasConnection, open_kas_connection
@@ -65,7 +66,7 @@ async def _last_error(address: str, proxy: ProxySettings | None = None) -> Worke
 
 async def _failure(conn: KasConnection) -> WorkerError:
     call = conn.channel.unary_unary(ECHO)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
+    with pytest.raises(RpcError) as info:
         await call(b"ping", metadata=conn.call_metadata(), timeout=20)
     error = conn.record_rpc_error(info.value)
     assert error is not None

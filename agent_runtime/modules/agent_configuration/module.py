@@ -14,7 +14,6 @@ import asyncio
 import urllib.parse
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from agent_proto.gitlab.agent.agent_configuration.rpc import rpc_pb2
@@ -24,6 +23,7 @@ from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error
 from agent_runtime.grpc_calls import GZIP, EstablishedProbe, wait_either
 from agent_runtime.module_context import ModuleContext
+from agent_runtime.rpc_status import EOF, RpcError, StatusCode
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.worker_state import Component
 
@@ -89,7 +89,7 @@ class ConfigurationModule:
             request.SerializeToString(),
             metadata=ctx.kas.call_metadata(),
             wait_for_ready=True,
-            compression=GZIP,
+            gzip=GZIP,
         )
         probe = EstablishedProbe(TUNNEL_ESTABLISHED_AFTER_S, lambda: ctx.state.ok(Component.CONFIGURATION))
         try:
@@ -99,11 +99,11 @@ class ConfigurationModule:
             probe.start()
             while True:
                 raw = await call.read()
-                if raw is grpc.aio.EOF:
+                if raw is EOF:
                     return False, "OK"
                 assert isinstance(raw, bytes)
                 self._handle(self._parse(raw))
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:
             self._report_rpc_error(e.code(), e.details())
             return True, e.code().name
         except InvalidResponseError as e:
@@ -114,13 +114,13 @@ class ConfigurationModule:
                     ErrorReason.PROTOCOL_ERROR, f"{_RPC}: INVALID_ARGUMENT: invalid server response: {e}"
                 ),
             )
-            return True, grpc.StatusCode.INVALID_ARGUMENT.name
+            return True, StatusCode.INVALID_ARGUMENT.name
         finally:
             probe.stop()
 
-    def _report_rpc_error(self, code: grpc.StatusCode, details: str | None) -> None:
+    def _report_rpc_error(self, code: StatusCode, details: str | None) -> None:
         ctx = self._ctx
-        if code is grpc.StatusCode.UNIMPLEMENTED:
+        if code is StatusCode.UNIMPLEMENTED:
             # The Plural fork compiles the configuration server out (§6.1): nothing to show as an error.
             ctx.logger.info("kas does not serve GetConfiguration; retrying with backoff")
             ctx.state.not_applicable(Component.CONFIGURATION)

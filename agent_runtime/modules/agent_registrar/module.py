@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-
 from agent_proto.gitlab.agent.agent_registrar.rpc import rpc_pb2
 from agent_proto.gitlab.agent.entity import entity_pb2
 from agent_runtime.backoff import REGISTER_BACKOFF, Backoff
@@ -17,6 +15,7 @@ from agent_runtime.environment import NoMetrics, WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error
 from agent_runtime.grpc_calls import GZIP
 from agent_runtime.module_context import ModuleContext
+from agent_runtime.rpc_status import RpcError, StatusCode
 from agent_runtime.worker_state import Component
 
 _RPC = "Register"
@@ -67,12 +66,12 @@ class RegistrarModule:
             call = method(
                 request.SerializeToString(),
                 metadata=ctx.kas.call_metadata(),
-                compression=GZIP,
+                gzip=GZIP,
                 timeout=_REGISTER_TIMEOUT_S,
             )
             await call
             ctx.kas.note_response_metadata(await call.initial_metadata())
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:
             self._report_error(e.code(), e.details())
             return e.code().name
         ctx.auth_gate.report_accepted()
@@ -80,10 +79,10 @@ class RegistrarModule:
         ctx.state.ok(Component.REGISTRAR)
         return "OK"
 
-    def _report_error(self, code: grpc.StatusCode, details: str | None) -> None:
+    def _report_error(self, code: StatusCode, details: str | None) -> None:
         ctx = self._ctx
         ctx.state.registered(False, None)
-        if code is grpc.StatusCode.UNIMPLEMENTED:
+        if code is StatusCode.UNIMPLEMENTED:
             # kas < 16.5 has no Register and registers us from GetConfiguration instead (§6.2).
             ctx.state.not_applicable(Component.REGISTRAR)
             return

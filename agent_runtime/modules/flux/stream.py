@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from agent_proto.flavor import WireFlavor
@@ -27,6 +26,7 @@ from agent_runtime.flux_settings import FluxTuning
 from agent_runtime.grpc_calls import GZIP
 from agent_runtime.latest import LatestValue
 from agent_runtime.module_context import ModuleContext
+from agent_runtime.rpc_status import EOF, RpcError, StatusCode
 from agent_runtime.spec import FluxState
 
 RPC: Final = "ReconcileProjects"
@@ -112,26 +112,26 @@ class ProjectStream:
             request.SerializeToString(),
             metadata=ctx.kas.call_metadata(),
             wait_for_ready=True,
-            compression=GZIP,
+            gzip=GZIP,
         )
         self._on_state(FluxState.WATCHING, f"stream open for {len(projects)} project(s)")
         code = "CANCELLED"
         try:
             while True:
                 raw = await call.read()
-                if raw is grpc.aio.EOF:
+                if raw is EOF:
                     code = "OK"
                     lived = ctx.clock.now() - opened_at
                     return lived < self._tuning.min_stream_life_s
                 assert isinstance(raw, bytes)
                 self._handle(raw)
                 self._backoff.reset()
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:
             code = e.code().name
             self._report(e.code(), e.details())
             return True
         except DecodeError as e:
-            code = grpc.StatusCode.INVALID_ARGUMENT.name
+            code = StatusCode.INVALID_ARGUMENT.name
             self._on_state(FluxState.STREAM_FAILED, f"{RPC}: kas sent a response that does not decode: {e}")
             return True
         finally:
@@ -143,9 +143,9 @@ class ProjectStream:
         project = response.project.id if response.HasField("project") else ""
         self._on_project(project)
 
-    def _report(self, code: grpc.StatusCode, details: str | None) -> None:
+    def _report(self, code: StatusCode, details: str | None) -> None:
         ctx = self._ctx
-        if code is grpc.StatusCode.UNIMPLEMENTED:
+        if code is StatusCode.UNIMPLEMENTED:
             ctx.logger.info("kas does not serve %s; retrying with backoff", RPC)
             self._on_state(
                 FluxState.NOT_SERVED,

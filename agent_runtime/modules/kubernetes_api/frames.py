@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from agent_proto.gitlab.agent.grpctool import grpctool_pb2
 from agent_proto.gitlab.agent.prototool import prototool_pb2
 from agent_proto.ordering import OrderingValidator, StreamOrderError
 from agent_runtime.local_rpc import LocalCall, RpcStatusError
+from agent_runtime.rpc_status import StatusCode
 
 HttpRequest = grpctool_pb2.HttpRequest
 HttpResponse = grpctool_pb2.HttpResponse
@@ -47,7 +47,7 @@ class RequestFrames:
             frame = HttpRequest.FromString(raw)
             which = self._validator.accept(frame)
         except (StreamOrderError, DecodeError) as e:
-            raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid HttpRequest stream: {e}") from e
+            raise RpcStatusError(StatusCode.INVALID_ARGUMENT, f"invalid HttpRequest stream: {e}") from e
         if which == "data":
             self._count(len(frame.data.data))
         elif which == "upgradeData":

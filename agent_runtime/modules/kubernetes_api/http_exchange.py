@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
-import grpc
 import yarl
 from multidict import CIMultiDict
 
@@ -20,6 +19,7 @@ from agent_runtime.kube import KubeAccess
 from agent_runtime.local_rpc import RpcStatusError
 from agent_runtime.modules.kubernetes_api import frames
 from agent_runtime.modules.kubernetes_api.outgoing import OutgoingRequest, response_via
+from agent_runtime.rpc_status import StatusCode
 
 _SKIP_AUTO = ("Accept-Encoding", "User-Agent", "Content-Type", "Accept")
 """aiohttp must not add headers the client did not send (an added Accept-Encoding would gzip replies)."""
@@ -28,7 +28,7 @@ _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
 
 
 def _unexpected(what: str) -> RpcStatusError:
-    return RpcStatusError(grpc.StatusCode.INTERNAL, f"unexpected HttpRequest_{what} message received")
+    return RpcStatusError(StatusCode.INTERNAL, f"unexpected HttpRequest_{what} message received")
 
 
 class _Body:
@@ -118,7 +118,7 @@ async def _relay(
         )
         response = await response_cm.__aenter__()
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
-        raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, f"{GRPC_TO_HTTP_ERROR_PREFIX}{_describe(e)}") from e
+        raise RpcStatusError(StatusCode.UNAVAILABLE, f"{GRPC_TO_HTTP_ERROR_PREFIX}{_describe(e)}") from e
     try:
         header: dict[str, list[str]] = {}
         for key, value in response.headers.items():
@@ -131,9 +131,7 @@ async def _relay(
             while chunk := await response.content.read(CHUNK_SIZE):
                 await call.data(chunk)
         except (aiohttp.ClientError, OSError) as e:
-            raise RpcStatusError(
-                grpc.StatusCode.UNAVAILABLE, f"reading the response body: {_describe(e)}"
-            ) from e
+            raise RpcStatusError(StatusCode.UNAVAILABLE, f"reading the response body: {_describe(e)}") from e
         if drain is not None:
             await drain  # request stream fully checked before we declare success
         await call.trailer()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import grpc
 import yarl
 
 from agent_proto.flavor import HeaderExtraError, ImpersonationConfig
@@ -26,6 +25,7 @@ from agent_runtime.modules.kubernetes_api.identity import (
     policy_refusal,
 )
 from agent_runtime.modules.kubernetes_api.outgoing import build_request, response_via
+from agent_runtime.rpc_status import StatusCode
 
 
 class ImpersonationForbiddenError(Exception):
@@ -54,28 +54,28 @@ class KubernetesApiModule:
         worker, metrics = self._ctx.worker_id, self._metrics
         request_frames = frames.RequestFrames(call, lambda n: metrics.bytes_received(worker, n))
         response = frames.ResponseWriter(call, lambda n: metrics.bytes_sent(worker, n))
-        code = grpc.StatusCode.CANCELLED  # unless it ends by itself (kas cancelled, worker stopping)
+        code = StatusCode.CANCELLED  # unless it ends by itself (kas cancelled, worker stopping)
         try:
             await self._exchange(request_frames, response)
-            code = grpc.StatusCode.OK
+            code = StatusCode.OK
         except RpcStatusError as e:
             code = e.code
             raise
         except CallEndedError:
             raise  # counted as CANCELLED: kas ended the call, the client went away
         except Exception:
-            code = grpc.StatusCode.INTERNAL  # what the tunnel makes of an unexpected error
+            code = StatusCode.INTERNAL  # what the tunnel makes of an unexpected error
             raise
         finally:
             # A completed exchange counts by its HTTP status; a failed one by its gRPC code.
-            ok = code is grpc.StatusCode.OK and response.status_code is not None
+            ok = code is StatusCode.OK and response.status_code is not None
             result = str(response.status_code) if ok else code.name
             metrics.tunnel_request_done(worker, "MakeRequest", result, self._ctx.clock.now() - started)
 
     async def _exchange(self, request_frames: frames.RequestFrames, call: frames.ResponseWriter) -> None:
         first = await request_frames.next()
         if first is None:
-            raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, "empty HttpRequest stream")
+            raise RpcStatusError(StatusCode.INVALID_ARGUMENT, "empty HttpRequest stream")
         header = first.header
         imp = self._impersonation(header)
         try:
@@ -109,7 +109,7 @@ class KubernetesApiModule:
         try:
             imp = self._ctx.kas.wire.unpack_header_extra(header.extra)
         except HeaderExtraError as e:
-            raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, f"HeaderExtra: {e}") from e
+            raise RpcStatusError(StatusCode.INVALID_ARGUMENT, f"HeaderExtra: {e}") from e
         return None if imp.is_empty() else imp
 
     async def _identity_headers(
@@ -118,7 +118,7 @@ class KubernetesApiModule:
         """Impersonate-* headers to send (§7.5 plus the per-agent ServiceAccount)."""
         sa = self._ctx.identity
         nested = RpcStatusError(
-            grpc.StatusCode.UNAVAILABLE, GRPC_TO_HTTP_ERROR_PREFIX + NESTED_IMPERSONATION_ERROR
+            StatusCode.UNAVAILABLE, GRPC_TO_HTTP_ERROR_PREFIX + NESTED_IMPERSONATION_ERROR
         )
         if sa is None:
             if imp is not None and client_impersonates:
@@ -139,7 +139,7 @@ class KubernetesApiModule:
             try:
                 verdict = await self._reviewer.check(sa, check)
             except AccessReviewError as e:
-                raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, f"{GRPC_TO_HTTP_ERROR_PREFIX}{e}") from e
+                raise RpcStatusError(StatusCode.UNAVAILABLE, f"{GRPC_TO_HTTP_ERROR_PREFIX}{e}") from e
             if not verdict.allowed:
                 why = f": {verdict.reason}" if verdict.reason else ""
                 who = f'agent ServiceAccount "{sa.namespace}/{sa.name}"'

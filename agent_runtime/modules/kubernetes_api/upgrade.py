@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 
 import aiohttp
-import grpc
 import yarl
 
 from agent_proto.http_headers import canonical_header_key
@@ -21,6 +20,7 @@ from agent_runtime.kube import KubeAccess
 from agent_runtime.local_rpc import RpcStatusError
 from agent_runtime.modules.kubernetes_api import frames
 from agent_runtime.modules.kubernetes_api.outgoing import OutgoingRequest, response_via
+from agent_runtime.rpc_status import StatusCode
 
 _HEAD_LIMIT = 64 * 1024
 """Largest response head accepted."""
@@ -28,7 +28,7 @@ _CONNECT_TIMEOUT_S = 10.0
 
 
 def _unavailable(e: BaseException) -> RpcStatusError:
-    return RpcStatusError(grpc.StatusCode.UNAVAILABLE, f"{GRPC_TO_HTTP_ERROR_PREFIX}{e or type(e).__name__}")
+    return RpcStatusError(StatusCode.UNAVAILABLE, f"{GRPC_TO_HTTP_ERROR_PREFIX}{e or type(e).__name__}")
 
 
 async def exchange(
@@ -134,7 +134,7 @@ async def _write_body(
             break
         if which == "data":
             if length == 0:
-                raise RpcStatusError(grpc.StatusCode.INTERNAL, "unexpected HttpRequest_Data message received")
+                raise RpcStatusError(StatusCode.INTERNAL, "unexpected HttpRequest_Data message received")
             data = frame.data.data
             writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n" if chunked else data)
             await writer.drain()
@@ -214,7 +214,7 @@ async def _pump(
             if upward.done() and upward.exception() is not None:
                 break
     except OSError as e:
-        raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, f"upgraded connection: {e}") from e
+        raise RpcStatusError(StatusCode.UNAVAILABLE, f"upgraded connection: {e}") from e
     finally:
         if upward.done() and not upward.cancelled() and (exc := upward.exception()) is not None:
             raise exc

@@ -13,30 +13,29 @@ import contextlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-import grpc
-
 from agent_proto.gitlab.agent.reverse_tunnel.rpc.rpc_pb2 import ConnectResponse
 from agent_proto.ordering import StreamOrderError
 from agent_runtime.constants import TUNNEL_ESTABLISHED_AFTER_S
 from agent_runtime.environment import WorkerMetrics
 from agent_runtime.errors import CREDENTIAL_REASONS, classify_rpc_error, is_cancel
-from agent_runtime.grpc_calls import TUNNEL_COMPRESSION, EstablishedProbe, TunnelCall
+from agent_runtime.grpc_calls import TUNNEL_GZIP, EstablishedProbe, TunnelCall
 from agent_runtime.local_rpc import CallEndedError, LocalHandler, RpcStatusError
 from agent_runtime.module_context import ModuleContext
 from agent_runtime.modules.reverse_tunnel import frames
 from agent_runtime.modules.reverse_tunnel.budget import ByteBudget, Inbox
 from agent_runtime.modules.reverse_tunnel.pool import Outcome, Slot
+from agent_runtime.rpc_status import EOF, RpcError, StatusCode, UsageError
 from agent_runtime.worker_state import Component
 
-_STREAM_OVER = (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError, grpc.aio.InternalError)
-"""What grpc.aio raises on a write or half-close of a call that has ended. InternalError: a half-close
-racing kas's end of the call fails as ExecuteBatchError (SendCloseFromClientOperation), which took the
-whole worker down through the pool's TaskGroup (found by tests/reliability/test_fuzz.py)."""
+_STREAM_OVER = (RpcError, asyncio.InvalidStateError, UsageError)
+"""What a write or half-close of a call that has ended raises. UsageError includes grpc.aio's failed
+half-close racing kas's end of the call (ExecuteBatchError), which took the whole worker down through
+the pool's TaskGroup (found by tests/reliability/test_fuzz.py)."""
 
 _LINGER_S = 1.0
 """How long a stream we failed waits for kas to end it (see _linger)."""
 
-Status = tuple[grpc.StatusCode, str]
+Status = tuple[StatusCode, str]
 _Call = TunnelCall
 
 
@@ -106,11 +105,11 @@ class _Stream:
     async def finish(self, status: Status) -> None:
         """Send the final frames for `status` and half-close."""
         code, text = status
-        if self.header_sent or code is grpc.StatusCode.OK:
+        if self.header_sent or code is StatusCode.OK:
             if not self.header_sent:
                 await self.send_header({})
             await self.write(frames.trailer({}))
-        if code is not grpc.StatusCode.OK:
+        if code is not StatusCode.OK:
             await self.write(frames.error(code, text))
         try:
             await self._call.done_writing()
@@ -129,15 +128,15 @@ class TunnelAttempt:
         self._budget = budget
         self._reader = frames.ResponseReader()
         self._call_ended = asyncio.Event()
-        """Set by grpc when the call is over, so a read waiting for room stops waiting. grpc reports the end
-        only once no received message is left unread: a reader paused with one pending learns of it when
+        """Set by the call's done callback, so a read waiting for room stops waiting. A call reports its
+        end only once no received message is left unread: a reader paused with one pending learns of it when
         the handler makes room (or the worker stops), as with the bounded queue before."""
-        self._ended_with: grpc.StatusCode | None = None
+        self._ended_with: StatusCode | None = None
         """The gRPC code the call failed with (None: it ended OK or was cancelled by us)."""
 
     async def run(self) -> Outcome:
         """The attempt; never raises except CancelledError. Its outcome is counted by gRPC code."""
-        code = grpc.StatusCode.CANCELLED  # unless it ends by itself: drain, new token, worker stopping
+        code = StatusCode.CANCELLED  # unless it ends by itself: drain, new token, worker stopping
         try:
             outcome = await self._attempt()
             code = self._outcome_code(outcome)
@@ -145,21 +144,19 @@ class TunnelAttempt:
         finally:
             self._metrics.connection_attempt(self._ctx.worker_id, "Connect", code.name)
 
-    def _outcome_code(self, outcome: Outcome) -> grpc.StatusCode:
+    def _outcome_code(self, outcome: Outcome) -> StatusCode:
         if self._ended_with is not None:
             return self._ended_with
         if outcome is Outcome.DONE:
-            return grpc.StatusCode.OK
+            return StatusCode.OK
         if outcome is Outcome.CANCELLED:
-            return grpc.StatusCode.CANCELLED
-        return grpc.StatusCode.UNKNOWN
+            return StatusCode.CANCELLED
+        return StatusCode.UNKNOWN
 
     async def _attempt(self) -> Outcome:
         ctx = self._ctx
         connect = ctx.kas.channel.stream_stream(ctx.kas.wire.connect_path)
-        call: TunnelCall = connect(
-            metadata=ctx.kas.call_metadata(), wait_for_ready=True, compression=TUNNEL_COMPRESSION
-        )
+        call: TunnelCall = connect(metadata=ctx.kas.call_metadata(), wait_for_ready=True, gzip=TUNNEL_GZIP)
         call.add_done_callback(lambda _call: self._call_ended.set())
         probe = EstablishedProbe(TUNNEL_ESTABLISHED_AFTER_S, self._established)
         try:
@@ -174,11 +171,11 @@ class TunnelAttempt:
                 return Outcome.DONE  # idle stream rotated by kas (max connection age, shutdown)
             info = first.request_info
             return await self._serve(call, info.method_name, frames.request_metadata(info.meta))
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:
             return self._rpc_failed(e.code(), e.details())
         except StreamOrderError as e:
             await self._fail_stream(call, None, str(e))
-            self._ended_with = grpc.StatusCode.INVALID_ARGUMENT
+            self._ended_with = StatusCode.INVALID_ARGUMENT
             await _linger(call)
             return Outcome.ERROR
         finally:
@@ -199,7 +196,7 @@ class TunnelAttempt:
     async def _read_raw(self, call: _Call) -> bytes | None:
         """The next frame undecoded (its size is what it costs); None at the end of the stream."""
         raw = await call.read()
-        if raw is grpc.aio.EOF:
+        if raw is EOF:
             self._reader.end()
             return None
         assert isinstance(raw, bytes)
@@ -220,7 +217,7 @@ class TunnelAttempt:
                 task.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
-    def _rpc_failed(self, code: grpc.StatusCode, details: str | None) -> Outcome:
+    def _rpc_failed(self, code: StatusCode, details: str | None) -> Outcome:
         self._ended_with = code
         if is_cancel(code):
             return Outcome.CANCELLED
@@ -243,7 +240,7 @@ class TunnelAttempt:
             self._activated()
             # Handlers count their own requests (with a finer result); nobody else sees this one.
             self._metrics.tunnel_request_done(self._ctx.worker_id, method, "UNIMPLEMENTED", 0.0)
-            await self._finish(stream, (grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}"))
+            await self._finish(stream, (StatusCode.UNIMPLEMENTED, f"unknown method {method}"))
             return await self._drain(call, stream)
         work = asyncio.create_task(self._invoke(handler, stream), name=f"tunnel-call {method}")
         pump = asyncio.create_task(self._pump(call, stream, work), name="tunnel-reader")
@@ -282,11 +279,11 @@ class TunnelAttempt:
             return e.code, e.message
         except CallEndedError as e:
             self._ctx.logger.debug("tunnelled call %s ended by kas: %s", stream.method, e)
-            return grpc.StatusCode.CANCELLED, str(e)
+            return StatusCode.CANCELLED, str(e)
         except Exception as e:
             self._ctx.logger.exception("tunnelled call %s failed", stream.method)
-            return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
-        return grpc.StatusCode.OK, ""
+            return StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
+        return StatusCode.OK, ""
 
     async def _pump(self, call: _Call, stream: _Stream, work: asyncio.Task[Status]) -> Status | None:
         """Feed request messages to the handler until the call ends; returns a fault status, if any."""
@@ -314,13 +311,13 @@ class TunnelAttempt:
                     stream.deliver(None, 0)
         except StreamOrderError as e:
             work.cancel()
-            return grpc.StatusCode.INVALID_ARGUMENT, str(e)
-        except grpc.aio.AioRpcError as e:
+            return StatusCode.INVALID_ARGUMENT, str(e)
+        except RpcError as e:
             work.cancel()
             stream.discard_inbox()
             stream.deliver(None, 0)
-            if e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                # grpc refused a frame above the channel's receive limit and ended this call (only).
+            if e.code() is StatusCode.RESOURCE_EXHAUSTED:
+                # The transport refused a frame above the receive limit and ended this call (only).
                 self._ctx.logger.warning("kas sent a frame over the size limit: %s", e.details())
                 return e.code(), e.details() or ""
             return None
@@ -337,16 +334,16 @@ class TunnelAttempt:
             while await self._read(call) is not None:
                 pass
         except StreamOrderError:
-            self._ended_with = grpc.StatusCode.INVALID_ARGUMENT
+            self._ended_with = StatusCode.INVALID_ARGUMENT
             return Outcome.ERROR
-        except grpc.aio.AioRpcError as e:
+        except RpcError as e:
             return self._rpc_failed(e.code(), e.details())
         return Outcome.DONE
 
     async def _fail_stream(self, call: _Call, stream: _Stream | None, text: str) -> None:
         self._ctx.logger.warning("invalid frame from kas: %s", text)
         target = stream or _Stream(call, "", {}, self._budget)
-        await self._finish(target, (grpc.StatusCode.INVALID_ARGUMENT, text))
+        await self._finish(target, (StatusCode.INVALID_ARGUMENT, text))
 
 
 async def _linger(call: _Call) -> None:
@@ -354,17 +351,17 @@ async def _linger(call: _Call) -> None:
     reset right behind the frames may make kas drop them unread (bounded: a hostile kas never ends it)."""
     with contextlib.suppress(TimeoutError, *_STREAM_OVER):
         async with asyncio.timeout(_LINGER_S):
-            while await call.read() is not grpc.aio.EOF:
+            while await call.read() is not EOF:
                 pass
 
 
 def _call_ended(e: BaseException) -> CallEndedError:
-    """What grpc.aio raises on a write to a call that has ended, as CallEndedError."""
+    """What a write to a call that has ended raises, as CallEndedError."""
     return CallEndedError(f"the tunnel stream ended: {_describe(e)}")
 
 
 def _describe(e: BaseException) -> str:
-    if isinstance(e, grpc.aio.AioRpcError):
+    if isinstance(e, RpcError):
         return f"{e.code().name}: {e.details()}"
     return str(e) or type(e).__name__
 

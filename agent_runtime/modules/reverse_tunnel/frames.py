@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
-import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2  # type: ignore[import-untyped,unused-ignore]  # no stubs in some installs
 
@@ -13,6 +12,7 @@ from agent_proto.flavor import WireNames
 from agent_proto.gitlab.agent.prototool import prototool_pb2
 from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2
 from agent_proto.ordering import OrderingValidator, StreamOrderError
+from agent_runtime.rpc_status import StatusCode
 
 Meta = Mapping[str, Sequence[str]]
 
@@ -44,10 +44,9 @@ def trailer(meta: Meta) -> bytes:
     return rpc_pb2.ConnectRequest(trailer=rpc_pb2.Trailer(meta=_values(meta))).SerializeToString()
 
 
-def error(code: grpc.StatusCode, text: str) -> bytes:
+def error(code: StatusCode, text: str) -> bytes:
     """The call's final non-OK status."""
-    code_number: int = code.value[0]
-    status = status_pb2.Status(code=code_number, message=text)
+    status = status_pb2.Status(code=int(code), message=text)
     return rpc_pb2.ConnectRequest(error=rpc_pb2.Error(status=status)).SerializeToString()
 
 

@@ -1,6 +1,6 @@
 """One gRPC call on an HTTP/2 connection to kas, with the surface of grpc.aio's calls the modules use
-(`read`, `write`, `done_writing`, `initial_metadata`, `done`, `cancel`, `add_done_callback`), and the same
-errors (AioRpcError with the call's status), so the modules' code serves both transports."""
+(`read`, `write`, `done_writing`, `initial_metadata`, `done`, `cancel`, `add_done_callback`) and the
+runtime's errors (RpcError with the call's status), as the grpc.aio path's adapter gives them too."""
 
 from __future__ import annotations
 
@@ -9,16 +9,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import grpc
-import grpc.aio
-
+from agent_runtime.rpc_status import EOF, EndOfStream, RpcError, StatusCode, UsageError
 from agent_runtime.transport.h2 import wire
 from agent_runtime.transport.h2.wire import Status
 
 if TYPE_CHECKING:
     from agent_runtime.transport.h2.link import H2Link
 
-LOCALLY_CANCELLED = Status(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+LOCALLY_CANCELLED = Status(StatusCode.CANCELLED, "Locally cancelled by application!")
 
 
 class H2Call:
@@ -65,10 +63,10 @@ class H2Call:
     # The grpc.aio surface
 
     async def write(self, message: bytes) -> None:
-        """Send one message; AioRpcError once the call is over."""
+        """Send one message; RpcError once the call is over."""
         link = await self._open()
         if self._half_closed:
-            raise grpc.aio.UsageError("write after done_writing")
+            raise UsageError("write after done_writing")
         data = wire.frame(message)
         if self._sent is not None:
             self._sent.append(data)
@@ -82,8 +80,8 @@ class H2Call:
             self._half_closed = True
             link.end_stream(self._stream_id)
 
-    async def read(self) -> bytes | Any:
-        """The next message; grpc.aio.EOF after the last one of a call that ended OK, else AioRpcError."""
+    async def read(self) -> bytes | EndOfStream:
+        """The next message; EOF after the last one of a call that ended OK, else RpcError."""
         while True:
             if self._link is None and self._status is None:
                 await self._open()
@@ -96,8 +94,8 @@ class H2Call:
             status = self._status
             if status is not None:
                 self._run_callbacks_if_done()
-                if status.code is grpc.StatusCode.OK:
-                    return grpc.aio.EOF
+                if status.code is StatusCode.OK:
+                    return EOF
                 raise status.error()
             self._wakeup = asyncio.get_running_loop().create_future()
             try:
@@ -150,7 +148,7 @@ class H2Call:
         self._wake_headers()
         status = wire.response_status(headers)
         if status is None and ended:
-            status = Status(grpc.StatusCode.INTERNAL, "kas ended the stream without a grpc-status")
+            status = Status(StatusCode.INTERNAL, "kas ended the stream without a grpc-status")
         if status is not None:
             self._end(status, reset=not ended)
 
@@ -163,10 +161,10 @@ class H2Call:
         try:
             messages = self._reassembler.feed(data)
         except wire.MessageTooLargeError as e:
-            self._end(Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)), reset=True)
+            self._end(Status(StatusCode.RESOURCE_EXHAUSTED, str(e)), reset=True)
             return
         except wire.CompressedMessageError as e:
-            self._end(Status(grpc.StatusCode.INTERNAL, str(e)), reset=True)
+            self._end(Status(StatusCode.INTERNAL, str(e)), reset=True)
             return
         if keeping_up:
             self._return_window()
@@ -177,14 +175,14 @@ class H2Call:
     def received_trailers(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """kas's trailers: the call's status."""
         status = wire.trailer_status(headers)
-        if status.code is grpc.StatusCode.OK and self._reassembler.partial:
-            status = Status(grpc.StatusCode.INTERNAL, "kas ended the stream in the middle of a message")
+        if status.code is StatusCode.OK and self._reassembler.partial:
+            status = Status(StatusCode.INTERNAL, "kas ended the stream in the middle of a message")
         self._end(status, reset=not self._half_closed)
 
     def stream_ended(self) -> None:
         """kas closed its side; without trailers before it, that is an error."""
         if self._status is None:
-            self._end(Status(grpc.StatusCode.INTERNAL, "kas ended the stream without trailers"), reset=True)
+            self._end(Status(StatusCode.INTERNAL, "kas ended the stream without trailers"), reset=True)
 
     def stream_reset(self, error_code: int) -> None:
         """kas reset the stream."""
@@ -216,7 +214,7 @@ class H2Call:
         """The call has its status (messages may still be unread)."""
         return self._status is not None
 
-    def error(self) -> grpc.aio.AioRpcError:
+    def error(self) -> RpcError:
         """What writing to the call raises now that it is over."""
         assert self._status is not None
         return self._status.error()

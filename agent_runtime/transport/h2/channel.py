@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import grpc
-
 from agent_runtime.backoff import Backoff, BackoffPolicy
+from agent_runtime.rpc_status import StatusCode
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.dialer import DialPlan, dial
 from agent_runtime.transport.errors import TransportError
@@ -30,8 +29,8 @@ _log = logging.getLogger(__name__)
 
 CONNECT_BACKOFF: Final = BackoffPolicy(initial=1.0, cap=120.0, factor=1.6, jitter=0.2, reset_after=150.0)
 """gRPC's connect backoff, which agentk uses (PROTOCOL.md §3.5)."""
-CLOSED: Final = wire.Status(grpc.StatusCode.CANCELLED, "the connection to kas was closed")
-UNREACHABLE: Final = wire.Status(grpc.StatusCode.UNAVAILABLE, "kas cannot be reached")
+CLOSED: Final = wire.Status(StatusCode.CANCELLED, "the connection to kas was closed")
+UNREACHABLE: Final = wire.Status(StatusCode.UNAVAILABLE, "kas cannot be reached")
 
 
 @dataclass(frozen=True)
@@ -87,9 +86,9 @@ class H2Channel:
             *,
             metadata: Iterable[tuple[str, str]] = (),
             wait_for_ready: bool | None = None,
-            compression: object = None,
+            gzip: bool = False,
         ) -> H2Call:
-            # The tunnel's messages go uncompressed, whatever `compression` asks (TUNNEL_COMPRESSION).
+            # The tunnel's messages go uncompressed, whatever `gzip` asks (grpc_calls.TUNNEL_GZIP).
             return H2Call(self._connector(wait_for_ready), self._headers(path, metadata), self._max)
 
         return start
@@ -114,10 +113,9 @@ class H2Channel:
         metadata: Iterable[tuple[str, str]] = (),
         timeout: float | None = None,
         wait_for_ready: bool | None = None,
-        compression: object = None,
+        gzip: bool = False,
     ) -> H2Call:
         """A call that sends `request` and half-closes; gzip if asked, as agentk's calls are."""
-        gzip = compression is grpc.Compression.Gzip
         headers = self._headers(path, metadata, timeout, gzip=gzip)
         return H2Call(self._connector(wait_for_ready), headers, self._max, request, gzip=gzip)
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import grpc
 import h2.config
 import h2.connection
 import h2.events
@@ -27,6 +26,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from agent_proto import wstunnel
+from agent_runtime.rpc_status import StatusCode
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.dialer import Dialed
 from agent_runtime.transport.h2.call import H2Call
@@ -47,8 +47,8 @@ write to go with (our choice). GitLab's kas pings after each burst of data it re
 probe): answered at once, each ping cost a send of its own, three of about eight per tunnelled request
 (docs/benchmarks.md, CPU per request). Nothing waits for these answers but a round-trip estimate."""
 
-LOST: Final = Status(grpc.StatusCode.UNAVAILABLE, "the connection to kas was lost")
-REFUSED: Final = Status(grpc.StatusCode.UNAVAILABLE, "kas went away before it accepted the stream")
+LOST: Final = Status(StatusCode.UNAVAILABLE, "the connection to kas was lost")
+REFUSED: Final = Status(StatusCode.UNAVAILABLE, "kas went away before it accepted the stream")
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class H2Link:
             # call fails, and new calls go to a fresh connection, whatever state h2 kept of the stream.
             _log.warning("kas connection %s: call headers refused by HTTP/2: %s", self._name, e)
             self.drain()
-            call.fail(Status(grpc.StatusCode.INTERNAL, "the call's headers are not valid HTTP/2"))
+            call.fail(Status(StatusCode.INTERNAL, "the call's headers are not valid HTTP/2"))
             return 0
         self._calls[stream_id] = call
         self._schedule_flush()
@@ -427,7 +427,7 @@ class H2Link:
         _log.warning("kas connection %s: %s", self._name, message)
         if self._ws is not None:
             self._ws.close(ws_code, "")
-        self._give_up(Status(grpc.StatusCode.UNAVAILABLE, message))
+        self._give_up(Status(StatusCode.UNAVAILABLE, message))
         self._transport.close()
 
     def abort(self, status: Status) -> None:

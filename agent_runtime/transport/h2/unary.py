@@ -1,5 +1,5 @@
 """A unary call on the HTTP/2 client: awaiting it gives the one response message, as grpc.aio's
-UnaryUnaryCall does (with `initial_metadata`, `cancel`, `done`, and AioRpcError for every failure)."""
+UnaryUnaryCall does (with `initial_metadata`, `cancel`, `done`, and RpcError for every failure)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import asyncio
 from collections.abc import Generator
 from typing import Any, Final
 
-import grpc
-import grpc.aio
-
+from agent_runtime.rpc_status import EOF, StatusCode
 from agent_runtime.transport.h2.call import H2Call
 from agent_runtime.transport.h2.wire import Status
 
-DEADLINE_EXCEEDED: Final = Status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-NO_RESPONSE: Final = Status(grpc.StatusCode.INTERNAL, "kas ended a unary call without a response message")
-SECOND_RESPONSE: Final = Status(grpc.StatusCode.INTERNAL, "kas sent more than one response to a unary call")
+DEADLINE_EXCEEDED: Final = Status(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+NO_RESPONSE: Final = Status(StatusCode.INTERNAL, "kas ended a unary call without a response message")
+SECOND_RESPONSE: Final = Status(StatusCode.INTERNAL, "kas sent more than one response to a unary call")
 
 
 class H2UnaryCall:
@@ -33,13 +31,13 @@ class H2UnaryCall:
         try:
             async with asyncio.timeout(self._timeout):
                 response = await call.read()
-                extra = None if response is grpc.aio.EOF else await call.read()
+                extra = None if response is EOF else await call.read()
         except TimeoutError:
             call.fail(DEADLINE_EXCEEDED)
             raise call.error() from None
-        if response is grpc.aio.EOF:
+        if response is EOF:
             raise NO_RESPONSE.error()
-        if extra is not grpc.aio.EOF:
+        if extra is not EOF:
             call.fail(SECOND_RESPONSE)
             raise SECOND_RESPONSE.error()
         assert isinstance(response, bytes)

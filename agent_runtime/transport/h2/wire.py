@@ -10,52 +10,51 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
-import grpc
-import grpc.aio
 from h2.errors import ErrorCodes
+
+from agent_runtime.rpc_status import RpcError, StatusCode
 
 PREFIX: Final = struct.Struct(">BI")
 """Each gRPC message: a compressed flag (1 byte) and the length (4 bytes, big-endian)."""
 
 _HTTP_TO_GRPC: Final = {
-    400: grpc.StatusCode.INTERNAL,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.UNIMPLEMENTED,
-    429: grpc.StatusCode.UNAVAILABLE,
-    502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.UNAVAILABLE,
+    400: StatusCode.INTERNAL,
+    401: StatusCode.UNAUTHENTICATED,
+    403: StatusCode.PERMISSION_DENIED,
+    404: StatusCode.UNIMPLEMENTED,
+    429: StatusCode.UNAVAILABLE,
+    502: StatusCode.UNAVAILABLE,
+    503: StatusCode.UNAVAILABLE,
+    504: StatusCode.UNAVAILABLE,
 }
 """gRPC's mapping of an HTTP status that is not 200 (a proxy answering instead of kas)."""
 
 _RESET_TO_GRPC: Final = {
-    ErrorCodes.REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE,
-    ErrorCodes.CANCEL: grpc.StatusCode.CANCELLED,
-    ErrorCodes.ENHANCE_YOUR_CALM: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCodes.INADEQUATE_SECURITY: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCodes.REFUSED_STREAM: StatusCode.UNAVAILABLE,
+    ErrorCodes.CANCEL: StatusCode.CANCELLED,
+    ErrorCodes.ENHANCE_YOUR_CALM: StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCodes.INADEQUATE_SECURITY: StatusCode.PERMISSION_DENIED,
 }
 """gRPC's mapping of RST_STREAM codes; every other code is INTERNAL."""
 
-_CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
+_CODES: Final = {int(code): code for code in StatusCode}
 
 
 @dataclass(frozen=True)
 class Status:
     """How a call ended."""
 
-    code: grpc.StatusCode
+    code: StatusCode
     """The gRPC status code."""
     details: str
     """The status message (kas's grpc-message, or ours for local and transport failures)."""
 
-    def error(self) -> grpc.aio.AioRpcError:
-        """The exception grpc.aio raises for this status, so callers handle both transports alike."""
-        empty = grpc.aio.Metadata()
-        return grpc.aio.AioRpcError(self.code, empty, empty, details=self.details)
+    def error(self) -> RpcError:
+        """The exception a call raises for this status (the grpc.aio path raises the same)."""
+        return RpcError(self.code, self.details)
 
 
-OK: Final = Status(grpc.StatusCode.OK, "")
+OK: Final = Status(StatusCode.OK, "")
 
 
 def frame(message: bytes, *, gzip: bool = False) -> bytes:
@@ -124,10 +123,10 @@ def response_status(headers: Sequence[tuple[bytes, bytes]]) -> Status | None:
         return trailer_status(headers)
     status = fields.get(b":status", b"")
     if status != b"200":
-        code = _HTTP_TO_GRPC.get(int(status), grpc.StatusCode.UNKNOWN) if status.isdigit() else None
-        return Status(code or grpc.StatusCode.INTERNAL, f"kas answered HTTP {status[:3].decode('latin-1')}")
+        code = _HTTP_TO_GRPC.get(int(status), StatusCode.UNKNOWN) if status.isdigit() else None
+        return Status(code or StatusCode.INTERNAL, f"kas answered HTTP {status[:3].decode('latin-1')}")
     if not fields.get(b"content-type", b"").startswith(b"application/grpc"):
-        return Status(grpc.StatusCode.UNKNOWN, "kas answered with a content type that is not gRPC")
+        return Status(StatusCode.UNKNOWN, "kas answered with a content type that is not gRPC")
     return None
 
 
@@ -136,10 +135,10 @@ def trailer_status(headers: Sequence[tuple[bytes, bytes]]) -> Status:
     fields = dict(headers)
     raw = fields.get(b"grpc-status")
     if raw is None:
-        return Status(grpc.StatusCode.INTERNAL, "kas ended the stream without a grpc-status")
+        return Status(StatusCode.INTERNAL, "kas ended the stream without a grpc-status")
     code = _CODES.get(int(raw)) if raw.isdigit() and len(raw) <= 3 else None
     if code is None:
-        return Status(grpc.StatusCode.UNKNOWN, f"kas sent an unknown grpc-status {raw[:8]!r}")
+        return Status(StatusCode.UNKNOWN, f"kas sent an unknown grpc-status {raw[:8]!r}")
     message = unquote(fields.get(b"grpc-message", b"").decode("utf-8", "replace"), errors="replace")
     return Status(code, message)
 
@@ -149,8 +148,8 @@ def reset_status(error_code: int) -> Status:
     try:
         name = ErrorCodes(error_code)
     except ValueError:
-        return Status(grpc.StatusCode.INTERNAL, f"kas reset the stream (HTTP/2 error {error_code})")
-    code = _RESET_TO_GRPC.get(name, grpc.StatusCode.INTERNAL)
+        return Status(StatusCode.INTERNAL, f"kas reset the stream (HTTP/2 error {error_code})")
+    code = _RESET_TO_GRPC.get(name, StatusCode.INTERNAL)
     return Status(code, f"kas reset the stream ({name.name})")
 
 

@@ -13,6 +13,7 @@ from agent_runtime.kube import KubeAccess, load_kube_access
 from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ServiceAccountRef, WorkerSpec
+from agent_runtime.transport.channel import ChannelSettings, KasTransport
 from agent_runtime.worker import Worker
 from tests.integration.runtime.fake_kas import FakeKas
 
@@ -42,9 +43,11 @@ async def start_worker(kas: FakeKas, kube: KubeAccess) -> AsyncIterator[WorkerFa
     def start(
         token: str = "good-token",  # noqa: S107 - the fake kas's test token
         identity: ServiceAccountRef | None = None,
+        transport: KasTransport = "h2",
     ) -> Worker:
         spec = WorkerSpec(id="test/agent", kas_address=kas.address, token=Secret(token), identity=identity)
-        worker = Worker(spec, WorkerEnvironment(kube=kube, policy=PERMISSIVE_POLICY))
+        channel = ChannelSettings(transport=transport)
+        worker = Worker(spec, WorkerEnvironment(kube=kube, policy=PERMISSIVE_POLICY, channel=channel))
         running.append((worker, asyncio.create_task(worker.run(), name="worker-under-test")))
         return worker
 
@@ -52,6 +55,11 @@ async def start_worker(kas: FakeKas, kube: KubeAccess) -> AsyncIterator[WorkerFa
     for worker, task in running:
         await worker.stop(1.0)
         await asyncio.wait_for(task, 10)
+
+
+BOTH_TRANSPORTS = pytest.mark.parametrize("transport", ["h2", "grpc"])
+"""For tests that also cover the grpc.aio path (GAO_KAS_TRANSPORT=grpc) and its boundary, which converts
+grpc's errors, end of stream and compression into the runtime's own."""
 
 
 async def eventually(predicate: Callable[[], bool], within: float = 15.0) -> None:

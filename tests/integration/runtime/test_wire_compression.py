@@ -1,6 +1,7 @@
 """What the worker compresses on the wire to kas: Register and GetConfiguration requests are gzip (as
 agentk's), the tunnel's Connect stream is not (docs/architecture.md: compressing inline on the event loop
-capped tunnelled throughput). Observed in the plaintext h2c bytes the worker sends, through a relay."""
+capped tunnelled throughput). Observed in the plaintext h2c bytes the worker sends, through a relay, over
+both transports (the own HTTP/2 client, and grpc.aio, which gets `gzip=` as grpc's compression)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from agent_runtime.kube import KubeAccess
 from agent_runtime.policy import PERMISSIVE_POLICY
 from agent_runtime.secret import Secret
 from agent_runtime.spec import WorkerSpec
+from agent_runtime.transport.channel import ChannelSettings
 from agent_runtime.worker import Worker
 from tests.integration.runtime.conftest import eventually
 from tests.integration.runtime.fake_kas import FakeKas, http
@@ -66,9 +68,9 @@ class Relay:
             writer.close()
 
 
-@pytest.fixture
+@pytest.fixture(params=["h2", "grpc"])
 async def relayed_worker(
-    kas: FakeKas, kube: KubeAccess, monkeypatch: pytest.MonkeyPatch
+    kas: FakeKas, kube: KubeAccess, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[Worker, Relay]]:
     # grpc sends a message uncompressed when gzip would not shrink it: a long, repetitive pod name (in
     # the AgentMeta of Register and GetConfiguration) makes the gzip visible.
@@ -76,7 +78,8 @@ async def relayed_worker(
     relay = Relay(kas.port)
     port = await relay.start()
     spec = WorkerSpec(id="test/relayed", kas_address=f"grpc://127.0.0.1:{port}", token=Secret(kas.token))
-    worker = Worker(spec, WorkerEnvironment(kube=kube, policy=PERMISSIVE_POLICY))
+    channel = ChannelSettings(transport=request.param)
+    worker = Worker(spec, WorkerEnvironment(kube=kube, policy=PERMISSIVE_POLICY, channel=channel))
     task = asyncio.create_task(worker.run(), name="relayed-worker")
     yield worker, relay
     await worker.stop(1.0)

@@ -16,8 +16,10 @@ from agent_proto.gitlab.agent.grpctool import grpctool_pb2
 from agent_proto.gitlab.agent.prototool import prototool_pb2
 from agent_proto.gitlab.agent.reverse_tunnel.rpc import rpc_pb2 as tunnel_rpc
 from agent_runtime.constants import AGENTK_PROTOCOL_VERSION
+from agent_runtime.rpc_status import StatusCode
 from agent_runtime.spec import ErrorReason, Phase, ServiceAccountRef
-from tests.integration.runtime.conftest import WorkerFactory, eventually
+from agent_runtime.transport.channel import KasTransport
+from tests.integration.runtime.conftest import BOTH_TRANSPORTS, WorkerFactory, eventually
 from tests.integration.runtime.fake_kas import (
     AGENT_ID,
     WIRE,
@@ -30,8 +32,11 @@ from tests.integration.runtime.fake_kas import (
 from tests.support.k8s_cluster import LocalCluster
 
 
-async def test_connects_registers_and_reports(kas: FakeKas, start_worker: WorkerFactory) -> None:
-    worker = start_worker()
+@BOTH_TRANSPORTS
+async def test_connects_registers_and_reports(
+    kas: FakeKas, start_worker: WorkerFactory, transport: KasTransport
+) -> None:
+    worker = start_worker(transport=transport)
     await eventually(lambda: worker.snapshot.agent_id == AGENT_ID and worker.snapshot.registered)
     snap = worker.snapshot
     assert snap.phase is Phase.CONNECTED
@@ -116,12 +121,15 @@ async def test_hundred_concurrent_requests(kas: FakeKas, start_worker: WorkerFac
     await eventually(lambda: worker.snapshot.tunnels_active == 0)
 
 
-async def test_unknown_method_is_unimplemented(kas: FakeKas, start_worker: WorkerFactory) -> None:
-    start_worker()
+@BOTH_TRANSPORTS
+async def test_unknown_method_is_unimplemented(
+    kas: FakeKas, start_worker: WorkerFactory, transport: KasTransport
+) -> None:
+    start_worker(transport=transport)
     tunnel = await start_request(kas, [], method="/gitlab.agent.nope.rpc.Nope/Do")
     result = await read_response(tunnel)
     assert result.error is not None
-    assert result.error[0] == grpc.StatusCode.UNIMPLEMENTED.value[0]
+    assert result.error[0] == StatusCode.UNIMPLEMENTED
 
 
 async def test_service_account_rbac(
@@ -174,8 +182,11 @@ async def test_service_account_rbac(
     assert "may not impersonate user" in json.loads(refused.body)["message"]
 
 
-async def test_wrong_token_fails_without_retry_storm(kas: FakeKas, start_worker: WorkerFactory) -> None:
-    worker = start_worker(token="bad-token")
+@BOTH_TRANSPORTS
+async def test_wrong_token_fails_without_retry_storm(
+    kas: FakeKas, start_worker: WorkerFactory, transport: KasTransport
+) -> None:
+    worker = start_worker(token="bad-token", transport=transport)
     await eventually(lambda: worker.snapshot.phase is Phase.FAILED)
     err = worker.snapshot.last_error
     assert err is not None
@@ -300,12 +311,13 @@ async def test_response_header_goes_out_with_the_first_response_message(
     assert response.header.response.status_code == 201
 
 
+@BOTH_TRANSPORTS
 async def test_kas_ending_a_call_mid_response_is_no_error(
-    kas: FakeKas, start_worker: WorkerFactory, caplog: pytest.LogCaptureFixture
+    kas: FakeKas, start_worker: WorkerFactory, transport: KasTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     """kas ends a call while the worker still writes the answer (its client went away): the worker stops
     that answer quietly, logs no error, and goes on serving."""
-    worker = start_worker()
+    worker = start_worker(transport=transport)
     for _ in range(10):
         tunnel = await start_request(kas, http_request_frames("GET", "/openapi/v2"))  # megabytes of JSON
         for _ in range(3):

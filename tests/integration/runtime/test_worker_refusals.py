@@ -16,7 +16,8 @@ from agent_proto.gitlab.agent.agent_configuration.rpc import rpc_pb2 as config_r
 from agent_proto.gitlab.agent.agentcfg import agentcfg_pb2
 from agent_runtime.errors import hint_for
 from agent_runtime.spec import ErrorReason, Phase, WorkerSnapshot
-from tests.integration.runtime.conftest import WorkerFactory, eventually
+from agent_runtime.transport.channel import KasTransport
+from tests.integration.runtime.conftest import BOTH_TRANSPORTS, WorkerFactory, eventually
 from tests.integration.runtime.fake_kas import AGENT_ID, FakeKas
 
 FACTS = AgentFacts(
@@ -34,6 +35,7 @@ def _condition(status: GitLabAgentStatus, type_: ConditionType) -> tuple[Conditi
     return found.status, found.reason
 
 
+@BOTH_TRANSPORTS
 @pytest.mark.parametrize(
     ("code", "details", "reason"),
     [
@@ -42,10 +44,15 @@ def _condition(status: GitLabAgentStatus, type_: ConditionType) -> tuple[Conditi
     ],
 )
 async def test_kas_refusing_the_agent_fails_it_with_the_reason_and_no_retry_storm(
-    kas: FakeKas, start_worker: WorkerFactory, code: grpc.StatusCode, details: str, reason: ErrorReason
+    kas: FakeKas,
+    start_worker: WorkerFactory,
+    code: grpc.StatusCode,
+    details: str,
+    reason: ErrorReason,
+    transport: KasTransport,
 ) -> None:
     kas.refusal = (code, details)
-    worker = start_worker()
+    worker = start_worker(transport=transport)
     await eventually(lambda: worker.snapshot.phase is Phase.FAILED)
     error = worker.snapshot.last_error
     assert error is not None

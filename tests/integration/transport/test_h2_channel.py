@@ -20,6 +20,7 @@ import h2.events
 import pytest
 
 from agent_runtime.policy import DestinationPolicy
+from agent_runtime.rpc_status import EOF, RpcError, StatusCode
 from agent_runtime.transport.address import parse_kas_address
 from agent_runtime.transport.destination import DestinationGuard
 from agent_runtime.transport.dialer import DialPlan
@@ -131,7 +132,7 @@ async def chat() -> AsyncIterator[tuple[ChatPeer, H2Channel]]:
 
 async def _read_all(call: H2Call) -> list[bytes]:
     messages = []
-    while (message := await call.read()) is not grpc.aio.EOF:
+    while (message := await call.read()) is not EOF:
         messages.append(message)
     return messages
 
@@ -153,12 +154,12 @@ async def test_trailers_only_refusal_raises_the_status(chat: tuple[ChatPeer, H2C
     _, channel = chat
     call = channel.stream_stream(CHAT)()
     await call.write(b"refuse")
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    with pytest.raises(RpcError) as raised:
         await call.read()
-    assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert raised.value.code() is StatusCode.UNAUTHENTICATED
     assert raised.value.details() == "unauthenticated: bad token"
     assert call.done()
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(RpcError):
         await call.write(b"more")
 
 
@@ -166,9 +167,9 @@ async def test_oversized_message_ends_that_call_only(chat: tuple[ChatPeer, H2Cha
     _, channel = chat
     big = channel.stream_stream(CHAT)()
     await big.write(f"big:{_LIMIT + 1}".encode())
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    with pytest.raises(RpcError) as raised:
         await big.read()
-    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert raised.value.code() is StatusCode.RESOURCE_EXHAUSTED
     fine = channel.stream_stream(CHAT)()
     await fine.write(f"big:{_LIMIT}".encode())
     assert await _read_all(fine) == [b"x" * _LIMIT]
@@ -183,9 +184,9 @@ async def test_cancel_reaches_kas(chat: tuple[ChatPeer, H2Channel]) -> None:
     assert call.cancel()
     async with asyncio.timeout(5):
         await peer.cancelled.wait()
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    with pytest.raises(RpcError) as raised:
         await call.read()
-    assert raised.value.code() is grpc.StatusCode.CANCELLED
+    assert raised.value.code() is StatusCode.CANCELLED
     assert not call.cancel()
 
 
@@ -208,7 +209,7 @@ async def test_goaway_keeps_open_calls_and_moves_new_ones() -> None:
         assert await old.read() == b"after"
         for call in (old, new):
             await call.done_writing()
-            assert await call.read() is grpc.aio.EOF
+            assert await call.read() is EOF
         async with asyncio.timeout(5):
             while channel.connections > 1:  # noqa: ASYNC110 - polling observed state, bounded
                 await asyncio.sleep(0.05)
@@ -304,7 +305,7 @@ async def test_pings_on_a_quiet_connection_are_answered() -> None:
         assert await call.read() == b"still here"
         assert channel.connections == 1
         await call.done_writing()
-        assert await call.read() is grpc.aio.EOF
+        assert await call.read() is EOF
     finally:
         await channel.close(1)
         await peer.stop()
@@ -313,9 +314,9 @@ async def test_pings_on_a_quiet_connection_are_answered() -> None:
 async def test_headers_http2_refuses_fail_that_call_only(chat: tuple[ChatPeer, H2Channel]) -> None:
     _, channel = chat
     refused = channel.stream_stream(CHAT)(metadata=(("te", "gzip"),))  # h2 allows only "te: trailers"
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    with pytest.raises(RpcError) as raised:
         await refused.write(b"echo")
-    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert raised.value.code() == StatusCode.INTERNAL
     assert "not valid HTTP/2" in (raised.value.details() or "")
     call = channel.stream_stream(CHAT)()
     await call.write(b"echo")
@@ -326,22 +327,21 @@ async def test_headers_http2_refuses_fail_that_call_only(chat: tuple[ChatPeer, H
 @pytest.mark.parametrize("gzip", [True, False])
 async def test_unary_and_server_streaming_calls(chat: tuple[ChatPeer, H2Channel], gzip: bool) -> None:
     _, channel = chat
-    compression = grpc.Compression.Gzip if gzip else None
     payload = b"configuration " * 10_000  # 140 KB: past the windows, and gzip shrinks it
-    call = channel.unary_unary(ASK)(payload, compression=compression, timeout=10)
+    call = channel.unary_unary(ASK)(payload, gzip=gzip, timeout=10)
     assert await call == payload
     assert ("x-kas", "v1") in await call.initial_metadata()
     assert call.done()
-    many = channel.unary_stream(MANY)(b"m", compression=compression, wait_for_ready=True)
+    many = channel.unary_stream(MANY)(b"m", gzip=gzip, wait_for_ready=True)
     assert await _read_all(many) == [b"m", b"m", b"m"]
 
 
 async def test_a_unary_deadline_ends_the_call_at_kas_too(chat: tuple[ChatPeer, H2Channel]) -> None:
     peer, channel = chat
     call = channel.unary_unary(ASK)(b"wait", timeout=0.5)
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    with pytest.raises(RpcError) as raised:
         await call
-    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert raised.value.code() == StatusCode.DEADLINE_EXCEEDED
     async with asyncio.timeout(10):
         await peer.cancelled.wait()
 
@@ -353,9 +353,9 @@ async def test_a_call_not_waiting_for_kas_fails_when_kas_cannot_be_reached() -> 
     channel = _channel(port)
     try:
         async with asyncio.timeout(5):
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
+            with pytest.raises(RpcError) as raised:
                 await channel.unary_unary(ASK)(b"ping", timeout=30)
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert raised.value.code() == StatusCode.UNAVAILABLE
     finally:
         await channel.close(0)
 
@@ -370,18 +370,18 @@ async def test_calls_fail_unavailable_when_kas_goes_and_waiting_ones_wait_for_it
         await call.write(b"accepted")
         assert await call.read() == b"accepted"  # kas has the stream: it cannot be opened again elsewhere
         await peer.stop()
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
+        with pytest.raises(RpcError) as raised:
             await call.read()
         # grpc's server resets its calls as it stops (CANCELLED), or the connection ends first.
-        assert raised.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert raised.value.code() in (StatusCode.UNAVAILABLE, StatusCode.CANCELLED)
         waiting = channel.stream_stream(CHAT)(wait_for_ready=True)
         opened = asyncio.create_task(waiting.write(b"echo"), name="test-open")
         await asyncio.sleep(0.5)
         assert not opened.done()  # kas is away: the call waits
         hasty = channel.stream_stream(CHAT)()  # without wait_for_ready: fails while the dial fails
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
+        with pytest.raises(RpcError) as raised:
             await hasty.write(b"echo")
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert raised.value.code() == StatusCode.UNAVAILABLE
         peer = await ChatPeer(port=port).start()
         async with asyncio.timeout(10):  # the connect backoff's first steps: 1 s, 1.6 s
             await opened

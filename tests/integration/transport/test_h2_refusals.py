@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import grpc
-import grpc.aio
 import h2.config
 import h2.connection
 import h2.events
 import pytest
 from h2.errors import ErrorCodes
 
+from agent_runtime.rpc_status import EOF, RpcError, StatusCode
 from agent_runtime.transport.h2 import H2Channel
 from tests.integration.transport.test_h2_channel import _channel
 
@@ -127,7 +126,7 @@ async def _echo_once(channel: H2Channel) -> bytes:
     await call.done_writing()
     async with asyncio.timeout(10):
         first = await call.read()
-        assert await call.read() is grpc.aio.EOF
+        assert await call.read() is EOF
     assert isinstance(first, bytes)
     return first
 
@@ -171,10 +170,10 @@ async def test_a_protocol_error_fails_the_calls_and_the_next_call_redials(
     server, channel = await served(garbage_on_first)
     call = channel.stream_stream("/test.Chat/Chat")()
     await call.write(b"hello")
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    with pytest.raises(RpcError) as raised:
         async with asyncio.timeout(10):
             await call.read()
-    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert raised.value.code() is StatusCode.UNAVAILABLE
     assert "HTTP/2 protocol" in (raised.value.details() or "")
     assert await _echo_once(channel) == b"hello"
     assert server.connections == 2

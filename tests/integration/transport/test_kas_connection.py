@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 
 from agent_proto.wstunnel import Opcode, encode_frame
 from agent_runtime.policy import PERMISSIVE_POLICY
+from agent_runtime.rpc_status import EOF, RpcError, StatusCode
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, ProxySettings, TlsSettings, WorkerError, WorkerSpec
 from agent_runtime.transport import ChannelSettings, DialTimeouts, KasConnection, open_kas_connection
@@ -59,9 +60,9 @@ async def _echo(conn: KasConnection, payload: bytes = b"ping", deadline: float =
 
 
 async def _failure(conn: KasConnection) -> WorkerError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
+    with pytest.raises(RpcError) as info:
         await _echo(conn, deadline=10)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert info.value.code() == StatusCode.UNAVAILABLE
     conn.record_rpc_error(info.value)
     error = conn.last_error()
     assert error is not None
@@ -147,7 +148,7 @@ async def test_large_stream_through_the_bridge(ws_peer: WsTunnelPeer) -> None:
     try:
         async with asyncio.timeout(120):
             call = conn.channel.unary_stream(DOWNLOAD)(download_request(total), metadata=conn.call_metadata())
-            while (chunk := await call.read()) is not grpc.aio.EOF:
+            while (chunk := await call.read()) is not EOF:
                 assert isinstance(chunk, bytes)
                 assert chunk == bytes([received // (1 << 20) % 251]) * len(chunk)
                 received += len(chunk)
@@ -289,9 +290,9 @@ async def test_keepalive_detects_a_silent_peer(ws_peer: WsTunnelPeer) -> None:
     try:
         await _echo(conn)
         ws_peer.frozen = True
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        with pytest.raises(RpcError) as info:
             await _echo(conn, deadline=30)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # not DEADLINE_EXCEEDED
+        assert info.value.code() == StatusCode.UNAVAILABLE  # not DEADLINE_EXCEEDED
     finally:
         await conn.close(grace=0)
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import grpc
 import pytest
 from grpc._cython import cygrpc  # type: ignore[attr-defined]  # grpc.aio raises this class; no stubs, not re-exported
 
 from agent_runtime.local_rpc import CallEndedError
 from agent_runtime.modules.reverse_tunnel.connection import _Stream
+from agent_runtime.rpc_status import StatusCode
 from agent_runtime.tenancy import ByteBudget
+from agent_runtime.transport.grpc_aio import BidiCall
 
 
 class _RacingCall:
@@ -32,6 +33,7 @@ class _RacingCall:
 
 
 async def test_a_half_close_racing_the_end_of_the_call_ends_that_stream_only() -> None:
-    stream = _Stream(cast(Any, _RacingCall()), "/m", {}, ByteBudget(1 << 20))
+    call = BidiCall(cast(Any, _RacingCall()))  # the grpc path's boundary, as the tunnel gets its calls
+    stream = _Stream(call, "/m", {}, ByteBudget(1 << 20))
     with pytest.raises(CallEndedError):
-        await stream.finish((grpc.StatusCode.OK, ""))
+        await stream.finish((StatusCode.OK, ""))

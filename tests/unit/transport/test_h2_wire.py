@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 from h2.errors import ErrorCodes
 
+from agent_runtime.rpc_status import RpcError, StatusCode
 from agent_runtime.transport.h2 import wire
 
 
@@ -35,18 +35,18 @@ def test_reassembler_refuses_oversized_and_compressed_messages() -> None:
     [
         ([(b":status", b"200"), (b"content-type", b"application/grpc")], None),
         ([(b":status", b"200"), (b"content-type", b"application/grpc+proto")], None),
-        ([(b":status", b"401"), (b"content-type", b"text/html")], grpc.StatusCode.UNAUTHENTICATED),
-        ([(b":status", b"503")], grpc.StatusCode.UNAVAILABLE),
-        ([(b":status", b"418")], grpc.StatusCode.UNKNOWN),
-        ([(b":status", b"2xx")], grpc.StatusCode.INTERNAL),
-        ([(b":status", b"200"), (b"content-type", b"text/html")], grpc.StatusCode.UNKNOWN),
+        ([(b":status", b"401"), (b"content-type", b"text/html")], StatusCode.UNAUTHENTICATED),
+        ([(b":status", b"503")], StatusCode.UNAVAILABLE),
+        ([(b":status", b"418")], StatusCode.UNKNOWN),
+        ([(b":status", b"2xx")], StatusCode.INTERNAL),
+        ([(b":status", b"200"), (b"content-type", b"text/html")], StatusCode.UNKNOWN),
         (
             [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"16")],
-            grpc.StatusCode.UNAUTHENTICATED,
+            StatusCode.UNAUTHENTICATED,
         ),
     ],
 )
-def test_response_headers(headers: list[tuple[bytes, bytes]], expected: grpc.StatusCode | None) -> None:
+def test_response_headers(headers: list[tuple[bytes, bytes]], expected: StatusCode | None) -> None:
     status = wire.response_status(headers)
     assert (status.code if status else None) is expected
 
@@ -55,24 +55,24 @@ def test_trailer_status_decodes_the_message_and_refuses_nonsense() -> None:
     ok = wire.trailer_status([(b"grpc-status", b"0")])
     assert ok == wire.OK
     denied = wire.trailer_status([(b"grpc-status", b"7"), (b"grpc-message", b"no%20access%3A%20%E2%9C%93")])
-    assert denied == wire.Status(grpc.StatusCode.PERMISSION_DENIED, "no access: \u2713")
-    assert wire.trailer_status([]).code is grpc.StatusCode.INTERNAL
-    assert wire.trailer_status([(b"grpc-status", b"99")]).code is grpc.StatusCode.UNKNOWN
-    assert wire.trailer_status([(b"grpc-status", b"-1")]).code is grpc.StatusCode.UNKNOWN
+    assert denied == wire.Status(StatusCode.PERMISSION_DENIED, "no access: \u2713")
+    assert wire.trailer_status([]).code is StatusCode.INTERNAL
+    assert wire.trailer_status([(b"grpc-status", b"99")]).code is StatusCode.UNKNOWN
+    assert wire.trailer_status([(b"grpc-status", b"-1")]).code is StatusCode.UNKNOWN
 
 
 def test_reset_codes_map_as_grpc_maps_them() -> None:
-    assert wire.reset_status(ErrorCodes.CANCEL).code is grpc.StatusCode.CANCELLED
-    assert wire.reset_status(ErrorCodes.REFUSED_STREAM).code is grpc.StatusCode.UNAVAILABLE
-    assert wire.reset_status(ErrorCodes.ENHANCE_YOUR_CALM).code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert wire.reset_status(ErrorCodes.PROTOCOL_ERROR).code is grpc.StatusCode.INTERNAL
-    assert wire.reset_status(0xFFFF).code is grpc.StatusCode.INTERNAL
+    assert wire.reset_status(ErrorCodes.CANCEL).code is StatusCode.CANCELLED
+    assert wire.reset_status(ErrorCodes.REFUSED_STREAM).code is StatusCode.UNAVAILABLE
+    assert wire.reset_status(ErrorCodes.ENHANCE_YOUR_CALM).code is StatusCode.RESOURCE_EXHAUSTED
+    assert wire.reset_status(ErrorCodes.PROTOCOL_ERROR).code is StatusCode.INTERNAL
+    assert wire.reset_status(0xFFFF).code is StatusCode.INTERNAL
 
 
-def test_status_error_is_what_grpc_aio_raises() -> None:
-    error = wire.Status(grpc.StatusCode.UNAVAILABLE, "gone").error()
-    assert isinstance(error, grpc.aio.AioRpcError)
-    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE, "gone")
+def test_status_error_is_the_runtime_rpc_error() -> None:
+    error = wire.Status(StatusCode.UNAVAILABLE, "gone").error()
+    assert isinstance(error, RpcError)
+    assert (error.code(), error.details()) == (StatusCode.UNAVAILABLE, "gone")
 
 
 def test_request_headers_put_pseudo_headers_first() -> None:

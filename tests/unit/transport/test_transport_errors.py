@@ -10,6 +10,7 @@ import grpc.aio
 import pytest
 
 from agent_runtime.policy import PERMISSIVE_POLICY
+from agent_runtime.rpc_status import RpcError
 from agent_runtime.secret import Secret
 from agent_runtime.spec import ErrorReason, ProxySettings, TlsSettings, WorkerSpec
 from agent_runtime.transport import (
@@ -21,6 +22,7 @@ from agent_runtime.transport import (
     raise_nofile_limit,
 )
 from agent_runtime.transport.errors import handshake_status_error, tls_error
+from agent_runtime.transport.grpc_aio import rpc_error
 
 TOKEN = "glagent-" + "s" * 50
 
@@ -67,8 +69,9 @@ def test_tls_verification_failures(code: int, reason: ErrorReason, hint: str) ->
     assert hint in error.hint
 
 
-def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+def _rpc_error(code: grpc.StatusCode, details: str) -> RpcError:
+    """grpc core's error as the grpc path hands it to the runtime."""
+    return rpc_error(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details))
 
 
 @pytest.mark.parametrize(
