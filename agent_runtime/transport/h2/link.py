@@ -41,11 +41,12 @@ CONNECTION_WINDOW: Final = 4 << 20
 """How far kas may run ahead on the connection: never the limit, each stream is bounded already."""
 _HIGH_WATER: Final = 1 << 20
 """Unsent bytes above which writers wait for the socket to drain."""
-ACKNOWLEDGEMENT_HOLD_S: Final = 0.002
+ACKNOWLEDGEMENT_HOLD_S: Final = 0.010
 """What only acknowledges kas's frames (a PING's answer, a SETTINGS ACK) waits at most this long for a
 write to go with (our choice). GitLab's kas pings after each burst of data it receives (grpc's bandwidth
 probe): answered at once, each ping cost a send of its own, three of about eight per tunnelled request
-(docs/benchmarks.md, CPU per request). Nothing waits for these answers but a round-trip estimate."""
+(docs/benchmarks.md, Session 9). Nothing waits for these answers but a round-trip estimate (grpc's
+keepalive allows 20 s); 2 ms still left one answer per request alone, 10 ms none at a request every 3 ms."""
 
 LOST: Final = Status(StatusCode.UNAVAILABLE, "the connection to kas was lost")
 REFUSED: Final = Status(StatusCode.UNAVAILABLE, "kas went away before it accepted the stream")
