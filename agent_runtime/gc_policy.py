@@ -5,7 +5,7 @@ whenever the objects that survived into the old generation grew by a quarter. A 
 thousand agents allocates about two million long-lived objects in a few seconds: with the defaults it
 ran some 2,000 young and a dozen full collections during the bring-up, each full one walking the whole
 heap (up to 0.85 s with the event loop stopped), in all 3.8 to 4.0 s of the operator's 10 to 14 s of CPU
-(docs/benchmarks.md, Fleet bring-up). Almost nothing the runtime allocates is cyclic garbage that only
+(docs/benchmarks.md, Session 9). Almost nothing the runtime allocates is cyclic garbage that only
 the collector could free (reference counting frees the rest), so collecting less often loses little
 memory and saves most of that time.
 """
@@ -32,7 +32,7 @@ class GcSettings:
 
 LONG_LIVED_HEAP: Final = GcSettings(young=10_000, middle=50, old=100)
 """Our choice, measured at 1000 agents: the collector's time during the bring-up went from 3.8 s to
-1.2 s, and RSS by under 5 % (docs/benchmarks.md, Fleet bring-up)."""
+1.2 s, for about 5 % more RSS at the end of the bring-up (docs/benchmarks.md, Session 9)."""
 
 
 def tune_for_long_lived_heap(settings: GcSettings = LONG_LIVED_HEAP) -> None:
