@@ -284,33 +284,6 @@ async def test_a_ping_answer_goes_with_the_next_write_or_alone() -> None:
         await peer.stop()
 
 
-async def test_pings_on_a_quiet_connection_are_answered() -> None:
-    """With nothing else to send, held acknowledgements go out by themselves: a kas that pings every
-    0.2 s keeps a quiet call open and working."""
-    pinging = [
-        ("grpc.keepalive_time_ms", 200),
-        ("grpc.keepalive_timeout_ms", 500),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-    peer = await ChatPeer(pinging).start()
-    channel = _channel(peer.port)
-    try:
-        call = channel.stream_stream(CHAT)()
-        await call.write(b"echo")
-        await call.write(b"first")
-        assert await call.read() == b"first"
-        await asyncio.sleep(2.0)  # ten pings, nothing else on the wire
-        await call.write(b"still here")
-        assert await call.read() == b"still here"
-        assert channel.connections == 1
-        await call.done_writing()
-        assert await call.read() is EOF
-    finally:
-        await channel.close(1)
-        await peer.stop()
-
-
 async def test_headers_http2_refuses_fail_that_call_only(chat: tuple[ChatPeer, H2Channel]) -> None:
     _, channel = chat
     refused = channel.stream_stream(CHAT)(metadata=(("te", "gzip"),))  # h2 allows only "te: trailers"
