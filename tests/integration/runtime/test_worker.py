@@ -173,7 +173,11 @@ async def test_service_account_rbac(
             "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": namespace}],
         },
     )
-    allowed = await http(kas, "GET", f"/api/v1/namespaces/{namespace}/secrets")
+    # The API server's RBAC authorizer reads bindings from its own cache: a binding just created may take
+    # a moment to count (seen under CI load).
+    async with asyncio.timeout(10):
+        while (allowed := await http(kas, "GET", f"/api/v1/namespaces/{namespace}/secrets")).status == 403:  # noqa: ASYNC110 - polling the API server's view, bounded
+            await asyncio.sleep(0.1)
     assert allowed.status == 200, allowed.body[:300]
     # kas asks for CI impersonation the ServiceAccount may not do: our own 403 says why
     ci = ImpersonationConfig(username="gitlab:ci_job:1", groups=["gitlab:ci_job"])
