@@ -43,7 +43,8 @@ ANNOTATION_PREFIX: Final = "agentk.dev"
 """kopf's bookkeeping (the delete handler's progress, while it retries) lives in annotations under this
 prefix."""
 FINALIZER: Final = "agentk.dev/worker-cleanup"
-"""Held while a GitLabAgent has a worker to drain."""
+"""kopf's finalizer: on a GitLabAgent only with peering, while a daemon runs for it (handlers.py); kopf
+takes it off resources that carry it from an earlier version."""
 EXIT_MARGIN_S: Final = 20.0
 """kopf's last-resort SIGKILL comes this long after the drain time (kopf's own shutdown steps)."""
 KOPF_WORKER_IDLE_S: Final = 0.2
@@ -102,14 +103,16 @@ class Composition:
         )
         """With --sharding: runs only this replica's share of the agents (agent_operator/sharding/)."""
         workers: WorkerRuntime = self.runtime
+        finalizer = FINALIZER if settings.peering is not None else None
+        finalizer_wait = FINALIZER_WAIT_S if finalizer is not None else 0.0
         if self.sharding is None:
             self.writer = StatusWriter(
-                self.api, self.events, self.runtime.snapshot, self.metrics, finalizer_wait=FINALIZER_WAIT_S
+                self.api, self.events, self.runtime.snapshot, self.metrics, finalizer_wait=finalizer_wait
             )
         else:
             workers = self.sharding.gate
             self.writer = self.sharding.writer(
-                self.api, self.events, workers.snapshot, self.metrics, finalizer_wait=FINALIZER_WAIT_S
+                self.api, self.events, workers.snapshot, self.metrics, finalizer_wait=finalizer_wait
             )
         self.sources = Sources(self.api, settings.namespaces)
         self.service_accounts = ServiceAccounts(settings.namespaces)
@@ -124,7 +127,7 @@ class Composition:
             drain_grace=settings.drain_grace,
             service_accounts=self.service_accounts,
             limits=settings.limits,
-            finalizer=FINALIZER,
+            finalizer=finalizer,
         )
         self._task: asyncio.Task[None] | None = None
         self._listed: list[tuple[AgentKey, dict[str, Any]]] = []
@@ -199,8 +202,9 @@ class Composition:
             self.controller.observe(key, body)
 
     async def _sweep_labels(self) -> None:
-        """At start and then periodically (see label_sweep.py); a failed pass is logged and retried later."""
-        await sweep_periodically(self.api, self.sources)
+        """At start and then periodically (see label_sweep.py): unlabel what no GitLabAgent uses, drain
+        agents whose resource is gone; a failed pass is logged and retried later."""
+        await sweep_periodically(self.api, self.sources, self.controller.forget_unlisted)
 
     async def stop(self) -> None:
         """Stop writing, drain every worker, close the API session."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ from agent_operator.admission import WAIT, Admission, Candidate, TokenDigest, to
 from agent_operator.api import GitLabAgentSpec, Phase
 from agent_operator.events import EventRecorder, ObjectRef
 from agent_operator.keyed import KeyedTasks
+from agent_operator.label_sweep import AgentListing
 from agent_operator.logs import resource_extra
 from agent_operator.mapping import (
     AgentKey,
@@ -141,6 +143,8 @@ class _Record:
     reconciled: tuple[str, int | None] | None = None
     """(uid, generation) of the last body a handler's reconciliation finished with: a watch event of the
     same object and generation (a status write, labels, kopf's finalizer) has nothing new to reconcile."""
+    seen_at: float = field(default_factory=time.monotonic)
+    """When the object of the body's uid was first seen (`forget_unlisted`)."""
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -191,6 +195,7 @@ class AgentController:
         self._finalizer = finalizer
         self._unwatch: KeyedTasks[SourceRef] = KeyedTasks("unwatch", self._unwatch_if_unused)
         self._releases: KeyedTasks[AgentKey] = KeyedTasks("release", self._release_now)
+        self._vanished: KeyedTasks[AgentKey] = KeyedTasks("vanished", self._delete_vanished)
         self._released_keys: dict[AgentKey, asyncio.Event] = {}
         """Callers of `release` waiting for its task (set when that task has drained the worker)."""
 
@@ -203,6 +208,7 @@ class AgentController:
             tg.create_task(self._observed.run(), name="agent-reconciles")
             tg.create_task(self._unwatch.run(), name="source-unwatches")
             tg.create_task(self._releases.run(), name="agent-releases")
+            tg.create_task(self._vanished.run(), name="vanished-agents")
             tg.create_task(self._service_accounts_listed(), name="service-accounts-listed")
             tg.create_task(self._stop_expecting(), name="admission-expectations")
 
@@ -252,8 +258,11 @@ class AgentController:
             record = self._records[key] = _Record(kept_body(body))
             self._metrics.agents.set(len(self._records))
             return record
-        if record.reconciled == _version_of(body):
+        version = _version_of(body)
+        if record.reconciled == version:
             return None
+        if version[0] != _version_of(record.body)[0]:
+            record.seen_at = time.monotonic()  # deleted and created again under the same name
         record.body = kept_body(body)
         return record
 
@@ -295,6 +304,20 @@ class AgentController:
             except TransientError as exc:
                 log.warning("reconcile failed again: %s", exc, extra=resource_extra(key.namespace, key.name))
                 self._retry.kick(key)
+
+    def forget_unlisted(self, listing: AgentListing) -> None:
+        """A list of every GitLabAgent in scope (the sweep's): a resource seen before the list began and
+        missing from it was deleted while the watch did not see it (no finalizer waits for us: handlers.py).
+        Its worker is drained in the background, as on a DELETED event."""
+        for key, record in self._records.items():
+            if record.seen_at < listing.started and _version_of(record.body)[0] not in listing.uids:
+                self._vanished.kick(key)
+
+    async def _delete_vanished(self, key: AgentKey) -> None:
+        if key in self._records:
+            extra = resource_extra(key.namespace, key.name)
+            log.info("the resource is gone (its deletion was not seen)", extra=extra)
+            await self.delete(key)
 
     async def delete(self, key: AgentKey) -> None:
         """The resource is being deleted: drain its worker, forget it (and unlabel what only it used)."""

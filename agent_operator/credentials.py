@@ -19,9 +19,10 @@ from agent_runtime.kube import KubeAccess
 
 KOPF_REQUEST_CONNECTIONS: Final = 12
 """Connections kopf's short requests (patches, events, lists) may hold beyond its watch streams (our
-choice: kopf adds its finalizer to every resource at start-up, and a new resource's first status waits
-for it; 4 → 12 halved the finalizer's p50 at N = 1000 and took 2.6 s off the bring-up, docs/benchmarks.md;
-each more connection costs a 256 KiB read buffer)."""
+choice: with peering kopf adds its finalizer to every resource at start-up, and a new resource's first
+status waits for it; 4 → 12 halved the finalizer's p50 at N = 1000 and took 2.6 s off the bring-up,
+docs/benchmarks.md. Without peering its only patches take an earlier version's finalizer off, once.
+A connection is opened only when needed; each costs a 256 KiB read buffer)."""
 
 
 def kopf_watch_streams(settings: OperatorSettings) -> int:

@@ -6,7 +6,13 @@ it has not reconciled yet (a new uid or generation): the reconciliation is level
 the latest body, so kopf's change detection (create/update/resume causes) is not needed, and neither is
 its bookkeeping, a PATCH of the last-handled configuration after every handled change, plus a wait for
 the finalizer PATCH to come back before the first handler ran (docs/benchmarks.md, Fleet bring-up).
-kopf's finalizer stays: deleting a resource drains its worker (`kopf.on.delete`) before it goes.
+Nor is kopf's finalizer, unless with peering (kopf puts one on every resource a daemon runs for): a
+deleted resource goes at once, and its DELETED event drains the worker. The finalizer cost a PATCH per
+resource, and a new resource's first status had to wait for it (docs/benchmarks.md, Session 10); the
+worker lives in this process and the only state it leaves outside, the Secret's watch label, is taken off
+by the controller or the label sweep. A deletion the watch missed (events lost while it reconnected) is
+found by the sweep, which lists every GitLabAgent (`AgentController.forget_unlisted`). When a finalizer of
+an earlier version is on a resource, kopf takes it off (no handler needs it any more).
 The handler only hands the event over: the controller reconciles it in its own tasks (and retries an API
 hiccup; kopf never retries an event handler), so kopf's cycle, and its finalizer PATCH, never wait for
 the Secrets to be read.
@@ -84,25 +90,25 @@ def register(
         *, event: kopf.RawEvent, name: str, namespace: str | None, body: kopf.Body, **_: Any
     ) -> None:
         key = AgentKey(namespace or "", name)
-        if event.get("type") == "DELETED":  # gone without our finalizer (deleted before kopf added it)
+        if event.get("type") == "DELETED":  # gone (with peering: before kopf's finalizer was on it)
             if controller.handles(key):
                 await outside_kopf(controller.delete(key), f"delete:{key.worker_id}")
             return
         if body.get("metadata", {}).get("deletionTimestamp"):
-            return  # being deleted: `_delete` drains the worker, then kopf releases the finalizer
+            return  # being deleted: drained by the DELETED event, or by `_delete` with peering
         if peering and key not in held:
             return  # another replica runs it, or this one's daemon has not started yet (it reconciles)
         # Reconciled in the controller's tasks, so kopf's cycle ends at once; they start in a context of
         # their own (see outside_kopf).
         contextvars.Context().run(controller.observe, key, dict(body))
 
+    if not peering:
+        return
+
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     async def _delete(*, name: str, namespace: str | None, **_: Any) -> None:
         key = AgentKey(namespace or "", name)
         await outside_kopf(controller.delete(key), f"delete:{key.worker_id}")
-
-    if not peering:
-        return
 
     @kopf.daemon(
         GROUP,

@@ -1,4 +1,5 @@
-"""The label sweep: take the watch label off objects that no GitLabAgent refers to any more.
+"""The sweep: list every GitLabAgent now and then; take the watch label off objects that none refers to
+any more, and tell the controller which GitLabAgents exist (a deletion the watch missed).
 
 While the operator runs, the controller unlabels an object as soon as the last GitLabAgent stops
 referring to it. What changed while no operator ran (a GitLabAgent deleted, or its spec pointed at
@@ -12,13 +13,19 @@ run as soon as the caches are synced, on every replica. A GitLabAgent that takes
 pass runs is safe: the unlabelled object leaves the cache, the cache reports that as a change, and the
 controller labels it again when it re-maps that agent. A namespace with a GitLabAgent whose spec does
 not parse is skipped: its references are not known.
+
+The same list tells the controller which GitLabAgents exist (`AgentListing`): a GitLabAgent carries no
+finalizer (handlers.py), so one deleted while the operator's watch was reconnecting leaves no trace but
+its absence, and the controller drains a worker whose resource the list no longer shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
@@ -43,17 +50,43 @@ class ListError(Exception):
     """The GitLabAgents could not be listed; nothing is unlabelled."""
 
 
-async def sweep_unreferenced(api: KubeApi, sources: Sources) -> int:
-    """Unlabel every watched object that no GitLabAgent refers to; returns how many were unlabelled."""
+@dataclass(frozen=True)
+class AgentListing:
+    """What one list of every GitLabAgent in scope showed."""
+
+    started: float
+    """When the list began (monotonic): a GitLabAgent created after that may be missing from it."""
+    uids: frozenset[str]
+    """The uid of every GitLabAgent listed."""
+    referenced: frozenset[SourceRef]
+    """The Secrets and ConfigMaps they refer to."""
+    unknown_namespaces: frozenset[str]
+    """Namespaces with a GitLabAgent whose spec does not parse (its references are not known)."""
+
+
+ListingObserver = Callable[[AgentListing], None]
+
+
+def _ignore_listing(_: AgentListing) -> None:
+    return None
+
+
+async def sweep_unreferenced(
+    api: KubeApi, sources: Sources, observe: ListingObserver = _ignore_listing
+) -> int:
+    """Unlabel every watched object that no GitLabAgent refers to; returns how many were unlabelled.
+    `observe` is given the list of GitLabAgents (not when it failed)."""
     await sources.wait_synced()
     watched = sources.watched()  # before the list: an object labelled later is not this pass's business
+    try:
+        listing = await list_references(api, sources.namespaces)
+    except ListError as exc:
+        log.warning("sweep skipped: %s", exc)
+        return 0
+    observe(listing)
     if not watched:
         return 0
-    try:
-        referenced, unknown_namespaces = await _references(api, sources.namespaces)
-    except ListError as exc:
-        log.warning("label sweep skipped: %s", exc)
-        return 0
+    referenced, unknown_namespaces = listing.referenced, listing.unknown_namespaces
     sources.keep_data_of(referenced, unknown_namespaces)
     orphans = sorted(
         (s for s in watched if s not in referenced and s.namespace not in unknown_namespaces),
@@ -69,27 +102,33 @@ async def sweep_unreferenced(api: KubeApi, sources: Sources) -> int:
     return len(removed)
 
 
-async def sweep_periodically(api: KubeApi, sources: Sources, interval: float = SWEEP_INTERVAL_S) -> None:
+async def sweep_periodically(
+    api: KubeApi,
+    sources: Sources,
+    observe: ListingObserver = _ignore_listing,
+    interval: float = SWEEP_INTERVAL_S,
+) -> None:
     """Sweep now and then every `interval` seconds, until cancelled; a failed pass is logged and the next
     one comes as planned."""
     while True:
         try:
-            await sweep_unreferenced(api, sources)
+            await sweep_unreferenced(api, sources, observe)
         except Exception:
-            log.exception("label sweep failed")
+            log.exception("sweep failed")
         await asyncio.sleep(interval)
 
 
-async def _references(
-    api: KubeApi, namespaces: tuple[str, ...] | None
-) -> tuple[frozenset[SourceRef], frozenset[str]]:
-    """The objects every GitLabAgent in scope refers to, and the namespaces with an unparsable spec."""
+async def list_references(api: KubeApi, namespaces: tuple[str, ...] | None) -> AgentListing:
+    """Every GitLabAgent in scope, and the objects they refer to; ListError when the list failed."""
+    started = time.monotonic()
+    uids: set[str] = set()
     referenced: set[SourceRef] = set()
     unknown: set[str] = set()
     scopes: list[str | None] = [None] if namespaces is None else list(namespaces)
     for scope in scopes:
         async for item in list_agents(api, scope):
             meta = item.get("metadata") or {}
+            uids.add(str(meta.get("uid", "")))
             namespace = str(meta.get("namespace", ""))
             try:
                 spec = GitLabAgentSpec.model_validate(item.get("spec") or {})
@@ -97,7 +136,7 @@ async def _references(
                 unknown.add(namespace)
                 continue
             referenced |= sources_of(namespace, spec)
-    return frozenset(referenced), frozenset(unknown)
+    return AgentListing(started, frozenset(uids), frozenset(referenced), frozenset(unknown))
 
 
 async def list_agents(api: KubeApi, namespace: str | None) -> AsyncIterator[dict[str, Any]]:

@@ -47,6 +47,9 @@ class RestartWatch(PhaseWatch):
 
     since: float = 0.0
     reconnected: dict[str, float]
+    connected_since: dict[str, float]
+    """The `connectedSince` (wall clock) each resource first said Connected with: when its worker
+    connected, as the operator saw it, however late the status that says so was written."""
 
     def _observe(self, kind: str, obj: dict[str, Any], now: float) -> None:
         super()._observe(kind, obj, now)
@@ -56,6 +59,7 @@ class RestartWatch(PhaseWatch):
         stamp = datetime.datetime.fromisoformat(status["connectedSince"].replace("Z", "+00:00")).timestamp()
         if stamp >= math.floor(self.since):
             self.reconnected.setdefault(obj["metadata"]["name"], now)
+            self.connected_since.setdefault(obj["metadata"]["name"], stamp)
 
 
 async def _start_and_measure(
@@ -64,6 +68,7 @@ async def _start_and_measure(
     """Start `operator`; measure until every resource says Connected through it (or the limit)."""
     watch = RestartWatch(direct_endpoint(cluster), namespace)
     watch.reconnected = {}
+    watch.connected_since = {}
     watch.since = time.time()  # before the watch's LIST: what it lists is the last operator's
     spy: PySpy | None = None
     async with asyncio.TaskGroup() as group:
@@ -87,6 +92,9 @@ async def _start_and_measure(
     nan = float("nan")
     stages = {
         "kopf's finalizer": [watch.finalized[n] - started for n in names if n in watch.finalized],
+        "worker connected (connectedSince)": [
+            watch.connected_since[n] - watch.since for n in names if n in watch.connected_since
+        ],
         "Connected": connected,
     }
     own = {("WATCH", "gitlabagents", ""): 1.0, ("LIST", "gitlabagents", ""): float(watch.relists)}

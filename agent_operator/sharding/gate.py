@@ -139,7 +139,7 @@ class ShardGate:
 
     async def remove(self, worker_id: str, grace: float | None = None) -> None:
         """No worker is wanted any more: drain it here, or wait until the replica that runs it has (so
-        that a deletion's finalizer, and the next agent with the same token, wait for the drain)."""
+        that the next agent with the same token waits for the drain)."""
         self._desired.pop(worker_id, None)
         async with self._exclusive(worker_id):
             if worker_id in self._running:

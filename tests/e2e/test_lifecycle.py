@@ -36,6 +36,11 @@ def _in_phase(kube: Kube, namespace: str, name: str, wanted: str) -> dict[str, A
     return body if phase(body) == wanted else None
 
 
+def _without_finalizers(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    body = kube.gla(namespace, name)
+    return body if body is not None and not body["metadata"].get("finalizers") else None
+
+
 def _reconnected(kube: Kube, namespace: str, name: str, before: dict[str, Any]) -> dict[str, Any] | None:
     body = _connected(kube, namespace, name)
     if body is None or body["status"]["connectedSince"] == before["status"]["connectedSince"]:
@@ -144,18 +149,35 @@ def test_suspend_stops_and_resumes(kube: Kube, kas: KasProcess, operator: Operat
 def test_delete_drains_the_worker(kube: Kube, kas: KasProcess, operator: OperatorProcess) -> None:
     ns, agent = operator.namespace, kas.agents[4]
     kube.apply(secret(ns, "token", agent.token), gitlab_agent(ns, "doomed", kas.agent_url, "token"))
-    wait_for("Connected", lambda: _connected(kube, ns, "doomed"), timeout=20)
+    body = wait_for("Connected", lambda: _connected(kube, ns, "doomed"), timeout=20)
+    assert not body["metadata"].get("finalizers")  # nothing holds a deletion for the operator
     assert kas.proxy_get(agent.id, "/version")[0] == 200
 
     kubectl_ok(kube.kubectl("delete", "gla", "doomed", "-n", ns, "--timeout=30s"))
 
-    assert kube.gla(ns, "doomed") is None  # the finalizer was released after the drain
+    assert kube.gla(ns, "doomed") is None
     worker = {"agent": f"{ns}/doomed"}
     wait_for(
         "metrics forgotten", lambda: metric_value(operator.metrics(), "agentk_connected", worker) is None
     )
-    code, _ = kas.proxy_get(agent.id, "/version")
-    assert code != 200  # no tunnel left for the agent
+    # The DELETED event drains the worker: kas loses the agent's tunnels.
+    wait_for("no tunnel left", lambda: kas.proxy_get(agent.id, "/version")[0] != 200, timeout=20)
+
+
+def test_a_finalizer_of_an_earlier_version_comes_off(
+    kube: Kube, kas: KasProcess, operator: OperatorProcess
+) -> None:
+    """Earlier versions of the operator put `agentk.dev/worker-cleanup` on every GitLabAgent: after an
+    upgrade the operator takes it off, or deleting the resource (or its namespace) would hang."""
+    ns, agent = operator.namespace, kas.agents[51]
+    old = gitlab_agent(ns, "upgraded", kas.agent_url, "token-upgraded")
+    old["metadata"]["finalizers"] = ["agentk.dev/worker-cleanup"]
+    kube.apply(secret(ns, "token-upgraded", agent.token), old)
+
+    wait_for("Connected", lambda: _connected(kube, ns, "upgraded"), timeout=20)
+    wait_for("finalizer off", lambda: _without_finalizers(kube, ns, "upgraded"))
+    kubectl_ok(kube.kubectl("delete", "gla", "upgraded", "-n", ns, "--timeout=30s"))
+    assert kube.gla(ns, "upgraded") is None
 
 
 def test_restart_resumes_every_agent(kube: Kube, kas: KasProcess, operator: OperatorProcess) -> None:
