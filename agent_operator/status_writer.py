@@ -28,7 +28,6 @@ from agent_operator.logs import resource_extra
 from agent_operator.mapping import AgentKey
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.status_mapping import AgentFacts, EventSpec, compute_status, transition_events
-from agent_runtime.spec import Phase as WorkerPhase
 from agent_runtime.spec import WorkerSnapshot
 
 log = logging.getLogger(__name__)
@@ -212,13 +211,9 @@ class StatusWriter:
             return
         entry = self._entries.get(key)
         if entry is not None:
-            # This process's first status goes out as soon as it may (Apply -> Connected): at once, unless
-            # a hold is waited for while the worker still says Connecting (each of its snapshots would
-            # compute the status again only to hold it); later changes of a busy worker are debounced
-            # into one patch.
-            first = entry.written_at == -math.inf
-            held = entry.wake is not None and snapshot.phase is WorkerPhase.CONNECTING
-            self._tasks.kick(key, now=first and not held)
+            # This process's first status goes out as soon as it may (Apply -> Connected) unless a hold
+            # is waited for; later changes of a busy worker are debounced into one patch.
+            self._tasks.kick(key, now=entry.written_at == -math.inf and entry.wake is None)
 
     def status(self, key: AgentKey) -> GitLabAgentStatus | None:
         """The status last written for a resource."""
