@@ -27,7 +27,13 @@ from agent_operator.kube_api import CONNECTION_LIMIT, KubeApi, group_path
 from agent_operator.logs import resource_extra
 from agent_operator.mapping import AgentKey
 from agent_operator.metrics import OperatorMetrics
-from agent_operator.status_mapping import AgentFacts, EventSpec, compute_status, transition_events
+from agent_operator.status_mapping import (
+    AgentFacts,
+    EventSpec,
+    compute_status,
+    phase_of,
+    transition_events,
+)
 from agent_runtime.spec import WorkerSnapshot
 
 log = logging.getLogger(__name__)
@@ -109,6 +115,18 @@ def _only_counts_differ(written: GitLabAgentStatus, status: GitLabAgentStatus) -
 def _has_tunnels(status: GitLabAgentStatus) -> bool:
     counts = status.tunnels
     return counts is not None and counts.idle + counts.active > 0
+
+
+def _still_held(entry: _Entry, facts: AgentFacts, snapshot: WorkerSnapshot | None) -> bool:
+    """This process's first status is held while it says Connecting (see the holds), and it still would:
+    nothing to compute until the worker says more or the hold ends (`due`). A connecting worker publishes
+    about ten snapshots, and computing the status for each to hold it again was most of the status
+    writer's CPU when a thousand agents reconnected after a restart (docs/benchmarks.md, Session 10)."""
+    return (
+        entry.wake is not None
+        and entry.written_at == -math.inf
+        and phase_of(facts, snapshot) is Phase.CONNECTING
+    )
 
 
 def _to_json(status: GitLabAgentStatus | None) -> str | None:
@@ -288,7 +306,7 @@ class StatusWriter:
         if entry is None:
             return None
         inputs = (entry.facts, self._snapshots(key.worker_id))
-        if inputs == entry.decided and not entry.due:
+        if (inputs == entry.decided or _still_held(entry, *inputs)) and not entry.due:
             return None
         entry.decided, entry.due = None, False
         written = _from_json(entry.written_json)

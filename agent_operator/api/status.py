@@ -103,7 +103,11 @@ class GitLabAgentStatus(ApiModel):
         list[Condition],
         Field(
             max_length=32,
-            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+            # Atomic, not a map keyed by type: the operator is the only writer of the status and
+            # replaces the list as a whole (a JSON merge patch always does), and as a map the API
+            # server tracked every field of every condition in managedFields: a quarter of its CPU
+            # per status write of a Connected agent (docs/benchmarks.md, Session 10).
+            json_schema_extra={"x-kubernetes-list-type": "atomic"},
         ),
     ] = Field(default_factory=list)
     """Detailed state, one entry per type: Ready, Connected, ConfigurationReceived, Registered,

@@ -374,7 +374,10 @@ class LocalCluster(StartStop):
                 status, raw = int(resp.status), resp.read()
         except urllib.error.HTTPError as err:
             status, raw = err.code, err.read()
-        return status, (json.loads(raw) if raw else None)
+        try:
+            return status, (json.loads(raw) if raw else None)
+        except ValueError:  # e.g. "404 page not found" for a kind whose CRD was deleted a moment ago
+            return status, raw.decode(errors="replace")
 
     def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
         body = {

@@ -139,6 +139,40 @@ async def test_a_restart_keeps_a_stored_connected_while_the_worker_reconnects(
     assert events.reasons == []
 
 
+async def test_a_held_status_is_not_computed_again_while_the_worker_still_connects(
+    parts: tuple[StatusWriter, _Api, _Events, _Snapshots],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a first status is held as Connecting, the worker's further Connecting snapshots compute
+    nothing; its Connected snapshot computes and writes at once."""
+    computed: list[Phase | None] = []
+
+    def counting(*args: Any) -> Any:
+        status = compute_status(*args)
+        computed.append(status.phase)
+        return status
+
+    monkeypatch.setattr(status_writer, "compute_status", counting)
+    writer, api, _, snapshots = parts
+    stored = compute_status(FACTS, snapshots.current, None, NOW)
+    snapshots.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTING)
+    writer.track(KEY, REF, FACTS, stored)
+    await _settle()
+    for attempt in range(5):
+        snapshots.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTING, agent_id=attempt)
+        writer.on_snapshot(snapshots.current)
+        await _settle()
+    assert computed == [Phase.CONNECTING]
+    assert api.patches == []
+
+    later = NOW.replace(second=30)  # this run's connection
+    snapshots.current = WorkerSnapshot(id=KEY.worker_id, phase=WorkerPhase.CONNECTED, connected_since=later)
+    writer.on_snapshot(snapshots.current)
+    await _settle()
+    assert computed == [Phase.CONNECTING, Phase.CONNECTED]
+    assert [p["phase"] for p in api.patches] == ["Connected"]
+
+
 async def test_a_restart_writes_connecting_once_the_hold_is_over(
     parts: tuple[StatusWriter, _Api, _Events, _Snapshots],
     monkeypatch: pytest.MonkeyPatch,

@@ -164,8 +164,8 @@ def test_status_fields() -> None:
     status = openapi_schema()["properties"]["status"]["properties"]
     assert status["phase"]["enum"] == ["Connecting", "Connected", "Degraded", "Suspended", "Failed"]
     conditions = status["conditions"]
-    assert conditions["x-kubernetes-list-type"] == "map"
-    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert conditions["x-kubernetes-list-type"] == "atomic"  # one writer, whole-list patches
+    assert "x-kubernetes-list-map-keys" not in conditions
     condition = conditions["items"]
     assert condition["required"] == ["type", "status", "reason", "message", "lastTransitionTime"]
     assert condition["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
