@@ -43,9 +43,9 @@ class EventRecorder:
         self._api = api
         self._instance = instance
 
-    async def emit(self, ref: ObjectRef, event: EventSpec) -> None:
-        """Record one Event on `ref`."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    async def emit(self, ref: ObjectRef, event: EventSpec, at: datetime | None = None) -> None:
+        """Record one Event on `ref`, as happened `at` (default: now)."""
+        now = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -9,9 +9,11 @@ errors); 404 means the resource is gone and the resource is dropped. Transitions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -77,6 +79,14 @@ EVENTS_IN_FLIGHT: Final = 2
 connections with the status writes and the Secret reads, and are sent after the status, outside the write
 slots: when a thousand agents connect together, an Event per agent in each slot made every status wait for
 one more request (docs/benchmarks.md, Fleet bring-up); the Events come later instead, best effort."""
+EVENTS_YIELD_TO_WRITES_S: Final = 10.0
+"""A transition's Event waits while statuses are waiting to be written, at most this long after the
+transition (our choice). When a thousand agents connected at once, their Connected Events went out
+between the status writes and took API server time from them (docs/benchmarks.md, Session 10); an Event
+is for people reading `kubectl describe`, and carries the time of the transition however late it goes."""
+EVENTS_QUEUED_MAX: Final = 10_000
+"""Events waiting to be recorded (our choice: a few per agent when a thousand change at once); past it
+the oldest one is dropped and logged (Events are best effort, statuses are not)."""
 
 SnapshotSource = Callable[[str], WorkerSnapshot | None]
 Clock = Callable[[], datetime]
@@ -127,6 +137,11 @@ def _still_held(entry: _Entry, facts: AgentFacts, snapshot: WorkerSnapshot | Non
         and entry.written_at == -math.inf
         and phase_of(facts, snapshot) is Phase.CONNECTING
     )
+
+
+def _loop_time(deadline: float) -> float:
+    """`deadline` (time.monotonic) on the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 def _to_json(status: GitLabAgentStatus | None) -> str | None:
@@ -185,13 +200,22 @@ class StatusWriter:
         self._entries: dict[AgentKey, _Entry] = {}
         self._tasks: KeyedTasks[AgentKey] = KeyedTasks("status", self._write, debounce=debounce)
         self._in_flight = asyncio.Semaphore(WRITES_IN_FLIGHT)
-        self._events_in_flight = asyncio.Semaphore(EVENTS_IN_FLIGHT)
+        self._writing = 0
+        """Statuses being computed or written, or waiting for a slot to be."""
+        self._writes_idle = asyncio.Event()
+        self._writes_idle.set()
+        self._events_queue: deque[tuple[ObjectRef, EventSpec, datetime, float]] = deque()
+        """(resource, Event, when it happened, monotonic deadline to stop yielding to writes)."""
+        self._events_queued = asyncio.Event()
         self._finalizer_wait = finalizer_wait
         self._finalized: set[AgentKey] = set()
 
     async def run(self) -> None:
-        """Write statuses until cancelled."""
-        await self._tasks.run()
+        """Write statuses and record their Events until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._tasks.run(), name="status-writes")
+            for n in range(EVENTS_IN_FLIGHT):
+                tg.create_task(self._record_events(), name=f"status-events-{n}")
 
     def track(
         self, key: AgentKey, ref: ObjectRef, facts: AgentFacts, stored: GitLabAgentStatus | None
@@ -289,15 +313,44 @@ class StatusWriter:
 
     async def _write(self, key: AgentKey) -> None:
         events: list[tuple[ObjectRef, EventSpec]] = []
-        async with self._in_flight:
-            retry_in = await self._write_now(key, events)
-        if events:  # without a write slot: statuses of other resources go first (see the constant)
-            async with self._events_in_flight:
-                for ref, event in events:
-                    await self._events.emit(ref, event)
+        self._writing += 1
+        self._writes_idle.clear()
+        try:
+            async with self._in_flight:
+                retry_in = await self._write_now(key, events)
+        finally:
+            self._writing -= 1
+            if not self._writing:
+                self._writes_idle.set()
+        self._queue_events(events)  # recorded by `_record_events`, after the statuses (see the constants)
         if retry_in is not None:  # waited for without a slot: a failing resource must not hold one
             await asyncio.sleep(retry_in)
             self._tasks.kick(key)
+
+    def _queue_events(self, events: list[tuple[ObjectRef, EventSpec]]) -> None:
+        if not events:
+            return
+        happened, deadline = self._clock(), time.monotonic() + EVENTS_YIELD_TO_WRITES_S
+        for ref, event in events:
+            if len(self._events_queue) >= EVENTS_QUEUED_MAX:
+                dropped, old, _, _ = self._events_queue.popleft()
+                extra = {**resource_extra(dropped.namespace, dropped.name), "reason": old.reason}
+                log.warning("too many Events waiting: dropped the oldest", extra=extra)
+            self._events_queue.append((ref, event, happened, deadline))
+        self._events_queued.set()
+
+    async def _record_events(self) -> None:
+        """Record queued Events one at a time, each once no status waits to be written (or its deadline
+        has come), until cancelled."""
+        while True:
+            while not self._events_queue:
+                self._events_queued.clear()
+                await self._events_queued.wait()
+            ref, event, happened, deadline = self._events_queue.popleft()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    await self._writes_idle.wait()
+            await self._events.emit(ref, event, happened)
 
     async def _write_now(self, key: AgentKey, events: list[tuple[ObjectRef, EventSpec]]) -> float | None:
         """Compute and write the status if it changed; the delay before a retry, if one is due. The

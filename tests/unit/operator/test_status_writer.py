@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +47,7 @@ class _Events:
     def __init__(self) -> None:
         self.reasons: list[str] = []
 
-    async def emit(self, ref: ObjectRef, event: EventSpec) -> None:
+    async def emit(self, ref: ObjectRef, event: EventSpec, at: datetime | None = None) -> None:
         self.reasons.append(event.reason)
 
 
@@ -361,3 +362,77 @@ async def test_flux_triggers_are_batched_with_the_counts_and_other_flux_changes_
     writer.on_snapshot(snapshots.current)
     await _settle()
     assert [p["flux"]["state"] for p in api.patches[3:]] == ["StreamFailed"]
+
+
+class _GatedApi:
+    """Status patches of `held` resources wait for `gate`; the others succeed at once."""
+
+    def __init__(self, held: str) -> None:
+        self.held = held
+        self.gate = asyncio.Event()
+        self.written: list[str] = []
+
+    async def merge_patch(self, path: str, body: Any, *, decode: bool = True) -> ApiResponse:
+        name = path.rsplit("/", 2)[-2]
+        if name == self.held:
+            await self.gate.wait()
+        self.written.append(name)
+        return ApiResponse(200, {})
+
+
+class _TimedEvents:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, str, datetime | None]] = []
+
+    async def emit(self, ref: ObjectRef, event: EventSpec, at: datetime | None = None) -> None:
+        self.recorded.append((ref.name, event.reason, at))
+
+
+@contextlib.asynccontextmanager
+async def _gated_writer(held: str) -> AsyncIterator[tuple[StatusWriter, _GatedApi, _TimedEvents]]:
+    api, events = _GatedApi(held), _TimedEvents()
+    connected = WorkerSnapshot(id="", phase=WorkerPhase.CONNECTED, connected_since=NOW)
+    fake_api: Any = api
+    fake_events: Any = events
+    writer = StatusWriter(
+        fake_api,
+        fake_events,
+        lambda worker_id: replace(connected, id=worker_id),
+        OperatorMetrics(CollectorRegistry()),
+        debounce=0.0,
+        clock=lambda: NOW,
+    )
+    task = asyncio.create_task(writer.run(), name="test-status-writer")
+    try:
+        yield writer, api, events
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_events_wait_while_statuses_wait_to_be_written() -> None:
+    """Statuses first: the Connected Event of one resource waits while another's status is being
+    written, and keeps the time of its transition."""
+    async with _gated_writer(held="slow") as (writer, api, events):
+        writer.track(AgentKey("ns", "slow"), ObjectRef("ns", "slow", "u1"), FACTS, None)
+        writer.track(AgentKey("ns", "quick"), ObjectRef("ns", "quick", "u2"), FACTS, None)
+        await asyncio.sleep(0.1)
+        assert api.written == ["quick"]
+        assert events.recorded == []  # "slow" is still being written
+
+        api.gate.set()
+        await asyncio.sleep(0.1)
+        assert sorted(name for name, _, _ in events.recorded) == ["quick", "slow"]
+        assert {(reason, at) for _, reason, at in events.recorded} == {("Connected", NOW)}
+
+
+async def test_an_event_yields_to_the_writes_only_so_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(status_writer, "EVENTS_YIELD_TO_WRITES_S", 0.2)
+    async with _gated_writer(held="stuck") as (writer, _, events):
+        writer.track(AgentKey("ns", "stuck"), ObjectRef("ns", "stuck", "u1"), FACTS, None)
+        writer.track(AgentKey("ns", "quick"), ObjectRef("ns", "quick", "u2"), FACTS, None)
+        await asyncio.sleep(0.1)
+        assert events.recorded == []
+        await asyncio.sleep(0.3)  # the status of "stuck" never gets written; the Event goes anyway
+        assert [(name, reason) for name, reason, _ in events.recorded] == [("quick", "Connected")]
