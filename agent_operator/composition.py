@@ -21,8 +21,9 @@ import kopf
 from prometheus_client import CollectorRegistry, ProcessCollector
 from pydantic import ValidationError
 
+from agent_operator.agent_watch import FINALIZER, AgentWatch
 from agent_operator.api import GitLabAgentSpec
-from agent_operator.controller import AgentController, WorkerRuntime, listed_body
+from agent_operator.controller import AgentController, WorkerRuntime
 from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
 from agent_operator.label_sweep import ListError, list_agents, sweep_periodically
@@ -42,9 +43,6 @@ log = logging.getLogger(__name__)
 ANNOTATION_PREFIX: Final = "agentk.dev"
 """kopf's bookkeeping (the delete handler's progress, while it retries) lives in annotations under this
 prefix."""
-FINALIZER: Final = "agentk.dev/worker-cleanup"
-"""kopf's finalizer: on a GitLabAgent only with peering, while a daemon runs for it (handlers.py); kopf
-takes it off resources that carry it from an earlier version."""
 EXIT_MARGIN_S: Final = 20.0
 """kopf's last-resort SIGKILL comes this long after the drain time (kopf's own shutdown steps)."""
 KOPF_WORKER_IDLE_S: Final = 0.2
@@ -129,9 +127,14 @@ class Composition:
             limits=settings.limits,
             finalizer=finalizer,
         )
+        self.agent_watch = (
+            AgentWatch(self.api, settings.namespaces, self.controller.observe, self.controller.gone)
+            if settings.peering is None
+            else None
+        )
+        """Without peering: the GitLabAgents' events, from the operator's own informer (agent_watch.py);
+        with peering kopf's handlers deliver them (handlers.py)."""
         self._task: asyncio.Task[None] | None = None
-        self._listed: list[tuple[AgentKey, dict[str, Any]]] = []
-        """The GitLabAgents listed at start, to reconcile once the caches are synced (see `_adopt_listed`)."""
 
     def _ready(self) -> bool:
         if self._task is None or self._task.done():
@@ -142,6 +145,8 @@ class Composition:
         """Start the runtime, the secret watches and the operator's tasks."""
         await self._expect_existing_agents()
         await self.runtime.start()
+        if self.agent_watch is not None:
+            self.agent_watch.start(self.runtime.informer)
         if self.sharding is not None:
             self.sharding.start()
         self.runtime.subscribe(self.writer.on_snapshot)
@@ -152,8 +157,9 @@ class Composition:
         log.info("operator started", extra={"instance": self.settings.instance})
 
     async def _expect_existing_agents(self) -> None:
-        """Tell the controller which GitLabAgents exist before kopf hands them over, in any order (see
-        admission.py). Without the list, agents are admitted as they come (logged)."""
+        """Tell the controller which GitLabAgents exist before they are handed over, in any order (see
+        admission.py), and the Secret caches what to keep. Without the list, agents are admitted as they
+        come (logged)."""
         created: dict[AgentKey, str] = {}
         uses: SourceUses = {}
         scopes: list[str | None] = [None] if self.settings.namespaces is None else [*self.settings.namespaces]
@@ -165,10 +171,8 @@ class Composition:
                     created[key] = str(meta.get("creationTimestamp", ""))
                     with contextlib.suppress(ValidationError):  # the controller reports it
                         add_uses(uses, key, GitLabAgentSpec.model_validate(item.get("spec") or {}))
-                    if self.settings.peering is None and not meta.get("deletionTimestamp"):
-                        self._listed.append((key, listed_body(item)))
         except ListError as exc:
-            log.warning("agents are admitted in the order kopf hands them over: %s", exc)
+            log.warning("agents are admitted in the order they are handed over: %s", exc)
             return
         self.sources.expect(uses)
         self.controller.expect(created)
@@ -179,7 +183,9 @@ class Composition:
             tg.create_task(self.controller.run(), name="agent-remapper")
             tg.create_task(self._sweep_labels(), name="label-sweep")
             tg.create_task(self._publish_readiness(), name="readiness-metric")
-            tg.create_task(self._adopt_listed(), name="listed-agents")
+            if self.agent_watch is not None:
+                tg.create_task(self._deliver_agents(self.agent_watch), name="agent-watch")
+                tg.create_task(self.agent_watch.run(), name="agent-finalizers")
             if self.sharding is not None:
                 tg.create_task(self.sharding.run(), name="sharding")
 
@@ -189,17 +195,11 @@ class Composition:
             self.metrics.ready.set(1 if self._ready() else 0)
             await asyncio.sleep(READINESS_METRIC_INTERVAL_S)
 
-    async def _adopt_listed(self) -> None:
-        """Reconcile the GitLabAgents listed at start as soon as the Secret caches are synced, instead of
-        as kopf gets to each (about a hundred a second): a restart's agents start at once, their
-        Secrets read from the caches. kopf's own events for them then find nothing new. Not with
-        peering: there only the replica that kopf lets run an agent may start it (handlers.py)."""
-        listed, self._listed = self._listed, []
-        if not listed:
-            return
+    async def _deliver_agents(self, watch: AgentWatch) -> None:
+        """Hand the GitLabAgents to the controller once the Secret caches are synced: a restart's agents
+        then start at once, their Secrets read from the caches."""
         await self.sources.wait_synced()
-        for key, body in listed:
-            self.controller.observe(key, body)
+        await watch.deliver()
 
     async def _sweep_labels(self) -> None:
         """At start and then periodically (see label_sweep.py): unlabel what no GitLabAgent uses, drain

@@ -111,16 +111,6 @@ def kept_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def listed_body(body: Mapping[str, Any]) -> dict[str, Any]:
-    """`kept_body` and the finalizers (`observe` looks for kopf's): what to keep of a listed resource
-    until it is observed."""
-    kept = kept_body(body)
-    finalizers = (body.get("metadata") or {}).get("finalizers")
-    if finalizers:
-        kept["metadata"]["finalizers"] = list(finalizers)
-    return kept
-
-
 def _version_of(body: Mapping[str, Any]) -> tuple[str, int | None]:
     """(uid, generation): a spec change makes a new generation, a new object a new uid."""
     meta = body.get("metadata") or {}
@@ -195,7 +185,9 @@ class AgentController:
         self._finalizer = finalizer
         self._unwatch: KeyedTasks[SourceRef] = KeyedTasks("unwatch", self._unwatch_if_unused)
         self._releases: KeyedTasks[AgentKey] = KeyedTasks("release", self._release_now)
-        self._vanished: KeyedTasks[AgentKey] = KeyedTasks("vanished", self._delete_vanished)
+        self._deletions: KeyedTasks[AgentKey] = KeyedTasks("delete", self._delete_gone)
+        self._gone_uids: dict[AgentKey, str] = {}
+        """The uid each pending deletion is for (`gone`)."""
         self._released_keys: dict[AgentKey, asyncio.Event] = {}
         """Callers of `release` waiting for its task (set when that task has drained the worker)."""
 
@@ -208,7 +200,7 @@ class AgentController:
             tg.create_task(self._observed.run(), name="agent-reconciles")
             tg.create_task(self._unwatch.run(), name="source-unwatches")
             tg.create_task(self._releases.run(), name="agent-releases")
-            tg.create_task(self._vanished.run(), name="vanished-agents")
+            tg.create_task(self._deletions.run(), name="agent-deletions")
             tg.create_task(self._service_accounts_listed(), name="service-accounts-listed")
             tg.create_task(self._stop_expecting(), name="admission-expectations")
 
@@ -305,18 +297,27 @@ class AgentController:
                 log.warning("reconcile failed again: %s", exc, extra=resource_extra(key.namespace, key.name))
                 self._retry.kick(key)
 
+    def gone(self, key: AgentKey, uid: str) -> None:
+        """The resource `key` with `uid` was deleted (or is being deleted): drain its worker and forget it,
+        in the background (a resource created again under that name meanwhile is left alone)."""
+        self._gone_uids[key] = uid
+        self._deletions.kick(key)
+
     def forget_unlisted(self, listing: AgentListing) -> None:
         """A list of every GitLabAgent in scope (the sweep's): a resource seen before the list began and
         missing from it was deleted while the watch did not see it (no finalizer waits for us: handlers.py).
         Its worker is drained in the background, as on a DELETED event."""
-        for key, record in self._records.items():
-            if record.seen_at < listing.started and _version_of(record.body)[0] not in listing.uids:
-                self._vanished.kick(key)
+        for key, record in list(self._records.items()):
+            uid = _version_of(record.body)[0]
+            if record.seen_at < listing.started and uid not in listing.uids:
+                extra = resource_extra(key.namespace, key.name)
+                log.info("the resource is gone (its deletion was not seen)", extra=extra)
+                self.gone(key, uid)
 
-    async def _delete_vanished(self, key: AgentKey) -> None:
-        if key in self._records:
-            extra = resource_extra(key.namespace, key.name)
-            log.info("the resource is gone (its deletion was not seen)", extra=extra)
+    async def _delete_gone(self, key: AgentKey) -> None:
+        uid = self._gone_uids.pop(key, None)
+        record = self._records.get(key)
+        if record is not None and _version_of(record.body)[0] == uid:
             await self.delete(key)
 
     async def delete(self, key: AgentKey) -> None:

@@ -21,20 +21,21 @@ KOPF_REQUEST_CONNECTIONS: Final = 12
 """Connections kopf's short requests (patches, events, lists) may hold beyond its watch streams (our
 choice: with peering kopf adds its finalizer to every resource at start-up, and a new resource's first
 status waits for it; 4 → 12 halved the finalizer's p50 at N = 1000 and took 2.6 s off the bring-up,
-docs/benchmarks.md. Without peering its only patches take an earlier version's finalizer off, once.
-A connection is opened only when needed; each costs a 256 KiB read buffer)."""
+docs/benchmarks.md. Without peering kopf makes none. A connection is opened only when needed; each
+costs a 256 KiB read buffer)."""
 
 
 def kopf_watch_streams(settings: OperatorSettings) -> int:
     """How many watch streams kopf keeps open for this operator; each holds a connection all its life.
 
     kopf (1.45) watches the CRDs (resource discovery) and, unless cluster-wide, the namespaces; then,
-    per namespace (or once cluster-wide), the GitLabAgents and, with peering, the peering objects. A
-    count too high only leaves room unused; too low, and patches wait behind the watches.
+    with peering, per namespace (or once cluster-wide) the GitLabAgents and the peering objects (without
+    peering the operator watches the GitLabAgents itself: agent_watch.py). A count too high only leaves
+    room unused; too low, and patches wait behind the watches.
     """
     scopes = 1 if settings.namespaces is None else len(settings.namespaces)
     discovery = 1 if settings.namespaces is None else 2
-    per_scope = 2 if settings.peering is not None else 1
+    per_scope = 2 if settings.peering is not None else 0
     return discovery + scopes * per_scope
 
 

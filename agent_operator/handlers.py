@@ -1,28 +1,23 @@
-"""kopf handlers: thin adapters from kopf's events to the AgentController. They return None (status is
-written by the StatusWriter, not by kopf).
+"""kopf handlers: thin adapters from kopf to the composition and, with peering, to the AgentController.
+They return None (status is written by the StatusWriter, not by kopf).
 
-Every watch event of a GitLabAgent goes to the controller (`kopf.on.event`), which reconciles only what
-it has not reconciled yet (a new uid or generation): the reconciliation is level-triggered and reads
-the latest body, so kopf's change detection (create/update/resume causes) is not needed, and neither is
-its bookkeeping, a PATCH of the last-handled configuration after every handled change, plus a wait for
-the finalizer PATCH to come back before the first handler ran (docs/benchmarks.md, Fleet bring-up).
-Nor is kopf's finalizer, unless with peering (kopf puts one on every resource a daemon runs for): a
-deleted resource goes at once, and its DELETED event drains the worker. The finalizer cost a PATCH per
-resource, and a new resource's first status had to wait for it (docs/benchmarks.md, Session 10); the
-worker lives in this process and the only state it leaves outside, the Secret's watch label, is taken off
-by the controller or the label sweep. A deletion the watch missed (events lost while it reconnected) is
-found by the sweep, which lists every GitLabAgent (`AgentController.forget_unlisted`). When a finalizer of
-an earlier version is on a resource, kopf takes it off (no handler needs it any more).
-The handler only hands the event over: the controller reconciles it in its own tasks (and retries an API
-hiccup; kopf never retries an event handler), so kopf's cycle, and its finalizer PATCH, never wait for
-the Secrets to be read.
+Without peering kopf runs the operator's life (startup, cleanup, login) and nothing else: the GitLabAgents'
+events come from the operator's own informer (agent_watch.py), and no finalizer is put on them (the
+DELETED event drains the worker; the sweep's list finds a deletion the watch missed, label_sweep.py).
 
 With peering, one daemon per GitLabAgent marks "this process runs the agent": kopf stops daemons when
 the operator pauses in favour of another replica, and the daemon then drains the worker, so two replicas
-never run the same agent; when this replica resumes, the daemon starts again and reconciles. Events
-reach the controller only for agents whose daemon runs here: an event kopf delivers just after the pause
-(queued before it) would otherwise start the worker again after the daemon released it, and two replicas
-would run that agent (tests/reliability/test_operator_restarts.py, both replicas started at once).
+never run the same agent; when this replica resumes, the daemon starts again and reconciles. kopf puts
+its finalizer on every resource a daemon runs for, and deleting one drains its worker first
+(`kopf.on.delete`). Every watch event goes to the controller (`kopf.on.event`), which reconciles only
+what it has not reconciled yet (a new uid or generation): the reconciliation is level-triggered and reads
+the latest body, so kopf's change detection (create/update/resume causes) is not needed, and neither is
+its bookkeeping, a PATCH of the last-handled configuration after every handled change
+(docs/benchmarks.md, Fleet bring-up). The handler only hands the event over: the controller reconciles
+it in its own tasks (and retries an API hiccup; kopf never retries an event handler). Events reach the
+controller only for agents whose daemon runs here: an event kopf delivers just after the pause (queued
+before it) would otherwise start the worker again after the daemon released it, and two replicas would
+run that agent (tests/reliability/test_operator_restarts.py, both replicas started at once).
 
 Every call into the controller runs `outside_kopf`: kopf's context variables hold the handler's cause
 (the resource's whole body, the event's patch and diff), and every task started below a handler copies
@@ -85,25 +80,25 @@ def register(
     async def _login(**_: Any) -> kopf.AiohttpSession:
         return await login()
 
+    if not peering:
+        return  # the GitLabAgents' events come from agent_watch.py
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def _observe(
         *, event: kopf.RawEvent, name: str, namespace: str | None, body: kopf.Body, **_: Any
     ) -> None:
         key = AgentKey(namespace or "", name)
-        if event.get("type") == "DELETED":  # gone (with peering: before kopf's finalizer was on it)
+        if event.get("type") == "DELETED":  # gone before kopf's finalizer was on it
             if controller.handles(key):
                 await outside_kopf(controller.delete(key), f"delete:{key.worker_id}")
             return
         if body.get("metadata", {}).get("deletionTimestamp"):
-            return  # being deleted: drained by the DELETED event, or by `_delete` with peering
-        if peering and key not in held:
+            return  # being deleted: `_delete` drains the worker, then kopf releases the finalizer
+        if key not in held:
             return  # another replica runs it, or this one's daemon has not started yet (it reconciles)
         # Reconciled in the controller's tasks, so kopf's cycle ends at once; they start in a context of
         # their own (see outside_kopf).
         contextvars.Context().run(controller.observe, key, dict(body))
-
-    if not peering:
-        return
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     async def _delete(*, name: str, namespace: str | None, **_: Any) -> None:

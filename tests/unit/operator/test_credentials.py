@@ -22,9 +22,9 @@ from agent_runtime.kube import KubeAccess
 @pytest.mark.parametrize(
     ("flags", "streams"),
     [
-        ([], 2),  # CRDs + GitLabAgents cluster-wide
-        (["--peering=p"], 3),  # + the cluster-wide peering objects
-        (["--namespace=a"], 3),  # CRDs + namespaces + GitLabAgents in a
+        ([], 1),  # CRDs (the operator watches the GitLabAgents itself)
+        (["--peering=p"], 3),  # + the GitLabAgents and peering objects, cluster-wide
+        (["--namespace=a"], 2),  # CRDs + namespaces
         (["--namespace=a", "--namespace=b", "--peering=p"], 6),  # + per namespace: agents, peering
     ],
 )

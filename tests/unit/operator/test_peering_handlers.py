@@ -98,12 +98,27 @@ async def test_events_reach_the_controller_only_while_this_replica_holds_the_age
     assert controller.calls == ["reconcile team/agent", "observe team/agent", "release team/agent"]
 
 
-async def test_without_peering_every_event_reaches_the_controller() -> None:
-    controller = RecordingController()
-    observe, daemon = _handlers(controller, peering=False)
-    assert daemon is None
-    await _event(observe)
-    assert controller.calls == ["observe team/agent"]
+def test_without_peering_kopf_has_no_gitlabagent_handler() -> None:
+    """The operator's own informer delivers the events (agent_watch.py), and nothing makes kopf put its
+    finalizer on a GitLabAgent."""
+    registry = kopf.OperatorRegistry()
+    register(
+        registry,
+        RecordingController(),  # type: ignore[arg-type]  # never called
+        startup=_nothing,
+        cleanup=_nothing,
+        login=_nothing,  # type: ignore[arg-type]  # never called here
+        peering=False,
+        daemon_cancellation_timeout=10.0,
+    )
+    resource_handlers = [
+        *registry._watching.get_all_handlers(),
+        *registry._spawning.get_all_handlers(),
+        *registry._changing.get_all_handlers(),
+    ]
+    assert resource_handlers == []
+    activities = [str(h.activity) for h in registry._activities.get_all_handlers()]
+    assert len(activities) == 3, activities  # startup, cleanup, login
 
 
 async def test_a_daemon_kopf_cancels_while_pausing_still_releases_the_agent() -> None:
