@@ -92,6 +92,17 @@ class AgentWatch:
         """Create the informers (through the runtime); nothing is delivered before `deliver`."""
         self._informers = [informer(kind, transform=kept_of_agent) for kind in self._kinds]
 
+    async def listed(self, within: float) -> list[KubeObject] | None:
+        """Every GitLabAgent of the informers' first lists (as the store keeps them), None when they
+        have not all come within `within` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                for watcher in self._informers:
+                    await watcher.wait_synced()
+        except TimeoutError:
+            return None
+        return [obj for watcher in self._informers for obj in watcher.store.items()]
+
     async def deliver(self) -> None:
         """Hand every GitLabAgent listed so far to the controller, then every change, from now on."""
         for watcher in self._informers:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import kopf
@@ -57,6 +58,9 @@ events wait in kopf's per-resource queues. Each one in flight holds kopf's proce
 operator's reconciliation: with 1000 resources applied at once all were in flight together, and the
 small-object heap they left behind stayed fragmented (docs/benchmarks.md, Density). 64 still connects
 1000 agents within the 30 s target."""
+LIST_WAIT_S: Final = 30.0
+"""At start, how long the operator waits for its GitLabAgent informer's first list before it starts
+without it (our choice; the informer keeps trying, and admission then goes in the order of delivery)."""
 READINESS_METRIC_INTERVAL_S: Final = 5.0
 """How often agentk_operator_ready is refreshed (our choice; Prometheus scrapes every 30 s by default).
 The value is computed on the event loop, never during a scrape: /metrics collects in a thread, and the
@@ -143,10 +147,16 @@ class Composition:
 
     async def start(self) -> None:
         """Start the runtime, the secret watches and the operator's tasks."""
-        await self._expect_existing_agents()
         await self.runtime.start()
         if self.agent_watch is not None:
             self.agent_watch.start(self.runtime.informer)
+            listed = await self.agent_watch.listed(LIST_WAIT_S)
+        else:
+            listed = await self._list_agents()
+        if listed is None:
+            log.warning("agents are admitted in the order they are handed over: the list did not come")
+        else:
+            self._expect(listed)
         if self.sharding is not None:
             self.sharding.start()
         self.runtime.subscribe(self.writer.on_snapshot)
@@ -156,24 +166,29 @@ class Composition:
         self._task = asyncio.create_task(self._supervise(), name="operator-supervisor")
         log.info("operator started", extra={"instance": self.settings.instance})
 
-    async def _expect_existing_agents(self) -> None:
-        """Tell the controller which GitLabAgents exist before they are handed over, in any order (see
-        admission.py), and the Secret caches what to keep. Without the list, agents are admitted as they
-        come (logged)."""
-        created: dict[AgentKey, str] = {}
-        uses: SourceUses = {}
+    async def _list_agents(self) -> list[Mapping[str, Any]] | None:
+        """Every GitLabAgent in scope (with peering, where kopf watches them), None when the list failed."""
         scopes: list[str | None] = [None] if self.settings.namespaces is None else [*self.settings.namespaces]
+        items: list[Mapping[str, Any]] = []
         try:
             for scope in scopes:
-                async for item in list_agents(self.api, scope):
-                    meta = item.get("metadata") or {}
-                    key = AgentKey(str(meta.get("namespace", "")), str(meta.get("name", "")))
-                    created[key] = str(meta.get("creationTimestamp", ""))
-                    with contextlib.suppress(ValidationError):  # the controller reports it
-                        add_uses(uses, key, GitLabAgentSpec.model_validate(item.get("spec") or {}))
+                items.extend([item async for item in list_agents(self.api, scope)])
         except ListError as exc:
-            log.warning("agents are admitted in the order they are handed over: %s", exc)
-            return
+            log.warning("%s", exc)
+            return None
+        return items
+
+    def _expect(self, listed: Iterable[Mapping[str, Any]]) -> None:
+        """Tell the controller which GitLabAgents exist before they are handed over, in any order (see
+        admission.py), and the Secret caches what to keep of the objects they refer to."""
+        created: dict[AgentKey, str] = {}
+        uses: SourceUses = {}
+        for item in listed:
+            meta = item.get("metadata") or {}
+            key = AgentKey(str(meta.get("namespace", "")), str(meta.get("name", "")))
+            created[key] = str(meta.get("creationTimestamp", ""))
+            with contextlib.suppress(ValidationError):  # the controller reports it
+                add_uses(uses, key, GitLabAgentSpec.model_validate(item.get("spec") or {}))
         self.sources.expect(uses)
         self.controller.expect(created)
 
