@@ -208,6 +208,12 @@ class LocalCluster(StartStop):
                 shutil.rmtree(self.work_dir, ignore_errors=True)
                 self.work_dir = None
 
+    def apiserver_pid(self) -> int:
+        """The kube-apiserver's process id (benchmarks read its CPU time)."""
+        if self._apiserver is None:
+            raise RuntimeError("the kube-apiserver is not running")
+        return int(self._apiserver.pid)
+
     def stop_apiserver(self) -> None:
         """Stop only the kube-apiserver (SIGTERM); etcd keeps the data. See `start_apiserver()`."""
         process.stop(self._apiserver, self.stop_grace)

@@ -14,7 +14,7 @@ import pytest
 
 from agent_operator.agent_watch import FINALIZER, AgentWatch
 from agent_operator.api import API_VERSION, PLURAL
-from agent_operator.kube_api import KubeApi, group_path
+from agent_operator.kube_api import MERGE_PATCH, KubeApi, group_path
 from agent_operator.mapping import AgentKey
 from agent_runtime.informer import SharedInformers
 from agent_runtime.kube import load_kube_access
@@ -77,6 +77,11 @@ def _post(cluster: LocalCluster, body: dict[str, Any]) -> str:
     return str(created["metadata"]["uid"])
 
 
+def _merge_patch(cluster: LocalCluster, path: str, patch: dict[str, Any]) -> None:
+    status, answer = cluster.request("PATCH", path, patch, headers={"Content-Type": MERGE_PATCH})
+    assert status == 200, answer
+
+
 async def test_the_watch_hands_over_changes_and_deletions(
     k8s_cluster: LocalCluster, admin_kubeconfig: Path, namespace: str, gitlabagent_crd: str
 ) -> None:
@@ -88,12 +93,8 @@ async def test_the_watch_hands_over_changes_and_deletions(
         await asyncio.wait_for(delivery, 20)
         assert controller.observed == [("first", "wss://127.0.0.1:1")]
 
-        patch = {"spec": {"kasAddress": "wss://127.0.0.1:2"}}
         path = group_path(API_VERSION, namespace, PLURAL, "first")
-        status, answer = k8s_cluster.request(
-            "PATCH", path, patch, headers={"Content-Type": "application/merge-patch+json"}
-        )
-        assert status == 200, answer
+        _merge_patch(k8s_cluster, path, {"spec": {"kasAddress": "wss://127.0.0.1:2"}})
         await eventually(lambda: ("first", "wss://127.0.0.1:2") in controller.observed)
 
         status, answer = k8s_cluster.request("DELETE", path)
@@ -109,13 +110,7 @@ async def test_the_watch_hands_over_changes_and_deletions(
         status, answer = k8s_cluster.request("DELETE", kept)
         assert status == 200, answer
         await eventually(lambda: ("kept", kept_uid) in controller.gone)
-        status, answer = k8s_cluster.request(
-            "PATCH",
-            kept,
-            {"metadata": {"finalizers": None}},
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-        assert status == 200, answer
+        _merge_patch(k8s_cluster, kept, {"metadata": {"finalizers": None}})
 
 
 async def test_an_earlier_versions_finalizer_comes_off(
@@ -133,10 +128,4 @@ async def test_an_earlier_versions_finalizer_comes_off(
     async with _watch(admin_kubeconfig, namespace) as (watch, _):
         await asyncio.wait_for(watch.deliver(), 20)
         await eventually(lambda: finalizers() == ["example.com/before", "example.com/after"])
-    status, body = k8s_cluster.request(
-        "PATCH",
-        path,
-        {"metadata": {"finalizers": None}},
-        headers={"Content-Type": "application/merge-patch+json"},
-    )
-    assert status == 200, body
+    _merge_patch(k8s_cluster, path, {"metadata": {"finalizers": None}})  # let the namespace go
