@@ -168,6 +168,10 @@ class Sources:
         self._expected: dict[SourceRef, frozenset[str] | None] = {}
         """Objects the GitLabAgents listed at start refer to, until the informers first see them (see
         `expect`)."""
+        self._labelled: dict[SourceRef, str] = {}
+        """The resourceVersion `read` labelled each object to, until the watch brings that version: the
+        reader has it already, and a re-mapping of its agents for the echo of our own label was a second
+        reconciliation of every agent at a first start (docs/benchmarks.md, Session 10)."""
 
     def expect(self, uses: Mapping[SourceRef, frozenset[str] | None]) -> None:
         """The objects the GitLabAgents that exist at start refer to, each with the agents it must have
@@ -194,11 +198,19 @@ class Sources:
             def on_change(
                 event: EventType, old: KubeObject | None, new: KubeObject | None, k: SourceKind = source_kind
             ) -> None:
-                del event
                 obj = new if new is not None else old
                 meta = (obj or {}).get("metadata") or {}
-                if meta.get("namespace") and meta.get("name"):
-                    changed(SourceRef(k, str(meta["namespace"]), str(meta["name"])))
+                if not (meta.get("namespace") and meta.get("name")):
+                    return
+                source = SourceRef(k, str(meta["namespace"]), str(meta["name"]))
+                labelled = self._labelled.pop(source, None)
+                if (
+                    event is EventType.ADDED
+                    and labelled is not None
+                    and labelled == meta.get("resourceVersion")
+                ):
+                    return  # the echo of `read`'s own label: its reader has this very version
+                changed(source)
 
             watcher.add_handler(on_change, replay=False)
 
@@ -262,6 +274,7 @@ class Sources:
     def release(self, source: SourceRef) -> None:
         """No GitLabAgent refers to `source` any more: the cache drops its data now (label or not)."""
         self._referenced.discard(source)
+        self._labelled.pop(source, None)
         informer = self._informer(source)
         if informer is not None:
             informer.retransform(source.store_key)
@@ -302,6 +315,10 @@ class Sources:
             )
         if cached is not None:
             self._refill(source, answer.body)
+        else:
+            version = (answer.body.get("metadata") or {}).get("resourceVersion")
+            if version:
+                self._labelled[source] = str(version)
         return answer.body
 
     async def unwatch(self, source: SourceRef) -> bool:
