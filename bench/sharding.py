@@ -122,20 +122,22 @@ async def _streams(session: aiohttp.ClientSession, kas: KasProcess) -> dict[str,
         return dict(await response.json())
 
 
-def _double_runs(log: dict[str, Any], since: float) -> int:
-    """Agents with two GetConfiguration streams live at the same time (started after `since`)."""
+def _double_runs(log: dict[str, Any], since: float) -> str:
+    """Agents with two GetConfiguration streams live at the same time (started after `since`): from two
+    replicas (a double run), and from one replica (a stream kas saw end only after the same worker had
+    opened the next one: kas's view lagging under load, not two workers)."""
     by_agent: dict[int, list[dict[str, Any]]] = {}
     for stream in log["live"] + log["ended"]:
         if stream["started"] >= since:
             by_agent.setdefault(stream["agent_id"], []).append(stream)
-    doubled = 0
-    for streams in by_agent.values():
+    across: set[int] = set()
+    within: set[int] = set()
+    for agent, streams in by_agent.items():
         streams.sort(key=lambda s: s["started"])
         for before, after in itertools.pairwise(streams):
             if before["ended"] is None or after["started"] < before["ended"]:
-                doubled += 1
-                break
-    return doubled
+                (within if before["pod_name"] == after["pod_name"] else across).add(agent)
+    return f"{len(across)} on two replicas, {len(within - across)} on one replica"
 
 
 async def _bring_up(
@@ -217,9 +219,8 @@ async def _sharded(
                 )
             victim = max(replicas, key=lambda r: owned[r.name])
             log = await _streams(session, kas)
-            lines.append(
-                f"agents run twice at once during the bring-up (kas's streams): {_double_runs(log, since)}"
-            )
+            doubled = _double_runs(log, since)
+            lines.append(f"agents with two streams at once during the bring-up (kas's view): {doubled}")
             since = time.time()
             moving = {s["agent_id"] for s in log["live"] if s["pod_name"] == victim.name}
             killed = victim.kill()
@@ -235,7 +236,7 @@ async def _sharded(
             )
             await asyncio.sleep(2.0)
             doubled = _double_runs(await _streams(session, kas), since)
-            lines.append(f"agents run twice at once during the takeover (kas's streams): {doubled}")
+            lines.append(f"agents with two streams at once during the takeover (kas's view): {doubled}")
     finally:
         for r in replicas:
             r.stop()
