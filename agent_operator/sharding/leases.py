@@ -122,10 +122,11 @@ def newer(version: str, than: str) -> bool:
 class LeaseApi:
     """The Lease requests of one replica (`me`) in `namespace`, group `group`.
 
-    Membership requests have a connection pool of their own, and so have claims: a renewal queued behind
-    a bring-up's status writes (or a thousand claims) for longer than the Lease lasts would make the
-    others take this replica's agents while it still runs them (it fences itself first, see members.py,
-    but all of its agents would move for nothing).
+    This replica's own member Lease (join, renew, leave) has a connection pool of its own; claims and
+    reads of the others' member Leases share the second: a renewal queued behind a bring-up's status
+    writes, a thousand claims or the reads that confirm a dead member for longer than the Lease lasts
+    would make the others take this replica's agents while it still runs them (it fences itself first,
+    see members.py, but all of its agents would move for nothing).
     """
 
     def __init__(self, kube: KubeAccess, namespace: str, group: str, me: str, duration: float) -> None:
@@ -188,7 +189,7 @@ class LeaseApi:
 
     async def member_version(self, lease: str) -> str | None:
         """The current resourceVersion of member Lease `lease` (None when it is gone)."""
-        answer = await self._member_api.get(self._path(lease))
+        answer = await self._api.get(self._path(lease))
         if answer.status == 404:
             return None
         if not answer.ok or not isinstance(answer.body, dict):

@@ -2,7 +2,8 @@
 
 A replica that cannot renew its member Lease for FENCE_FRACTION of its duration stops its workers at
 once (`on_fence`), before the others, which wait the whole duration after they last saw it renewed, may
-take its agents over. Until it renews again it owns nothing.
+take its agents over. Until it renews again it owns nothing. Should the stop not be done by
+EXIT_FRACTION of the duration (a starved event loop), the FenceWatchdog's thread ends the process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import aiohttp
 
 from agent_operator.sharding.leases import LeaseError, LeaseView, member_lease_name
 from agent_operator.sharding.metrics import ShardMetrics
+from agent_operator.sharding.watchdog import FenceWatchdog
 from agent_runtime.sharding.members import Clock, Membership
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,12 @@ FENCE_FRACTION: Final = 0.75
 the others wait the whole duration from when they saw its last renewal, which came after it was sent, and
 a stop with no grace takes well under the remaining quarter (2 s by default)."""
 CHECK_INTERVAL_S: Final = 0.5
-"""How often the live member set is recomputed (a dead member is noticed this much after it expired)."""
+"""How often the live member set is recomputed (a dead member is noticed this much after it expired);
+the fence point is looked at exactly when it comes."""
 DEAD_CONFIRMED_S: Final = 2.0
 """A member confirmed dead by a fresh read stays confirmed this long (one read per takeover burst)."""
+_PAST_S: Final = 0.01
+"""A wake-up for the fence point comes this much after it (the clock has moved past it then)."""
 FORGET_AFTER_DURATIONS: Final = 6
 """A member Lease unchanged for this many durations belongs to a replica gone for good: deleted."""
 
@@ -65,6 +70,7 @@ class Members:
         on_change: Callable[[], None],
         on_fence: Callable[[], Awaitable[None]],
         clock: Clock = time.monotonic,
+        watchdog: FenceWatchdog | None = None,
     ) -> None:
         self._leases = leases
         self._duration = duration
@@ -76,8 +82,12 @@ class Members:
         self._live: frozenset[str] | None = None
         self._joined = False
         self._fenced = False
+        self._fence_done = False
+        """The fence's stop has returned: every worker here stopped (a renewal may end the fence now)."""
+        self._watchdog = watchdog or FenceWatchdog(duration, clock=clock)
         self._synced = False
         self._dead: dict[str, float] = {}
+        self._confirming = asyncio.Lock()
         self._last_ok = self._clock()
         """When the last successful renewal was sent."""
         self._last_attempt = self._clock()
@@ -102,23 +112,45 @@ class Members:
         self._recompute()
 
     async def run(self) -> None:
-        """Join, then renew and recompute until cancelled."""
+        """Join, then renew and recompute until cancelled (after every worker here has stopped: a
+        replica that drains its workers at shutdown keeps its membership meanwhile)."""
+        sent = self._clock()
         joined = await self._attempt(self._leases.join)
         while not joined:  # the API server is away: nothing to wait on but time
             await asyncio.sleep(CHECK_INTERVAL_S)
+            sent = self._clock()
             joined = await self._attempt(self._leases.join)
-        self._last_ok = self._clock()
+        self._last_ok = sent
+        self._watchdog.renewed(sent)
+        self._watchdog.start()
         self._joined = True
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._renew(), name="shard-member-renewal")
-            while True:
-                if not self._fenced and self._clock() - self._last_ok > self._duration * FENCE_FRACTION:
-                    log.error("cannot renew the member Lease: stopping every agent here (others take over)")
-                    self._fenced = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._renew(), name="shard-member-renewal")
+                while True:
+                    fence_at = self._last_ok + self._duration * FENCE_FRACTION
+                    if not self._fenced and self._clock() > fence_at:
+                        await self._fence()
                     self._recompute()
-                    await self._on_fence()
-                self._recompute()
-                await asyncio.sleep(CHECK_INTERVAL_S)
+                    await asyncio.sleep(self._next_check(fence_at))
+        finally:
+            self._watchdog.stop()
+
+    def _next_check(self, fence_at: float) -> float:
+        """Seconds until the next look: CHECK_INTERVAL_S, or less to fence on time (a short Lease's
+        fence point may come sooner; the watchdog's deadline follows it closely)."""
+        if self._fenced:
+            return CHECK_INTERVAL_S
+        return min(CHECK_INTERVAL_S, max(0.0, fence_at - self._clock()) + _PAST_S)
+
+    async def _fence(self) -> None:
+        log.error("cannot renew the member Lease: stopping every agent here (others take over)")
+        self._fenced = True
+        self._fence_done = False
+        self._recompute()
+        await self._on_fence()
+        self._watchdog.stood_down()
+        self._fence_done = True
 
     async def _renew(self) -> None:
         """Renew every RENEW_FRACTION of the duration. A slow renewal is waited for, never cut short: a
@@ -129,10 +161,14 @@ class Members:
             sent = self._last_attempt = self._clock()
             if await self._attempt(self._leases.renew):
                 self._last_ok = max(self._last_ok, sent)
-                if self._fenced and self._clock() - sent < self._duration * FENCE_FRACTION:
+                fresh = self._clock() - sent < self._duration * FENCE_FRACTION
+                if self._fenced and self._fence_done and fresh:
                     log.info("member Lease renewed again: taking agents again")
                     self._fenced = False
+                    self._watchdog.renewed(sent)
                     self._recompute()
+                elif not self._fenced:
+                    self._watchdog.renewed(sent)
 
     async def _attempt(self, call: Callable[[], Awaitable[bool]]) -> bool:
         try:
@@ -153,7 +189,15 @@ class Members:
 
     async def confirm_dead(self, holder: str) -> bool:
         """Whether `holder` is dead, checked with a fresh read of its member Lease: a Lease that changed
-        since we last saw it means our watch lagged, not that the member died."""
+        since we last saw it means our watch lagged, not that the member died.
+
+        One read at a time: a dead replica's thousand agents ask at once, and the callers that waited
+        take the answer of the read before them (thousands of reads would crowd the API server just when
+        this replica's own renewals must get through)."""
+        async with self._confirming:
+            return await self._confirm_dead(holder)
+
+    async def _confirm_dead(self, holder: str) -> bool:
         if holder in (self._live or ()) or holder in self._table.live():
             return False  # the table, too: a member first seen since the last recompute is live
         confirmed = self._dead.get(holder)

@@ -3,9 +3,11 @@
     Lease informer ─► Members (live set) ─► ShardGate.settle_all, ShardedStatusWriter.ownership_changed
                   └─► ShardGate.claim_changed (claims)
 
-`start()` after the Runtime started (it owns the informers); `run()` under the composition's supervisor;
-after the runtime drained every worker at shutdown, `release()` gives up the claims, then the membership,
-so the others start this replica's agents at once instead of after the Lease expired.
+`start()` after the Runtime started (it owns the informers) also starts the membership, which outlives
+`run()` (under the composition's supervisor, cancelled first at shutdown): the member Lease is renewed
+while the runtime drains every worker, however long the drain grace, so the others do not start this
+replica's agents meanwhile. `release()`, after the drain, stops renewing, gives up the claims, then the
+membership, so the others start this replica's agents at once instead of after the Lease expired.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Sharding:
         self.gate = ShardGate(runtime, self.leases, self.members, self.metrics, drain_grace=drain_grace)
         """The controller's WorkerRuntime."""
         self._writer: ShardedStatusWriter | None = None
-        self._synced: asyncio.Event = asyncio.Event()
+        self._membership: asyncio.Task[None] | None = None
 
     def writer(self, *args: Any, **kwargs: Any) -> ShardedStatusWriter:
         """The status writer of this replica (StatusWriter's arguments)."""
@@ -75,6 +77,7 @@ class Sharding:
         informer = self._runtime.informer(kind, transform=kept_of_lease)
         informer.add_handler(self._lease_changed)
         self._informer = informer
+        self._membership = asyncio.create_task(self.members.run(), name="shard-membership")
         log.info(
             "sharding",
             extra={"group": self.settings.group, "lease_namespace": self.settings.namespace},
@@ -84,7 +87,7 @@ class Sharding:
         """Membership, claims and the periodic resync, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.gate.run(), name="shard-gate")
-            tg.create_task(self.members.run(), name="shard-membership")
+            tg.create_task(self._membership_failures(), name="shard-membership-failures")
             tg.create_task(self._wait_synced(), name="shard-leases-synced")
             tg.create_task(self._resync(), name="shard-resync")
 
@@ -93,7 +96,8 @@ class Sharding:
         return self.gate.ready()
 
     async def release(self) -> None:
-        """After every worker here stopped: release the claims, then leave (best effort)."""
+        """After every worker here stopped: stop renewing, release the claims, then leave (best effort)."""
+        await self._stop_membership()
         try:
             await self.leases.release_all()
             await self.leases.leave()
@@ -101,6 +105,24 @@ class Sharding:
             log.warning("cannot release the sharding Leases (they expire): %s", type(exc).__name__)
         finally:
             await self.leases.close()
+
+    async def _membership_failures(self) -> None:
+        """Wait on the membership without owning it: its failure (a bug) fails the supervisor; the
+        supervisor's end leaves it running (see the module docstring)."""
+        if self._membership is not None:
+            await asyncio.shield(self._membership)
+
+    async def _stop_membership(self) -> None:
+        task, self._membership = self._membership, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # the supervisor failed on it already; the release goes on
+            log.debug("the membership had failed", exc_info=True)
 
     async def _wait_synced(self) -> None:
         await self._informer.wait_synced()
