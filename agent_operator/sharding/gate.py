@@ -257,6 +257,11 @@ class ShardGate:
         spec = self._desired.get(agent)
         if spec is None:
             return
+        if self._members.live is None:
+            # Fenced while the claim was in flight: the fence stopped what ran then, and nothing would
+            # stop this one. The next settle gives the claim back.
+            self._settle.kick(agent)
+            return
         self._runtime.apply(spec)
         self._running.add(agent)
         self._metrics.owned.set(len(self._running))

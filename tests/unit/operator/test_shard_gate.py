@@ -192,3 +192,25 @@ async def test_a_claim_taken_by_another_stops_the_worker_at_once(fx: Fixture) ->
     await fx.until("drained")
     assert fx.runtime.graces == [0.0]
     assert AGENT not in fx.runtime.running
+
+
+async def test_a_claim_that_comes_back_after_the_fence_starts_nothing(fx: Fixture) -> None:
+    """The fence stops what runs; a claim in flight meanwhile must not start a worker afterwards (nothing
+    would stop it: the fenced replica keeps running what it holds, the others take it over)."""
+    answer = asyncio.Event()
+    claim = fx.claims.claim
+
+    async def slow_claim(agent: str) -> str | None:
+        await answer.wait()  # the API server answers late
+        return await claim(agent)
+
+    fx.claims.claim = slow_claim  # type: ignore[method-assign]
+    fx.gate.apply(_spec())
+    await asyncio.sleep(0.05)
+    fx.members.live = None  # fenced: this replica cannot renew its member Lease
+    await fx.gate.fence()
+    answer.set()
+    await fx.until("release")
+    assert fx.log == ["claim", "release"]
+    assert AGENT not in fx.runtime.running
+    assert AGENT not in fx.claims.held
