@@ -69,7 +69,7 @@ async def test_the_member_lease_lives_through_the_drain_and_goes_with_release(
             seen.append((time.monotonic(), await asyncio.to_thread(_renew_time, k8s_cluster, namespace)))
             await asyncio.sleep(0.2)
         assert all(renewed is not None for _, renewed in seen), "the member Lease went during the drain"
-        changes = [at for (at, renewed), (_, before) in itertools.pairwise(seen) if renewed != before]
+        changes = [at for (_, before), (at, renewed) in itertools.pairwise(seen) if renewed != before]
         marks = [began, *changes, seen[-1][0]]
         gaps = [later - earlier for earlier, later in itertools.pairwise(marks)]
         assert len(changes) >= 3, f"renewed {len(changes)} times in {2 * DURATION + 0.5} s"
