@@ -91,9 +91,18 @@ class Results:
 
     values: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
     loads: dict[str, list[str]] = field(default_factory=dict)
+    latencies: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)
+    """Per (scheme, contender name): every latency round's GET times, "direct" and "tunnel", in seconds.
+    A p99 of one round's 600 GETs rests on its 6 slowest; pooled over the rounds on 18 (the contenders
+    take turns within each round, so the machine's moods hit both alike)."""
 
     def add(self, metric: str, contender: Contender, value: float) -> None:
         self.values.setdefault((metric, contender.scheme, contender.name), []).append(value)
+
+    def add_latencies(self, contender: Contender, samples: dict[str, list[float]]) -> None:
+        pooled = self.latencies.setdefault((contender.scheme, contender.name), {"direct": [], "tunnel": []})
+        for path, times in samples.items():
+            pooled[path].extend(times)
 
     def get(self, metric: str, scheme: str, name: str) -> list[float]:
         return self.values.get((metric, scheme, name), [])
@@ -318,6 +327,7 @@ async def latency_block(
                 samples[name].append(await _get(session, endpoint))
         cpu_agent = process_cpu(who.pid) - cpu_before[0]
         cpu_kas = process_cpu(kas_pid) - cpu_before[1]
+    results.add_latencies(who, samples)
     for q in (50, 99):
         added = percentile(samples["tunnel"], q) - percentile(samples["direct"], q)
         results.add(f"added p{q} ms", who, added * 1e3)
@@ -582,6 +592,8 @@ def report(
             rows,
         )
     )
+    if results.latencies:
+        _report_pooled(args, results, names)
     print("\n## RSS (MiB)")
     print(table(["process", "RSS MiB"], sorted(rss.items())))
     if density_rows:
@@ -603,6 +615,34 @@ def report(
                 f"agentk, one agent per process: {max(agentk_rss):.1f} MiB; "
                 f"1/100 of it: {max(agentk_rss) / 100 * 1024:.0f} KiB"
             )
+
+
+def _report_pooled(args: argparse.Namespace, results: Results, names: list[str]) -> None:
+    """Added latency per percentile with every round's GETs pooled: steadier tails than a median of
+    per-round p99s."""
+    print(f"\n## added latency, {args.rounds} latency rounds pooled (ms; ratio = ours / agentk)")
+    rows = []
+    for scheme in args.schemes:
+        agentk = results.latencies.get((scheme, "agentk"))
+        for name in names[1:]:
+            ours = results.latencies.get((scheme, name))
+            if agentk is None or ours is None:
+                continue
+            for q in (50, 90, 95, 99):
+                theirs_added = percentile(agentk["tunnel"], q) - percentile(agentk["direct"], q)
+                ours_added = percentile(ours["tunnel"], q) - percentile(ours["direct"], q)
+                rows.append(
+                    (
+                        f"added p{q}",
+                        scheme,
+                        name,
+                        len(ours["tunnel"]),
+                        theirs_added * 1e3,
+                        ours_added * 1e3,
+                        ratio(ours_added, theirs_added),
+                    )
+                )
+    print(table(["metric", "scheme", "ours", "GETs each", "agentk", "ours", "ratio"], rows))
 
 
 def _metric_order(metric: str) -> tuple[int, str]:
