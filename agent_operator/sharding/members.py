@@ -145,6 +145,7 @@ class Members:
 
     async def _fence(self) -> None:
         log.error("cannot renew the member Lease: stopping every agent here (others take over)")
+        self._metrics.fences.inc()
         self._fenced = True
         self._fence_done = False
         self._recompute()

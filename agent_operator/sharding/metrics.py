@@ -44,5 +44,11 @@ class ShardMetrics:
             registry=registry,
         )
         """Moves of agents."""
+        self.fences = Counter(
+            "agentk_operator_shard_fences",
+            "Times this replica could not renew its member Lease in time and stopped every worker here",
+            registry=registry,
+        )
+        """Fences (members.py); each moves all of this replica's agents to the others."""
         for kind in Handover:
             self.handovers.labels(kind=kind.value)

@@ -46,9 +46,8 @@ async def test_a_replica_that_cannot_renew_fences_itself_in_time_and_comes_back(
     async def on_fence() -> None:
         fenced.append(loop.time())
 
-    members = Members(
-        leases, DURATION, ShardMetrics(CollectorRegistry()), on_change=lambda: None, on_fence=on_fence
-    )
+    registry = CollectorRegistry()
+    members = Members(leases, DURATION, ShardMetrics(registry), on_change=lambda: None, on_fence=on_fence)
     members.observe(LeaseView("g-member-b", MEMBER, "b", "1", DURATION, ""))
     members.synced()
     task = asyncio.create_task(members.run(), name="members")
@@ -69,6 +68,7 @@ async def test_a_replica_that_cannot_renew_fences_itself_in_time_and_comes_back(
         # plus one check: the others wait the whole duration from when they saw that renewal.
         assert fenced[0] - failing_since <= DURATION * FENCE_FRACTION + CHECK_INTERVAL_S + 0.3
         assert members.live is None
+        assert registry.get_sample_value("agentk_operator_shard_fences_total") == 1
         leases.up = True
         for _ in range(60):
             await asyncio.sleep(0.1)
