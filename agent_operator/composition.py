@@ -27,7 +27,7 @@ from agent_operator.api import GitLabAgentSpec
 from agent_operator.controller import AgentController, WorkerRuntime
 from agent_operator.events import EventRecorder
 from agent_operator.kube_api import KubeApi
-from agent_operator.label_sweep import ListError, list_agents, sweep_periodically
+from agent_operator.label_sweep import ListError, list_agents_in_scope, sweep_periodically
 from agent_operator.mapping import AgentKey, SourceUses, add_uses
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.service_accounts import ServiceAccounts
@@ -168,15 +168,11 @@ class Composition:
 
     async def _list_agents(self) -> list[Mapping[str, Any]] | None:
         """Every GitLabAgent in scope (with peering, where kopf watches them), None when the list failed."""
-        scopes: list[str | None] = [None] if self.settings.namespaces is None else [*self.settings.namespaces]
-        items: list[Mapping[str, Any]] = []
         try:
-            for scope in scopes:
-                items.extend([item async for item in list_agents(self.api, scope)])
+            return [item async for item in list_agents_in_scope(self.api, self.settings.namespaces)]
         except ListError as exc:
             log.warning("%s", exc)
             return None
-        return items
 
     def _expect(self, listed: Iterable[Mapping[str, Any]]) -> None:
         """Tell the controller which GitLabAgents exist before they are handed over, in any order (see

@@ -124,19 +124,27 @@ async def list_references(api: KubeApi, namespaces: tuple[str, ...] | None) -> A
     uids: set[str] = set()
     referenced: set[SourceRef] = set()
     unknown: set[str] = set()
+    async for item in list_agents_in_scope(api, namespaces):
+        meta = item.get("metadata") or {}
+        uids.add(str(meta.get("uid", "")))
+        namespace = str(meta.get("namespace", ""))
+        try:
+            spec = GitLabAgentSpec.model_validate(item.get("spec") or {})
+        except ValidationError:
+            unknown.add(namespace)
+            continue
+        referenced |= sources_of(namespace, spec)
+    return AgentListing(started, frozenset(uids), frozenset(referenced), frozenset(unknown))
+
+
+async def list_agents_in_scope(
+    api: KubeApi, namespaces: tuple[str, ...] | None
+) -> AsyncIterator[dict[str, Any]]:
+    """Every GitLabAgent of the operator's scope (None: the whole cluster); ListError on failure."""
     scopes: list[str | None] = [None] if namespaces is None else list(namespaces)
     for scope in scopes:
         async for item in list_agents(api, scope):
-            meta = item.get("metadata") or {}
-            uids.add(str(meta.get("uid", "")))
-            namespace = str(meta.get("namespace", ""))
-            try:
-                spec = GitLabAgentSpec.model_validate(item.get("spec") or {})
-            except ValidationError:
-                unknown.add(namespace)
-                continue
-            referenced |= sources_of(namespace, spec)
-    return AgentListing(started, frozenset(uids), frozenset(referenced), frozenset(unknown))
+            yield item
 
 
 async def list_agents(api: KubeApi, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
