@@ -30,7 +30,9 @@ or the process exits. Between FENCE_FRACTION (members.py) and the whole Lease, w
 EXIT_CODE: Final = 75
 """The process's exit status then (sysexits' EX_TEMPFAIL: restarting is the cure)."""
 POLL_S: Final = 0.05
-"""How often the thread looks (the deadline's precision)."""
+"""How often the thread looks while disarmed (a fence is on: rare), and how late after a deadline it
+acts. Armed, it sleeps until the deadline: renewals only ever move it later, so an idle replica's
+thread wakes about once per renewal, not twenty times a second."""
 
 
 class FenceWatchdog:
@@ -79,7 +81,7 @@ class FenceWatchdog:
             self._renewed_at = None
 
     def _watch(self) -> None:
-        while not self._stopping.wait(self._poll):
+        while not self._stopping.wait(self._next_look()):
             with self._lock:
                 renewed_at = self._renewed_at
             if renewed_at is not None and self._clock() - renewed_at > self._allowed:
@@ -89,3 +91,10 @@ class FenceWatchdog:
                 )
                 self._exit(EXIT_CODE)
                 return
+
+    def _next_look(self) -> float:
+        with self._lock:
+            renewed_at = self._renewed_at
+        if renewed_at is None:
+            return self._poll
+        return max(0.0, renewed_at + self._allowed - self._clock()) + self._poll
