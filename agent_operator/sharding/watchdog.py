@@ -65,7 +65,7 @@ class FenceWatchdog:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread (it looks again within `poll`)."""
+        """Stop the thread (its wait ends at once)."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join()
