@@ -329,11 +329,15 @@ async def latency_block(
         cpu_kas = process_cpu(kas_pid) - cpu_before[1]
     results.add_latencies(who, samples)
     for q in (50, 99):
-        added = percentile(samples["tunnel"], q) - percentile(samples["direct"], q)
-        results.add(f"added p{q} ms", who, added * 1e3)
+        results.add(f"added p{q} ms", who, _added(samples, q) * 1e3)
     results.add("direct p50 ms", who, percentile(samples["direct"], 50) * 1e3)
     results.add("agent CPU ms/request", who, cpu_agent / requests * 1e3)
     results.add("kas CPU ms/request", who, cpu_kas / requests * 1e3)
+
+
+def _added(samples: dict[str, list[float]], q: float) -> float:
+    """What the agent adds at percentile q: the tunnelled GETs' pq minus the direct GETs' pq (seconds)."""
+    return percentile(samples["tunnel"], q) - percentile(samples["direct"], q)
 
 
 async def create_list_objects(cluster: LocalCluster, direct: Endpoint, megabytes: float) -> int:
@@ -629,8 +633,7 @@ def _report_pooled(args: argparse.Namespace, results: Results, names: list[str])
             if agentk is None or ours is None:
                 continue
             for q in (50, 90, 95, 99):
-                theirs_added = percentile(agentk["tunnel"], q) - percentile(agentk["direct"], q)
-                ours_added = percentile(ours["tunnel"], q) - percentile(ours["direct"], q)
+                theirs_added, ours_added = _added(agentk, q), _added(ours, q)
                 rows.append(
                     (
                         f"added p{q}",
