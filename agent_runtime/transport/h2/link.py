@@ -1,35 +1,36 @@
 """One HTTP/2 connection to kas carrying tunnel calls (`H2Call`), driven by the event loop.
 
 Bytes come from the dialer's KasStream (TCP, proxy, TLS and the WebSocket upgrade are done there, after
-the destination policy); h2 keeps the protocol state. What we send is collected and written once per
-loop iteration, so a request's response frames leave in one write. Flow control: kas may run one window
-(64 KiB) ahead on each stream; a stream's window reopens as its messages are read, the connection's as
-data arrives (each stream is bounded already). kas's GOAWAY leaves the streams it accepted running
-(h2 itself would end the connection); streams it did not accept are opened again elsewhere.
+the destination policy); connection.py keeps the protocol state. What we send is collected and written
+once per loop iteration, so a request's response frames leave in one write. Flow control: kas may run
+one window (64 KiB) ahead on each stream; a stream's window reopens as its messages are read, the
+connection's as data arrives (each stream is bounded already). kas's GOAWAY leaves the streams it
+accepted running (a gRPC server's graceful GOAWAY, kas's connection rotation); streams it did not accept
+are opened again elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
-
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
+from typing import Final
 
 from agent_proto import wstunnel
 from agent_runtime.rpc_status import StatusCode
 from agent_runtime.spec import ErrorReason, WorkerError
 from agent_runtime.transport.dialer import Dialed
 from agent_runtime.transport.h2.call import H2Call
+from agent_runtime.transport.h2.connection import (
+    ClientConnection,
+    Headers,
+    ProtocolError,
+    StreamClosedError,
+    StreamIdsExhaustedError,
+)
+from agent_runtime.transport.h2.frames import ErrorCode, HeaderError, error_name
 from agent_runtime.transport.h2.wire import Status
 from agent_runtime.transport.ws_framing import WsClientFraming
 
@@ -62,51 +63,6 @@ class LinkSettings:
     """Give the connection up when a ping is not answered within this time."""
 
 
-class _KeepStreamsAfterGoaway(h2.connection.H2Connection):
-    """h2's connection, except that a GOAWAY does not end it at once.
-
-    h2 moves to CLOSED on GOAWAY and then refuses every later frame, while a gRPC server's graceful GOAWAY
-    (kas's connection rotation) lets the streams it accepted run to their end. The event is still
-    reported; the link then opens no more streams here.
-
-    It also remembers fewer closed streams: h2 keeps up to 65 536 per connection (to tell a late frame
-    from a protocol error), several MiB on a busy agent's long-lived connection, since every tunnelled
-    request is a stream. A late frame on a stream forgotten here is answered with RST_STREAM, not an error.
-    """
-
-    MAX_CLOSED_STREAMS = 256
-
-    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
-        event = h2.events.ConnectionTerminated()
-        event.error_code = _error_code(frame.error_code)
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
-
-
-def _error_code(code: int) -> ErrorCodes | int:
-    try:
-        return ErrorCodes(code)
-    except ValueError:
-        return code
-
-
-def _new_h2() -> h2.connection.H2Connection:
-    config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-    conn = _KeepStreamsAfterGoaway(config=config)
-    conn.local_settings = h2.settings.Settings(
-        client=True,
-        initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,  # a PUSH_PROMISE is then a protocol error
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0,  # kas opens no streams towards us
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: conn.DEFAULT_MAX_HEADER_LIST_SIZE,
-        },
-    )
-    conn.initiate_connection()
-    conn.increment_flow_control_window(CONNECTION_WINDOW - STREAM_WINDOW)
-    return conn
-
-
 class H2Link:
     """A KasSink (dialer.py) speaking HTTP/2 to kas for the calls opened on it."""
 
@@ -132,14 +88,13 @@ class H2Link:
         self._on_protocol_error = on_protocol_error
         """Told when kas breaks the WebSocket or HTTP/2 protocol (the worker reports it)."""
         self._name = name
-        self._h2 = _new_h2()
+        self._h2 = ClientConnection(self, stream_window=STREAM_WINDOW, connection_window=CONNECTION_WINDOW)
         self._calls: dict[int, H2Call] = {}
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._writable: asyncio.Future[None] | None = None
         """Set while the socket's buffer is over the high-water mark."""
         self._flush_handle: asyncio.Handle | None = None
         """Set while a flush is due in this turn of the loop (or, for acknowledgements alone, soon)."""
-        self._connection_unacknowledged = 0
         self._draining = False
         self._lost = False
         self._last_received = self._loop.time()
@@ -166,21 +121,19 @@ class H2Link:
 
     # Used by H2Call
 
-    def open_stream(self, call: H2Call, headers: list[tuple[bytes, bytes]]) -> int:
+    def open_stream(self, call: H2Call, headers: Sequence[tuple[bytes, bytes]]) -> int:
         """Send `headers` on a new stream for `call`; 0 when this link takes no more streams."""
         if not self.usable:
             return 0
-        if len(self._calls) >= self._h2.remote_settings.max_concurrent_streams:
+        if len(self._calls) >= self._h2.remote_max_streams:
             self.drain()  # kas's stream limit: later calls go to a new connection
             return 0
         try:
-            stream_id = self._h2.get_next_available_stream_id()
-        except h2.exceptions.NoAvailableStreamIDError:
+            stream_id = self._h2.open_stream(headers)
+        except StreamIdsExhaustedError:
             self.drain()
             return 0
-        try:
-            self._h2.send_headers(stream_id, headers)
-        except h2.exceptions.ProtocolError as e:
+        except HeaderError as e:
             # Metadata h2 refuses (the operator validates what tenants set; this is the last line): that
             # call fails, and new calls go to a fresh connection, whatever state h2 kept of the stream.
             _log.warning("kas connection %s: call headers refused by HTTP/2: %s", self._name, e)
@@ -200,14 +153,13 @@ class H2Link:
                 await self._writable
                 continue
             try:
-                window = self._h2.local_flow_control_window(stream_id)
-            except h2.exceptions.StreamClosedError:
+                window = self._h2.send_window(stream_id)
+            except StreamClosedError:
                 raise (call.error() if call.over else LOST.error()) from None
             if window <= 0:
                 await self._window(stream_id)
                 continue
-            size = min(window, self._h2.max_outbound_frame_size, len(data))
-            chunk, data = (data, b"") if size == len(data) else (data[:size], data[size:])
+            chunk, data = (data, b"") if window >= len(data) else (data[:window], data[window:])
             self._h2.send_data(stream_id, chunk)
         self._schedule_flush()
 
@@ -220,10 +172,7 @@ class H2Link:
     def return_window(self, stream_id: int, size: int) -> None:
         """`size` bytes of the stream were taken: kas may send that much more on it."""
         if stream_id in self._calls:
-            try:
-                self._h2.increment_flow_control_window(size, stream_id=stream_id)
-            except h2.exceptions.StreamClosedError:
-                return
+            self._h2.return_window(stream_id, size)
             self._schedule_flush()
 
     def forget(self, call: H2Call, *, reset: bool) -> None:
@@ -234,9 +183,10 @@ class H2Link:
         del self._calls[stream_id]
         self._wake_window(stream_id)
         if reset and not self._lost:
-            with contextlib.suppress(h2.exceptions.StreamClosedError):
-                self._h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+            self._h2.reset_stream(stream_id, ErrorCode.CANCEL)
             self._schedule_flush()
+        else:
+            self._h2.release(stream_id)
         self._close_if_done()
 
     # KasSink
@@ -274,68 +224,60 @@ class H2Link:
 
     def _receive(self, data: bytes) -> None:
         try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self._flush()  # h2's GOAWAY tells kas why
-            self._protocol_error(f"kas broke the HTTP/2 protocol ({type(e).__name__})")
+            self._h2.receive(data)
+        except ProtocolError as e:
+            self._flush()  # the GOAWAY tells kas why
+            self._protocol_error(f"kas broke the HTTP/2 protocol: {e}")
             return
-        for event in events:
-            handler = _HANDLERS.get(type(event))
-            if handler is not None:
-                handler(self, event)
-        self._schedule_acknowledgements()
+        if self._h2.window_returned:
+            self._h2.window_returned = False
+            self._schedule_flush()  # kas may be waiting for the connection's window: not to be held
+        else:
+            self._schedule_acknowledgements()
 
-    def _response(self, event: h2.events.ResponseReceived) -> None:
-        call = self._calls.get(event.stream_id)
+    # connection.Listener
+
+    def h2_headers(self, stream_id: int, headers: Headers, ended: bool) -> None:
+        call = self._calls.get(stream_id)
         if call is not None:
-            call.received_headers(event.headers, ended=event.stream_ended is not None)
+            call.received_headers(headers, ended=ended)
 
-    def _data(self, event: h2.events.DataReceived) -> None:
-        self._connection_unacknowledged += event.flow_controlled_length
-        if self._connection_unacknowledged >= CONNECTION_WINDOW // 2:
-            self._h2.increment_flow_control_window(self._connection_unacknowledged)
-            self._connection_unacknowledged = 0
-            self._schedule_flush()  # kas may be waiting for this window: not an acknowledgement to hold
-        call = self._calls.get(event.stream_id)
+    def h2_data(self, stream_id: int, data: bytes, flow_controlled: int) -> None:
+        call = self._calls.get(stream_id)
         if call is not None:
-            call.received_data(event.data, event.flow_controlled_length)
+            call.received_data(data, flow_controlled)
 
-    def _trailers(self, event: h2.events.TrailersReceived) -> None:
-        call = self._calls.get(event.stream_id)
+    def h2_trailers(self, stream_id: int, headers: Headers) -> None:
+        call = self._calls.get(stream_id)
         if call is not None:
-            call.received_trailers(event.headers)
+            call.received_trailers(headers)
 
-    def _stream_ended(self, event: h2.events.StreamEnded) -> None:
-        call = self._calls.get(event.stream_id)
+    def h2_stream_ended(self, stream_id: int) -> None:
+        call = self._calls.get(stream_id)
         if call is not None:
             call.stream_ended()
 
-    def _stream_reset(self, event: h2.events.StreamReset) -> None:
-        call = self._calls.get(event.stream_id)
+    def h2_stream_reset(self, stream_id: int, code: int) -> None:
+        call = self._calls.get(stream_id)
         if call is None:
             return
-        if event.error_code == ErrorCodes.REFUSED_STREAM:
-            self._calls.pop(event.stream_id)
+        if code == ErrorCode.REFUSED_STREAM:
+            self._calls.pop(stream_id)
             call.refused(REFUSED)
             self._close_if_done()
         else:
-            call.stream_reset(event.error_code)
+            call.stream_reset(code)
 
-    def _window_updated(self, event: h2.events.WindowUpdated) -> None:
-        if event.stream_id:
-            self._wake_window(event.stream_id)
+    def h2_window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            self._wake_window(stream_id)
         else:
             self._wake_windows()
 
-    def _settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
-        self._wake_windows()  # the initial window may have grown
-
-    def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        if event.error_code not in (ErrorCodes.NO_ERROR, None):
-            reason = event.error_code.name if isinstance(event.error_code, ErrorCodes) else event.error_code
-            _log.warning("kas %s ended the connection: GOAWAY %s", self._name, reason)
-        last = event.last_stream_id if event.last_stream_id is not None else 0
-        for stream_id in [sid for sid in self._calls if sid > last]:
+    def h2_goaway(self, code: int, last_stream_id: int) -> None:
+        if code != ErrorCode.NO_ERROR:
+            _log.warning("kas %s ended the connection: GOAWAY %s", self._name, error_name(code))
+        for stream_id in [sid for sid in self._calls if sid > last_stream_id]:
             self._calls.pop(stream_id).refused(REFUSED)
         self.drain()
 
@@ -350,7 +292,7 @@ class H2Link:
         self._schedule_flush()
         self._ping_deadline = self._loop.call_later(self._settings.ping_timeout_s, self._ping_unanswered)
 
-    def _ping_acknowledged(self, event: h2.events.PingAckReceived) -> None:
+    def h2_ping_acknowledged(self) -> None:
         if self._ping_deadline is not None:
             self._ping_deadline.cancel()
             self._ping_deadline = None
@@ -452,17 +394,3 @@ class H2Link:
         if not self.idle.done():
             self.idle.set_result(None)
         self._on_unusable(self)
-
-
-_HANDLERS: Final[dict[type[h2.events.Event], Callable[[H2Link, Any], None]]] = {
-    h2.events.ResponseReceived: H2Link._response,
-    h2.events.DataReceived: H2Link._data,
-    h2.events.TrailersReceived: H2Link._trailers,
-    h2.events.StreamEnded: H2Link._stream_ended,
-    h2.events.StreamReset: H2Link._stream_reset,
-    h2.events.WindowUpdated: H2Link._window_updated,
-    h2.events.RemoteSettingsChanged: H2Link._settings_changed,
-    h2.events.PingAckReceived: H2Link._ping_acknowledged,
-    h2.events.ConnectionTerminated: H2Link._goaway,
-}
-"""What each h2 event means to a link (one table for all links: a per-link one cost ~1 KiB per agent)."""

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
-from h2.errors import ErrorCodes
-
 from agent_runtime.rpc_status import RpcError, StatusCode
+from agent_runtime.transport.h2.frames import ErrorCode
 
 PREFIX: Final = struct.Struct(">BI")
 """Each gRPC message: a compressed flag (1 byte) and the length (4 bytes, big-endian)."""
@@ -30,10 +29,10 @@ _HTTP_TO_GRPC: Final = {
 """gRPC's mapping of an HTTP status that is not 200 (a proxy answering instead of kas)."""
 
 _RESET_TO_GRPC: Final = {
-    ErrorCodes.REFUSED_STREAM: StatusCode.UNAVAILABLE,
-    ErrorCodes.CANCEL: StatusCode.CANCELLED,
-    ErrorCodes.ENHANCE_YOUR_CALM: StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCodes.INADEQUATE_SECURITY: StatusCode.PERMISSION_DENIED,
+    ErrorCode.REFUSED_STREAM: StatusCode.UNAVAILABLE,
+    ErrorCode.CANCEL: StatusCode.CANCELLED,
+    ErrorCode.ENHANCE_YOUR_CALM: StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.INADEQUATE_SECURITY: StatusCode.PERMISSION_DENIED,
 }
 """gRPC's mapping of RST_STREAM codes; every other code is INTERNAL."""
 
@@ -146,7 +145,7 @@ def trailer_status(headers: Sequence[tuple[bytes, bytes]]) -> Status:
 def reset_status(error_code: int) -> Status:
     """The status of a call kas reset with RST_STREAM `error_code`."""
     try:
-        name = ErrorCodes(error_code)
+        name = ErrorCode(error_code)
     except ValueError:
         return Status(StatusCode.INTERNAL, f"kas reset the stream (HTTP/2 error {error_code})")
     code = _RESET_TO_GRPC.get(name, StatusCode.INTERNAL)

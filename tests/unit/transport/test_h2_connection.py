@@ -1,0 +1,357 @@
+"""The tunnel's own HTTP/2 client state (agent_runtime.transport.h2.connection) against the `h2` library's
+server side, and against frames kas must not send: each protocol error ends the connection with a GOAWAY
+naming it, and nothing kas sends raises anything else."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import hpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent_runtime.transport.h2 import frames
+from agent_runtime.transport.h2.connection import ClientConnection, Headers, ProtocolError, StreamClosedError
+from agent_runtime.transport.h2.frames import ErrorCode, Flag, FrameType, HeaderError, Setting
+
+REQUEST: Headers = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/gitlab.agent.reverse_tunnel.rpc.ReverseTunnel/Connect"),
+    (b":authority", b"kas.example"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+    (b"user-agent", b"gitlab-agent-operator/0.1"),
+    (b"authorization", b"Bearer " + b"t" * 200),  # a value above 127 bytes: a multi-byte length
+    (b"x-custom-name", b"v"),  # a name outside the static table
+]
+
+
+class Recorder:
+    """A connection.Listener that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    def h2_headers(self, stream_id: int, headers: Headers, ended: bool) -> None:
+        self.seen.append(("headers", stream_id, [tuple(h) for h in headers], ended))
+
+    def h2_data(self, stream_id: int, data: bytes, flow_controlled: int) -> None:
+        self.seen.append(("data", stream_id, data, flow_controlled))
+
+    def h2_trailers(self, stream_id: int, headers: Headers) -> None:
+        self.seen.append(("trailers", stream_id, [tuple(h) for h in headers]))
+
+    def h2_stream_ended(self, stream_id: int) -> None:
+        self.seen.append(("ended", stream_id))
+
+    def h2_stream_reset(self, stream_id: int, code: int) -> None:
+        self.seen.append(("reset", stream_id, code))
+
+    def h2_window_opened(self, stream_id: int) -> None:
+        self.seen.append(("window", stream_id))
+
+    def h2_ping_acknowledged(self) -> None:
+        self.seen.append(("pong",))
+
+    def h2_goaway(self, code: int, last_stream_id: int) -> None:
+        self.seen.append(("goaway", code, last_stream_id))
+
+
+def connected() -> tuple[ClientConnection, Recorder, h2.connection.H2Connection]:
+    """A client and an `h2` server with the preface and SETTINGS exchanged both ways."""
+    recorder = Recorder()
+    client = ClientConnection(recorder, stream_window=65_535, connection_window=4 << 20)
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    recorder.seen.clear()
+    return client, recorder, server
+
+
+def server_events(server: h2.connection.H2Connection, client: ClientConnection) -> list[h2.events.Event]:
+    events = server.receive_data(client.data_to_send())
+    for event in events:
+        if isinstance(event, h2.events.DataReceived):
+            server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+    return events
+
+
+def test_a_call_both_ways_through_a_real_http2_server() -> None:
+    client, recorder, server = connected()
+    stream_id = client.open_stream(REQUEST)
+    client.send_data(stream_id, b"hello")
+    client.end_stream(stream_id)
+    events = server_events(server, client)
+    received = next(e for e in events if isinstance(e, h2.events.RequestReceived))
+    assert [tuple(h) for h in received.headers] == REQUEST
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == b"hello"
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+    server.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    server.send_data(stream_id, b"world")
+    server.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+    client.receive(server.data_to_send())
+    assert [s for s in recorder.seen if s[0] != "window"] == [
+        ("headers", stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")], False),
+        ("data", stream_id, b"world", 5),
+        ("trailers", stream_id, [(b"grpc-status", b"0")]),
+    ]
+    with pytest.raises(StreamClosedError):
+        client.send_window(stream_id)
+
+
+def test_the_same_headers_again_and_headers_above_the_frame_size() -> None:
+    client, _, server = connected()
+    big = [*REQUEST, (b"x-big", b"b" * 40_000)]  # HEADERS + CONTINUATION frames
+    opened = [client.open_stream(REQUEST), client.open_stream(REQUEST), client.open_stream(big)]
+    requests = [e for e in server_events(server, client) if isinstance(e, h2.events.RequestReceived)]
+    assert [e.stream_id for e in requests] == opened == [1, 3, 5]
+    assert [[tuple(h) for h in e.headers] for e in requests] == [REQUEST, REQUEST, big]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"content-type", b"user-agent", b"x-a", b"grpc-timeout", b"authorization"]),
+            st.binary(min_size=0, max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+        ),
+        max_size=12,
+    )
+)
+def test_any_header_block_decodes_to_its_headers(headers: Headers) -> None:
+    block = frames.TABLE_SIZE_ZERO + frames.encode_headers(headers)
+    assert [tuple(h) for h in hpack.Decoder().decode(block, raw=True)] == headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b":method", b"POST"), (b"Content-Type", b"x")],
+        [(b"content-type", b"x"), (b":path", b"/")],
+        [(b":status", b"200")],
+        [(b"connection", b"close")],
+        [(b"te", b"gzip")],
+        [(b"x-a", b"line\r\nx-injected: 1")],
+        [(b"x-a", b" padded")],
+        [(b"", b"x")],
+    ],
+)
+def test_headers_http2_does_not_allow_are_refused_and_nothing_is_sent(headers: Headers) -> None:
+    client, _, _ = connected()
+    with pytest.raises(HeaderError):
+        client.open_stream(headers)
+    assert client.data_to_send() == b""
+    assert client.open_stream(REQUEST) == 1  # the refused headers used no stream id
+
+
+def test_flow_control_follows_kas_settings_and_window_updates() -> None:
+    client, recorder, server = connected()
+    stream_id = client.open_stream(REQUEST)
+    assert client.send_window(stream_id) == 65_535
+    client.send_data(stream_id, b"x" * 65_535)
+    assert client.send_window(stream_id) == 0
+    server.receive_data(client.data_to_send())
+    server.increment_flow_control_window(65_535, stream_id=stream_id)
+    client.receive(server.data_to_send())
+    assert client.send_window(stream_id) == 0  # the connection's window is still used up
+    server.increment_flow_control_window(65_535)
+    client.receive(server.data_to_send())
+    assert client.send_window(stream_id) == 65_535
+    assert ("window", stream_id) in recorder.seen
+
+    server.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100_000})
+    client.receive(server.data_to_send())
+    assert client.send_window(stream_id) == 65_535  # the connection's window is the smaller now
+    server.increment_flow_control_window(100_000)
+    client.receive(server.data_to_send())
+    assert client.send_window(stream_id) == 100_000
+
+
+def test_data_is_sent_in_frames_of_kas_frame_size() -> None:
+    client, _, server = connected()
+    stream_id = client.open_stream(REQUEST)
+    client.send_data(stream_id, b"y" * 40_000)
+    sizes = [len(e.data) for e in server_events(server, client) if isinstance(e, h2.events.DataReceived)]
+    assert sizes == [16_384, 16_384, 7_232]
+
+
+def test_the_connection_window_is_returned_when_half_used() -> None:
+    client, _, server = connected()
+    sent = 0
+    streams = [client.open_stream(REQUEST) for _ in range(40)]
+    server_events(server, client)
+    for stream_id in streams:
+        server.send_headers(stream_id, [(b":status", b"200")])
+        for _ in range(4):
+            server.send_data(stream_id, b"z" * 15_000)
+        sent += 60_000
+        client.receive(server.data_to_send())
+        if client.window_returned:
+            break
+    assert client.window_returned
+    assert sent >= 2 << 20
+    update = next(e for e in server_events(server, client) if isinstance(e, h2.events.WindowUpdated))
+    assert update.stream_id == 0
+    assert update.delta == sent
+
+
+def test_pings_are_answered_and_late_frames_on_ended_streams_dropped() -> None:
+    client, recorder, server = connected()
+    stream_id = client.open_stream(REQUEST)
+    server_events(server, client)
+    server.send_headers(stream_id, [(b":status", b"200")])
+    client.receive(server.data_to_send())
+    client.reset_stream(stream_id, ErrorCode.CANCEL)
+    server.send_data(stream_id, b"late")  # crossed our RST_STREAM
+    server.ping(b"12345678")
+    client.receive(server.data_to_send())
+    assert [s[0] for s in recorder.seen] == ["headers"]
+    events = server_events(server, client)
+    assert any(isinstance(e, h2.events.StreamReset) and e.error_code == ErrorCode.CANCEL for e in events)
+    assert any(isinstance(e, h2.events.PingAckReceived) and e.ping_data == b"12345678" for e in events)
+
+    client.ping(b"abcdefgh")
+    server_events(server, client)
+    client.receive(server.data_to_send())
+    assert recorder.seen[-1] == ("pong",)
+
+
+def test_goaway_and_reset_are_reported_and_the_connection_goes_on() -> None:
+    client, recorder, server = connected()
+    first, second = client.open_stream(REQUEST), client.open_stream(REQUEST)
+    server_events(server, client)
+    server.reset_stream(second, h2.errors.ErrorCodes.REFUSED_STREAM)
+    client.receive(server.data_to_send())
+    client.receive(frames.goaway(first, ErrorCode.NO_ERROR))
+    server.send_headers(first, [(b":status", b"200")], end_stream=True)
+    client.receive(server.data_to_send())
+    assert recorder.seen == [
+        ("reset", second, ErrorCode.REFUSED_STREAM),
+        ("goaway", ErrorCode.NO_ERROR, first),
+        ("headers", first, [(b":status", b"200")], True),
+    ]
+
+
+def test_bytes_in_any_cuts_give_the_same_frames() -> None:
+    client, _, server = connected()
+    stream_id = client.open_stream(REQUEST)
+    server_events(server, client)
+    server.send_headers(stream_id, [(b":status", b"200")])
+    server.send_data(stream_id, b"0123456789" * 100, pad_length=7)
+    server.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+    wire = server.data_to_send()
+    whole, whole_seen, _ = connected()
+    whole.open_stream(REQUEST)
+    whole.receive(wire)
+    cut, cut_seen, _ = connected()
+    cut.open_stream(REQUEST)
+    for i in range(len(wire)):
+        cut.receive(wire[i : i + 1])
+    assert cut_seen.seen == whole_seen.seen
+    assert ("data", stream_id, b"0123456789" * 100, 1008) in whole_seen.seen
+
+
+def _headers_frame(stream_id: int, headers: Headers, flags: int = Flag.END_HEADERS) -> bytes:
+    return frames.frame(FrameType.HEADERS, flags, stream_id, frames.encode_headers(headers))
+
+
+OK = [(b":status", b"200")]
+
+BROKEN = {
+    "a frame above 16 KiB": (frames.frame(FrameType.DATA, 0, 1, b"x" * 16_385), ErrorCode.FRAME_SIZE_ERROR),
+    "DATA on stream 0": (frames.frame(FrameType.DATA, 0, 0, b"x"), ErrorCode.PROTOCOL_ERROR),
+    "DATA on a stream never opened": (frames.frame(FrameType.DATA, 0, 3, b"x"), ErrorCode.PROTOCOL_ERROR),
+    "DATA on a stream kas would open": (frames.frame(FrameType.DATA, 0, 2, b"x"), ErrorCode.PROTOCOL_ERROR),
+    "DATA before the response headers": (frames.frame(FrameType.DATA, 0, 1, b"x"), ErrorCode.PROTOCOL_ERROR),
+    "DATA past the stream's window": (
+        _headers_frame(1, OK) + frames.frame(FrameType.DATA, 0, 1, b"x" * 16_384) * 5,
+        ErrorCode.FLOW_CONTROL_ERROR,
+    ),
+    "padding longer than the frame": (
+        _headers_frame(1, OK) + frames.frame(FrameType.DATA, Flag.PADDED, 1, b"\x09abc"),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a push": (
+        frames.frame(FrameType.PUSH_PROMISE, Flag.END_HEADERS, 1, b"\0\0\0\2"),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a short PING": (frames.frame(FrameType.PING, 0, 0, b"1234"), ErrorCode.FRAME_SIZE_ERROR),
+    "a PING on a stream": (frames.frame(FrameType.PING, 0, 1, b"12345678"), ErrorCode.PROTOCOL_ERROR),
+    "a WINDOW_UPDATE of 0": (frames.window_update(0, 0), ErrorCode.PROTOCOL_ERROR),
+    "a connection window above 2^31-1": (
+        frames.window_update(0, frames.MAX_WINDOW),
+        ErrorCode.FLOW_CONTROL_ERROR,
+    ),
+    "a stream window above 2^31-1": (
+        frames.window_update(1, frames.MAX_WINDOW),
+        ErrorCode.FLOW_CONTROL_ERROR,
+    ),
+    "SETTINGS of a wrong size": (
+        frames.frame(FrameType.SETTINGS, 0, 0, b"\0\1\0"),
+        ErrorCode.FRAME_SIZE_ERROR,
+    ),
+    "a frame size below 16 KiB": (frames.settings({Setting.MAX_FRAME_SIZE: 100}), ErrorCode.PROTOCOL_ERROR),
+    "an initial window above 2^31-1": (
+        frames.settings({Setting.INITIAL_WINDOW_SIZE: 1 << 31}),
+        ErrorCode.FLOW_CONTROL_ERROR,
+    ),
+    "a header block cut off by DATA": (
+        _headers_frame(1, OK, flags=0) + frames.frame(FrameType.DATA, 0, 1, b"x"),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a CONTINUATION alone": (
+        frames.frame(FrameType.CONTINUATION, Flag.END_HEADERS, 1, b""),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a header block HPACK refuses": (
+        frames.frame(FrameType.HEADERS, Flag.END_HEADERS, 1, b"\xff\xff\xff\xff\xff\xff"),
+        ErrorCode.COMPRESSION_ERROR,
+    ),
+    "response headers without :status": (
+        _headers_frame(1, [(b"content-type", b"application/grpc")]),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a request's pseudo-header": (_headers_frame(1, [*OK, (b":path", b"/")]), ErrorCode.PROTOCOL_ERROR),
+    "a name in upper case": (_headers_frame(1, [*OK, (b"Grpc-Status", b"0")]), ErrorCode.PROTOCOL_ERROR),
+    "trailers that do not end the stream": (
+        _headers_frame(1, OK) + _headers_frame(1, [(b"grpc-status", b"0")]),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a frame after the stream ended": (
+        _headers_frame(1, OK, flags=Flag.END_HEADERS | Flag.END_STREAM)
+        + frames.frame(FrameType.DATA, 0, 1, b"x"),
+        ErrorCode.STREAM_CLOSED,
+    ),
+}
+
+
+@pytest.mark.parametrize("wire", BROKEN.values(), ids=BROKEN.keys())
+def test_each_protocol_error_ends_the_connection_with_its_goaway(wire: tuple[bytes, ErrorCode]) -> None:
+    data, code = wire
+    client, recorder, _ = connected()
+    client.open_stream(REQUEST)
+    client.data_to_send()
+    with pytest.raises(ProtocolError) as raised:
+        client.receive(data)
+    assert raised.value.code == code
+    assert client.data_to_send().endswith(frames.goaway(0, code))
+    before = list(recorder.seen)
+    client.receive(_headers_frame(1, OK))  # nothing more is taken
+    assert recorder.seen == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=200))
+def test_nothing_kas_sends_raises_anything_but_a_protocol_error(first: bytes, second: bytes) -> None:
+    client, _, _ = connected()
+    client.open_stream(REQUEST)
+    for data in (first, _headers_frame(1, OK) + second):
+        try:
+            client.receive(data)
+        except ProtocolError:
+            return
