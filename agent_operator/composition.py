@@ -193,6 +193,7 @@ class Composition:
             tg.create_task(self.writer.run(), name="status-writer")
             tg.create_task(self.controller.run(), name="agent-remapper")
             tg.create_task(self._sweep_labels(), name="label-sweep")
+            tg.create_task(self.sources.label_deferred(self.writer.wait_idle), name="deferred-labels")
             tg.create_task(self._publish_readiness(), name="readiness-metric")
             if self.agent_watch is not None:
                 tg.create_task(self._deliver_agents(self.agent_watch), name="agent-watch")

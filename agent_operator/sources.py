@@ -2,9 +2,10 @@
 
 The operator never caches every Secret of the cluster. Each Secret (or ConfigMap, for spec.caCert) that
 a GitLabAgent names gets the label `agentk.dev/watched: "true"` (a merge patch, whose answer is also the
-first read), and one informer per kind watches only labelled objects. `SourceIndex` maps each object to
-the agents that use it, so a change re-maps exactly those agents. When the last GitLabAgent stops
-referring to an object (spec changed, resource deleted), the label comes off again.
+first read; for a credential, read and admitted first, the label goes on after its agent started:
+deferred_labels.py), and one informer per kind watches only labelled objects. `SourceIndex` maps each
+object to the agents that use it, so a change re-maps exactly those agents. When the last GitLabAgent
+stops referring to an object (spec changed, resource deleted), the label comes off again.
 
 Anyone who may label a Secret can put it into the watch, so the cache keeps an object's data only while a
 GitLabAgent refers to it (it was read for one: `read`; or, at start, a GitLabAgent listed then refers to
@@ -23,6 +24,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
+from agent_operator.deferred_labels import DeferredLabels, Quiet
 from agent_operator.kube_api import KubeApi, core_path
 from agent_operator.mapping import (
     ALLOWED_AGENTS_ANNOTATION,
@@ -172,6 +174,11 @@ class Sources:
         """The resourceVersion `read` labelled each object to, until the watch brings that version: the
         reader has it already, and a re-mapping of its agents for the echo of our own label was a second
         reconciliation of every agent at a first start (docs/benchmarks.md, Session 10)."""
+        self._changed: SourceChanged | None = None
+        self._deferred = DeferredLabels(
+            api, lambda _: {WATCHED_LABEL: "true"}, self._labelled.__setitem__, self._deferred_changed
+        )
+        """Credentials read and admitted whose label is still to be put on."""
 
     def expect(self, uses: Mapping[SourceRef, frozenset[str] | None]) -> None:
         """The objects the GitLabAgents that exist at start refer to, each with the agents it must have
@@ -190,6 +197,7 @@ class Sources:
 
     def start(self, informer: InformerFactory, changed: SourceChanged) -> None:
         """Create the informers (through the runtime) and report every change of a watched object."""
+        self._changed = changed
         for kind in self._kinds:
             source_kind = SourceKind(kind.plural)
             watcher = informer(kind, transform=functools.partial(self._keep, source_kind))
@@ -204,15 +212,22 @@ class Sources:
                     return
                 source = SourceRef(k, str(meta["namespace"]), str(meta["name"]))
                 labelled = self._labelled.pop(source, None)
-                if (
-                    event is EventType.ADDED
-                    and labelled is not None
-                    and labelled == meta.get("resourceVersion")
+                if event is EventType.ADDED and (
+                    (labelled is not None and labelled == meta.get("resourceVersion"))
+                    or self._deferred.writing(source)
                 ):
-                    return  # the echo of `read`'s own label: its reader has this very version
+                    return  # the echo of our own label: its reader has this very version
                 changed(source)
 
             watcher.add_handler(on_change, replay=False)
+
+    def _deferred_changed(self, source: SourceRef) -> None:
+        if self._changed is not None:
+            self._changed(source)
+
+    async def label_deferred(self, quiet: Quiet) -> None:
+        """Put the deferred watch labels on (see deferred_labels.py) until cancelled."""
+        await self._deferred.run(quiet)
 
     async def wait_synced(self) -> None:
         """Return once every informer has listed its objects."""
@@ -275,6 +290,7 @@ class Sources:
         """No GitLabAgent refers to `source` any more: the cache drops its data now (label or not)."""
         self._referenced.discard(source)
         self._labelled.pop(source, None)
+        self._deferred.discard(source)
         informer = self._informer(source)
         if informer is not None:
             informer.retransform(source.store_key)
@@ -282,12 +298,16 @@ class Sources:
     async def read(self, source: SourceRef, admit: Admit | None = None) -> KubeObject | None:
         """The object (None when it does not exist); labels it for the watch when it is not cached yet.
 
-        With `admit`, an uncached object is read first and labelled only if admitted: a Secret that has not
-        opted in to the agent is neither changed nor cached (the caller re-reads it later).
+        With `admit`, an uncached object is read first and labelled only if admitted, after its agent
+        started (deferred_labels.py): a Secret that has not opted in to the agent is neither changed nor
+        cached (the caller re-reads it later).
         """
         cached = self._cached(source)
         if cached is not None and not withheld(cached):
             return cached
+        read_unlabelled = self._deferred.get(source)
+        if read_unlabelled is not None:
+            return read_unlabelled
         path = core_path(source.namespace, source.kind.value, source.name)
         if admit is not None:
             current = await self._api.get(path)
@@ -300,10 +320,12 @@ class Sources:
                 )
             if not admit(kept_of_source(current.body)):
                 return kept_of_source(current.body)
+            self._referenced.add(source)
             if cached is not None:  # labelled already (the cache holds it without data): no patch
-                self._referenced.add(source)
                 self._refill(source, current.body)
-                return current.body
+            else:
+                self._deferred.add(source, kept_of_source(current.body))
+            return current.body
         self._referenced.add(source)  # before the label: the watch event that follows keeps the data
         answer = await self._api.merge_patch(path, {"metadata": {"labels": {WATCHED_LABEL: "true"}}})
         if answer.status == 404:

@@ -217,6 +217,10 @@ class StatusWriter:
             for n in range(EVENTS_IN_FLIGHT):
                 tg.create_task(self._record_events(), name=f"status-events-{n}")
 
+    async def wait_idle(self) -> None:
+        """Return once no status is being written or waits to be."""
+        await self._writes_idle.wait()
+
     def track(
         self, key: AgentKey, ref: ObjectRef, facts: AgentFacts, stored: GitLabAgentStatus | None
     ) -> None:

@@ -158,6 +158,8 @@ class KubeAccess:
         Read at most once per `_VERSION_TTL_SECONDS` for the whole process: every worker sends it in its
         Register heartbeat, and a thousand workers must not open a thousand connections to ask.
         """
+        if time.monotonic() - self._version_read_at < _VERSION_TTL_SECONDS:
+            return self._version  # without the lock: a thousand workers queueing on it cost a wakeup each
         async with self._version_lock:
             if time.monotonic() - self._version_read_at < _VERSION_TTL_SECONDS:
                 return self._version
