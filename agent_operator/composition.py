@@ -26,8 +26,8 @@ from agent_operator.agent_watch import FINALIZER, AgentWatch
 from agent_operator.api import GitLabAgentSpec
 from agent_operator.controller import AgentController, WorkerRuntime
 from agent_operator.events import EventRecorder
-from agent_operator.kube_api import KubeApi
-from agent_operator.label_sweep import ListError, list_agents_in_scope, sweep_periodically
+from agent_operator.kube_api import KubeApi, ListError
+from agent_operator.label_sweep import list_agents_in_scope, sweep_periodically
 from agent_operator.mapping import AgentKey, SourceUses, add_uses
 from agent_operator.metrics import OperatorMetrics
 from agent_operator.service_accounts import ServiceAccounts
@@ -209,8 +209,10 @@ class Composition:
 
     async def _deliver_agents(self, watch: AgentWatch) -> None:
         """Hand the GitLabAgents to the controller once the Secret caches are synced: a restart's agents
-        then start at once, their Secrets read from the caches."""
+        then start at once, their Secrets read from the caches; a first start's from one list per
+        namespace (secret_prefetch.py)."""
         await self.sources.wait_synced()
+        await self.sources.prefetch()
         await watch.deliver()
 
     async def _sweep_labels(self) -> None:

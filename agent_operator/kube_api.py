@@ -9,9 +9,10 @@ workers' tunnelled requests keep the runtime's uncapped session.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -115,6 +116,32 @@ class KubeApi:
     async def post(self, path: str, body: Any, *, decode: bool = True) -> ApiResponse:
         """POST."""
         return await self.request("POST", path, body, decode=decode)
+
+
+PAGE_SIZE: Final = 500
+"""Objects per list page."""
+
+
+class ListError(Exception):
+    """A list failed (a transport error or a refusal); the message says which."""
+
+
+async def list_pages(api: KubeApi, path: str, what: str) -> AsyncIterator[dict[str, Any]]:
+    """Each page's answer (its `items` and `metadata`) of a list of `path`, PAGE_SIZE objects at a time;
+    ListError (naming `what`) on failure."""
+    continue_token = ""
+    while True:
+        query = {"limit": str(PAGE_SIZE), **({"continue": continue_token} if continue_token else {})}
+        try:
+            answer = await api.get(f"{path}?{urlencode(query)}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ListError(f"listing {what} failed: {type(exc).__name__}") from exc
+        if not answer.ok or not isinstance(answer.body, dict):
+            raise ListError(f"listing {what} answered {answer.status}: {answer.reason()}")
+        yield answer.body
+        continue_token = str((answer.body.get("metadata") or {}).get("continue") or "")
+        if not continue_token:
+            return
 
 
 def _decoded(raw: bytes) -> Any:

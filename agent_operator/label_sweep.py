@@ -27,27 +27,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
-import aiohttp
 from pydantic import ValidationError
 
 from agent_operator.api import API_VERSION, PLURAL, GitLabAgentSpec
-from agent_operator.kube_api import KubeApi
+from agent_operator.kube_api import KubeApi, ListError, list_pages
 from agent_operator.mapping import SourceRef, sources_of
 from agent_operator.sources import Sources
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE: Final = 500
-"""GitLabAgents per list page."""
 SWEEP_INTERVAL_S: Final = 300.0
 """Between sweeps: one list of GitLabAgents per 5 minutes is cheap, and a label left by someone else
 stays at most that long."""
-
-
-class ListError(Exception):
-    """The GitLabAgents could not be listed; nothing is unlabelled."""
 
 
 @dataclass(frozen=True)
@@ -152,18 +145,7 @@ async def list_agents(api: KubeApi, namespace: str | None) -> AsyncIterator[dict
     base = f"/apis/{API_VERSION}/{PLURAL}"
     if namespace is not None:
         base = f"/apis/{API_VERSION}/namespaces/{quote(namespace, safe='')}/{PLURAL}"
-    continue_token = ""
-    while True:
-        query = {"limit": str(PAGE_SIZE), **({"continue": continue_token} if continue_token else {})}
-        try:
-            answer = await api.get(f"{base}?{urlencode(query)}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ListError(f"listing GitLabAgents failed: {type(exc).__name__}") from exc
-        if not answer.ok or not isinstance(answer.body, dict):
-            raise ListError(f"listing GitLabAgents answered {answer.status}: {answer.reason()}")
-        for item in answer.body.get("items") or []:
+    async for page in list_pages(api, base, "GitLabAgents"):
+        for item in page.get("items") or []:
             if isinstance(item, dict):
                 yield item
-        continue_token = str((answer.body.get("metadata") or {}).get("continue") or "")
-        if not continue_token:
-            return

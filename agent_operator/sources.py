@@ -34,6 +34,7 @@ from agent_operator.mapping import (
     SourceRef,
     opted_in,
 )
+from agent_operator.secret_prefetch import prefetch_secrets
 from agent_runtime.informer import EventType, Informer, ResourceKind, Transform, object_key
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,8 @@ class Sources:
             api, lambda _: {WATCHED_LABEL: "true"}, self._labelled.__setitem__, self._deferred_changed
         )
         """Credentials read and admitted whose label is still to be put on."""
+        self._prefetched: dict[SourceRef, dict[str, Any]] = {}
+        """Secrets listed at a first start for the GitLabAgents listed then, each until its first read."""
 
     def expect(self, uses: Mapping[SourceRef, frozenset[str] | None]) -> None:
         """The objects the GitLabAgents that exist at start refer to, each with the agents it must have
@@ -228,6 +231,16 @@ class Sources:
     async def label_deferred(self, quiet: Quiet) -> None:
         """Put the deferred watch labels on (see deferred_labels.py) until cancelled."""
         await self._deferred.run(quiet)
+
+    async def prefetch(self) -> None:
+        """After `wait_synced`: list the Secrets the GitLabAgents listed at start refer to and the caches do
+        not hold, where that saves many reads (secret_prefetch.py)."""
+        kind = SourceKind.SECRET
+        wanted = {ref for ref in self._expected if ref.kind is kind and self._cached(ref) is None}
+        listed = await prefetch_secrets(self._api, wanted)
+        for ref, obj in listed.items():
+            if _data_size(obj) <= MAX_KEPT_DATA_BYTES:
+                self._prefetched[ref] = dict(kept_of_source(obj))
 
     async def wait_synced(self) -> None:
         """Return once every informer has listed its objects."""
@@ -285,12 +298,16 @@ class Sources:
         for source in list(self._referenced):
             if source not in referenced and source.namespace not in unknown_namespaces:
                 self.release(source)
+        for source in list(self._prefetched):
+            if source not in referenced and source.namespace not in unknown_namespaces:
+                del self._prefetched[source]  # listed for a GitLabAgent that went before reading it
 
     def release(self, source: SourceRef) -> None:
         """No GitLabAgent refers to `source` any more: the cache drops its data now (label or not)."""
         self._referenced.discard(source)
         self._labelled.pop(source, None)
         self._deferred.discard(source)
+        self._prefetched.pop(source, None)
         informer = self._informer(source)
         if informer is not None:
             informer.retransform(source.store_key)
@@ -310,22 +327,17 @@ class Sources:
             return read_unlabelled
         path = core_path(source.namespace, source.kind.value, source.name)
         if admit is not None:
-            current = await self._api.get(path)
-            if current.status == 404:
+            whole = self._prefetched.pop(source, None) or await self._get(source, path)
+            if whole is None:
                 return None
-            if not current.ok or not isinstance(current.body, dict):
-                raise SourceError(
-                    current.status,
-                    f"cannot get {source.kind.value} {source.namespace}/{source.name}: {current.reason()}",
-                )
-            if not admit(kept_of_source(current.body)):
-                return kept_of_source(current.body)
+            if not admit(kept_of_source(whole)):
+                return kept_of_source(whole)
             self._referenced.add(source)
             if cached is not None:  # labelled already (the cache holds it without data): no patch
-                self._refill(source, current.body)
+                self._refill(source, whole)
             else:
-                self._deferred.add(source, kept_of_source(current.body))
-            return current.body
+                self._deferred.add(source, kept_of_source(whole))
+            return whole
         self._referenced.add(source)  # before the label: the watch event that follows keeps the data
         answer = await self._api.merge_patch(path, {"metadata": {"labels": {WATCHED_LABEL: "true"}}})
         if answer.status == 404:
@@ -342,6 +354,18 @@ class Sources:
             if version:
                 self._labelled[source] = str(version)
         return answer.body
+
+    async def _get(self, source: SourceRef, path: str) -> dict[str, Any] | None:
+        """The object read from the API server; None when it does not exist."""
+        current = await self._api.get(path)
+        if current.status == 404:
+            return None
+        if not current.ok or not isinstance(current.body, dict):
+            raise SourceError(
+                current.status,
+                f"cannot get {source.kind.value} {source.namespace}/{source.name}: {current.reason()}",
+            )
+        return current.body
 
     async def unwatch(self, source: SourceRef) -> bool:
         """No GitLabAgent refers to `source` any more: take the watch label off (a JSON merge patch with
