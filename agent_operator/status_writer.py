@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 
 DEBOUNCE_S: Final = 0.2
 """Snapshots arriving within this window make one patch (Apply → Connected stays well under 1 s)."""
-FIRST_CONNECTING_HOLD_S: Final = 0.5
+FIRST_CONNECTING_HOLD_S: Final = 2.0
 """A new resource's first status is held this long while it would only say Connecting: the worker usually
-connects sooner, and one write saying Connected beats two writes (our choice; Apply → Connected p99)."""
+connects sooner, and one write saying Connected beats two writes (our choice; Apply -> Connected p99).
+0.5 s was too short when a thousand agents started at once: one in eight wrote Connecting, then Connected
+(docs/benchmarks.md, Session 12). Until then the resource shows the CRD's default status (InProgress)."""
 RESTART_CONNECTED_HOLD_S: Final = 5.0
 """A status stored as Connected (or Degraded) by an earlier run of the operator stays this long while
 this run's worker reconnects (our choice): writing Connecting, then Connected again, cost a restart of
