@@ -259,9 +259,10 @@ class StatusWriter:
             return
         entry = self._entries.get(key)
         if entry is not None:
-            # This process's first status goes out as soon as it may (Apply -> Connected) unless a hold
-            # is waited for; later changes of a busy worker are debounced into one patch.
-            self._tasks.kick(key, now=entry.written_at == -math.inf and entry.wake is None)
+            # This process's first status goes out as soon as it may (Apply -> Connected), also while a
+            # Connecting status is held (a snapshot that still says Connecting is held again at no cost:
+            # `_still_held`); later changes of a busy worker are debounced into one patch.
+            self._tasks.kick(key, now=entry.written_at == -math.inf)
 
     def status(self, key: AgentKey) -> GitLabAgentStatus | None:
         """The status last written for a resource."""

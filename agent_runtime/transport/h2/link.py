@@ -134,10 +134,9 @@ class H2Link:
             self.drain()
             return 0
         except HeaderError as e:
-            # Metadata h2 refuses (the operator validates what tenants set; this is the last line): that
-            # call fails, and new calls go to a fresh connection, whatever state h2 kept of the stream.
+            # Metadata HTTP/2 does not allow (the operator validates what tenants set; this is the last
+            # line): that call fails; nothing was sent, the connection goes on.
             _log.warning("kas connection %s: call headers refused by HTTP/2: %s", self._name, e)
-            self.drain()
             call.fail(Status(StatusCode.INTERNAL, "the call's headers are not valid HTTP/2"))
             return 0
         self._calls[stream_id] = call
