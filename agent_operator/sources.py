@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
@@ -50,6 +51,9 @@ MAX_KEPT_DATA_BYTES: Final = 1024 * 1024
 """The most of one referenced object's `data` + `binaryData` (keys and values as the API server sends
 them: base64 for Secrets) the cache keeps; a larger object is kept without its data and read from the
 API server when needed. Agents need a token and a CA bundle, far below this."""
+PREFETCH_KEPT_S: Final = 120.0
+"""How long Secrets listed at a first start wait for their first read (our choice: a first start reads
+them within seconds; what a sharded replica does not run is never read here)."""
 DATA_WITHHELD: Final = "dataWithheld"
 """Top-level key (True) of a cached object whose data the cache does not keep."""
 
@@ -181,7 +185,9 @@ class Sources:
         )
         """Credentials read and admitted whose label is still to be put on."""
         self._prefetched: dict[SourceRef, dict[str, Any]] = {}
-        """Secrets listed at a first start for the GitLabAgents listed then, each until its first read."""
+        """Secrets listed at a first start for the GitLabAgents listed then, each until its first read or
+        PREFETCH_KEPT_S (a sharded replica reads only its share: the sweep drops the rest then)."""
+        self._prefetched_until = 0.0
 
     def expect(self, uses: Mapping[SourceRef, frozenset[str] | None]) -> None:
         """The objects the GitLabAgents that exist at start refer to, each with the agents it must have
@@ -241,6 +247,7 @@ class Sources:
         for ref, obj in listed.items():
             if _data_size(obj) <= MAX_KEPT_DATA_BYTES:
                 self._prefetched[ref] = dict(kept_of_source(obj))
+        self._prefetched_until = time.monotonic() + PREFETCH_KEPT_S
 
     async def wait_synced(self) -> None:
         """Return once every informer has listed its objects."""
@@ -298,6 +305,8 @@ class Sources:
         for source in list(self._referenced):
             if source not in referenced and source.namespace not in unknown_namespaces:
                 self.release(source)
+        if time.monotonic() > self._prefetched_until:
+            self._prefetched.clear()
         for source in list(self._prefetched):
             if source not in referenced and source.namespace not in unknown_namespaces:
                 del self._prefetched[source]  # listed for a GitLabAgent that went before reading it

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from agent_operator import sources as sources_module
 from agent_operator.kube_api import ApiResponse, KubeApi
 from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, SourceKind, SourceRef, opted_in
 from agent_operator.secret_prefetch import PREFETCH_MIN_SECRETS, prefetch_secrets
@@ -100,3 +101,23 @@ async def test_a_prefetched_secret_is_read_once_without_a_get_and_keeps_only_the
     again = await sources.read(refs[1], lambda obj: opted_in(obj, "someone-else"))  # handed out once
     assert again is not None
     assert len(api.calls) == listed + 1
+
+
+async def test_what_is_not_read_in_time_is_dropped_by_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sharded replica runs a share of the agents: the Secrets of the others are never read here."""
+    api = ListingApi({"big": [_secret("big", f"token-{i}") for i in range(20)]})
+    sources = Sources(cast(KubeApi, api), ["big"])
+    refs = sorted(_refs("big", 20))
+    sources.expect({ref: frozenset({ref.name}) for ref in refs})
+    await sources.prefetch()
+    listed = len(api.calls)
+    sources.keep_data_of(frozenset(refs), frozenset())  # in time: all kept
+    assert await sources.read(refs[0], lambda obj: True) is not None
+    assert len(api.calls) == listed
+
+    monkeypatch.setattr(sources_module, "PREFETCH_KEPT_S", -1.0)
+    await sources.prefetch()  # listed again, kept for no time at all
+    listed = len(api.calls)
+    sources.keep_data_of(frozenset(refs), frozenset())
+    assert await sources.read(refs[1], lambda obj: True) is not None
+    assert len(api.calls) == listed + 1  # read with a GET: the list's copy was dropped
