@@ -66,6 +66,17 @@ async def _sources(admin_kubeconfig: Path, namespace: str) -> AsyncIterator[tupl
         await kube.close()
 
 
+@contextlib.asynccontextmanager
+async def _labelling(sources: Sources) -> AsyncIterator[None]:
+    """The deferred labeller running, with no status writes to yield to."""
+    labeller = asyncio.create_task(sources.label_deferred(_quiet), name="test-labels")
+    try:
+        yield
+    finally:
+        labeller.cancel()
+        await asyncio.gather(labeller, return_exceptions=True)
+
+
 async def test_the_echo_of_our_own_label_is_not_a_change(
     k8s_cluster: LocalCluster, admin_kubeconfig: Path, namespace: str
 ) -> None:
@@ -76,17 +87,13 @@ async def test_the_echo_of_our_own_label_is_not_a_change(
         assert read is not None
         await asyncio.sleep(0.3)
         assert sources.watched() == frozenset()  # the label waits for the deferred labeller
-        labeller = asyncio.create_task(sources.label_deferred(_quiet), name="test-labels")
-        try:
+        async with _labelling(sources):
             await eventually(lambda: sources.watched() == frozenset({ref}))
             await asyncio.sleep(0.5)  # anything the label's watch event would report has been reported
             assert changes == []
 
             _rotate(k8s_cluster, namespace, ref)
             await eventually(lambda: changes == [ref])  # a rotation is a change
-        finally:
-            labeller.cancel()
-            await asyncio.gather(labeller, return_exceptions=True)
 
 
 async def test_a_secret_changed_before_its_label_is_a_change_and_stays_unlabelled(
@@ -97,12 +104,8 @@ async def test_a_secret_changed_before_its_label_is_a_change_and_stays_unlabelle
     async with _sources(admin_kubeconfig, namespace) as (sources, changes):
         assert await sources.read(ref, lambda obj: opted_in(obj, "agent")) is not None
         _rotate(k8s_cluster, namespace, ref)  # between the read and the label
-        labeller = asyncio.create_task(sources.label_deferred(_quiet), name="test-labels")
-        try:
+        async with _labelling(sources):
             await eventually(lambda: changes == [ref])
-        finally:
-            labeller.cancel()
-            await asyncio.gather(labeller, return_exceptions=True)
         status, body = k8s_cluster.request("GET", core_path(namespace, "secrets", ref.name))
         assert status == 200
         assert "labels" not in body["metadata"]  # the label went on no version that was not admitted

@@ -82,12 +82,18 @@ async def test_a_namespace_of_mostly_other_secrets_stops_after_its_first_page() 
     assert set(found) == {SourceRef(SourceKind.SECRET, "crowded", f"token-{i}") for i in range(10)}
 
 
-async def test_a_prefetched_secret_is_read_once_without_a_get_and_keeps_only_the_opt_in() -> None:
-    api = ListingApi({"big": [_secret("big", f"token-{i}") for i in range(20)]})
+async def _prefetched(api: ListingApi) -> tuple[Sources, list[SourceRef]]:
+    """Sources of 20 GitLabAgents listed at start in namespace `big`, its Secrets listed."""
     sources = Sources(cast(KubeApi, api), ["big"])
     refs = sorted(_refs("big", 20))
     sources.expect({ref: frozenset({ref.name}) for ref in refs})
     await sources.prefetch()
+    return sources, refs
+
+
+async def test_a_prefetched_secret_is_read_once_without_a_get_and_keeps_only_the_opt_in() -> None:
+    api = ListingApi({"big": [_secret("big", f"token-{i}") for i in range(20)]})
+    sources, refs = await _prefetched(api)
     listed = len(api.calls)
 
     first = await sources.read(refs[0], lambda obj: opted_in(obj, refs[0].name))
@@ -106,10 +112,7 @@ async def test_a_prefetched_secret_is_read_once_without_a_get_and_keeps_only_the
 async def test_what_is_not_read_in_time_is_dropped_by_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     """A sharded replica runs a share of the agents: the Secrets of the others are never read here."""
     api = ListingApi({"big": [_secret("big", f"token-{i}") for i in range(20)]})
-    sources = Sources(cast(KubeApi, api), ["big"])
-    refs = sorted(_refs("big", 20))
-    sources.expect({ref: frozenset({ref.name}) for ref in refs})
-    await sources.prefetch()
+    sources, refs = await _prefetched(api)
     listed = len(api.calls)
     sources.keep_data_of(frozenset(refs), frozenset())  # in time: all kept
     assert await sources.read(refs[0], lambda obj: True) is not None
