@@ -273,6 +273,14 @@ class TunnelAttempt:
         return Outcome.DONE
 
     async def _invoke(self, handler: LocalHandler, stream: _Stream) -> Status:
+        status = await self._handle(handler, stream)
+        # Here, not after the switch back to the attempt's task: the final frames are queued in the same
+        # turn of the loop as the handler's last message and leave in the same send (one send less per
+        # request, and one read less for kas). `_serve` finishes a stream this did not (idempotent).
+        await self._finish(stream, status)
+        return status
+
+    async def _handle(self, handler: LocalHandler, stream: _Stream) -> Status:
         try:
             await handler(stream)
         except RpcStatusError as e:
