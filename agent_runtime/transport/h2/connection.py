@@ -454,16 +454,20 @@ def _unpad(flags: int, payload: bytes) -> bytes:
 
 
 def _check_response_headers(headers: Headers, *, trailers: bool) -> None:
-    """Pseudo-headers: a response's :status alone, first; none in trailers. Names in lower case."""
+    """kas's headers as HTTP/2 allows them (RFC 9113 §8.2, §8.3.2): a response's :status alone as a
+    pseudo-header, first, none in trailers; names in lower case and no connection-specific ones; no NUL,
+    CR or LF in a value, nor whitespace around it. Anything else is a malformed response."""
     regular = False
-    for name, _ in headers:
+    for name, value in headers:
         if name[:1] == b":":
             if trailers or regular or name != b":status":
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"pseudo-header {name[:32]!r} there")
         else:
             regular = True
-            if name != name.lower():
-                raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "a header name in upper case")
+            if name != name.lower() or name in frames.CONNECTION_SPECIFIC:
+                raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"header name {name[:32]!r} not allowed")
+        if frames.forbidden_value(value):
+            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"the value of {name[:32]!r} is malformed")
     if not trailers and (not headers or headers[0][0] != b":status"):
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "response headers without :status")
 

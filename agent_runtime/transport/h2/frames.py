@@ -186,7 +186,7 @@ _NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """A header name as HTTP/2 allows it: a token in lower case (RFC 9113 §8.2.1)."""
 _VALUE_FORBIDDEN: Final = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 _REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":path", b":authority"))
-_CONNECTION_SPECIFIC: Final = frozenset(
+CONNECTION_SPECIFIC: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
 
@@ -207,7 +207,13 @@ def check_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
             regular = True
             if not _NAME.fullmatch(name):
                 raise HeaderError(f"header name {name[:32]!r} is not a lower-case token")
-            if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+            if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
                 raise HeaderError(f"connection-specific header {name.decode()!r}")
-        if _VALUE_FORBIDDEN.search(value):
+        if forbidden_value(value):
             raise HeaderError(f"the value of {name[:32]!r} has forbidden characters or surrounding spaces")
+
+
+def forbidden_value(value: bytes) -> bool:
+    """A field value HTTP/2 calls malformed: NUL, CR or LF in it, or whitespace around it (RFC 9113
+    §8.2.1)."""
+    return _VALUE_FORBIDDEN.search(value) is not None

@@ -318,6 +318,30 @@ BROKEN = {
     ),
     "a request's pseudo-header": (_headers_frame(1, [*OK, (b":path", b"/")]), ErrorCode.PROTOCOL_ERROR),
     "a name in upper case": (_headers_frame(1, [*OK, (b"Grpc-Status", b"0")]), ErrorCode.PROTOCOL_ERROR),
+    "a CR/LF in a header value": (
+        _headers_frame(1, [*OK, (b"grpc-message", b"x\r\nset-cookie: y")]),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a NUL in a header value": (_headers_frame(1, [*OK, (b"x-a", b"a\x00b")]), ErrorCode.PROTOCOL_ERROR),
+    "a connection-specific header": (
+        _headers_frame(1, [*OK, (b"transfer-encoding", b"chunked")]),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a header block flood over CONTINUATION": (
+        frames.frame(FrameType.HEADERS, 0, 1, b"\x00" * 16_384)
+        + frames.frame(FrameType.CONTINUATION, 0, 1, b"\x00" * 16_384) * 4,
+        ErrorCode.ENHANCE_YOUR_CALM,
+    ),
+    "a header list above 64 KiB once decoded": (
+        # hpack's own encoder indexes the value once and refers to it 20 times: a 4 KiB block, 80 KiB decoded
+        frames.frame(
+            FrameType.HEADERS,
+            Flag.END_HEADERS,
+            1,
+            hpack.Encoder().encode([*OK, *[(b"x-big", b"v" * 4000)] * 20]),
+        ),
+        ErrorCode.COMPRESSION_ERROR,
+    ),
     "trailers that do not end the stream": (
         _headers_frame(1, OK) + _headers_frame(1, [(b"grpc-status", b"0")]),
         ErrorCode.PROTOCOL_ERROR,
