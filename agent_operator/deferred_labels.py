@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -54,14 +54,14 @@ class DeferredLabels:
     def __init__(
         self,
         api: KubeApi,
-        label: Callable[[SourceRef], dict[str, object]],
+        labels: Mapping[str, str],
         labelled: Callable[[SourceRef, str], None],
         changed: Callable[[SourceRef], None],
     ) -> None:
-        """`label`: the merge patch's labels for an object; `labelled(source, version)`: the label is on
+        """`labels`: the labels to put on; `labelled(source, version)`: the label is on
         (the version it made); `changed(source)`: the object changed or went before it was labelled."""
         self._api = api
-        self._label = label
+        self._labels = dict(labels)
         self._labelled = labelled
         self._changed = changed
         self._pending: dict[SourceRef, _Pending] = {}
@@ -123,7 +123,7 @@ class DeferredLabels:
     async def _write(self, source: SourceRef, pending: _Pending) -> bool:
         """Label `source` if it is still the version read; True when it is worth another try."""
         path = core_path(source.namespace, source.kind.value, source.name)
-        patch = {"metadata": {"labels": self._label(source), "resourceVersion": pending.version}}
+        patch = {"metadata": {"labels": self._labels, "resourceVersion": pending.version}}
         what = f"{source.kind.value} {source.namespace}/{source.name}"
         try:
             answer = await self._api.merge_patch(path, patch)

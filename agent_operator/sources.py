@@ -181,7 +181,7 @@ class Sources:
         reconciliation of every agent at a first start (docs/benchmarks.md, Session 10)."""
         self._changed: SourceChanged | None = None
         self._deferred = DeferredLabels(
-            api, lambda _: {WATCHED_LABEL: "true"}, self._labelled.__setitem__, self._deferred_changed
+            api, {WATCHED_LABEL: "true"}, self._labelled.__setitem__, self._deferred_changed
         )
         """Credentials read and admitted whose label is still to be put on."""
         self._prefetched: dict[SourceRef, dict[str, Any]] = {}

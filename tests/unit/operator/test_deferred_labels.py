@@ -44,7 +44,7 @@ class Recorded:
 def _labels(api: ScriptedApi, recorded: Recorded) -> DeferredLabels:
     return DeferredLabels(
         cast(KubeApi, api),
-        lambda _: {"agentk.dev/watched": "true"},
+        {"agentk.dev/watched": "true"},
         lambda source, version: recorded.labelled.append((source, version)),
         recorded.changed.append,
     )
