@@ -12,13 +12,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import _bootstrap
 import aiohttp
 from _stack import Endpoint
 
-from kas.testing import TestAgent
 from tests.support import process
 from tests.support.ports import free_port
 
@@ -252,8 +251,18 @@ class PhaseWatch:
         return True
 
 
+class FleetAgent(Protocol):
+    """An agent kas knows: the reference kas's TestAgent or an agent of the GitLab Rails stand-in."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def token(self) -> str: ...
+
+
 def fleet_objects(
-    namespace: str, agents: Sequence[TestAgent], kas_address: str
+    namespace: str, agents: Sequence[FleetAgent], kas_address: str
 ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
     """(secrets, gitlabagents) as (collection path, body) pairs, one of each per agent."""
     secrets = [

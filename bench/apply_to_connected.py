@@ -1,8 +1,12 @@
 """Apply -> Connected: 50 GitLabAgent resources applied at once, the operator running as a process.
 
-    .venv/bin/python bench/apply_to_connected.py [--quick] [--agents N] [--profile DIR]
+    .venv/bin/python bench/apply_to_connected.py [--quick] [--agents N] [--kas python|gitlab]
+        [--scheme grpc|ws] [--profile DIR]
 
-The real kube-apiserver (with the CRD), the reference kas and `python -m agent_operator` run as processes.
+The real kube-apiserver (with the CRD), a kas and `python -m agent_operator` run as processes. The kas is
+the reference kas (`--kas python`, the default) or GitLab's own (`--kas gitlab`: built by
+scripts/gitlab-peers, with Redis and the GitLab Rails stand-in, bench/_gitlab_side.py), which the agents
+dial over `--scheme` (grpc:// or ws://; the reference kas takes grpc:// here).
 One GitLabAgent is created in another namespace first (the apiserver's first create of a CRD with CEL
 rules is slow, a one-off a long-running cluster has already paid), then the token Secrets, then all N
 GitLabAgents are POSTed at once (24 in flight) while a watch timestamps every event. Prints p50/p99/max of
@@ -18,11 +22,22 @@ import argparse
 import asyncio
 import statistics
 import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from _fleet import OperatorProcess, PhaseWatch, create_all, fleet_objects, gitlab_agent, install_crd
+from _fleet import (
+    FleetAgent,
+    OperatorProcess,
+    PhaseWatch,
+    create_all,
+    fleet_objects,
+    gitlab_agent,
+    install_crd,
+)
+from _gitlab_side import gitlab_side
 from _procs import KasProcess, RuntimeChild, bench_agents
 from _profile import PySpy, summarise
 from _stack import Endpoint, direct_endpoint, local_cluster, machine_description, work_directory
@@ -50,9 +65,36 @@ class Timings:
     watch_restarts: int = 0
 
 
-async def _through_operator(direct: Endpoint, kas: KasProcess, count: int) -> Timings:
-    agents = kas.agents[:count]
-    secrets, glas = fleet_objects(NAMESPACE, agents, kas.agent_url)
+@dataclass(frozen=True)
+class Stack:
+    """The apiserver and the kas the agents dial, with the agents it knows."""
+
+    cluster: LocalCluster
+    agents: Sequence[FleetAgent]
+    agent_url: str
+    """How the agents dial the kas."""
+
+
+@asynccontextmanager
+async def _stack(args: argparse.Namespace, work_dir: Path) -> AsyncIterator[Stack]:
+    if args.kas == "gitlab":
+        async with gitlab_side(work_dir) as side:
+            agents = [side.new_agent(f"apply-{i}") for i in range(args.agents)]
+            yield Stack(side.cluster, agents, side.kas.agent_url(args.scheme))
+        return
+    if args.scheme != "grpc":
+        raise SystemExit("--scheme ws needs --kas gitlab (the reference kas is dialled over grpc:// here)")
+    async with local_cluster() as cluster:
+        kas = KasProcess(work_dir / "kas", bench_agents(args.agents))
+        await kas.start()
+        try:
+            yield Stack(cluster, kas.agents, kas.agent_url)
+        finally:
+            kas.stop()
+
+
+async def _through_operator(direct: Endpoint, stack: Stack) -> Timings:
+    secrets, glas = fleet_objects(NAMESPACE, stack.agents, stack.agent_url)
     watch = PhaseWatch(direct, NAMESPACE)
     answered: dict[str, float] = {}
     async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
@@ -84,12 +126,12 @@ async def _through_operator(direct: Endpoint, kas: KasProcess, count: int) -> Ti
     return t
 
 
-async def _through_runtime(kubeconfig: Path, kas: KasProcess, count: int, work_dir: Path) -> list[float]:
-    runtime = RuntimeChild(kubeconfig, work_dir / "runtime.log")
+async def _through_runtime(stack: Stack, work_dir: Path) -> list[float]:
+    runtime = RuntimeChild(stack.cluster.admin_kubeconfig, work_dir / "runtime.log")
     try:
         await runtime.start()
-        tokens = [[a.id, a.token] for a in kas.agents[:count]]
-        applied = await runtime.command(cmd="apply", kas=kas.agent_url, agents=tokens)
+        tokens = [[a.id, a.token] for a in stack.agents]
+        applied = await runtime.command(cmd="apply", kas=stack.agent_url, agents=tokens)
         waited = await runtime.command(cmd="wait", timeout=CONNECT_LIMIT_S, time_limit=CONNECT_LIMIT_S + 30)
         if not waited["ok"]:
             raise RuntimeError(f"runtime baseline: not all Connected: {waited['phases']}")
@@ -129,28 +171,26 @@ async def _run(args: argparse.Namespace) -> None:
     async with (
         asyncio.timeout(600),
         work_directory("bench-apply-") as work_dir,
-        local_cluster() as cluster,
+        _stack(args, work_dir) as stack,
     ):
-        direct = direct_endpoint(cluster)
-        await _prepare(cluster, direct)
-        kas = KasProcess(work_dir / "kas", bench_agents(args.agents))
-        await kas.start()
-        operator = OperatorProcess(work_dir, cluster.admin_kubeconfig, NAMESPACE)
+        print(f"kas: {args.kas}, agents dial {args.scheme}://")
+        direct = direct_endpoint(stack.cluster)
+        await _prepare(stack.cluster, direct)
+        operator = OperatorProcess(work_dir, stack.cluster.admin_kubeconfig, NAMESPACE)
         try:
             await operator.start()
             if args.profile:
                 await asyncio.to_thread(args.profile.mkdir, parents=True, exist_ok=True)
                 spy = PySpy(operator.pid, args.profile / "apply-operator.txt", seconds=15)
                 await spy.start()
-            timings = await _through_operator(direct, kas, args.agents)
+            timings = await _through_operator(direct, stack)
             if spy is not None:
                 await spy.wait()
             operator.stop()
             await asyncio.sleep(3.0)  # kas notices the operator's agents went away
-            baseline = await _through_runtime(cluster.admin_kubeconfig, kas, args.agents, work_dir)
+            baseline = await _through_runtime(stack, work_dir)
         finally:
             operator.stop()
-            kas.stop()
     print(f"{args.agents} GitLabAgents applied at once; times from each resource's POST")
     rows = [
         _row("POST answered (apiserver)", timings.answered),
@@ -178,6 +218,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="same as the full run (50 resources)")
     parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--kas", choices=["python", "gitlab"], default="python", help="which kas (see above)")
+    parser.add_argument("--scheme", choices=["grpc", "ws"], default="grpc", help="how the agents dial kas")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the operator while it works")
     args = parser.parse_args()
     asyncio.run(_run(args))
