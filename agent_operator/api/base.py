@@ -62,7 +62,8 @@ def _as_utc(value: datetime) -> datetime:
 
 
 def _rfc3339(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat rather than strftime: half the time, and one status write formats two dozen of these.
+    return _as_utc(value).isoformat()[:19] + "Z"
 
 
 Timestamp = Annotated[datetime, AfterValidator(_as_utc), PlainSerializer(_rfc3339, return_type=str)]

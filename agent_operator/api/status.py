@@ -151,7 +151,7 @@ class GitLabAgentStatus(ApiModel):
         Unset fields become `null`, which a merge patch reads as "remove", so a value cleared here (say
         lastError once the agent recovers) disappears from the resource instead of staying stale.
         """
-        patch = self.model_dump(mode="json", by_alias=True, exclude_none=False)
+        patch = self.model_dump(mode="json", by_alias=True, exclude_none=False, exclude={"conditions"})
         # A list is replaced as a whole, so its items need no nulls (and look cleaner without).
         patch["conditions"] = [
             c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in self.conditions
