@@ -22,14 +22,11 @@ import argparse
 import asyncio
 import statistics
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 from _fleet import (
-    FleetAgent,
     OperatorProcess,
     PhaseWatch,
     create_all,
@@ -37,10 +34,10 @@ from _fleet import (
     gitlab_agent,
     install_crd,
 )
-from _gitlab_side import gitlab_side
-from _procs import KasProcess, RuntimeChild, bench_agents
+from _kas_stack import KasStack, add_kas_arguments, kas_stack
+from _procs import RuntimeChild
 from _profile import PySpy, summarise
-from _stack import Endpoint, direct_endpoint, local_cluster, machine_description, work_directory
+from _stack import Endpoint, direct_endpoint, machine_description, work_directory
 from _stats import percentile, ratio, table
 
 from tests.support.k8s_cluster import LocalCluster
@@ -65,35 +62,7 @@ class Timings:
     watch_restarts: int = 0
 
 
-@dataclass(frozen=True)
-class Stack:
-    """The apiserver and the kas the agents dial, with the agents it knows."""
-
-    cluster: LocalCluster
-    agents: Sequence[FleetAgent]
-    agent_url: str
-    """How the agents dial the kas."""
-
-
-@asynccontextmanager
-async def _stack(args: argparse.Namespace, work_dir: Path) -> AsyncIterator[Stack]:
-    if args.kas == "gitlab":
-        async with gitlab_side(work_dir) as side:
-            agents = [side.new_agent(f"apply-{i}") for i in range(args.agents)]
-            yield Stack(side.cluster, agents, side.kas.agent_url(args.scheme))
-        return
-    if args.scheme != "grpc":
-        raise SystemExit("--scheme ws needs --kas gitlab (the reference kas is dialled over grpc:// here)")
-    async with local_cluster() as cluster:
-        kas = KasProcess(work_dir / "kas", bench_agents(args.agents))
-        await kas.start()
-        try:
-            yield Stack(cluster, kas.agents, kas.agent_url)
-        finally:
-            kas.stop()
-
-
-async def _through_operator(direct: Endpoint, stack: Stack) -> Timings:
+async def _through_operator(direct: Endpoint, stack: KasStack) -> Timings:
     secrets, glas = fleet_objects(NAMESPACE, stack.agents, stack.agent_url)
     watch = PhaseWatch(direct, NAMESPACE)
     answered: dict[str, float] = {}
@@ -126,7 +95,7 @@ async def _through_operator(direct: Endpoint, stack: Stack) -> Timings:
     return t
 
 
-async def _through_runtime(stack: Stack, work_dir: Path) -> list[float]:
+async def _through_runtime(stack: KasStack, work_dir: Path) -> list[float]:
     runtime = RuntimeChild(stack.cluster.admin_kubeconfig, work_dir / "runtime.log")
     try:
         await runtime.start()
@@ -171,7 +140,7 @@ async def _run(args: argparse.Namespace) -> None:
     async with (
         asyncio.timeout(600),
         work_directory("bench-apply-") as work_dir,
-        _stack(args, work_dir) as stack,
+        kas_stack(args, args.agents, work_dir) as stack,
     ):
         print(f"kas: {args.kas}, agents dial {args.scheme}://")
         direct = direct_endpoint(stack.cluster)
@@ -218,8 +187,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="same as the full run (50 resources)")
     parser.add_argument("--agents", type=int, default=50)
-    parser.add_argument("--kas", choices=["python", "gitlab"], default="python", help="which kas (see above)")
-    parser.add_argument("--scheme", choices=["grpc", "ws"], default="grpc", help="how the agents dial kas")
+    add_kas_arguments(parser)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the operator while it works")
     args = parser.parse_args()
     asyncio.run(_run(args))

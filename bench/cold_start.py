@@ -1,6 +1,7 @@
 """Cold start: N GitLabAgents already exist, then the operator starts; how long until all are Connected.
 
-    .venv/bin/python bench/cold_start.py [--agents 1000] [--runs 2] [--profile DIR]
+    .venv/bin/python bench/cold_start.py [--agents 1000] [--runs 2] [--kas python|gitlab] [--scheme grpc|ws]
+        [--profile DIR]
 
 Issue 20's "1000 agents all Connected from a cold operator start", two ways per run: the resources and
 their token Secrets are created with no operator running, then `python -m agent_operator` starts (the
@@ -9,7 +10,8 @@ as after an upgrade or a rescheduled pod). Times are from each process start to 
 resources saying Connected with a `connectedSince` of that process (a watch of the benchmark's own). Also:
 kopf's finalizer per resource, the API requests per agent the operator made (the apiserver's own counter,
 without the benchmark's), its CPU seconds and RSS at all Connected. Each run uses a fresh namespace against
-the same reference kas (its own process, not counted) and the real kube-apiserver. Bounded: every wait has
+the same kas (its own process, not counted: the reference kas, or GitLab's own with `--kas gitlab`) and
+the real kube-apiserver. Bounded: every wait has
 a limit.
 `bench/density.py --mode operator` measures the other case: the operator running, the resources POSTed.
 """
@@ -21,19 +23,20 @@ import asyncio
 import datetime
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import _api_counts as api_counts
 import _bootstrap  # noqa: F401 - the repository root on sys.path
 import aiohttp
-from _fleet import OperatorProcess, PhaseWatch, create_all, fleet_objects, install_crd
-from _procs import KasProcess, bench_agents, process_cpu, process_rss
+from _fleet import FleetAgent, OperatorProcess, PhaseWatch, create_all, fleet_objects, install_crd
+from _kas_stack import add_kas_arguments, kas_stack
+from _procs import process_cpu, process_rss
 from _profile import PySpy, summarise
-from _stack import direct_endpoint, local_cluster, machine_description, work_directory
+from _stack import direct_endpoint, machine_description, work_directory
 from _stats import table
 
-from kas.testing import TestAgent
 from tests.support.k8s_cluster import LocalCluster
 
 CONNECT_LIMIT_S = 180.0
@@ -126,7 +129,7 @@ async def _wait_reconnected(watch: RestartWatch, names: list[str]) -> bool:
 async def _one_run(
     cluster: LocalCluster,
     kas_url: str,
-    agents: list[TestAgent],
+    agents: Sequence[FleetAgent],
     work_dir: Path,
     run: int,
     profile: Path | None,
@@ -167,21 +170,18 @@ def _spread(samples: list[float]) -> str:
 
 async def _run(args: argparse.Namespace) -> None:
     print(f"machine: {machine_description()}")
-    agents = bench_agents(args.agents)
     results = []
     async with (
         asyncio.timeout(60 + args.runs * (CONNECT_LIMIT_S + 120)),
         work_directory("bench-cold-") as work_dir,
-        local_cluster() as cluster,
+        kas_stack(args, args.agents, work_dir) as stack,
     ):
-        kas = KasProcess(work_dir / "kas", agents)
-        await kas.start()
-        await install_crd(cluster.admin_kubeconfig)
-        try:
-            for run in range(1, args.runs + 1):
-                results.extend(await _one_run(cluster, kas.agent_url, agents, work_dir, run, args.profile))
-        finally:
-            kas.stop()
+        print(f"kas: {args.kas}, agents dial {args.scheme}://")
+        await install_crd(stack.cluster.admin_kubeconfig)
+        for run in range(1, args.runs + 1):
+            results.extend(
+                await _one_run(stack.cluster, stack.agent_url, stack.agents, work_dir, run, args.profile)
+            )
     header = [
         "run",
         "all Connected",
@@ -220,6 +220,7 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=1000, help="GitLabAgents (default 1000)")
     parser.add_argument("--runs", type=int, default=2, help="fresh operator starts (default 2)")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the operator into DIR")
+    add_kas_arguments(parser)
     args = parser.parse_args()
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
