@@ -105,6 +105,47 @@ def test_a_call_both_ways_through_a_real_http2_server() -> None:
         client.send_window(stream_id)
 
 
+def test_our_settings_as_an_http2_server_reads_them() -> None:
+    client = ClientConnection(Recorder(), stream_window=1 << 20, connection_window=4 << 20)
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    assert server.remote_settings.enable_push == 0
+    assert server.remote_settings.max_concurrent_streams == 0
+    assert server.remote_settings.max_header_list_size == 65_536
+    assert server.remote_settings.initial_window_size == 1 << 20
+    assert server.outbound_flow_control_window == 4 << 20
+
+
+def test_kas_limits_the_streams_we_open_only_when_it_says_so() -> None:
+    client = ClientConnection(Recorder(), stream_window=65_535, connection_window=65_535)
+    client.receive(frames.settings({}))
+    assert client.remote_max_streams >= 1 << 31
+    client.receive(frames.settings({Setting.MAX_CONCURRENT_STREAMS: 7}))
+    assert client.remote_max_streams == 7
+
+
+def test_frames_we_build_are_laid_out_as_rfc_9113_says() -> None:
+    """Length, type, flags (0 where the type defines none), stream id, payload; RFC 9113 §4.1, §6."""
+    assert frames.window_update(3, 5) == bytes.fromhex("00000408000000000300000005")
+    assert frames.rst_stream(3, ErrorCode.CANCEL) == bytes.fromhex("00000403000000000300000008")
+    assert frames.goaway(7, ErrorCode.PROTOCOL_ERROR) == bytes.fromhex("0000080700000000000000000700000001")
+    assert frames.settings({Setting.ENABLE_PUSH: 0, Setting.MAX_FRAME_SIZE: 1 << 14}) == bytes.fromhex(
+        "00000c040000000000000200000000000500004000"
+    )
+
+
+@pytest.mark.parametrize("length", [126, 127, 128, 254, 255, 256, 383, 384, 16_510, 16_511, 16_512])
+def test_value_lengths_at_each_hpack_integer_boundary(length: int) -> None:
+    """A string length takes a 7-bit prefix, then 7 bits per byte (RFC 7541 §5.1): 127 and 127 + 128^n
+    are where one more byte starts."""
+    headers = [(b"x-a", b"v" * length), (b"x-b", b"w")]
+    assert (
+        hpack.Decoder(max_header_list_size=1 << 20).decode(frames.encode_headers(headers), raw=True)
+        == headers
+    )
+
+
 def test_the_same_headers_again_and_headers_above_the_frame_size() -> None:
     client, _, server = connected()
     big = [*REQUEST, (b"x-big", b"b" * 40_000)]  # HEADERS + CONTINUATION frames
@@ -276,6 +317,29 @@ BROKEN = {
         _headers_frame(1, OK) + frames.frame(FrameType.DATA, Flag.PADDED, 1, b"\x09abc"),
         ErrorCode.PROTOCOL_ERROR,
     ),
+    "padding as long as the frame": (
+        _headers_frame(1, OK) + frames.frame(FrameType.DATA, Flag.PADDED, 1, b"\x03\x00\x00"),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "DATA one byte past the stream's window": (
+        _headers_frame(1, OK)
+        + frames.frame(FrameType.DATA, 0, 1, b"x" * 16_384) * 3
+        + frames.frame(FrameType.DATA, 0, 1, b"x" * 16_384),
+        ErrorCode.FLOW_CONTROL_ERROR,
+    ),
+    "PRIORITY on stream 0": (
+        frames.frame(FrameType.PRIORITY, 0, 0, b"\0\0\0\3\x10"),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "SETTINGS_ENABLE_PUSH of 2": (frames.settings({Setting.ENABLE_PUSH: 2}), ErrorCode.PROTOCOL_ERROR),
+    "a frame size above 2^24-1": (
+        frames.settings({Setting.MAX_FRAME_SIZE: 1 << 24}),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a pseudo-header in trailers": (
+        _headers_frame(1, OK) + _headers_frame(1, OK, flags=Flag.END_HEADERS | Flag.END_STREAM),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
     "a push": (
         frames.frame(FrameType.PUSH_PROMISE, Flag.END_HEADERS, 1, b"\0\0\0\2"),
         ErrorCode.PROTOCOL_ERROR,
@@ -352,6 +416,47 @@ BROKEN = {
         ErrorCode.STREAM_CLOSED,
     ),
 }
+
+
+ACCEPTED = {
+    "DATA filling the stream's window exactly": (
+        _headers_frame(1, OK)
+        + frames.frame(FrameType.DATA, 0, 1, b"x" * 16_384) * 3
+        + frames.frame(FrameType.DATA, 0, 1, b"x" * 16_383)
+    ),
+    "DATA that is all padding": _headers_frame(1, OK)
+    + frames.frame(FrameType.DATA, Flag.PADDED, 1, b"\2\0\0"),
+    "a PRIORITY frame on a stream (ignored)": frames.frame(FrameType.PRIORITY, 0, 1, b"\0\0\0\3\x10"),
+    "SETTINGS_ENABLE_PUSH of 1 (meaningless from a server, allowed)": frames.settings(
+        {Setting.ENABLE_PUSH: 1}
+    ),
+    "the largest frame size, 2^24-1": frames.settings({Setting.MAX_FRAME_SIZE: (1 << 24) - 1}),
+    "a stream's send window raised to exactly 2^31-1": frames.window_update(1, frames.MAX_WINDOW - 65_535),
+    "the connection's send window raised to exactly 2^31-1": frames.window_update(
+        0, frames.MAX_WINDOW - 65_535
+    ),
+}
+"""What kas may send at the edge of what is allowed: taken, and nothing is sent back but acknowledgements."""
+
+
+@pytest.mark.parametrize("wire", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_frames_at_the_limits_are_taken(wire: bytes) -> None:
+    client, _, _ = connected()
+    client.open_stream(REQUEST)
+    client.data_to_send()
+    client.receive(wire)
+    assert _goaway_codes(client.data_to_send()) == []
+
+
+def _goaway_codes(sent: bytes) -> list[int]:
+    """The error codes of the GOAWAY frames in `sent` (whole frames, as the client queues them)."""
+    codes, offset = [], 0
+    while offset + 9 <= len(sent):
+        length = int.from_bytes(sent[offset : offset + 3], "big")
+        if sent[offset + 3] == FrameType.GOAWAY:
+            codes.append(frames.unpack_code(sent[offset + 9 : offset + 9 + length], 4))
+        offset += 9 + length
+    return codes
 
 
 @pytest.mark.parametrize("wire", BROKEN.values(), ids=BROKEN.keys())
