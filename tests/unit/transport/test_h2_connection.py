@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import hpack
+import hyperframe.frame
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -123,6 +126,40 @@ def test_kas_limits_the_streams_we_open_only_when_it_says_so() -> None:
     assert client.remote_max_streams >= 1 << 31
     client.receive(frames.settings({Setting.MAX_CONCURRENT_STREAMS: 7}))
     assert client.remote_max_streams == 7
+
+
+HYPERFRAME_CLASSES = {
+    FrameType.DATA: "DataFrame",
+    FrameType.HEADERS: "HeadersFrame",
+    FrameType.PRIORITY: "PriorityFrame",
+    FrameType.RST_STREAM: "RstStreamFrame",
+    FrameType.SETTINGS: "SettingsFrame",
+    FrameType.PUSH_PROMISE: "PushPromiseFrame",
+    FrameType.PING: "PingFrame",
+    FrameType.GOAWAY: "GoAwayFrame",
+    FrameType.WINDOW_UPDATE: "WindowUpdateFrame",
+    FrameType.CONTINUATION: "ContinuationFrame",
+}
+
+
+def test_our_wire_numbers_are_those_of_an_independent_http2_implementation() -> None:
+    """Frame types, flags, settings and error codes as the h2/hyperframe libraries number them."""
+    assert {kind: hyperframe.frame.FRAMES[kind.value].__name__ for kind in FrameType} == HYPERFRAME_CLASSES
+    assert {code.name: code.value for code in ErrorCode} == {
+        code.name: code.value for code in h2.errors.ErrorCodes
+    }
+    theirs = {code.name: code.value for code in h2.settings.SettingCodes}
+    assert {name: int(setting) for name, setting in Setting.__members__.items()} == {
+        name: theirs[name] for name in Setting.__members__
+    }
+    defined = {
+        flag.name: flag.bit
+        for frame_class in hyperframe.frame.FRAMES.values()
+        for flag in frame_class.defined_flags
+    }
+    assert {name: int(flag) for name, flag in Flag.__members__.items()} == {
+        name: defined[name] for name in Flag.__members__
+    }
 
 
 def test_frames_we_build_are_laid_out_as_rfc_9113_says() -> None:
