@@ -18,7 +18,7 @@ import _bootstrap  # noqa: F401 - repository root on sys.path
 from _stack import Endpoint, local_cluster
 
 from tests.support.gitlab_api import AccessAs, Agent, CiJob, GitLabApi
-from tests.support.gitlab_kas import GitLabKas, find_gitlab_peers, make_kas_secrets
+from tests.support.gitlab_kas import GitLabKas, GitLabPeers, KasSecrets, find_gitlab_peers, make_kas_secrets
 from tests.support.k8s_cluster import LocalCluster
 from tests.support.redis_server import RedisServer, find_redis_server
 
@@ -55,6 +55,28 @@ class GitLabSide:
         return Endpoint(f"agent {agent.id}", self.kas.proxy_url, self.kas_ssl, headers)
 
 
+def bench_kas(
+    peers: GitLabPeers,
+    work_dir: Path,
+    api: GitLabApi,
+    secrets_: KasSecrets,
+    redis_port: int,
+    *,
+    external_url: str | None = None,
+) -> GitLabKas:
+    """GitLab's kas (not started yet) in `work_dir/kas`, on the stand-in `api` and a Redis key prefix of
+    its own; `external_url`: GitLab's external URL, where the Flux module's GitRepositories point."""
+    return GitLabKas(
+        peers.kas,
+        work_dir / "kas",
+        gitlab_url=api.url,
+        secrets=secrets_,
+        redis_port=redis_port,
+        key_prefix=f"bench-{secrets.token_hex(3)}",
+        external_url=external_url,
+    )
+
+
 @asynccontextmanager
 async def gitlab_side(work_dir: Path) -> AsyncIterator[GitLabSide]:
     peers = find_gitlab_peers()
@@ -65,14 +87,7 @@ async def gitlab_side(work_dir: Path) -> AsyncIterator[GitLabSide]:
         secrets_ = make_kas_secrets(work_dir / "secrets")
         api = GitLabApi(secrets_.gitlab_secret)
         api.start()
-        kas = GitLabKas(
-            peers.kas,
-            work_dir / "kas",
-            gitlab_url=api.url,
-            secrets=secrets_,
-            redis_port=redis.port,
-            key_prefix=f"bench-{secrets.token_hex(3)}",
-        )
+        kas = bench_kas(peers, work_dir, api, secrets_, redis.port)
         try:
             await asyncio.to_thread(kas.start)
             yield GitLabSide(cluster, api, kas, work_dir, ssl.create_default_context(cafile=str(secrets_.ca)))

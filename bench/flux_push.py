@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _bootstrap  # noqa: F401 - repository root on sys.path
+from _gitlab_side import bench_kas
 from _stack import local_cluster, machine_description, work_directory
 from _stats import percentile, ratio, table
 
@@ -152,15 +152,7 @@ async def gitlab_scene(work_dir: Path, cluster: LocalCluster) -> AsyncIterator[S
         for _, path in (APP, LOOP):
             api.add_public_project(path)
         external_url = f"http://127.0.0.1:{project.http.port}"
-        kas = GitLabKas(
-            peers.kas,
-            work_dir / "kas",
-            gitlab_url=api.url,
-            secrets=secrets_,
-            redis_port=redis.port,
-            key_prefix=f"bench-{secrets.token_hex(3)}",
-            external_url=external_url,
-        )
+        kas = bench_kas(peers, work_dir, api, secrets_, redis.port, external_url=external_url)
         await asyncio.to_thread(kas.start)
         stack.push_async_callback(asyncio.to_thread, kas.stop)
         project.notify(f"127.0.0.1:{kas.api_port}", secrets_.gitlab_secret)

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 
 import _bootstrap  # noqa: F401 - repository root on sys.path
+from _gitlab_side import bench_kas
 from _stack import local_cluster, machine_description, work_directory
 from _stats import percentile, ratio, table
 
@@ -42,7 +42,7 @@ from agent_runtime.secret import Secret
 from agent_runtime.spec import ServiceAccountRef, WorkerSpec
 from tests.interop.helpers import started_runtime
 from tests.support.gitlab_api import Agent, GitLabApi
-from tests.support.gitlab_kas import GitLabAgentk, GitLabKas, find_gitlab_peers, make_kas_secrets
+from tests.support.gitlab_kas import GitLabAgentk, find_gitlab_peers, make_kas_secrets
 from tests.support.gitlab_project import GitLabProject, agent_config_path
 from tests.support.k8s_cluster import LocalCluster
 from tests.support.redis_server import RedisServer, find_redis_server
@@ -79,14 +79,7 @@ async def gitlab_with_project(work_dir: Path, cluster: LocalCluster) -> AsyncIte
     secrets_ = make_kas_secrets(work_dir / "secrets")
     api = GitLabApi(secrets_.gitlab_secret)
     api.start()
-    kas = GitLabKas(
-        peers.kas,
-        work_dir / "kas",
-        gitlab_url=api.url,
-        secrets=secrets_,
-        redis_port=redis.port,
-        key_prefix=f"bench-{secrets.token_hex(3)}",
-    )
+    kas = bench_kas(peers, work_dir, api, secrets_, redis.port)
     project = GitLabProject(work_dir / "project", project_id=AGENT.project_id, full_path=AGENT.project_path)
     project.start()
     project.push({agent_config_path(AGENT.name): CONFIG.format(n=0)}, "first")
