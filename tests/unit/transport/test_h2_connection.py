@@ -129,22 +129,24 @@ def test_kas_limits_the_streams_we_open_only_when_it_says_so() -> None:
 
 
 HYPERFRAME_CLASSES = {
-    FrameType.DATA: "DataFrame",
-    FrameType.HEADERS: "HeadersFrame",
-    FrameType.PRIORITY: "PriorityFrame",
-    FrameType.RST_STREAM: "RstStreamFrame",
-    FrameType.SETTINGS: "SettingsFrame",
-    FrameType.PUSH_PROMISE: "PushPromiseFrame",
-    FrameType.PING: "PingFrame",
-    FrameType.GOAWAY: "GoAwayFrame",
-    FrameType.WINDOW_UPDATE: "WindowUpdateFrame",
-    FrameType.CONTINUATION: "ContinuationFrame",
+    "DATA": "DataFrame",
+    "HEADERS": "HeadersFrame",
+    "PRIORITY": "PriorityFrame",
+    "RST_STREAM": "RstStreamFrame",
+    "SETTINGS": "SettingsFrame",
+    "PUSH_PROMISE": "PushPromiseFrame",
+    "PING": "PingFrame",
+    "GOAWAY": "GoAwayFrame",
+    "WINDOW_UPDATE": "WindowUpdateFrame",
+    "CONTINUATION": "ContinuationFrame",
 }
 
 
 def test_our_wire_numbers_are_those_of_an_independent_http2_implementation() -> None:
     """Frame types, flags, settings and error codes as the h2/hyperframe libraries number them."""
-    assert {kind: hyperframe.frame.FRAMES[kind.value].__name__ for kind in FrameType} == HYPERFRAME_CLASSES
+    assert {
+        name: hyperframe.frame.FRAMES[kind.value].__name__ for name, kind in FrameType.__members__.items()
+    } == HYPERFRAME_CLASSES
     assert {code.name: code.value for code in ErrorCode} == {
         code.name: code.value for code in h2.errors.ErrorCodes
     }
@@ -170,6 +172,112 @@ def test_frames_we_build_are_laid_out_as_rfc_9113_says() -> None:
     assert frames.settings({Setting.ENABLE_PUSH: 0, Setting.MAX_FRAME_SIZE: 1 << 14}) == bytes.fromhex(
         "00000c040000000000000200000000000500004000"
     )
+    assert frames.frame(FrameType.DATA, 0, 1, b"x" * 70_000)[:3] == (70_000).to_bytes(3, "big")
+    assert frames.error_name(ErrorCode.CANCEL) == "CANCEL"
+    assert frames.error_name(0x1234) == "4660"
+
+
+def test_header_blocks_use_the_static_table_and_index_nothing() -> None:
+    """RFC 7541 Appendix A: `:method: POST` is entry 3, `content-type` entry 31; a value goes as a literal
+    without indexing (0000 prefix), never into kas's dynamic table."""
+    assert frames.encode_headers([(b":method", b"POST")]) == b"\x83"
+    assert frames.encode_headers([(b"content-type", b"application/grpc")]) == (
+        b"\x0f\x10" + bytes([len(b"application/grpc")]) + b"application/grpc"
+    )
+
+
+def test_only_the_first_header_block_sets_kas_table_size_to_zero() -> None:
+    client, _, _ = connected()
+    client.open_stream(REQUEST)
+    client.open_stream(REQUEST)
+    sent = client.data_to_send()
+    blocks = [payload for kind, _, payload in _frames(sent) if kind == FrameType.HEADERS]
+    assert blocks[0] == frames.TABLE_SIZE_ZERO + frames.encode_headers(REQUEST)
+    assert blocks[1] == frames.encode_headers(REQUEST)
+
+
+def _frames(sent: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, flags, payload) of each whole frame in `sent`."""
+    out, offset = [], 0
+    while offset + 9 <= len(sent):
+        length = int.from_bytes(sent[offset : offset + 3], "big")
+        out.append((sent[offset + 3], sent[offset + 4], sent[offset + 9 : offset + 9 + length]))
+        offset += 9 + length
+    return out
+
+
+def _headers_of_block_size(size: int) -> Headers:
+    """REQUEST plus one header whose value makes the (second, unprefixed) block `size` bytes long."""
+    headers = [*REQUEST, (b"x-pad", b"")]
+    for length in range(size):
+        headers[-1] = (b"x-pad", b"p" * length)
+        if len(frames.encode_headers(headers)) >= size:
+            break
+    assert len(frames.encode_headers(headers)) == size
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [(16_384, [0x4]), (16_385, [0x0, 0x4]), (32_768, [0x0, 0x4]), (32_769, [0x0, 0x0, 0x4])],
+)
+def test_a_header_block_is_cut_at_kas_frame_size(size: int, expected: list[int]) -> None:
+    """HEADERS (END_HEADERS only on the last frame, never END_STREAM), then CONTINUATION frames."""
+    client, _, _ = connected()
+    client.open_stream(REQUEST)  # the first block carries the table size update
+    client.data_to_send()
+    client.open_stream(_headers_of_block_size(size))
+    sent = _frames(client.data_to_send())
+    assert [flags for _, flags, _ in sent] == expected
+    assert [kind for kind, _, _ in sent] == [FrameType.HEADERS] + [FrameType.CONTINUATION] * (
+        len(expected) - 1
+    )
+    assert sum(len(payload) for _, _, payload in sent) == size
+
+
+def test_data_of_exactly_one_frame_goes_as_one_and_nothing_goes_on_a_closed_stream() -> None:
+    client, _, _ = connected()
+    stream_id = client.open_stream(REQUEST)
+    client.data_to_send()
+    client.send_data(stream_id, b"d" * 16_384)
+    assert [(kind, flags) for kind, flags, _ in _frames(client.data_to_send())] == [(FrameType.DATA, 0)]
+    client.end_stream(stream_id)
+    assert [(kind, flags) for kind, flags, _ in _frames(client.data_to_send())] == [(FrameType.DATA, 0x1)]
+    with pytest.raises(StreamClosedError):
+        client.send_data(stream_id, b"late")
+    with pytest.raises(StreamClosedError):
+        client.send_window(stream_id)
+    client.end_stream(stream_id)  # a second half-close sends nothing
+    assert client.data_to_send() == b""
+
+
+def test_a_connection_window_equal_to_the_default_sends_no_update() -> None:
+    """A WINDOW_UPDATE of 0 would be a protocol error for kas."""
+    client = ClientConnection(Recorder(), stream_window=65_535, connection_window=65_535)
+    assert [kind for kind, _, _ in _frames(client.data_to_send()[len(frames.PREFACE) :])] == [
+        FrameType.SETTINGS
+    ]
+
+
+def test_the_connection_window_goes_back_at_exactly_half() -> None:
+    client = ClientConnection(Recorder(), stream_window=65_535, connection_window=65_535)
+    client.receive(frames.settings({}))
+    first, second = client.open_stream(REQUEST), client.open_stream(REQUEST)
+    client.data_to_send()
+    client.receive(_headers_frame(first, OK) + _headers_frame(second, OK))
+    client.receive(frames.frame(FrameType.DATA, 0, first, b"x" * 16_384))
+    client.receive(frames.frame(FrameType.DATA, 0, second, b"x" * 16_382))
+    assert not client.window_returned  # 32 766 of 65 535
+    client.receive(frames.frame(FrameType.DATA, 0, second, b"x"))
+    assert client.window_returned  # 32 767: half, rounded down
+    assert frames.window_update(0, 32_767) in client.data_to_send()
+
+
+def test_kas_settings_wake_every_stream_waiting_for_its_window() -> None:
+    client, recorder, _ = connected()
+    client.open_stream(REQUEST)
+    client.receive(frames.settings({Setting.INITIAL_WINDOW_SIZE: 1 << 20}))
+    assert ("window", 0) in recorder.seen
 
 
 @pytest.mark.parametrize("length", [126, 127, 128, 254, 255, 256, 383, 384, 16_510, 16_511, 16_512])
@@ -299,6 +407,58 @@ def test_pings_are_answered_and_late_frames_on_ended_streams_dropped() -> None:
     assert recorder.seen[-1] == ("pong",)
 
 
+def test_a_late_frame_on_a_stream_long_forgotten_is_answered_with_rst_stream() -> None:
+    """Streams we ended are remembered (the last 256): a late frame on one is dropped quietly; on an older
+    one kas is told the stream is closed."""
+    client, recorder, _ = connected()
+    opened = [client.open_stream(REQUEST) for _ in range(300)]
+    for stream_id in opened:
+        client.reset_stream(stream_id, ErrorCode.CANCEL)
+    client.data_to_send()
+    client.receive(frames.frame(FrameType.DATA, 0, opened[-1], b"late"))
+    assert client.data_to_send() == b""
+    client.receive(frames.frame(FrameType.DATA, 0, opened[0], b"late"))
+    assert frames.rst_stream(opened[0], ErrorCode.STREAM_CLOSED) in client.data_to_send()
+    assert not [s for s in recorder.seen if s[0] == "data"]
+
+
+def test_returned_window_goes_to_kas_for_open_streams_only() -> None:
+    client, _, _ = connected()
+    stream_id = client.open_stream(REQUEST)
+    client.data_to_send()
+    client.receive(_headers_frame(stream_id, OK) + frames.frame(FrameType.DATA, 0, stream_id, b"x" * 1000))
+    client.data_to_send()
+    client.return_window(stream_id, 1000)
+    assert client.data_to_send() == frames.window_update(stream_id, 1000)
+    client.return_window(stream_id + 2, 1000)  # never opened: nothing
+    client.receive(frames.frame(FrameType.DATA, Flag.END_STREAM, stream_id, b"y"))
+    client.return_window(stream_id, 1)  # kas ended its side: nothing more to receive
+    assert client.data_to_send() == b""
+
+
+def test_a_released_stream_takes_nothing_more_from_kas() -> None:
+    client, recorder, _ = connected()
+    stream_id = client.open_stream(REQUEST)
+    client.receive(_headers_frame(stream_id, OK))
+    client.release(stream_id)
+    client.release(stream_id + 2)  # never opened: nothing happens
+    client.receive(frames.frame(FrameType.DATA, 0, stream_id, b"late"))
+    assert [s[0] for s in recorder.seen] == ["headers"]
+
+
+def test_a_continuation_must_follow_its_own_stream_headers() -> None:
+    client, recorder, _ = connected()
+    first, second = client.open_stream(REQUEST), client.open_stream(REQUEST)
+    client.data_to_send()
+    with pytest.raises(ProtocolError) as raised:
+        client.receive(
+            frames.frame(FrameType.HEADERS, 0, first, frames.encode_headers(OK))
+            + frames.frame(FrameType.CONTINUATION, Flag.END_HEADERS, second, b"")
+        )
+    assert raised.value.code == ErrorCode.PROTOCOL_ERROR
+    assert recorder.seen == []
+
+
 def test_goaway_and_reset_are_reported_and_the_connection_goes_on() -> None:
     client, recorder, server = connected()
     first, second = client.open_stream(REQUEST), client.open_stream(REQUEST)
@@ -339,6 +499,8 @@ def _headers_frame(stream_id: int, headers: Headers, flags: int = Flag.END_HEADE
 
 
 OK = [(b":status", b"200")]
+LARGEST_WINDOW = (1 << 31) - 1
+"""RFC 9113 §6.9.1, written out here rather than taken from the code under test."""
 
 BROKEN = {
     "a frame above 16 KiB": (frames.frame(FrameType.DATA, 0, 1, b"x" * 16_385), ErrorCode.FRAME_SIZE_ERROR),
@@ -376,6 +538,36 @@ BROKEN = {
     "a pseudo-header in trailers": (
         _headers_frame(1, OK) + _headers_frame(1, OK, flags=Flag.END_HEADERS | Flag.END_STREAM),
         ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a CONTINUATION on another stream": (
+        _headers_frame(1, OK, flags=0) + frames.frame(FrameType.CONTINUATION, Flag.END_HEADERS, 3, b""),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a pseudo-header after a regular header": (
+        _headers_frame(1, [*OK, (b"content-type", b"application/grpc"), *OK]),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a GOAWAY of 7 bytes": (frames.frame(FrameType.GOAWAY, 0, 0, b"\0" * 7), ErrorCode.FRAME_SIZE_ERROR),
+    "HEADERS with a priority and no header block": (
+        frames.frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.PRIORITY, 1, b"\0\0\0\0\x10"),
+        ErrorCode.PROTOCOL_ERROR,  # no :status; the priority itself is the right size
+    ),
+    "HEADERS too short for its priority": (
+        frames.frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.PRIORITY, 1, b"\0\0\0\0"),
+        ErrorCode.FRAME_SIZE_ERROR,
+    ),
+    "a RST_STREAM on a stream never opened": (
+        frames.rst_stream(3, ErrorCode.CANCEL),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "a RST_STREAM on a stream kas would open": (
+        frames.rst_stream(2, ErrorCode.CANCEL),
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "an initial window that overflows an open stream's": (
+        frames.window_update(1, frames.MAX_WINDOW - 65_535)
+        + frames.settings({Setting.INITIAL_WINDOW_SIZE: 65_536}),
+        ErrorCode.FLOW_CONTROL_ERROR,
     ),
     "a push": (
         frames.frame(FrameType.PUSH_PROMISE, Flag.END_HEADERS, 1, b"\0\0\0\2"),
@@ -468,10 +660,20 @@ ACCEPTED = {
         {Setting.ENABLE_PUSH: 1}
     ),
     "the largest frame size, 2^24-1": frames.settings({Setting.MAX_FRAME_SIZE: (1 << 24) - 1}),
-    "a stream's send window raised to exactly 2^31-1": frames.window_update(1, frames.MAX_WINDOW - 65_535),
-    "the connection's send window raised to exactly 2^31-1": frames.window_update(
-        0, frames.MAX_WINDOW - 65_535
+    "a stream's send window raised to exactly 2^31-1": frames.window_update(1, LARGEST_WINDOW - 65_535),
+    "the largest initial window, 2^31-1": frames.settings({Setting.INITIAL_WINDOW_SIZE: LARGEST_WINDOW}),
+    "response headers over HEADERS and CONTINUATION": (
+        frames.frame(FrameType.HEADERS, 0, 1, frames.encode_headers(OK))
+        + frames.frame(FrameType.CONTINUATION, Flag.END_HEADERS, 1, frames.encode_headers([(b"x-a", b"b")]))
     ),
+    "HEADERS with a priority": frames.frame(
+        FrameType.HEADERS, Flag.END_HEADERS | Flag.PRIORITY, 1, b"\0\0\0\0\x10" + frames.encode_headers(OK)
+    ),
+    "frame types RFC 9113 does not define (ignored)": (
+        frames.frame(FrameType.CONTINUATION + 1, 0, 0, b"h3=:443")  # ALTSVC, RFC 7838
+        + frames.frame(0xFF, 0xFF, 1, b"anything")
+    ),
+    "the connection's send window raised to exactly 2^31-1": frames.window_update(0, LARGEST_WINDOW - 65_535),
 }
 """What kas may send at the edge of what is allowed: taken, and nothing is sent back but acknowledgements."""
 
