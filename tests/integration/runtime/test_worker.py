@@ -322,10 +322,14 @@ async def test_response_header_goes_out_with_the_first_response_message(
     assert response.header.response.status_code == 201
 
 
+REQUESTS = 10
+"""GETs of the one-send test."""
+
+
 def _tunnel_messages_by_send(sends: list[bytes]) -> dict[int, list[tuple[int, str]]]:
-    """Per stream, each gRPC message the runtime sent on it, as (index of the send that completed it,
-    ConnectRequest kind), and ("end", index) for its END_STREAM. Streams are read as tunnels; a stream
-    that is not one (Register, GetConfiguration) shows no trailer."""
+    """Per stream, each gRPC message the runtime sent on it as (index of the send that completed it, its
+    ConnectRequest kind), and (index, "end") for its END_STREAM. Every stream is read as a tunnel; one that
+    is not (Register, GetConfiguration) shows no trailer."""
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     pending: dict[int, bytes] = {}
     out: dict[int, list[tuple[int, str]]] = {}
@@ -388,9 +392,6 @@ async def test_a_small_answer_and_the_end_of_its_stream_leave_in_one_send(
     assert len(answered) == REQUESTS, answered
     together = [stream_id for stream_id, messages in answered.items() if _final_frames_together(messages)]
     assert len(together) >= REQUESTS // 2, answered
-
-
-REQUESTS = 10
 
 
 def _final_frames_together(messages: list[tuple[int, str]]) -> bool:
