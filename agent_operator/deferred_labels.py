@@ -35,7 +35,7 @@ RETRY_S: Final = 5.0
 """Wait before labelling again after a failed write (a transport error, 429 or 5xx)."""
 
 Quiet = Callable[[], Awaitable[None]]
-"""Returns once no status waits to be written (StatusWriter.wait_idle)."""
+"""Returns once no status waits to be written, a first one included (StatusWriter.wait_idle)."""
 
 
 @dataclass(frozen=True)

@@ -38,19 +38,22 @@ async def prefetch_secrets(api: KubeApi, wanted: Collection[SourceRef]) -> dict[
         if count < PREFETCH_MIN_SECRETS:
             continue
         try:
-            await _list_namespace(api, namespace, count, wanted, found)
+            await list_wanted(api, namespace, count, wanted, found)
         except ListError as exc:
             log.info("reading the Secrets one by one instead: %s", exc, extra={"namespace": namespace})
     return found
 
 
-async def _list_namespace(
+async def list_wanted(
     api: KubeApi,
     namespace: str,
     count: int,
     wanted: Collection[SourceRef],
     found: dict[SourceRef, dict[str, Any]],
-) -> None:
+) -> bool:
+    """Add the Secrets of `wanted` (`count` of them in `namespace`) found by listing `namespace` to `found`;
+    True when the whole namespace was listed (a wanted Secret not found does not exist), False when the
+    list stopped after its first page (PREFETCH_MAX_FACTOR). ListError when a page fails."""
     first = True
     async for page in list_pages(api, core_path(namespace, "secrets"), f"the Secrets of {namespace}"):
         items = page.get("items") or []
@@ -63,5 +66,6 @@ async def _list_namespace(
                 found[ref] = item
         remaining = (page.get("metadata") or {}).get("remainingItemCount")
         if first and isinstance(remaining, int) and len(items) + remaining > PREFETCH_MAX_FACTOR * count:
-            return  # mostly other Secrets: the rest is read one by one
+            return False  # mostly other Secrets: the rest is read one by one
         first = False
+    return True

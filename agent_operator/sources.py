@@ -35,6 +35,7 @@ from agent_operator.mapping import (
     SourceRef,
     opted_in,
 )
+from agent_operator.secret_batches import SecretBatches
 from agent_operator.secret_prefetch import prefetch_secrets
 from agent_runtime.informer import EventType, Informer, ResourceKind, Transform, object_key
 
@@ -188,6 +189,8 @@ class Sources:
         """Secrets listed at a first start for the GitLabAgents listed then, each until its first read or
         PREFETCH_KEPT_S (a sharded replica reads only its share: the sweep drops the rest then)."""
         self._prefetched_until = 0.0
+        self._batches = SecretBatches(api, self._get)
+        """Reads of objects not cached yet: a burst of them in one namespace as lists (secret_batches.py)."""
 
     def expect(self, uses: Mapping[SourceRef, frozenset[str] | None]) -> None:
         """The objects the GitLabAgents that exist at start refer to, each with the agents it must have
@@ -336,7 +339,7 @@ class Sources:
             return read_unlabelled
         path = core_path(source.namespace, source.kind.value, source.name)
         if admit is not None:
-            whole = self._prefetched.pop(source, None) or await self._get(source, path)
+            whole = self._prefetched.pop(source, None) or await self._batches.read(source)
             if whole is None:
                 return None
             if not admit(kept_of_source(whole)):
@@ -364,9 +367,9 @@ class Sources:
                 self._labelled[source] = str(version)
         return answer.body
 
-    async def _get(self, source: SourceRef, path: str) -> dict[str, Any] | None:
+    async def _get(self, source: SourceRef) -> dict[str, Any] | None:
         """The object read from the API server; None when it does not exist."""
-        current = await self._api.get(path)
+        current = await self._api.get(core_path(source.namespace, source.kind.value, source.name))
         if current.status == 404:
             return None
         if not current.ok or not isinstance(current.body, dict):

@@ -76,14 +76,22 @@ connections, each holding a computed status and its patch: when a thousand agent
 was a burst of short-lived objects that left the small-object heap fragmented (docs/benchmarks.md,
 Density). A status computed when a connection is free is also the fresher one."""
 
+FOLLOW_UPS_YIELD_S: Final = 2.0
+"""A later status of a resource that keeps its phase (a condition's message, the Flux state, the versions)
+waits while resources that this process has not written yet wait for their first status, at most this
+long (our choice). When fifty agents were applied at once, the first to connect wrote two or three
+statuses more while Flux's CRD was being read (Connected, reading the CRD, Flux not installed), and each
+write took API server and operator time from the statuses the later agents waited for
+(docs/benchmarks.md, Apply -> Connected); the wait merges them into one write with the latest status."""
+
 EVENTS_IN_FLIGHT: Final = 2
 """Events (of status transitions) being recorded at once (our choice). They share the API session's
 connections with the status writes and the Secret reads, and are sent after the status, outside the write
 slots: when a thousand agents connect together, an Event per agent in each slot made every status wait for
 one more request (docs/benchmarks.md, Fleet bring-up); the Events come later instead, best effort."""
 EVENTS_YIELD_TO_WRITES_S: Final = 10.0
-"""A transition's Event waits while statuses are waiting to be written, at most this long after the
-transition (our choice). When a thousand agents connected at once, their Connected Events went out
+"""A transition's Event waits while statuses are waiting to be written (`wait_idle`), at most this long
+after the transition (our choice). When a thousand agents connected at once, their Connected Events went out
 between the status writes and took API server time from them (docs/benchmarks.md, Session 10); an Event
 is for people reading `kubectl describe`, and carries the time of the transition however late it goes."""
 EVENTS_QUEUED_MAX: Final = 10_000
@@ -176,6 +184,11 @@ class _Entry:
     starting kick the writer about ten times each)."""
     due: bool = False
     """Something other than the inputs changed the decision (a deferral is due, the finalizer came)."""
+    settled: bool = False
+    """This process has decided the resource's first status: written it, or found the stored one current."""
+    settled_phase: Phase | None = None
+    """phase_of() the inputs of the status last written or found current (a later change of it does not
+    yield, see FOLLOW_UPS_YIELD_S)."""
 
 
 class StatusWriter:
@@ -211,6 +224,10 @@ class StatusWriter:
         self._events_queued = asyncio.Event()
         self._finalizer_wait = finalizer_wait
         self._finalized: set[AgentKey] = set()
+        self._unsettled = 0
+        """Resources tracked whose first status this process has not decided yet (see `_Entry.settled`)."""
+        self._all_settled = asyncio.Event()
+        self._all_settled.set()
 
     async def run(self) -> None:
         """Write statuses and record their Events until cancelled."""
@@ -220,8 +237,11 @@ class StatusWriter:
                 tg.create_task(self._record_events(), name=f"status-events-{n}")
 
     async def wait_idle(self) -> None:
-        """Return once no status is being written or waits to be."""
-        await self._writes_idle.wait()
+        """Return once no status is being written or waits to be, and every resource has its first one
+        (a resource still connecting has one to come)."""
+        while not (self._writes_idle.is_set() and self._all_settled.is_set()):
+            await self._writes_idle.wait()
+            await self._all_settled.wait()
 
     def track(
         self, key: AgentKey, ref: ObjectRef, facts: AgentFacts, stored: GitLabAgentStatus | None
@@ -229,7 +249,10 @@ class StatusWriter:
         """New facts for a resource; `stored` is its status as last read (used on first sight only)."""
         entry = self._entries.get(key)
         if entry is None or entry.ref.uid != ref.uid:
+            self._drop(entry)
             self._entries[key] = _Entry(ref, facts, _to_json(stored))
+            self._unsettled += 1
+            self._all_settled.clear()
         else:
             entry.facts = facts
         self._tasks.kick(key)
@@ -246,10 +269,23 @@ class StatusWriter:
     def forget(self, key: AgentKey) -> None:
         """Stop writing the status of a resource (deleted, or handed over to another operator)."""
         self._finalized.discard(key)
-        entry = self._entries.pop(key, None)
+        self._drop(self._entries.pop(key, None))
         self._metrics.forget_agent(key.worker_id)
-        if entry is not None and entry.wake is not None:
+
+    def _drop(self, entry: _Entry | None) -> None:
+        """`entry` is no longer tracked: no wake-up for it, and no first status to wait for."""
+        if entry is None:
+            return
+        if entry.wake is not None:
             entry.wake.cancel()
+        if not entry.settled:
+            self._settled(entry)
+
+    def _settled(self, entry: _Entry) -> None:
+        entry.settled = True
+        self._unsettled -= 1
+        if not self._unsettled:
+            self._all_settled.set()
 
     def on_snapshot(self, snapshot: WorkerSnapshot) -> None:
         """Runtime subscription: a worker changed."""
@@ -323,6 +359,7 @@ class StatusWriter:
         self._writing += 1
         self._writes_idle.clear()
         try:
+            await self._yield_to_first_statuses(key)
             async with self._in_flight:
                 retry_in = await self._write_now(key, events)
         finally:
@@ -333,6 +370,18 @@ class StatusWriter:
         if retry_in is not None:  # waited for without a slot: a failing resource must not hold one
             await asyncio.sleep(retry_in)
             self._tasks.kick(key)
+
+    async def _yield_to_first_statuses(self, key: AgentKey) -> None:
+        """Wait while other resources wait for their first status, if this one's is decided and keeps its
+        phase, at most FOLLOW_UPS_YIELD_S (see the constant)."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.settled or self._all_settled.is_set():
+            return
+        if phase_of(entry.facts, self._snapshots(key.worker_id)) is not entry.settled_phase:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FOLLOW_UPS_YIELD_S):
+                await self._all_settled.wait()
 
     def _queue_events(self, events: list[tuple[ObjectRef, EventSpec]]) -> None:
         if not events:
@@ -356,8 +405,14 @@ class StatusWriter:
             ref, event, happened, deadline = self._events_queue.popleft()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(_loop_time(deadline)):
-                    await self._writes_idle.wait()
+                    await self.wait_idle()
             await self._events.emit(ref, event, happened)
+
+    def _settle(self, entry: _Entry, inputs: tuple[AgentFacts, WorkerSnapshot | None]) -> None:
+        """The status of `inputs` is on the resource now."""
+        entry.decided, entry.settled_phase = inputs, phase_of(*inputs)
+        if not entry.settled:
+            self._settled(entry)
 
     async def _write_now(self, key: AgentKey, events: list[tuple[ObjectRef, EventSpec]]) -> float | None:
         """Compute and write the status if it changed; the delay before a retry, if one is due. The
@@ -372,11 +427,10 @@ class StatusWriter:
         written = _from_json(entry.written_json)
         status = compute_status(*inputs, written, self._clock())
         self._metrics.observe_status(key.worker_id, status)  # also when unchanged: e.g. after a restart
-        if (
-            status == written
-            or self._held(key, entry, status, written)
-            or self._counts_wait(key, entry, written, status)
-        ):
+        if status == written:
+            self._settle(entry, inputs)
+            return None
+        if self._held(key, entry, status, written) or self._counts_wait(key, entry, written, status):
             entry.decided = inputs
             return None
         extra = resource_extra(key.namespace, key.name)
@@ -390,8 +444,9 @@ class StatusWriter:
         self._metrics.status_patches.labels(result=str(code // 100) + "xx" if code else "error").inc()
         if answer is not None and answer.ok:
             transitions = transition_events(written, status, entry.facts)
-            entry.written_json, entry.failures, entry.decided = _to_json(status), 0, inputs
+            entry.written_json, entry.failures = _to_json(status), 0
             entry.written_at = time.monotonic()
+            self._settle(entry, inputs)
             if written is not None and _only_counts_differ(written, status):
                 entry.counts_written_at = entry.written_at
             events.extend((entry.ref, event) for event in transitions)
@@ -400,6 +455,7 @@ class StatusWriter:
             log.info("resource is gone; no more status for it", extra=extra)
             if self._entries.get(key) is entry:
                 del self._entries[key]
+                self._drop(entry)
                 self._metrics.forget_agent(key.worker_id)
             return None
         if answer is not None and code not in _RETRYABLE:

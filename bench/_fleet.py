@@ -89,12 +89,19 @@ class OperatorProcess:
             self.log_path,
             cwd=_bootstrap.REPO_ROOT,
         )
+        await self._wait_for("liveness", time_limit)
+
+    async def wait_ready(self, time_limit: float = 60.0) -> None:
+        """Return once /readiness answers 200: started, and every agent it runs is Connected or failed."""
+        await self._wait_for("readiness", time_limit)
+
+    async def _wait_for(self, endpoint: str, time_limit: float) -> None:
         async with asyncio.timeout(time_limit), aiohttp.ClientSession() as session:
             while True:
                 if self._proc.poll() is not None:
                     raise RuntimeError(f"operator exited: {process.log_tail(self.log_path)}")
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"http://127.0.0.1:{self.port}/liveness") as response:
+                    async with session.get(f"http://127.0.0.1:{self.port}/{endpoint}") as response:
                         if response.status == 200:
                             return
                 await asyncio.sleep(0.1)

@@ -1,0 +1,143 @@
+"""A burst of token Secret reads against the real API server (agent_operator/secret_batches.py): one list of
+their namespace answers most of them, each read gets the Secret a GET would have given (or None for one
+that does not exist), a single read stays a GET, a namespace listed one page only and a list given up
+fall back to GETs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_operator import kube_api
+from agent_operator.kube_api import ApiResponse, KubeApi, core_path
+from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, SourceKind, SourceRef, opted_in
+from agent_operator.secret_batches import BATCH_FROM
+from agent_operator.sources import Sources
+from agent_runtime.kube import load_kube_access
+from tests.support.k8s_cluster import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+TOKENS = 30
+
+
+class CountingApi(KubeApi):
+    """KubeApi that records the path of every GET (reads and list pages)."""
+
+    gets: list[str]
+
+    async def get(self, path: str) -> ApiResponse:
+        self.gets.append(path)
+        return await super().get(path)
+
+
+def _create_secrets(k8s_cluster: LocalCluster, namespace: str, names: list[str], opted_in_to: str) -> None:
+    for name in names:
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "annotations": {ALLOWED_AGENTS_ANNOTATION: opted_in_to}},
+            "data": {"token": base64.b64encode(f"token of {name}".encode()).decode()},
+        }
+        status, info = k8s_cluster.request("POST", core_path(namespace, "secrets"), secret)
+        assert status == 201, info
+
+
+@pytest.fixture
+def namespace(k8s_cluster: LocalCluster, request: pytest.FixtureRequest) -> str:
+    name = f"batches-{abs(hash(request.node.name)) % 10**8}"
+    k8s_cluster.create_namespace(name)
+    _create_secrets(k8s_cluster, name, [f"token-{i}" for i in range(TOKENS)], "agent")
+    return name
+
+
+@contextlib.asynccontextmanager
+async def _sources(admin_kubeconfig: Path, namespace: str) -> AsyncIterator[tuple[Sources, CountingApi]]:
+    kube = await asyncio.to_thread(load_kube_access, str(admin_kubeconfig))
+    api = CountingApi(kube)
+    api.gets = []
+    try:
+        yield Sources(api, [namespace]), api
+    finally:
+        await api.close()
+        await kube.close()
+
+
+def _admit(obj: Any) -> bool:
+    return opted_in(obj, "agent")
+
+
+def _secret_ref(namespace: str, name: str) -> SourceRef:
+    return SourceRef(SourceKind.SECRET, namespace, name)
+
+
+async def _read_all(sources: Sources, namespace: str, names: list[str]) -> list[Any]:
+    async with asyncio.timeout(30):
+        return await asyncio.gather(*(sources.read(_secret_ref(namespace, name), _admit) for name in names))
+
+
+def _token(obj: Any) -> str:
+    return base64.b64decode(obj["data"]["token"]).decode()
+
+
+def _lists(api: CountingApi, namespace: str) -> list[str]:
+    return [path for path in api.gets if path.startswith(core_path(namespace, "secrets") + "?")]
+
+
+async def test_a_burst_of_reads_is_answered_by_a_few_lists(admin_kubeconfig: Path, namespace: str) -> None:
+    names = [f"token-{i}" for i in range(TOKENS)] + ["missing-1", "missing-2"]
+    async with _sources(admin_kubeconfig, namespace) as (sources, api):
+        found = await _read_all(sources, namespace, names)
+    assert [_token(obj) for obj in found[:TOKENS]] == [f"token of {name}" for name in names[:TOKENS]]
+    assert found[TOKENS:] == [None, None]  # not in a whole list: they do not exist
+    lists = _lists(api, namespace)
+    assert 1 <= len(lists) <= 3, api.gets
+    assert len(api.gets) - len(lists) == BATCH_FROM, api.gets  # the first reads GET, the rest joined lists
+
+
+async def test_a_single_read_is_a_get(admin_kubeconfig: Path, namespace: str) -> None:
+    async with _sources(admin_kubeconfig, namespace) as (sources, api):
+        (found,) = await _read_all(sources, namespace, ["token-7"])
+    assert _token(found) == "token of token-7"
+    assert api.gets == [core_path(namespace, "secrets", "token-7")]
+
+
+async def test_a_crowded_namespace_is_listed_one_page_and_the_rest_read_one_by_one(
+    admin_kubeconfig: Path, namespace: str, k8s_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _create_secrets(k8s_cluster, namespace, [f"other-{i}" for i in range(100)], "someone-else")
+    monkeypatch.setattr(kube_api, "PAGE_SIZE", 10)  # 130 Secrets: far more than the reads wait for
+    names = [f"token-{i}" for i in range(TOKENS)]
+    async with _sources(admin_kubeconfig, namespace) as (sources, api):
+        found = await _read_all(sources, namespace, names)
+    assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
+    lists = _lists(api, namespace)
+    assert lists
+    assert all("continue" not in path for path in lists), lists  # first pages only
+    assert len(api.gets) - len(lists) > BATCH_FROM  # the reads no first page answered GET
+
+
+async def test_the_reads_of_a_list_given_up_get_one_by_one(admin_kubeconfig: Path, namespace: str) -> None:
+    names = [f"token-{i}" for i in range(10)]
+    async with _sources(admin_kubeconfig, namespace) as (sources, api), asyncio.timeout(30):
+        reads = [
+            asyncio.create_task(
+                sources.read(SourceRef(SourceKind.SECRET, namespace, name), _admit), name=name
+            )
+            for name in names
+        ]
+        await asyncio.sleep(0)  # every read has begun: the first GET, the next one leads a list
+        leader = reads[BATCH_FROM]
+        leader.cancel()
+        done = await asyncio.gather(*reads, return_exceptions=True)
+    assert isinstance(done[BATCH_FROM], asyncio.CancelledError)
+    rest = [obj for i, obj in enumerate(done) if i != BATCH_FROM]
+    assert [_token(obj) for obj in rest] == [f"token of {n}" for i, n in enumerate(names) if i != BATCH_FROM]
+    assert not _lists(api, namespace)
+    assert len(api.gets) == len(names) - 1
