@@ -126,12 +126,15 @@ class ListError(Exception):
     """A list failed (a transport error or a refusal); the message says which."""
 
 
-async def list_pages(api: KubeApi, path: str, what: str) -> AsyncIterator[dict[str, Any]]:
-    """Each page's answer (its `items` and `metadata`) of a list of `path`, PAGE_SIZE objects at a time;
-    ListError (naming `what`) on failure."""
+async def list_pages(
+    api: KubeApi, path: str, what: str, *, limit: int | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Each page's answer (its `items` and `metadata`) of a list of `path`, `limit` objects at a time (at
+    most PAGE_SIZE); ListError (naming `what`) on failure."""
+    page_size = min(limit, PAGE_SIZE) if limit is not None else PAGE_SIZE
     continue_token = ""
     while True:
-        query = {"limit": str(PAGE_SIZE), **({"continue": continue_token} if continue_token else {})}
+        query = {"limit": str(page_size), **({"continue": continue_token} if continue_token else {})}
         try:
             answer = await api.get(f"{path}?{urlencode(query)}")
         except (aiohttp.ClientError, TimeoutError) as exc:

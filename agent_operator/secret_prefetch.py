@@ -53,9 +53,13 @@ async def list_wanted(
 ) -> bool:
     """Add the Secrets of `wanted` (`count` of them in `namespace`) found by listing `namespace` to `found`;
     True when the whole namespace was listed (a wanted Secret not found does not exist), False when the
-    list stopped after its first page (PREFETCH_MAX_FACTOR). ListError when a page fails."""
+    list stopped after its first page (PREFETCH_MAX_FACTOR). ListError when a page fails.
+
+    A page holds at most PREFETCH_MAX_FACTOR objects per wanted one: a namespace full of other, large
+    Secrets (Helm's releases, say) costs at most that many times the GETs' data before the list stops."""
+    path, what = core_path(namespace, "secrets"), f"the Secrets of {namespace}"
     first = True
-    async for page in list_pages(api, core_path(namespace, "secrets"), f"the Secrets of {namespace}"):
+    async for page in list_pages(api, path, what, limit=PREFETCH_MAX_FACTOR * count):
         items = page.get("items") or []
         for item in items:
             meta = item.get("metadata") if isinstance(item, dict) else None

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from agent_operator import kube_api
 from agent_operator.kube_api import ApiResponse, KubeApi, core_path
 from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, SourceKind, SourceRef, opted_in
 from agent_operator.secret_batches import BATCH_FROM
+from agent_operator.secret_prefetch import PREFETCH_MAX_FACTOR
 from agent_operator.sources import Sources
 from agent_runtime.kube import load_kube_access
 from tests.support.k8s_cluster import LocalCluster
@@ -109,18 +109,24 @@ async def test_a_single_read_is_a_get(admin_kubeconfig: Path, namespace: str) ->
 
 
 async def test_a_crowded_namespace_is_listed_one_page_and_the_rest_read_one_by_one(
-    admin_kubeconfig: Path, namespace: str, k8s_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+    admin_kubeconfig: Path, namespace: str, k8s_cluster: LocalCluster
 ) -> None:
     _create_secrets(k8s_cluster, namespace, [f"other-{i}" for i in range(100)], "someone-else")
-    monkeypatch.setattr(kube_api, "PAGE_SIZE", 10)  # 130 Secrets: far more than the reads wait for
     names = [f"token-{i}" for i in range(TOKENS)]
     async with _sources(admin_kubeconfig, namespace) as (sources, api):
         found = await _read_all(sources, namespace, names)
     assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
     lists = _lists(api, namespace)
-    assert lists
-    assert all("continue" not in path for path in lists), lists  # first pages only
-    assert len(api.gets) - len(lists) > BATCH_FROM  # the reads no first page answered GET
+    # One list for the reads past the first GETs, one page of at most four Secrets per read it answers:
+    # 130 Secrets are more than that, so the rest is not listed, and the reads the page missed GET.
+    wanted = TOKENS - BATCH_FROM
+    assert len(lists) == 1, lists
+    assert f"limit={PREFETCH_MAX_FACTOR * wanted}" in lists[0]
+    assert "continue" not in lists[0]
+    page = set(sorted([*names, *(f"other-{i}" for i in range(100))])[: PREFETCH_MAX_FACTOR * wanted])
+    missed = [name for name in names[BATCH_FROM:] if name not in page]  # the API server lists by name
+    assert missed
+    assert len(api.gets) - len(lists) == BATCH_FROM + len(missed)
 
 
 async def test_the_reads_of_a_list_given_up_get_one_by_one(admin_kubeconfig: Path, namespace: str) -> None:
