@@ -23,6 +23,7 @@ from agent_operator.status_mapping import AgentFacts, EventSpec, compute_status
 from agent_operator.status_writer import WRITES_IN_FLIGHT, StatusWriter
 from agent_runtime.spec import FluxState, FluxStatus, WorkerSnapshot
 from agent_runtime.spec import Phase as WorkerPhase
+from tests.unit.operator.writer_support import running
 
 KEY = AgentKey("ns", "a")
 REF = ObjectRef("ns", "a", "uid-1")
@@ -66,13 +67,8 @@ async def parts() -> AsyncIterator[tuple[StatusWriter, _Api, _Events, _Snapshots
     fake_api: Any = api  # a double with the one method the writer calls
     fake_events: Any = events
     writer = StatusWriter(fake_api, fake_events, snapshots, metrics, debounce=0.0, clock=lambda: NOW)
-    task = asyncio.create_task(writer.run(), name="test-status-writer")
-    try:
+    async with running(writer):
         yield writer, api, events, snapshots
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _settle() -> None:
@@ -247,8 +243,7 @@ async def test_at_most_writes_in_flight_statuses_are_computed_and_sent_at_once()
 
     metrics = OperatorMetrics(CollectorRegistry())
     writer = StatusWriter(api, events, snapshot, metrics, debounce=0.0, clock=lambda: NOW)
-    task = asyncio.create_task(writer.run(), name="test-status-writer")
-    try:
+    async with running(writer):
         for key in agents:
             writer.track(key, ObjectRef(key.namespace, key.name, f"uid-{key.name}"), FACTS, None)
         await _settle()
@@ -258,10 +253,6 @@ async def test_at_most_writes_in_flight_statuses_are_computed_and_sent_at_once()
             while api.done < len(agents):  # noqa: ASYNC110 - observing the writer from outside
                 await asyncio.sleep(0.01)
         assert api.most == WRITES_IN_FLIGHT
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _counts(idle: int, active: int, phase: WorkerPhase = WorkerPhase.CONNECTED) -> WorkerSnapshot:
@@ -402,13 +393,8 @@ async def _gated_writer(held: str) -> AsyncIterator[tuple[StatusWriter, _GatedAp
         debounce=0.0,
         clock=lambda: NOW,
     )
-    task = asyncio.create_task(writer.run(), name="test-status-writer")
-    try:
+    async with running(writer):
         yield writer, api, events
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_events_wait_while_statuses_wait_to_be_written() -> None:

@@ -16,6 +16,7 @@ from agent_runtime.spec import Phase as WorkerPhase
 from agent_runtime.spec import WorkerSnapshot
 from tests.unit.operator.test_status_writer import FACTS, KEY, NOW, REF, _Events, _Snapshots
 from tests.unit.operator.test_status_writer_retry import _ScriptedApi, _until
+from tests.unit.operator.writer_support import running
 
 
 @contextlib.asynccontextmanager
@@ -34,13 +35,8 @@ async def writer(wait: float) -> AsyncIterator[tuple[StatusWriter, _ScriptedApi]
         clock=lambda: NOW,
         finalizer_wait=wait,
     )
-    task = asyncio.create_task(status.run(), name="test-status-writer")
-    try:
+    async with running(status):
         yield status, api
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_the_first_status_waits_for_the_finalizer_and_goes_out_when_it_is_on() -> None:

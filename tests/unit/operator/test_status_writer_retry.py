@@ -19,6 +19,7 @@ from agent_operator.status_writer import StatusWriter
 from agent_runtime.spec import Phase as WorkerPhase
 from agent_runtime.spec import WorkerSnapshot
 from tests.unit.operator.test_status_writer import FACTS, KEY, NOW, REF, _Events, _Snapshots
+from tests.unit.operator.writer_support import running as running_writer
 
 
 class _ScriptedApi:
@@ -60,13 +61,8 @@ class Parts:
 @contextlib.asynccontextmanager
 async def running(api: _ScriptedApi) -> AsyncIterator[Parts]:
     parts = Parts(api)
-    task = asyncio.create_task(parts.writer.run(), name="test-status-writer")
-    try:
+    async with running_writer(parts.writer):
         yield parts
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ Events and watch labels wait for) waits for every first status too."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +21,7 @@ from agent_operator.status_mapping import AgentFacts, EventSpec
 from agent_operator.status_writer import StatusWriter
 from agent_runtime.spec import Phase as WorkerPhase
 from agent_runtime.spec import WorkerSnapshot
+from tests.unit.operator.writer_support import running
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 FACTS = AgentFacts(generation=1, kas_address="grpc://kas:8150")
@@ -71,13 +71,8 @@ async def parts() -> AsyncIterator[Parts]:
     fake_events: Any = _Events()
     metrics = OperatorMetrics(CollectorRegistry())
     writer = StatusWriter(fake_api, fake_events, snapshots, metrics, debounce=0.0, clock=lambda: NOW)
-    task = asyncio.create_task(writer.run(), name="test-status-writer")
-    try:
+    async with running(writer):
         yield writer, api, snapshots
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _settle() -> None:
