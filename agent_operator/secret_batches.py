@@ -3,7 +3,7 @@
 A new GitLabAgent reads its token Secret (GET) before its agent starts. When fifty were applied at once,
 their fifty GETs queued behind the operator's few connections to the API server, beside the status
 writes, and the last ones waited over 200 ms: most of the time from apply to Connected for those agents
-(docs/benchmarks.md, Apply -> Connected). So a read GETs while fewer than BATCH_FROM reads of its
+(docs/benchmarks.md, Session 14). So a read GETs while fewer than BATCH_FROM reads of its
 namespace are in flight (a single apply costs no more than before); past that it joins the namespace's
 next list. One list per namespace is in flight at a time, and the next one gathers the reads that come
 meanwhile. Each read takes its Secret from the list by name; one the list does not hold does not exist
@@ -97,6 +97,7 @@ class SecretBatches:
             await asyncio.sleep(0)  # the reads of the same watch events join first
             if batch.after is not None:
                 await batch.after.done.wait()
+                batch.after = None  # its Secrets are its own readers' to keep, not this batch's
             batch.started = True
             try:
                 batch.complete = await list_wanted(

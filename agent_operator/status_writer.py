@@ -82,7 +82,7 @@ waits while resources that this process has not written yet wait for their first
 long (our choice). When fifty agents were applied at once, the first to connect wrote two or three
 statuses more while Flux's CRD was being read (Connected, reading the CRD, Flux not installed), and each
 write took API server and operator time from the statuses the later agents waited for
-(docs/benchmarks.md, Apply -> Connected); the wait merges them into one write with the latest status."""
+(docs/benchmarks.md, Session 14); the wait merges them into one write with the latest status."""
 
 EVENTS_IN_FLIGHT: Final = 2
 """Events (of status transitions) being recorded at once (our choice). They share the API session's
@@ -414,6 +414,12 @@ class StatusWriter:
         if not entry.settled:
             self._settled(entry)
 
+    def _given_up(self, entry: _Entry) -> None:
+        """No first status is coming for `entry` until its inputs change: the others stop waiting for it
+        (it is written again as before, when they change)."""
+        if not entry.settled:
+            self._settled(entry)
+
     async def _write_now(self, key: AgentKey, events: list[tuple[ObjectRef, EventSpec]]) -> float | None:
         """Compute and write the status if it changed; the delay before a retry, if one is due. The
         Events of the transition are appended to `events`, for the caller to record."""
@@ -460,10 +466,12 @@ class StatusWriter:
             return None
         if answer is not None and code not in _RETRYABLE:
             log.error("status patch rejected: %s", answer.reason(), extra=extra)
+            self._given_up(entry)
             return None
         if entry.failures >= len(RETRY_DELAYS_S):
             log.error("status patch keeps failing; waiting for the next change", extra=extra)
             entry.failures = 0
+            self._given_up(entry)
             return None
         delay = RETRY_DELAYS_S[entry.failures]
         entry.failures += 1

@@ -64,13 +64,17 @@ class _Snapshots:
 Parts = tuple[StatusWriter, _Api, _Snapshots]
 
 
-@pytest.fixture
-async def parts() -> AsyncIterator[Parts]:
-    api, snapshots = _Api(), _Snapshots()
+def _writer(api: _Api, snapshots: _Snapshots) -> StatusWriter:
     fake_api: Any = api  # a double with the one method the writer calls
     fake_events: Any = _Events()
     metrics = OperatorMetrics(CollectorRegistry())
-    writer = StatusWriter(fake_api, fake_events, snapshots, metrics, debounce=0.0, clock=lambda: NOW)
+    return StatusWriter(fake_api, fake_events, snapshots, metrics, debounce=0.0, clock=lambda: NOW)
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[Parts]:
+    api, snapshots = _Api(), _Snapshots()
+    writer = _writer(api, snapshots)
     async with running(writer):
         yield writer, api, snapshots
 
@@ -153,3 +157,27 @@ async def test_a_forgotten_resource_is_not_waited_for(parts: Parts) -> None:
     writer.on_snapshot(snapshots.set(EARLY, WorkerPhase.CONNECTED, kas_version="v18.6.0"))
     await _settle()
     assert api.patches[-1] == ("early", "Connected", "v18.6.0")
+
+
+class _RejectingApi(_Api):
+    """Rejects every status of LATE (422), as the API server does a status its schema refuses."""
+
+    async def merge_patch(self, path: str, body: Any, *, decode: bool = True) -> ApiResponse:
+        if path.rsplit("/", 2)[-2] == LATE.name:
+            return ApiResponse(422, {"message": "status.phase: Unsupported value"})
+        return await super().merge_patch(path, body, decode=decode)
+
+
+async def test_a_rejected_first_status_is_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(status_writer, "FOLLOW_UPS_YIELD_S", 60.0)
+    api, snapshots = _RejectingApi(), _Snapshots()
+    writer = _writer(api, snapshots)
+    async with running(writer), asyncio.timeout(5):
+        snapshots.set(EARLY, WorkerPhase.CONNECTED)
+        _track(writer, EARLY)
+        snapshots.set(LATE, WorkerPhase.CONNECTED)
+        _track(writer, LATE)
+        await writer.wait_idle()  # LATE's first status was refused: none is coming until it changes
+        writer.on_snapshot(snapshots.set(EARLY, WorkerPhase.CONNECTED, kas_version="v18.6.0"))
+        await _settle()
+    assert api.patches == [("early", "Connected", None), ("early", "Connected", "v18.6.0")]
