@@ -8,7 +8,8 @@ the reference kas (`--kas python`, the default) or GitLab's own (`--kas gitlab`:
 scripts/gitlab-peers, with Redis and the GitLab Rails stand-in, bench/_gitlab_side.py), which the agents
 dial over `--scheme` (grpc:// or ws://; the reference kas takes grpc:// here).
 One GitLabAgent is created in another namespace first (the apiserver's first create of a CRD with CEL
-rules is slow, a one-off a long-running cluster has already paid), then the token Secrets, then all N
+rules is slow, a one-off a long-running cluster has already paid), then the token Secrets; once the
+operator reports ready and SETTLE_S more have passed (the agents go to a running operator), all N
 GitLabAgents are POSTed at once (24 in flight) while a watch timestamps every event. Prints p50/p99/max of
 the time from each resource's POST to `status.phase: Connected`, split into the apiserver's part (POST to
 the watch's ADDED event) and the operator's part (ADDED to Connected), the status writes per resource,
