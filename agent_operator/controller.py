@@ -249,6 +249,7 @@ class AgentController:
         if record is None:
             record = self._records[key] = _Record(kept_body(body))
             self._metrics.agents.set(len(self._records))
+            self._writer.expect(key)
             return record
         version = _version_of(body)
         if record.reconciled == version:
@@ -261,7 +262,10 @@ class AgentController:
     async def _sync_latest(self, key: AgentKey, record: _Record) -> None:
         """Reconcile the record's latest body (under its lock) and remember its version."""
         version = _version_of(record.body)
-        await self._sync(key, record)
+        try:
+            await self._sync(key, record)
+        finally:
+            self._writer.unexpect(key)  # tracked by now, unless this reconciliation wrote nothing
         record.reconciled = version
 
     async def _reconcile_observed(self, key: AgentKey) -> None:

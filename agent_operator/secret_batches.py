@@ -5,11 +5,11 @@ their fifty GETs queued behind the operator's few connections to the API server,
 writes, and the last ones waited over 200 ms: most of the time from apply to Connected for those agents
 (docs/benchmarks.md, Session 14). So a read GETs while fewer than BATCH_FROM reads of its
 namespace are in flight (a single apply costs no more than before); past that it joins the namespace's
-next list. One list per namespace is in flight at a time, and the next one gathers the reads that come
-meanwhile. Each read takes its Secret from the list by name; one the list does not hold does not exist
-(the list began after the read was asked for). A namespace with many more Secrets than the list waits for
-is listed one page only (secret_prefetch.list_wanted), and a read its page does not answer GETs, as does
-every read of a list that failed or was given up.
+next list. At most LISTS_IN_FLIGHT lists of a namespace are in flight, and the next one gathers the reads
+that come meanwhile. Each read takes its Secret from the list by name; one the list does not hold does not
+exist (the list began after the read was asked for). A namespace with many more Secrets than the list
+waits for is listed one page only (secret_prefetch.list_wanted), and a read its page does not answer GETs,
+as does every read of a list that failed or was given up, or that gathered fewer than BATCH_FROM reads.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 BATCH_FROM: Final = 4
 """GETs of one namespace's Secrets in flight from which a further read joins a list (our choice: half the
 operator's connections, kube_api.CONNECTION_LIMIT)."""
+LISTS_IN_FLIGHT: Final = 2
+"""Lists of one namespace in flight at once (our choice). With one, the reads that came while a list was
+in flight (about 100 ms when fifty agents were applied at once) waited for it to end before theirs began
+(docs/benchmarks.md, Session 15); more would add load while a thousand agents start."""
 
 GetOne = Callable[[SourceRef], Awaitable[dict[str, Any] | None]]
 """Reads one object (None: it does not exist)."""
@@ -39,15 +43,22 @@ GetOne = Callable[[SourceRef], Awaitable[dict[str, Any] | None]]
 class _Batch:
     """The reads one list of a namespace answers."""
 
-    after: _Batch | None
-    """The namespace's list before this one: this one begins once it is done."""
     wanted: set[SourceRef] = field(default_factory=set)
-    started: bool = False
-    """Listing: a read that comes now joins the next batch."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
     found: dict[SourceRef, dict[str, Any]] = field(default_factory=dict)
     complete: bool = False
     """The whole namespace was listed: a wanted Secret not found does not exist."""
+
+
+@dataclass(eq=False)
+class _Namespace:
+    """One namespace's batches while any is not done."""
+
+    lists: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(LISTS_IN_FLIGHT))
+    gathering: _Batch | None = None
+    """The batch a read joins: its list has not begun."""
+    batches: int = 0
+    """Batches not done: gathering, waiting for one of `lists`, or listing."""
 
 
 class SecretBatches:
@@ -58,21 +69,21 @@ class SecretBatches:
         self._get_one = get_one
         self._gets: Counter[str] = Counter()
         """GETs in flight per namespace."""
-        self._latest: dict[str, _Batch] = {}
-        """Per namespace, its newest batch while it is not done."""
+        self._namespaces: dict[str, _Namespace] = {}
 
     async def read(self, source: SourceRef) -> dict[str, Any] | None:
         """The object as the API server has it now; None when it does not exist."""
-        namespace = source.namespace
-        if source.kind is not SourceKind.SECRET or (
-            self._gets[namespace] < BATCH_FROM and namespace not in self._latest
-        ):
+        name = source.namespace
+        namespace = self._namespaces.get(name)
+        if source.kind is not SourceKind.SECRET or (self._gets[name] < BATCH_FROM and namespace is None):
             return await self._get(source)
-        batch = self._latest.get(namespace)
-        if batch is None or batch.started:
-            batch = self._latest[namespace] = _Batch(after=batch)
+        if namespace is None:
+            namespace = self._namespaces[name] = _Namespace()
+        batch = namespace.gathering
+        if batch is None:
+            batch = namespace.gathering = _Batch()
             batch.wanted.add(source)
-            await self._list(namespace, batch)
+            await self._list(name, namespace, batch)
         else:
             batch.wanted.add(source)
             await batch.done.wait()
@@ -90,23 +101,27 @@ class SecretBatches:
             if not self._gets[source.namespace]:
                 del self._gets[source.namespace]
 
-    async def _list(self, namespace: str, batch: _Batch) -> None:
-        """List for `batch`, once the namespace's list before it is done; its reads wait for `done`, also
+    async def _list(self, name: str, namespace: _Namespace, batch: _Batch) -> None:
+        """List for `batch` once one of the namespace's lists is free; its reads wait for `done`, also
         when this one is cancelled (they GET then)."""
+        namespace.batches += 1
         try:
             await asyncio.sleep(0)  # the reads of the same watch events join first
-            if batch.after is not None:
-                await batch.after.done.wait()
-                batch.after = None  # its Secrets are its own readers' to keep, not this batch's
-            batch.started = True
-            try:
-                batch.complete = await list_wanted(
-                    self._api, namespace, len(batch.wanted), batch.wanted, batch.found
-                )
-            except ListError as exc:
-                log.info("reading the Secrets one by one instead: %s", exc, extra={"namespace": namespace})
+            async with namespace.lists:
+                if namespace.gathering is batch:
+                    namespace.gathering = None
+                if len(batch.wanted) < BATCH_FROM:
+                    return  # too few to list: a small page of a crowded namespace misses them, they GET
+                try:
+                    batch.complete = await list_wanted(
+                        self._api, name, len(batch.wanted), batch.wanted, batch.found
+                    )
+                except ListError as exc:
+                    log.info("reading the Secrets one by one instead: %s", exc, extra={"namespace": name})
         finally:
-            batch.started = True
+            if namespace.gathering is batch:
+                namespace.gathering = None
             batch.done.set()
-            if self._latest.get(namespace) is batch:
-                del self._latest[namespace]
+            namespace.batches -= 1
+            if not namespace.batches and self._namespaces.get(name) is namespace:
+                del self._namespaces[name]

@@ -224,8 +224,10 @@ class StatusWriter:
         self._events_queued = asyncio.Event()
         self._finalizer_wait = finalizer_wait
         self._finalized: set[AgentKey] = set()
+        self._expected: set[AgentKey] = set()
+        """Resources seen but not tracked yet: their first reconciliation has not decided their facts."""
         self._unsettled = 0
-        """Resources tracked whose first status this process has not decided yet (see `_Entry.settled`)."""
+        """Resources expected, or tracked with no first status decided by this process (`_Entry.settled`)."""
         self._all_settled = asyncio.Event()
         self._all_settled.set()
 
@@ -243,6 +245,23 @@ class StatusWriter:
             await self._writes_idle.wait()
             await self._all_settled.wait()
 
+    def expect(self, key: AgentKey) -> None:
+        """A resource was seen and its first status is to come: until it is tracked (or `unexpect`ed),
+        the others' later statuses yield to it as to a tracked one (see FOLLOW_UPS_YIELD_S). Its Secrets
+        are read before it is tracked, and when fifty agents were applied at once, the first ones' later
+        statuses went out while the others' Secrets were being read (docs/benchmarks.md, Session 15)."""
+        if key in self._entries or key in self._expected:
+            return
+        self._expected.add(key)
+        self._unsettled += 1
+        self._all_settled.clear()
+
+    def unexpect(self, key: AgentKey) -> None:
+        """The resource's reconciliation ended: tracked by now, or no first status is coming from it."""
+        if key in self._expected:
+            self._expected.discard(key)
+            self._settled_one()
+
     def track(
         self, key: AgentKey, ref: ObjectRef, facts: AgentFacts, stored: GitLabAgentStatus | None
     ) -> None:
@@ -251,8 +270,11 @@ class StatusWriter:
         if entry is None or entry.ref.uid != ref.uid:
             self._drop(entry)
             self._entries[key] = _Entry(ref, facts, _to_json(stored))
-            self._unsettled += 1
-            self._all_settled.clear()
+            if key in self._expected:
+                self._expected.discard(key)  # counted as unsettled already
+            else:
+                self._unsettled += 1
+                self._all_settled.clear()
         else:
             entry.facts = facts
         self._tasks.kick(key)
@@ -269,6 +291,7 @@ class StatusWriter:
     def forget(self, key: AgentKey) -> None:
         """Stop writing the status of a resource (deleted, or handed over to another operator)."""
         self._finalized.discard(key)
+        self.unexpect(key)
         self._drop(self._entries.pop(key, None))
         self._metrics.forget_agent(key.worker_id)
 
@@ -283,6 +306,9 @@ class StatusWriter:
 
     def _settled(self, entry: _Entry) -> None:
         entry.settled = True
+        self._settled_one()
+
+    def _settled_one(self) -> None:
         self._unsettled -= 1
         if not self._unsettled:
             self._all_settled.set()

@@ -16,7 +16,7 @@ import pytest
 
 from agent_operator.kube_api import ApiResponse, KubeApi, core_path
 from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, SourceKind, SourceRef, opted_in
-from agent_operator.secret_batches import BATCH_FROM
+from agent_operator.secret_batches import BATCH_FROM, LISTS_IN_FLIGHT
 from agent_operator.secret_prefetch import PREFETCH_MAX_FACTOR
 from agent_operator.sources import Sources
 from agent_runtime.kube import load_kube_access
@@ -147,3 +147,75 @@ async def test_the_reads_of_a_list_given_up_get_one_by_one(admin_kubeconfig: Pat
     assert [_token(obj) for obj in rest] == [f"token of {n}" for i, n in enumerate(names) if i != BATCH_FROM]
     assert not _lists(api, namespace)
     assert len(api.gets) == len(names) - 1
+
+
+class GatedApi(CountingApi):
+    """CountingApi whose reads wait at the gate until the test opens it (the API server answers them
+    then); `listing` counts the lists at the gate."""
+
+    gate: asyncio.Event
+    listing: int
+
+    async def get(self, path: str) -> ApiResponse:
+        is_list = "?" in path
+        self.listing += is_list
+        try:
+            await self.gate.wait()
+        finally:
+            self.listing -= is_list
+        return await super().get(path)
+
+
+async def test_reads_that_come_while_a_list_is_in_flight_have_a_list_of_their_own(
+    admin_kubeconfig: Path, namespace: str
+) -> None:
+    kube = await asyncio.to_thread(load_kube_access, str(admin_kubeconfig))
+    api = GatedApi(kube)
+    api.gets, api.gate, api.listing = [], asyncio.Event(), 0
+    sources = Sources(api, [namespace])
+    # Eight reads make a page of 32 Secrets: the namespace's 30 tokens are one page, a whole list.
+    waves = [
+        [f"token-{i}" for i in range(start, end)] for start, end in ((0, 4), (4, 12), (12, 20), (20, 28))
+    ]
+    try:
+        async with asyncio.TaskGroup() as group, asyncio.timeout(30):
+            reads = []
+            for wave in waves:
+                reads += [group.create_task(sources.read(_secret_ref(namespace, n), _admit)) for n in wave]
+                for _ in range(5):
+                    await asyncio.sleep(0)  # this wave's reads are in: they GET or gather for a list
+            # The first wave GETs (BATCH_FROM reads); the second lists, the third lists beside it, the
+            # fourth gathers until one of those is done.
+            assert api.listing == LISTS_IN_FLIGHT
+            api.gate.set()
+            found = await asyncio.gather(*reads)
+    finally:
+        await api.close()
+        await kube.close()
+    names = [name for wave in waves for name in wave]
+    assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
+    assert len(_lists(api, namespace)) == 3, api.gets
+    assert len(api.gets) - 3 == BATCH_FROM, api.gets
+
+
+async def test_a_batch_of_fewer_reads_than_a_list_is_worth_gets(
+    admin_kubeconfig: Path, namespace: str
+) -> None:
+    kube = await asyncio.to_thread(load_kube_access, str(admin_kubeconfig))
+    api = GatedApi(kube)
+    api.gets, api.gate, api.listing = [], asyncio.Event(), 0
+    sources = Sources(api, [namespace])
+    names = [f"token-{i}" for i in range(BATCH_FROM + 2)]
+    try:
+        async with asyncio.timeout(30):
+            reads = [asyncio.create_task(sources.read(_secret_ref(namespace, n), _admit)) for n in names]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            api.gate.set()
+            found = await asyncio.gather(*reads)
+    finally:
+        await api.close()
+        await kube.close()
+    assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
+    assert not _lists(api, namespace), api.gets  # the two past the first GETs were too few to list
+    assert len(api.gets) == len(names)

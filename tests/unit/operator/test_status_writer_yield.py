@@ -181,3 +181,46 @@ async def test_a_rejected_first_status_is_not_waited_for(monkeypatch: pytest.Mon
         writer.on_snapshot(snapshots.set(EARLY, WorkerPhase.CONNECTED, kas_version="v18.6.0"))
         await _settle()
     assert api.patches == [("early", "Connected", None), ("early", "Connected", "v18.6.0")]
+
+
+async def _early_written_late_expected(writer: StatusWriter, api: _Api, snapshots: _Snapshots) -> None:
+    """EARLY has its first status (Connected); LATE was seen, and its reconciliation has not tracked it."""
+    snapshots.set(EARLY, WorkerPhase.CONNECTED)
+    _track(writer, EARLY)
+    writer.expect(LATE)
+    await _settle()
+    assert api.patches == [("early", "Connected", None)]
+    writer.on_snapshot(snapshots.set(EARLY, WorkerPhase.CONNECTED, kas_version="v18.6.0"))
+    await _settle()
+    assert api.patches == [("early", "Connected", None)]  # the same phase: it waits for LATE's first
+
+
+async def test_a_later_status_waits_for_a_resource_seen_and_not_tracked_yet(parts: Parts) -> None:
+    writer, api, snapshots = parts
+    await _early_written_late_expected(writer, api, snapshots)
+
+    snapshots.set(LATE, WorkerPhase.CONNECTED)
+    _track(writer, LATE)
+    writer.unexpect(LATE)  # the reconciliation ends after it tracked the resource
+    await _settle()
+    assert api.patches == [
+        ("early", "Connected", None),
+        ("late", "Connected", None),
+        ("early", "Connected", "v18.6.0"),
+    ]
+    async with asyncio.timeout(5):
+        await writer.wait_idle()  # LATE was counted once
+
+
+@pytest.mark.parametrize("ended", ["unexpect", "forget"])
+async def test_a_resource_expected_and_never_tracked_is_not_waited_for(parts: Parts, ended: str) -> None:
+    """Its reconciliation wrote nothing (it waits for admission, or the API server failed), or the
+    resource went away."""
+    writer, api, snapshots = parts
+    await _early_written_late_expected(writer, api, snapshots)
+
+    getattr(writer, ended)(LATE)
+    await _settle()
+    assert api.patches == [("early", "Connected", None), ("early", "Connected", "v18.6.0")]
+    async with asyncio.timeout(5):
+        await writer.wait_idle()
