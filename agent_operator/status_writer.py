@@ -239,8 +239,8 @@ class StatusWriter:
                 tg.create_task(self._record_events(), name=f"status-events-{n}")
 
     async def wait_idle(self) -> None:
-        """Return once no status is being written or waits to be, and every resource has its first one
-        (a resource still connecting has one to come)."""
+        """Return once no status is being written or waits to be, and every resource seen has its first
+        one (a resource still connecting, or whose Secrets are still being read, has one to come)."""
         while not (self._writes_idle.is_set() and self._all_settled.is_set()):
             await self._writes_idle.wait()
             await self._all_settled.wait()

@@ -13,7 +13,8 @@ operator reports ready and SETTLE_S more have passed (the agents go to a running
 GitLabAgents are POSTed at once (24 in flight) while a watch timestamps every event. Prints p50/p99/max of
 the time from each resource's POST to `status.phase: Connected`, split into the apiserver's part (POST to
 the watch's ADDED event) and the operator's part (ADDED to Connected), the status writes per resource,
-and, as the baseline measured in the same run, the same agents applied directly to a Runtime process.
+the API requests per resource until all are Connected (the API server's own counters), and, as the
+baseline measured in the same run, the same agents applied directly to a Runtime process.
 Bounded: every wait has a limit.
 """
 
@@ -26,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _api_counts as api_counts
 import aiohttp
 from _fleet import (
     OperatorProcess,
@@ -61,6 +63,8 @@ class Timings:
     operator_part: list[float] = field(default_factory=list)
     """ADDED seen by a watch -> Connected: what the operator (and kas) take."""
     writes: list[int] = field(default_factory=list)
+    requests: list[tuple[str, float]] = field(default_factory=list)
+    """API requests per resource from the POSTs until all Connected (the bench's own taken off)."""
     seen_phases: dict[str, int] = field(default_factory=dict)
     watch_restarts: int = 0
 
@@ -73,9 +77,11 @@ async def _through_operator(direct: Endpoint, stack: KasStack) -> Timings:
         watcher = group.create_task(watch.run(), name="gitlabagent-watch")
         await create_all(session, direct, secrets)
         await asyncio.wait_for(watch.ready.wait(), 10)
+        requests_before = await api_counts.scrape(stack.cluster)
         started = await create_all(session, direct, glas, answered)
         names = [body["metadata"]["name"] for _, body in glas]
         ok = await watch.wait_all(names, "Connected", CONNECT_LIMIT_S)
+        requests_after = await api_counts.scrape(stack.cluster)
         await asyncio.sleep(3.0)  # count the status writes that follow Connected too
         watcher.cancel()
     if not ok:
@@ -84,7 +90,14 @@ async def _through_operator(direct: Endpoint, stack: KasStack) -> Timings:
             phase = watch.phases.get(name, "none")
             phases[phase] = phases.get(phase, 0) + 1
         raise RuntimeError(f"not all Connected within {CONNECT_LIMIT_S:.0f}s: {phases}")
-    t = Timings(watch_restarts=watch.restarts)
+    own = {
+        ("POST", "gitlabagents", ""): float(len(glas)),
+        ("LIST", "gitlabagents", ""): float(watch.restarts),
+    }
+    t = Timings(
+        watch_restarts=watch.restarts,
+        requests=api_counts.per_resource(requests_before, requests_after, len(glas), own),
+    )
     for n in names:
         seen = watch.first_seen[n]
         t.answered.append(answered[n] - started[n])
@@ -186,6 +199,10 @@ async def _run(args: argparse.Namespace) -> None:
         "status writes (MODIFIED events, incl. kopf's finalizer/annotations) per resource until 3 s after "
         f"all Connected: mean {statistics.mean(timings.writes):.1f}, max {max(timings.writes)}; "
         f"phases seen (resources): {timings.seen_phases}; status watch resumed {timings.watch_restarts}x"
+    )
+    print(
+        "API requests per resource from the POSTs until all Connected: "
+        + ", ".join(f"{what} {count:.2f}" for what, count in timings.requests)
     )
     if spy is not None:
         print(summarise(spy.out))
