@@ -9,13 +9,15 @@ next list. At most LISTS_IN_FLIGHT lists of a namespace are in flight, and the n
 that come meanwhile. Each read takes its Secret from the list by name; one the list does not hold does not
 exist (the list began after the read was asked for). A namespace with many more Secrets than the list
 waits for is listed one page only (secret_prefetch.list_wanted), and a read its page does not answer GETs,
-as does every read of a list that failed or was given up, or that gathered fewer than BATCH_FROM reads.
+as does every read of a list that failed or was given up. A batch is not listed but GETs when it gathered
+fewer than BATCH_FROM reads, or when its namespace lately held more Secrets than its page would (SIZE_KEPT_S).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,13 +25,18 @@ from typing import Any, Final
 
 from agent_operator.kube_api import KubeApi, ListError
 from agent_operator.mapping import SourceKind, SourceRef
-from agent_operator.secret_prefetch import list_wanted
+from agent_operator.secret_prefetch import PREFETCH_MAX_FACTOR, list_wanted
 
 log = logging.getLogger(__name__)
 
 BATCH_FROM: Final = 4
 """GETs of one namespace's Secrets in flight from which a further read joins a list (our choice: half the
 operator's connections, kube_api.CONNECTION_LIMIT)."""
+SIZE_KEPT_S: Final = 60.0
+"""How long a namespace's Secret count, as a list found it, decides whether a batch lists (our choice: a
+burst lasts seconds). When a thousand agents were applied at once to a namespace holding their thousand
+token Secrets, a list of four Secrets per read missed most of them, and the reads GET after it: sixty lists
+for nothing (docs/benchmarks.md, Session 15)."""
 LISTS_IN_FLIGHT: Final = 2
 """Lists of one namespace in flight at once (our choice). With one, the reads that came while a list was
 in flight (about 100 ms when fifty agents were applied at once) waited for it to end before theirs began
@@ -70,6 +77,8 @@ class SecretBatches:
         self._gets: Counter[str] = Counter()
         """GETs in flight per namespace."""
         self._namespaces: dict[str, _Namespace] = {}
+        self._sizes: dict[str, tuple[int, float]] = {}
+        """Per namespace, its Secrets as a list counted them, and when (monotonic): see `_worth_listing`."""
 
     async def read(self, source: SourceRef) -> dict[str, Any] | None:
         """The object as the API server has it now; None when it does not exist."""
@@ -110,12 +119,12 @@ class SecretBatches:
             async with namespace.lists:
                 if namespace.gathering is batch:
                     namespace.gathering = None
-                if len(batch.wanted) < BATCH_FROM:
-                    return  # too few to list: a small page of a crowded namespace misses them, they GET
+                if not self._worth_listing(name, len(batch.wanted)):
+                    return  # its reads GET
                 try:
-                    batch.complete = await list_wanted(
-                        self._api, name, len(batch.wanted), batch.wanted, batch.found
-                    )
+                    listing = await list_wanted(self._api, name, len(batch.wanted), batch.wanted, batch.found)
+                    batch.complete = listing.complete
+                    self._learn_size(name, listing.size)
                 except ListError as exc:
                     log.info("reading the Secrets one by one instead: %s", exc, extra={"namespace": name})
         finally:
@@ -125,3 +134,21 @@ class SecretBatches:
             namespace.batches -= 1
             if not namespace.batches and self._namespaces.get(name) is namespace:
                 del self._namespaces[name]
+
+    def _worth_listing(self, name: str, reads: int) -> bool:
+        """Whether a list for `reads` reads of namespace `name` pays: not for fewer than BATCH_FROM, nor
+        where a list lately counted more Secrets than its page would hold (the page would miss most of
+        them, and they would GET after it)."""
+        if reads < BATCH_FROM:
+            return False
+        known = self._sizes.get(name)
+        if known is None or time.monotonic() - known[1] > SIZE_KEPT_S:
+            return True
+        return known[0] <= PREFETCH_MAX_FACTOR * reads
+
+    def _learn_size(self, name: str, size: int | None) -> None:
+        if size is None:
+            return
+        now = time.monotonic()
+        self._sizes = {n: known for n, known in self._sizes.items() if now - known[1] <= SIZE_KEPT_S}
+        self._sizes[name] = (size, now)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, Final
 
 from agent_operator.kube_api import KubeApi, ListError, core_path, list_pages
@@ -44,23 +45,34 @@ async def prefetch_secrets(api: KubeApi, wanted: Collection[SourceRef]) -> dict[
     return found
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What one `list_wanted` learnt of a namespace."""
+
+    complete: bool
+    """The whole namespace was listed: a wanted Secret not found does not exist."""
+    size: int | None
+    """Secrets in the namespace, as the list counted them (None: its first page did not say)."""
+
+
 async def list_wanted(
     api: KubeApi,
     namespace: str,
     count: int,
     wanted: Collection[SourceRef],
     found: dict[SourceRef, dict[str, Any]],
-) -> bool:
+) -> Listing:
     """Add the Secrets of `wanted` (`count` of them in `namespace`) found by listing `namespace` to `found`;
-    True when the whole namespace was listed (a wanted Secret not found does not exist), False when the
-    list stopped after its first page (PREFETCH_MAX_FACTOR). ListError when a page fails.
+    complete when the whole namespace was listed, not when the list stopped after its first page
+    (PREFETCH_MAX_FACTOR). ListError when a page fails.
 
     A page holds at most PREFETCH_MAX_FACTOR objects per wanted one: a namespace full of other, large
     Secrets (Helm's releases, say) costs at most that many times the GETs' data before the list stops."""
     path, what = core_path(namespace, "secrets"), f"the Secrets of {namespace}"
-    first = True
+    first, listed = True, 0
     async for page in list_pages(api, path, what, limit=PREFETCH_MAX_FACTOR * count):
         items = page.get("items") or []
+        listed += len(items)
         for item in items:
             meta = item.get("metadata") if isinstance(item, dict) else None
             if not isinstance(meta, dict):
@@ -70,6 +82,6 @@ async def list_wanted(
                 found[ref] = item
         remaining = (page.get("metadata") or {}).get("remainingItemCount")
         if first and isinstance(remaining, int) and len(items) + remaining > PREFETCH_MAX_FACTOR * count:
-            return False  # mostly other Secrets: the rest is read one by one
+            return Listing(False, len(items) + remaining)  # mostly other Secrets: the rest read one by one
         first = False
-    return True
+    return Listing(True, listed)

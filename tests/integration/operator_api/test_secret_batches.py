@@ -219,3 +219,18 @@ async def test_a_batch_of_fewer_reads_than_a_list_is_worth_gets(
     assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
     assert not _lists(api, namespace), api.gets  # the two past the first GETs were too few to list
     assert len(api.gets) == len(names)
+
+
+async def test_a_namespace_a_list_found_crowded_is_not_listed_again_for_a_while(
+    admin_kubeconfig: Path, namespace: str, k8s_cluster: LocalCluster
+) -> None:
+    _create_secrets(k8s_cluster, namespace, [f"other-{i}" for i in range(100)], "someone-else")
+    names = [f"token-{i}" for i in range(TOKENS)]
+    async with _sources(admin_kubeconfig, namespace) as (sources, api):
+        first = await _read_all(sources, namespace, names[:15])
+        assert len(_lists(api, namespace)) == 1  # its page of 44 Secrets counted 130 in the namespace
+        gets_before = len(api.gets)
+        second = await _read_all(sources, namespace, names[15:])
+    assert [_token(obj) for obj in first + second] == [f"token of {name}" for name in names]
+    assert len(_lists(api, namespace)) == 1, api.gets  # a page of 44 would miss most again: they GET
+    assert len(api.gets) - gets_before == len(names[15:])
