@@ -10,7 +10,7 @@ import base64
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -19,7 +19,7 @@ from agent_operator.mapping import ALLOWED_AGENTS_ANNOTATION, SourceKind, Source
 from agent_operator.secret_batches import BATCH_FROM, LISTS_IN_FLIGHT
 from agent_operator.secret_prefetch import PREFETCH_MAX_FACTOR
 from agent_operator.sources import Sources
-from agent_runtime.kube import load_kube_access
+from agent_runtime.kube import KubeAccess, load_kube_access
 from tests.support.k8s_cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -30,11 +30,16 @@ TOKENS = 30
 class CountingApi(KubeApi):
     """KubeApi that records the path of every GET (reads and list pages)."""
 
-    gets: list[str]
+    def __init__(self, kube: KubeAccess) -> None:
+        super().__init__(kube)
+        self.gets: list[str] = []
 
     async def get(self, path: str) -> ApiResponse:
         self.gets.append(path)
         return await super().get(path)
+
+
+Api = TypeVar("Api", bound=CountingApi)
 
 
 def _create_secrets(k8s_cluster: LocalCluster, namespace: str, names: list[str], opted_in_to: str) -> None:
@@ -57,11 +62,19 @@ def namespace(k8s_cluster: LocalCluster, request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture
+def crowded(k8s_cluster: LocalCluster, namespace: str) -> str:
+    """`namespace` with 100 Secrets of others beside the tokens: more than a burst's page holds."""
+    _create_secrets(k8s_cluster, namespace, [f"other-{i}" for i in range(100)], "someone-else")
+    return namespace
+
+
 @contextlib.asynccontextmanager
-async def _sources(admin_kubeconfig: Path, namespace: str) -> AsyncIterator[tuple[Sources, CountingApi]]:
+async def _sources(
+    admin_kubeconfig: Path, namespace: str, api_type: type[Api]
+) -> AsyncIterator[tuple[Sources, Api]]:
     kube = await asyncio.to_thread(load_kube_access, str(admin_kubeconfig))
-    api = CountingApi(kube)
-    api.gets = []
+    api = api_type(kube)
     try:
         yield Sources(api, [namespace]), api
     finally:
@@ -92,7 +105,7 @@ def _lists(api: CountingApi, namespace: str) -> list[str]:
 
 async def test_a_burst_of_reads_is_answered_by_a_few_lists(admin_kubeconfig: Path, namespace: str) -> None:
     names = [f"token-{i}" for i in range(TOKENS)] + ["missing-1", "missing-2"]
-    async with _sources(admin_kubeconfig, namespace) as (sources, api):
+    async with _sources(admin_kubeconfig, namespace, CountingApi) as (sources, api):
         found = await _read_all(sources, namespace, names)
     assert [_token(obj) for obj in found[:TOKENS]] == [f"token of {name}" for name in names[:TOKENS]]
     assert found[TOKENS:] == [None, None]  # not in a whole list: they do not exist
@@ -102,18 +115,18 @@ async def test_a_burst_of_reads_is_answered_by_a_few_lists(admin_kubeconfig: Pat
 
 
 async def test_a_single_read_is_a_get(admin_kubeconfig: Path, namespace: str) -> None:
-    async with _sources(admin_kubeconfig, namespace) as (sources, api):
+    async with _sources(admin_kubeconfig, namespace, CountingApi) as (sources, api):
         (found,) = await _read_all(sources, namespace, ["token-7"])
     assert _token(found) == "token of token-7"
     assert api.gets == [core_path(namespace, "secrets", "token-7")]
 
 
 async def test_a_crowded_namespace_is_listed_one_page_and_the_rest_read_one_by_one(
-    admin_kubeconfig: Path, namespace: str, k8s_cluster: LocalCluster
+    admin_kubeconfig: Path, crowded: str
 ) -> None:
-    _create_secrets(k8s_cluster, namespace, [f"other-{i}" for i in range(100)], "someone-else")
+    namespace = crowded
     names = [f"token-{i}" for i in range(TOKENS)]
-    async with _sources(admin_kubeconfig, namespace) as (sources, api):
+    async with _sources(admin_kubeconfig, namespace, CountingApi) as (sources, api):
         found = await _read_all(sources, namespace, names)
     assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
     lists = _lists(api, namespace)
@@ -131,7 +144,7 @@ async def test_a_crowded_namespace_is_listed_one_page_and_the_rest_read_one_by_o
 
 async def test_the_reads_of_a_list_given_up_get_one_by_one(admin_kubeconfig: Path, namespace: str) -> None:
     names = [f"token-{i}" for i in range(10)]
-    async with _sources(admin_kubeconfig, namespace) as (sources, api), asyncio.timeout(30):
+    async with _sources(admin_kubeconfig, namespace, CountingApi) as (sources, api), asyncio.timeout(30):
         reads = [
             asyncio.create_task(
                 sources.read(SourceRef(SourceKind.SECRET, namespace, name), _admit), name=name
@@ -153,8 +166,10 @@ class GatedApi(CountingApi):
     """CountingApi whose reads wait at the gate until the test opens it (the API server answers them
     then); `listing` counts the lists at the gate."""
 
-    gate: asyncio.Event
-    listing: int
+    def __init__(self, kube: KubeAccess) -> None:
+        super().__init__(kube)
+        self.gate = asyncio.Event()
+        self.listing = 0
 
     async def get(self, path: str) -> ApiResponse:
         is_list = "?" in path
@@ -169,29 +184,25 @@ class GatedApi(CountingApi):
 async def test_reads_that_come_while_a_list_is_in_flight_have_a_list_of_their_own(
     admin_kubeconfig: Path, namespace: str
 ) -> None:
-    kube = await asyncio.to_thread(load_kube_access, str(admin_kubeconfig))
-    api = GatedApi(kube)
-    api.gets, api.gate, api.listing = [], asyncio.Event(), 0
-    sources = Sources(api, [namespace])
     # Eight reads make a page of 32 Secrets: the namespace's 30 tokens are one page, a whole list.
     waves = [
         [f"token-{i}" for i in range(start, end)] for start, end in ((0, 4), (4, 12), (12, 20), (20, 28))
     ]
-    try:
-        async with asyncio.TaskGroup() as group, asyncio.timeout(30):
-            reads = []
-            for wave in waves:
-                reads += [group.create_task(sources.read(_secret_ref(namespace, n), _admit)) for n in wave]
-                for _ in range(5):
-                    await asyncio.sleep(0)  # this wave's reads are in: they GET or gather for a list
-            # The first wave GETs (BATCH_FROM reads); the second lists, the third lists beside it, the
-            # fourth gathers until one of those is done.
-            assert api.listing == LISTS_IN_FLIGHT
-            api.gate.set()
-            found = await asyncio.gather(*reads)
-    finally:
-        await api.close()
-        await kube.close()
+    async with (
+        _sources(admin_kubeconfig, namespace, GatedApi) as (sources, api),
+        asyncio.TaskGroup() as group,
+        asyncio.timeout(30),
+    ):
+        reads = []
+        for wave in waves:
+            reads += [group.create_task(sources.read(_secret_ref(namespace, n), _admit)) for n in wave]
+            for _ in range(5):
+                await asyncio.sleep(0)  # this wave's reads are in: they GET or gather for a list
+        # The first wave GETs (BATCH_FROM reads); the second lists, the third lists beside it, the
+        # fourth gathers until one of those is done.
+        assert api.listing == LISTS_IN_FLIGHT
+        api.gate.set()
+        found = await asyncio.gather(*reads)
     names = [name for wave in waves for name in wave]
     assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
     assert len(_lists(api, namespace)) == 3, api.gets
@@ -201,32 +212,24 @@ async def test_reads_that_come_while_a_list_is_in_flight_have_a_list_of_their_ow
 async def test_a_batch_of_fewer_reads_than_a_list_is_worth_gets(
     admin_kubeconfig: Path, namespace: str
 ) -> None:
-    kube = await asyncio.to_thread(load_kube_access, str(admin_kubeconfig))
-    api = GatedApi(kube)
-    api.gets, api.gate, api.listing = [], asyncio.Event(), 0
-    sources = Sources(api, [namespace])
     names = [f"token-{i}" for i in range(BATCH_FROM + 2)]
-    try:
-        async with asyncio.timeout(30):
-            reads = [asyncio.create_task(sources.read(_secret_ref(namespace, n), _admit)) for n in names]
-            for _ in range(5):
-                await asyncio.sleep(0)
-            api.gate.set()
-            found = await asyncio.gather(*reads)
-    finally:
-        await api.close()
-        await kube.close()
+    async with _sources(admin_kubeconfig, namespace, GatedApi) as (sources, api), asyncio.timeout(30):
+        reads = [asyncio.create_task(sources.read(_secret_ref(namespace, n), _admit)) for n in names]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        api.gate.set()
+        found = await asyncio.gather(*reads)
     assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
     assert not _lists(api, namespace), api.gets  # the two past the first GETs were too few to list
     assert len(api.gets) == len(names)
 
 
 async def test_a_namespace_a_list_found_crowded_is_not_listed_again_for_a_while(
-    admin_kubeconfig: Path, namespace: str, k8s_cluster: LocalCluster
+    admin_kubeconfig: Path, crowded: str
 ) -> None:
-    _create_secrets(k8s_cluster, namespace, [f"other-{i}" for i in range(100)], "someone-else")
+    namespace = crowded
     names = [f"token-{i}" for i in range(TOKENS)]
-    async with _sources(admin_kubeconfig, namespace) as (sources, api):
+    async with _sources(admin_kubeconfig, namespace, CountingApi) as (sources, api):
         first = await _read_all(sources, namespace, names[:15])
         assert len(_lists(api, namespace)) == 1  # its page of 44 Secrets counted 130 in the namespace
         gets_before = len(api.gets)
