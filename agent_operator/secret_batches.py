@@ -82,17 +82,17 @@ class SecretBatches:
 
     async def read(self, source: SourceRef) -> dict[str, Any] | None:
         """The object as the API server has it now; None when it does not exist."""
-        name = source.namespace
-        namespace = self._namespaces.get(name)
-        if source.kind is not SourceKind.SECRET or (self._gets[name] < BATCH_FROM and namespace is None):
+        namespace = source.namespace
+        state = self._namespaces.get(namespace)
+        if source.kind is not SourceKind.SECRET or (self._gets[namespace] < BATCH_FROM and state is None):
             return await self._get(source)
-        if namespace is None:
-            namespace = self._namespaces[name] = _Namespace()
-        batch = namespace.gathering
+        if state is None:
+            state = self._namespaces[namespace] = _Namespace()
+        batch = state.gathering
         if batch is None:
-            batch = namespace.gathering = _Batch()
+            batch = state.gathering = _Batch()
             batch.wanted.add(source)
-            await self._list(name, namespace, batch)
+            await self._list(namespace, state, batch)
         else:
             batch.wanted.add(source)
             await batch.done.wait()
@@ -110,45 +110,49 @@ class SecretBatches:
             if not self._gets[source.namespace]:
                 del self._gets[source.namespace]
 
-    async def _list(self, name: str, namespace: _Namespace, batch: _Batch) -> None:
+    async def _list(self, namespace: str, state: _Namespace, batch: _Batch) -> None:
         """List for `batch` once one of the namespace's lists is free; its reads wait for `done`, also
         when this one is cancelled (they GET then)."""
-        namespace.batches += 1
+        state.batches += 1
         try:
             await asyncio.sleep(0)  # the reads of the same watch events join first
-            async with namespace.lists:
-                if namespace.gathering is batch:
-                    namespace.gathering = None
-                if not self._worth_listing(name, len(batch.wanted)):
+            async with state.lists:
+                if state.gathering is batch:
+                    state.gathering = None
+                if not self._worth_listing(namespace, len(batch.wanted)):
                     return  # its reads GET
                 try:
-                    listing = await list_wanted(self._api, name, len(batch.wanted), batch.wanted, batch.found)
+                    listing = await list_wanted(
+                        self._api, namespace, len(batch.wanted), batch.wanted, batch.found
+                    )
                     batch.complete = listing.complete
-                    self._learn_size(name, listing.size)
+                    self._learn_size(namespace, listing.size)
                 except ListError as exc:
-                    log.info("reading the Secrets one by one instead: %s", exc, extra={"namespace": name})
+                    extra = {"namespace": namespace}
+                    log.info("reading the Secrets one by one instead: %s", exc, extra=extra)
         finally:
-            if namespace.gathering is batch:
-                namespace.gathering = None
+            if state.gathering is batch:
+                state.gathering = None
             batch.done.set()
-            namespace.batches -= 1
-            if not namespace.batches and self._namespaces.get(name) is namespace:
-                del self._namespaces[name]
+            state.batches -= 1
+            if not state.batches and self._namespaces.get(namespace) is state:
+                del self._namespaces[namespace]
 
-    def _worth_listing(self, name: str, reads: int) -> bool:
-        """Whether a list for `reads` reads of namespace `name` pays: not for fewer than BATCH_FROM, nor
+    def _worth_listing(self, namespace: str, reads: int) -> bool:
+        """Whether a list for `reads` reads of `namespace` pays: not for fewer than BATCH_FROM, nor
         where a list lately counted more Secrets than its page would hold (the page would miss most of
         them, and they would GET after it)."""
         if reads < BATCH_FROM:
             return False
-        known = self._sizes.get(name)
+        known = self._sizes.get(namespace)
         if known is None or time.monotonic() - known[1] > SIZE_KEPT_S:
             return True
         return known[0] <= PREFETCH_MAX_FACTOR * reads
 
-    def _learn_size(self, name: str, size: int | None) -> None:
+    def _learn_size(self, namespace: str, size: int | None) -> None:
+        """Keep `namespace`'s Secret count; forget the counts older than SIZE_KEPT_S."""
         if size is None:
             return
         now = time.monotonic()
         self._sizes = {n: known for n, known in self._sizes.items() if now - known[1] <= SIZE_KEPT_S}
-        self._sizes[name] = (size, now)
+        self._sizes[namespace] = (size, now)

@@ -301,12 +301,14 @@ class StatusWriter:
             return
         if entry.wake is not None:
             entry.wake.cancel()
-        if not entry.settled:
-            self._settled(entry)
+        self._settled(entry)
 
     def _settled(self, entry: _Entry) -> None:
-        entry.settled = True
-        self._settled_one()
+        """No first status of `entry` is waited for any more (written, found current, given up on, or
+        no longer tracked); once per entry."""
+        if not entry.settled:
+            entry.settled = True
+            self._settled_one()
 
     def _settled_one(self) -> None:
         self._unsettled -= 1
@@ -437,14 +439,7 @@ class StatusWriter:
     def _settle(self, entry: _Entry, inputs: tuple[AgentFacts, WorkerSnapshot | None]) -> None:
         """The status of `inputs` is on the resource now."""
         entry.decided, entry.settled_phase = inputs, phase_of(*inputs)
-        if not entry.settled:
-            self._settled(entry)
-
-    def _given_up(self, entry: _Entry) -> None:
-        """No first status is coming for `entry` until its inputs change: the others stop waiting for it
-        (it is written again as before, when they change)."""
-        if not entry.settled:
-            self._settled(entry)
+        self._settled(entry)
 
     async def _write_now(self, key: AgentKey, events: list[tuple[ObjectRef, EventSpec]]) -> float | None:
         """Compute and write the status if it changed; the delay before a retry, if one is due. The
@@ -492,12 +487,12 @@ class StatusWriter:
             return None
         if answer is not None and code not in _RETRYABLE:
             log.error("status patch rejected: %s", answer.reason(), extra=extra)
-            self._given_up(entry)
+            self._settled(entry)  # none is coming until its inputs change: the others stop waiting
             return None
         if entry.failures >= len(RETRY_DELAYS_S):
             log.error("status patch keeps failing; waiting for the next change", extra=extra)
             entry.failures = 0
-            self._given_up(entry)
+            self._settled(entry)  # as for a refusal
             return None
         delay = RETRY_DELAYS_S[entry.failures]
         entry.failures += 1
