@@ -68,8 +68,8 @@ def test_apply_connects_and_kubectl_shows_it(kube: Kube, kas: KasProcess, operat
     assert "Connected" in row
     assert str(agent.id) in row
     assert str(status["kasVersion"]) in row
-    labels = kube.request("GET", f"/api/v1/namespaces/{ns}/secrets/token")[1]["metadata"]["labels"]
-    assert labels["agentk.dev/watched"] == "true"
+    # The watch label goes on after the first status (deferred_labels.py), so it may come a moment later.
+    wait_for("the token Secret labelled for the watch", lambda: _watched(kube, ns, "token"), timeout=15)
     assert agent.token not in str(body)  # never in status
     events = {e["reason"] for e in kube.events(ns, "team-a")}
     assert "Connected" in events

@@ -59,12 +59,13 @@ def _connected(kube: Kube, namespace: str, name: str) -> bool:
     return phase(kube.gla(namespace, name)) == "Connected"
 
 
-def _watched_version(kube: Kube, namespace: str, name: str) -> str:
-    """The Secret's resourceVersion; it must carry the watch label."""
+def _watched_version(kube: Kube, namespace: str, name: str) -> str | None:
+    """The Secret's resourceVersion while it carries the watch label, else None."""
     code, body = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
     assert code == 200, body
     metadata = body["metadata"]
-    assert (metadata.get("labels") or {}).get("agentk.dev/watched") == "true", metadata
+    if (metadata.get("labels") or {}).get("agentk.dev/watched") != "true":
+        return None
     return str(metadata["resourceVersion"])
 
 
@@ -134,7 +135,16 @@ def test_only_one_replica_runs_the_agents(
             )
         assert _runs_none(low, workers)
 
-        labelled = {name: _watched_version(kube, ns, f"{name}-token") for name in names}
+        # The label goes on once the agent's first status is written, or at the latest 10 s after the
+        # Secret was read (deferred_labels.LABEL_YIELD_S): an agent may run before it is on.
+        labelled = {
+            name: wait_for(
+                f"{name}-token labelled",
+                functools.partial(_watched_version, kube, ns, f"{name}-token"),
+                timeout=30,
+            )
+            for name in names
+        }
         high.stop()  # the low-priority replica takes over
 
         for worker in workers:

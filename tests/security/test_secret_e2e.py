@@ -123,7 +123,7 @@ def test_a_secret_is_used_once_it_opts_in_and_no_longer_once_it_withdraws(
     assert annotated.returncode == 0, annotated.stderr
 
     wait_for("Connected once opted in", lambda: phase(kube.gla(ns, "team-a")) == "Connected", timeout=90)
-    assert _labelled(kube, ns, "shared")
+    wait_for("labelled once opted in", lambda: _labelled(kube, ns, "shared"), timeout=15)  # after the status
 
     withdrawn = kube.kubectl("-n", ns, "annotate", "secret", "shared", f"{OPT_IN}-")
     assert withdrawn.returncode == 0, withdrawn.stderr
