@@ -71,8 +71,8 @@ def test_apply_connects_and_kubectl_shows_it(kube: Kube, kas: KasProcess, operat
     # The watch label goes on after the first status (deferred_labels.py), so it may come a moment later.
     wait_for("the token Secret labelled for the watch", lambda: _watched(kube, ns, "token"), timeout=15)
     assert agent.token not in str(body)  # never in status
-    events = {e["reason"] for e in kube.events(ns, "team-a")}
-    assert "Connected" in events
+    # Events go out after the statuses (status_writer.EVENTS_YIELD_TO_WRITES_S): they may come a moment later.
+    wait_for("a Connected Event", lambda: "Connected" in {e["reason"] for e in kube.events(ns, "team-a")})
     # The tunnel serves a request from a CI job, end to end.
     code, version = kas.proxy_get(agent.id, "/version")
     assert code == 200, version
@@ -117,7 +117,9 @@ def test_token_rotation_reconnects_only_that_agent(
     code, _ = kas.proxy_get(first.id, "/version")
     assert code == 200
 
-    assert "TokenRotated" in {e["reason"] for e in kube.events(ns, "first")}
+    wait_for(
+        "a TokenRotated Event", lambda: "TokenRotated" in {e["reason"] for e in kube.events(ns, "first")}
+    )
     after = kube.gla(ns, "second")
     assert phase(after) == "Connected"
     assert after is not None

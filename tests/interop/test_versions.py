@@ -100,14 +100,18 @@ def test_a_working_agent_is_ready_whatever_kas_version(
         if line.startswith("gitlab ")
     )
     assert "Connected" in row
-    warnings = [e for e in kube.events(ns, "gitlab") if e["reason"] == "VersionIncompatible"]
+
+    def warnings() -> list[dict[str, Any]]:
+        return [e for e in kube.events(ns, "gitlab") if e["reason"] == "VersionIncompatible"]
+
     if compatible == "False":
         assert "v18.6.0" in row
         assert "upgrade the operator" in version["message"]
         assert "v16.5.0" in version["message"]
-        assert [e["type"] for e in warnings] == ["Warning"]
+        # Events go out after the statuses (status_writer.EVENTS_YIELD_TO_WRITES_S).
+        assert [e["type"] for e in wait_for("a VersionIncompatible Event", warnings)] == ["Warning"]
     else:
-        assert warnings == []
+        assert warnings() == []
     print(f"[interop] {binary} over {scheme}: {row.split()}; VersionCompatible {version['message']!r}")
 
 
