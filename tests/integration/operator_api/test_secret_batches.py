@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import pytest
 
@@ -25,6 +25,8 @@ from tests.support.k8s_cluster import LocalCluster
 pytestmark = pytest.mark.integration
 
 TOKENS = 30
+TOKEN_NAMES: Final = tuple(f"token-{i}" for i in range(TOKENS))
+"""The opted-in token Secrets the `namespace` fixture creates."""
 
 
 class CountingApi(KubeApi):
@@ -42,7 +44,9 @@ class CountingApi(KubeApi):
 Api = TypeVar("Api", bound=CountingApi)
 
 
-def _create_secrets(k8s_cluster: LocalCluster, namespace: str, names: list[str], opted_in_to: str) -> None:
+def _create_secrets(
+    k8s_cluster: LocalCluster, namespace: str, names: Sequence[str], opted_in_to: str
+) -> None:
     for name in names:
         secret = {
             "apiVersion": "v1",
@@ -58,7 +62,7 @@ def _create_secrets(k8s_cluster: LocalCluster, namespace: str, names: list[str],
 def namespace(k8s_cluster: LocalCluster, request: pytest.FixtureRequest) -> str:
     name = f"batches-{abs(hash(request.node.name)) % 10**8}"
     k8s_cluster.create_namespace(name)
-    _create_secrets(k8s_cluster, name, [f"token-{i}" for i in range(TOKENS)], "agent")
+    _create_secrets(k8s_cluster, name, TOKEN_NAMES, "agent")
     return name
 
 
@@ -90,7 +94,7 @@ def _secret_ref(namespace: str, name: str) -> SourceRef:
     return SourceRef(SourceKind.SECRET, namespace, name)
 
 
-async def _read_all(sources: Sources, namespace: str, names: list[str]) -> list[Any]:
+async def _read_all(sources: Sources, namespace: str, names: Sequence[str]) -> list[Any]:
     async with asyncio.timeout(30):
         return await asyncio.gather(*(sources.read(_secret_ref(namespace, name), _admit) for name in names))
 
@@ -104,7 +108,7 @@ def _lists(api: CountingApi, namespace: str) -> list[str]:
 
 
 async def test_a_burst_of_reads_is_answered_by_a_few_lists(admin_kubeconfig: Path, namespace: str) -> None:
-    names = [f"token-{i}" for i in range(TOKENS)] + ["missing-1", "missing-2"]
+    names = [*TOKEN_NAMES, "missing-1", "missing-2"]
     async with _sources(admin_kubeconfig, namespace, CountingApi) as (sources, api):
         found = await _read_all(sources, namespace, names)
     assert [_token(obj) for obj in found[:TOKENS]] == [f"token of {name}" for name in names[:TOKENS]]
@@ -124,8 +128,7 @@ async def test_a_single_read_is_a_get(admin_kubeconfig: Path, namespace: str) ->
 async def test_a_crowded_namespace_is_listed_one_page_and_the_rest_read_one_by_one(
     admin_kubeconfig: Path, crowded: str
 ) -> None:
-    namespace = crowded
-    names = [f"token-{i}" for i in range(TOKENS)]
+    namespace, names = crowded, TOKEN_NAMES
     async with _sources(admin_kubeconfig, namespace, CountingApi) as (sources, api):
         found = await _read_all(sources, namespace, names)
     assert [_token(obj) for obj in found] == [f"token of {name}" for name in names]
@@ -227,8 +230,7 @@ async def test_a_batch_of_fewer_reads_than_a_list_is_worth_gets(
 async def test_a_namespace_a_list_found_crowded_is_not_listed_again_for_a_while(
     admin_kubeconfig: Path, crowded: str
 ) -> None:
-    namespace = crowded
-    names = [f"token-{i}" for i in range(TOKENS)]
+    namespace, names = crowded, TOKEN_NAMES
     async with _sources(admin_kubeconfig, namespace, CountingApi) as (sources, api):
         first = await _read_all(sources, namespace, names[:15])
         assert len(_lists(api, namespace)) == 1  # its page of 44 Secrets counted 130 in the namespace
